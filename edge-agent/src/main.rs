@@ -3,6 +3,9 @@
 //! so and fails, rather than pretending to run.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("edge-agent {}: not implemented yet", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "edge-agent {}: not implemented yet",
+        env!("CARGO_PKG_VERSION")
+    );
     std::process::ExitCode::FAILURE
 }

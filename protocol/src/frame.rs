@@ -301,8 +301,8 @@ impl Frame {
         if version != WIRE_VERSION {
             return Err(DecodeError::UnknownVersion(version));
         }
-        let (header, mut rest) =
-            postcard::take_from_bytes::<WireHeader>(rest).map_err(|e| wire_error(e, Field::Header))?;
+        let (header, mut rest) = postcard::take_from_bytes::<WireHeader>(rest)
+            .map_err(|e| wire_error(e, Field::Header))?;
         if header.flags & !FLAG_CLOCK_SYNCED != 0 {
             return Err(InvalidFrame::UnknownFlags(header.flags).into());
         }

@@ -20,9 +20,7 @@ pub enum IdError {
     Empty,
     #[error("is {len} bytes long, the limit is {MAX_ID_LEN}")]
     TooLong { len: usize },
-    #[error(
-        "has {ch:?} at byte {at}; only ASCII letters, digits, '-', '_' and '.' are allowed"
-    )]
+    #[error("has {ch:?} at byte {at}; only ASCII letters, digits, '-', '_' and '.' are allowed")]
     InvalidChar { ch: char, at: usize },
 }
 
@@ -119,7 +117,11 @@ mod tests {
             ("$SYS", '$', 0),
             ("ofen-\u{e4}", '\u{e4}', 5),
         ] {
-            assert_eq!(validate_id(name), Err(IdError::InvalidChar { ch, at }), "{name}");
+            assert_eq!(
+                validate_id(name),
+                Err(IdError::InvalidChar { ch, at }),
+                "{name}"
+            );
         }
     }
 

@@ -10,11 +10,12 @@
 
 pub mod frame;
 pub mod id;
+pub mod kafka;
 pub mod topic;
 
 pub use frame::{
-    BootId, DecodeError, EncodeError, Field, Frame, InvalidFrame, Quality, Reading,
-    MAX_FRAME_LEN, MAX_READINGS, MAX_SEQ, MAX_TIMESTAMP_MS, WIRE_VERSION,
+    BootId, DecodeError, EncodeError, Field, Frame, InvalidFrame, Quality, Reading, MAX_FRAME_LEN,
+    MAX_READINGS, MAX_SEQ, MAX_TIMESTAMP_MS, WIRE_VERSION,
 };
 pub use id::{validate_id, DeviceId, IdError, MAX_ID_LEN};
 pub use topic::{Topic, TopicError, TopicKind};

@@ -179,7 +179,11 @@ pub fn filter(prefix: &str, kind: TopicKind) -> Result<TopicString, TopicError> 
 
 /// The same filter as a shared subscription, so several bridges split the load:
 /// `$share/{group}/{prefix}/+/+/+/{kind}`.
-pub fn shared_filter(group: &str, prefix: &str, kind: TopicKind) -> Result<TopicString, TopicError> {
+pub fn shared_filter(
+    group: &str,
+    prefix: &str,
+    kind: TopicKind,
+) -> Result<TopicString, TopicError> {
     check(Segment::Group, group)?;
     let plain = filter(prefix, kind)?;
     let mut out = TopicString::new();
@@ -267,6 +271,9 @@ mod tests {
         let topic = Topic::new(&max, &max, &max, &max, TopicKind::Telemetry).unwrap();
         assert_eq!(topic.render().len(), topic.to_string().len());
         let shared = shared_filter(&max, &max, TopicKind::Telemetry).unwrap();
-        assert_eq!(shared.len(), format!("$share/{max}/{max}/+/+/+/telemetry").len());
+        assert_eq!(
+            shared.len(),
+            format!("$share/{max}/{max}/+/+/+/telemetry").len()
+        );
     }
 }
