@@ -13,8 +13,9 @@
 # ignores; for a clone inside a private directory such as /root, a link to a folder in
 # /var/tmp that the postgres and mosquitto users can reach). Data survives down/up,
 # except Kafka's: Tansu runs with memory storage, so its topics and messages are gone once
-# it stops, and `up` creates the topics again every time it starts Tansu. PostgreSQL gets its own cluster in $STACK_DIR/postgres/data; Debian's
-# system cluster (/var/lib/postgresql) is never touched.
+# it stops, and `up` creates the topics again every time it starts Tansu. PostgreSQL gets
+# its own cluster in $STACK_DIR/postgres/data; Debian's system cluster
+# (/var/lib/postgresql) is never touched.
 #
 # Settings come from the environment (defaults shown):
 #   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=telemetry PGPASSWORD=telemetry PGDATABASE=telemetry
