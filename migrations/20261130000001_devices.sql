@@ -7,7 +7,7 @@
 --
 -- Naming rule: device ids, sites, lines and channel names become MQTT topic segments,
 -- Kafka keys and Redis key parts, so they follow protocol::id::validate_id:
--- 1..32 ASCII letters, digits, '.', '_' or '-' (no '/', '+', '#', '$', spaces).
+-- 1..24 ASCII letters, digits, '.', '_' or '-' (no '/', '+', '#', '$', spaces).
 
 CREATE FUNCTION set_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -19,13 +19,13 @@ $$;
 
 CREATE TABLE devices (
     device_id   text        PRIMARY KEY
-                CONSTRAINT devices_device_id_format CHECK (device_id ~ '^[A-Za-z0-9._-]{1,32}$'),
+                CONSTRAINT devices_device_id_format CHECK (device_id ~ '^[A-Za-z0-9._-]{1,24}$'),
     name        text        NOT NULL CONSTRAINT devices_name_not_blank CHECK (btrim(name) <> ''),
     -- Machine type: lower-case word such as furnace, cnc_spindle, hydraulic_press,
     -- paint_booth, compressor. Not an enum, so a new machine type needs no migration.
     kind        text        NOT NULL CONSTRAINT devices_kind_format CHECK (kind ~ '^[a-z][a-z0-9_]{0,31}$'),
-    site        text        NOT NULL CONSTRAINT devices_site_format CHECK (site ~ '^[A-Za-z0-9._-]{1,32}$'),
-    line        text        NOT NULL CONSTRAINT devices_line_format CHECK (line ~ '^[A-Za-z0-9._-]{1,32}$'),
+    site        text        NOT NULL CONSTRAINT devices_site_format CHECK (site ~ '^[A-Za-z0-9._-]{1,24}$'),
+    line        text        NOT NULL CONSTRAINT devices_line_format CHECK (line ~ '^[A-Za-z0-9._-]{1,24}$'),
     description text        NOT NULL DEFAULT '',
     -- Disable rather than delete: deleting a device cascades to its channels and alerts.
     enabled     boolean     NOT NULL DEFAULT true,
@@ -42,7 +42,7 @@ CREATE TABLE device_channels (
     channel_id      smallint         NOT NULL
                     CONSTRAINT device_channels_channel_id_range CHECK (channel_id BETWEEN 0 AND 255),
     name            text             NOT NULL
-                    CONSTRAINT device_channels_name_format CHECK (name ~ '^[A-Za-z0-9._-]{1,32}$'),
+                    CONSTRAINT device_channels_name_format CHECK (name ~ '^[A-Za-z0-9._-]{1,24}$'),
     -- Display unit, free text (UTF-8): '°C', 'mm/s', 'bar', '%RH', 'kW', 'A'.
     unit            text             NOT NULL,
     sample_period_ms integer         NOT NULL

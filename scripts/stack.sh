@@ -117,7 +117,8 @@ as_user() {
   local user=$1
   shift
   if is_root; then
-    runuser -u "$user" -- "$@"
+    # From /: the caller's directory may be one the service user cannot enter.
+    (cd / && runuser -u "$user" -- "$@")
   else
     "$@"
   fi

@@ -68,9 +68,21 @@ fn main() {
             );
         }
     }
+    // The header carries the device id, so the longest id allowed costs the most.
+    let longest_id = "x".repeat(protocol::MAX_ID_LEN);
+    for count in [10usize, 50] {
+        let frame = seed_frame(&longest_id, SEED_DEVICES[0].1, count);
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let wire = frame.encode(&mut buf).expect("valid frame").len();
+        println!(
+            "| furnace-01's channel under a {}-char id (the longest) | {count} | {:.2} | | |",
+            protocol::MAX_ID_LEN,
+            wire as f64 / count as f64
+        );
+    }
     println!();
     println!(
-        "worst case: {:.2} B/reading at 10 (bar 12), {:.2} B/reading at 50 (bar 8)",
+        "worst seed device: {:.2} B/reading at 10 (bar 12), {:.2} B/reading at 50 (bar 8)",
         worst[0], worst[1]
     );
 }

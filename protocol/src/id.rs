@@ -11,7 +11,7 @@ use core::fmt;
 use core::ops::Deref;
 
 /// Longest device id, site, line or prefix, in bytes.
-pub const MAX_ID_LEN: usize = 32;
+pub const MAX_ID_LEN: usize = 24;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

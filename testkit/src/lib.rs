@@ -7,7 +7,8 @@
 //! credentials. A missing variable fails the test with a message saying how to fix it,
 //! rather than silently pointing at some default that may not be the stack.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Reads a variable the stack exports, or panics with instructions. Panicking is right
@@ -51,14 +52,23 @@ pub fn kafka_brokers() -> String {
 }
 
 /// A name no other test, and no earlier run of this test, uses: for topics, key
-/// prefixes and client ids. Lowercase ASCII, digits and `-`, so it is valid everywhere
-/// (Kafka topic, MQTT topic segment, Redis key, PostgreSQL identifier when quoted).
+/// prefixes, consumer groups and client ids. `{purpose}-{16 hex digits}`, at most 24
+/// characters, so it is also a valid device id, MQTT topic segment and Kafka topic.
 pub fn unique_name(purpose: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    assert!(
+        purpose.len() <= 7 && purpose.bytes().all(|b| b.is_ascii_lowercase()),
+        "unique_name purpose {purpose:?}: up to 7 lowercase letters"
+    );
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("t-{purpose}-{}-{nanos:x}-{n}", std::process::id())
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = DefaultHasher::new();
+    (
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+    )
+        .hash(&mut hasher);
+    format!("{purpose}-{:016x}", hasher.finish())
 }

@@ -15,8 +15,8 @@ pub const SEED_DEVICES: [(&str, &[Channel]); 5] = [
     (
         "cnc-spindle-01",
         &[
-            (0, "vibration_rms", 100, 3.2, 1.1),
-            (1, "bearing_temp", 1000, 48.0, 2.0),
+            (0, "vibration_rms", 100, 2.8, 1.1),
+            (1, "bearing_temp", 1000, 45.0, 2.0),
         ],
     ),
     ("press-01", &[(0, "pressure", 200, 210.0, 8.0)]),
@@ -31,7 +31,7 @@ pub const SEED_DEVICES: [(&str, &[Channel]); 5] = [
         "compressor-01",
         &[
             (0, "active_power", 1000, 55.0, 9.0),
-            (1, "line_current", 1000, 110.0, 15.0),
+            (1, "line_current", 1000, 93.0, 15.0),
         ],
     ),
 ];
