@@ -1,11 +1,134 @@
-//! Edge agent: samples or simulates sensors on a Raspberry Pi and delivers every reading
-//! over MQTT. The implementation arrives with its own issue; until then the binary says
-//! so and fails, rather than pretending to run.
+//! `edge-agent`: parses the command line and configuration, sets up logging and signal
+//! handling, and runs the agent (see the library's `agent` module).
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "edge-agent {}: not implemented yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::FAILURE
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use edge_agent::config::{AgentConfig, CliOverrides, LogFormat};
+use tracing::error;
+
+/// Samples or simulates machine sensors and delivers every reading to an MQTT broker as
+/// compact binary frames, keeping each frame on disk until the broker acknowledges it.
+///
+/// Configuration comes from a TOML file (see edge-agent/config/*.toml for annotated
+/// examples), overridden by EDGE_AGENT_* environment variables (`__` between levels, e.g.
+/// EDGE_AGENT_MQTT__HOST=broker.lan), overridden by the flags below. Logs go to stderr;
+/// RUST_LOG sets the level (default info). SIGTERM or Ctrl-C stops the agent cleanly:
+/// open batches are sealed and queued, the devices are marked offline, and whatever the
+/// broker has not acknowledged is sent after the next start.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/edge-agent/agent.toml",
+        env = "EDGE_AGENT_CONFIG"
+    )]
+    config: PathBuf,
+    /// Broker host name or address (overrides mqtt.host).
+    #[arg(long)]
+    mqtt_host: Option<String>,
+    /// Broker port (overrides mqtt.port).
+    #[arg(long)]
+    mqtt_port: Option<u16>,
+    /// Directory of the on-disk frame queue (overrides queue.dir).
+    #[arg(long)]
+    queue_dir: Option<PathBuf>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Check the configuration, print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// How long to keep delivering queued frames after SIGTERM before exiting.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = CliOverrides {
+        mqtt_host: cli.mqtt_host.clone(),
+        mqtt_port: cli.mqtt_port,
+        queue_dir: cli.queue_dir.clone(),
+        log_format: cli.log_format,
+    };
+    let config = match AgentConfig::load(&cli.config, &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("edge-agent: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        let channels: usize = config.devices.iter().map(|d| d.channels.len()).sum();
+        println!(
+            "{}: ok: gateway {} publishing {} devices ({channels} channels) to {}:{}, queue in {} (cap {})",
+            cli.config.display(),
+            config.gateway.id,
+            config.devices.len(),
+            config.mqtt.host,
+            config.mqtt.port,
+            config.queue.dir.display(),
+            config.queue.max_bytes,
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log.format);
+
+    // One thread: the agent is I/O bound and small; a thread pool would only add memory.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("edge-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(edge_agent::agent::run(
+        config,
+        shutdown_signal(),
+        cli.shutdown_grace,
+    )) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("edge-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -8,7 +8,11 @@
 //! rather than silently pointing at some default that may not be the stack.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Reads a variable the stack exports, or panics with instructions. Panicking is right
@@ -71,4 +75,118 @@ pub fn unique_name(purpose: &str) -> String {
     )
         .hash(&mut hasher);
     format!("{purpose}-{:016x}", hasher.finish())
+}
+
+/// A private Mosquitto broker for tests that must stop and start the broker (outages),
+/// which the shared stack broker cannot do without disturbing other tests. It keeps a
+/// persistent store, so durable sessions and their queued messages survive a restart as
+/// they would in production.
+pub struct Mosquitto {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free loopback port and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique_name("mosq"));
+        std::fs::create_dir_all(&dir).expect("temp dir for mosquitto");
+        let user = if is_root() {
+            "root".to_owned()
+        } else {
+            whoami()
+        };
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nmax_queued_messages 1000000\nuser {user}\n\
+             log_dest file {}/mosquitto.log\n",
+            dir.display(),
+            dir.display()
+        );
+        std::fs::write(dir.join("mosquitto.conf"), config).expect("mosquitto config");
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// (Re)starts the broker on the same port with the same store.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed: run scripts/stack.sh up, which installs it");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker gracefully (SIGTERM, so it saves its store) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn whoami() -> String {
+    Command::new("id")
+        .arg("-un")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }

@@ -1,0 +1,425 @@
+//! The agent's configuration: what a controls engineer writes in `agent.toml`, with
+//! environment and command-line overrides, checked before anything starts.
+//!
+//! Layers, later wins: built-in defaults, the TOML file, `EDGE_AGENT_*` environment
+//! variables (`__` separates levels: `EDGE_AGENT_MQTT__HOST=broker.lan`), then CLI flags.
+//! Every problem is reported with the key it concerns, so a typo on a Pi does not become
+//! a crash loop with an unhelpful message.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::sensors::{AnomalyConfig, SourceConfig};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub queue: QueueSettings,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// The Pi itself: its MQTT client id and where it sits in the topic tree.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Gateway name: the MQTT client id, and the node whose `status` topic carries the
+    /// agent's health and its last will.
+    pub id: String,
+    pub site: String,
+    pub line: String,
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+}
+
+fn default_prefix() -> String {
+    "plant".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// False (the default) asks the broker to keep the session across reconnects.
+    pub clean_session: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<TlsConfig>,
+    /// Publishes awaiting PUBACK at once; larger hides more round-trip time.
+    pub inflight: u16,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            keep_alive: Duration::from_secs(30),
+            clean_session: false,
+            username: None,
+            password: None,
+            tls: None,
+            inflight: 100,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) that sign the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM client certificate and key, for brokers that authenticate clients by TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    pub dir: PathBuf,
+    /// Cap on the whole on-disk queue; beyond it the oldest frames are dropped (counted).
+    pub max_bytes: ByteSize,
+    pub segment_bytes: ByteSize,
+    /// How often written frames and acknowledgements are fsync'd. Longer spares the SD
+    /// card; shorter loses less on a power cut.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/edge-agent/queue"),
+            max_bytes: ByteSize::mib(64),
+            segment_bytes: ByteSize::mib(1),
+            fsync_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A device's frame is sealed when it holds this many readings...
+    pub max_readings: usize,
+    /// ...or when its oldest reading is this old, whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_readings: 50,
+            max_age: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What to send first when frames from an outage wait in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatchUp {
+    /// New frames go out as they are made; the backlog fills the remaining window.
+    LiveFirst,
+    /// Alternate between new frames and the backlog.
+    Interleave,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub catch_up: CatchUp,
+    /// Most backlog frames sent per second while catching up, so an outage's backlog
+    /// does not saturate a thin uplink or the broker.
+    pub catch_up_rate: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            catch_up: CatchUp::LiveFirst,
+            catch_up_rate: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub id: String,
+    /// Production line of this device; the gateway's line when absent.
+    pub line: Option<String>,
+    /// Seed of the device's simulations; derived from the id when absent.
+    pub seed: Option<u64>,
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub id: u8,
+    pub name: String,
+    pub unit: String,
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Physical range of the sensor; readings outside it are flagged out of range.
+    pub range: Option<[f64; 2]>,
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    pub source: SourceConfig,
+    pub anomalies: Option<AnomalyConfig>,
+}
+
+/// Alarm levels, published in the device's retained `meta` message for people and
+/// dashboards; the cloud's alerting uses its own copy in the `devices` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub warn_low: Option<f64>,
+    pub warn_high: Option<f64>,
+    pub crit_low: Option<f64>,
+    pub crit_high: Option<f64>,
+}
+
+/// Overrides from the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Serialize)]
+pub struct CliOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl AgentConfig {
+    /// Loads and checks the configuration from `file`, the environment and `cli`.
+    pub fn load(file: &Path, cli: &CliOverrides) -> Result<Self, ConfigError> {
+        if !file.exists() {
+            return Err(ConfigError::Missing(file.to_owned()));
+        }
+        let mut figment = Figment::new()
+            .merge(Toml::file_exact(file))
+            .merge(Env::prefixed("EDGE_AGENT_").split("__"));
+        let mut overrides = Vec::new();
+        if let Some(host) = &cli.mqtt_host {
+            overrides.push(("mqtt.host", figment::value::Value::from(host.clone())));
+        }
+        if let Some(port) = cli.mqtt_port {
+            overrides.push(("mqtt.port", figment::value::Value::from(port)));
+        }
+        if let Some(dir) = &cli.queue_dir {
+            overrides.push((
+                "queue.dir",
+                figment::value::Value::from(dir.display().to_string()),
+            ));
+        }
+        if let Some(format) = cli.log_format {
+            let name = match format {
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            };
+            overrides.push(("log.format", figment::value::Value::from(name)));
+        }
+        for (key, value) in overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        let config: AgentConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, ranges and consistency. Collects every problem
+    /// instead of stopping at the first, so one edit fixes them all.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        check_id(&mut problems, "gateway.id", &self.gateway.id);
+        check_id(&mut problems, "gateway.site", &self.gateway.site);
+        check_id(&mut problems, "gateway.line", &self.gateway.line);
+        check_id(
+            &mut problems,
+            "gateway.topic_prefix",
+            &self.gateway.topic_prefix,
+        );
+        let mut device_ids = BTreeSet::new();
+        for (d, device) in self.devices.iter().enumerate() {
+            check_id(&mut problems, &format!("devices[{d}].id"), &device.id);
+            if let Some(line) = &device.line {
+                check_id(&mut problems, &format!("devices[{d}].line"), line);
+            }
+            if !device_ids.insert(device.id.as_str()) {
+                problems.push(format!("devices[{d}].id: {:?} appears twice", device.id));
+            }
+            if device.channels.is_empty() {
+                problems.push(format!(
+                    "devices[{d}].channels: a device needs at least one channel"
+                ));
+            }
+            let mut channel_ids = BTreeSet::new();
+            for (c, channel) in device.channels.iter().enumerate() {
+                let key = format!("devices[{d}].channels[{c}]");
+                if !channel_ids.insert(channel.id) {
+                    problems.push(format!("{key}.id: channel {} appears twice", channel.id));
+                }
+                if channel.period < Duration::from_millis(10) {
+                    problems.push(format!(
+                        "{key}.period: {:?} is below the 10 ms minimum",
+                        channel.period
+                    ));
+                }
+                if let Some([low, high]) = channel.range {
+                    // Also refuses NaN bounds, which compare as neither.
+                    if low.partial_cmp(&high) != Some(std::cmp::Ordering::Less) {
+                        problems.push(format!("{key}.range: [{low}, {high}] is empty"));
+                    }
+                }
+                let t = channel.thresholds;
+                let ordered = [t.crit_low, t.warn_low, t.warn_high, t.crit_high];
+                let present: Vec<f64> = ordered.into_iter().flatten().collect();
+                if present.windows(2).any(|w| w[0] > w[1]) {
+                    problems.push(format!(
+                        "{key}.thresholds: must satisfy crit_low <= warn_low <= warn_high <= crit_high"
+                    ));
+                }
+            }
+        }
+        if self.devices.is_empty() {
+            problems.push("devices: at least one device is needed".to_owned());
+        }
+        if !(1..=protocol::MAX_READINGS).contains(&self.batch.max_readings) {
+            problems.push(format!(
+                "batch.max_readings: {} is outside 1..={}",
+                self.batch.max_readings,
+                protocol::MAX_READINGS
+            ));
+        }
+        if self.batch.max_age.is_zero() || self.batch.max_age > Duration::from_secs(3600) {
+            problems.push("batch.max_age: must be between 1 ms and 1 h".to_owned());
+        }
+        if self.queue.segment_bytes.as_u64() < 4096 {
+            problems.push("queue.segment_bytes: at least 4 KiB".to_owned());
+        }
+        if self.queue.max_bytes.as_u64() < 2 * self.queue.segment_bytes.as_u64() {
+            problems.push("queue.max_bytes: must hold at least two segments".to_owned());
+        }
+        if self.mqtt.inflight == 0 {
+            problems.push("mqtt.inflight: at least 1".to_owned());
+        }
+        if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
+            problems.push("mqtt.reconnect_min: must be > 0 and <= mqtt.reconnect_max".to_owned());
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(1) {
+            problems.push("mqtt.keep_alive: at least 1 s".to_owned());
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                problems.push("mqtt.tls: client_cert and client_key go together".to_owned());
+            }
+        }
+        if self.delivery.catch_up_rate == 0 {
+            problems.push("delivery.catch_up_rate: at least 1 frame per second".to_owned());
+        }
+        if self.health.interval < Duration::from_secs(1) {
+            problems.push("health.interval: at least 1 s".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+fn check_id(problems: &mut Vec<String>, key: &str, value: &str) {
+    if let Err(e) = protocol::validate_id(value) {
+        problems.push(format!("{key}: {value:?} {e}"));
+    }
+}
+
+impl DeviceConfig {
+    pub fn line<'a>(&'a self, gateway: &'a GatewayConfig) -> &'a str {
+        self.line.as_deref().unwrap_or(&gateway.line)
+    }
+
+    /// The configured seed, or one derived from the id (stable across restarts, so a
+    /// simulated plant behaves the same every time).
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            // FNV-1a: stable across Rust versions, unlike the std hasher.
+            self.id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            })
+        })
+    }
+}

@@ -1,0 +1,634 @@
+//! Delivery: moves frames from the disk queue to the MQTT broker and removes each one
+//! only when the broker's PUBACK for it has arrived.
+//!
+//! Protocol state is kept apart from I/O: [`Delivery`] owns the queue, the in-flight
+//! bookkeeping and the catch-up policy and is driven by [`Delivery::run`], while each
+//! broker connection gets a fresh rumqttc client and event loop whose events reach us
+//! over a channel. A fresh event loop per connection is deliberate: rumqttc, left to
+//! reconnect by itself, may silently drop its pending publishes when the broker has no
+//! session for us, and requests queued across the drop could then be matched to the
+//! wrong packet id. Starting clean, we resend every unacknowledged frame ourselves, and a
+//! packet id always maps to the frame we sent under it. For QoS 1 from client to broker
+//! the broker keeps no state that a new packet id could confuse; a resent frame is at
+//! worst a duplicate, which the cloud deduplicates by (device, boot, seq).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{AgentConfig, CatchUp};
+use crate::queue::{DiskQueue, RecordId};
+use crate::status::{self, Health};
+use crate::topics::Topics;
+
+/// A frame ready for the queue: where it goes and its encoded bytes.
+pub struct Outbound {
+    pub topic: String,
+    pub frame: Vec<u8>,
+    pub readings: usize,
+}
+
+/// Queue records carry their topic, so frames queued before a restart still go where
+/// they were meant to even if the configuration changed since.
+fn encode_record(topic: &str, frame: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(1 + topic.len() + frame.len());
+    // Topics are at most MAX_TOPIC_LEN (< 256) bytes.
+    record.push(topic.len() as u8);
+    record.extend_from_slice(topic.as_bytes());
+    record.extend_from_slice(frame);
+    record
+}
+
+/// Splits a queue record into its topic and frame bytes.
+pub fn decode_record(record: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = record.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let topic = std::str::from_utf8(&rest[..len]).ok()?;
+    Some((topic, &rest[len..]))
+}
+
+/// What a connection's event loop tells the delivery task.
+enum ConnEvent {
+    ConnAck { session_present: bool },
+    Published(u16),
+    PubAck(u16),
+    Down(String),
+}
+
+/// What was sent under a packet id.
+#[derive(Clone, Copy)]
+enum Sent {
+    Record(RecordId),
+    /// Status, meta or health: nothing to remove from the queue on PUBACK.
+    Control,
+}
+
+struct Connection {
+    client: AsyncClient,
+    events: mpsc::Receiver<ConnEvent>,
+    poller: JoinHandle<()>,
+    up: bool,
+    /// Publishes handed to rumqttc that have not been given a packet id yet, in order.
+    awaiting_pkid: VecDeque<Sent>,
+    by_pkid: HashMap<u16, Sent>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+/// Counters shared with the health report.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub readings: u64,
+    pub frames: u64,
+    pub dropped_frames: u64,
+    pub reconnects: u64,
+}
+
+pub struct Delivery {
+    config: AgentConfig,
+    topics: Topics,
+    boot_id: String,
+    queue: DiskQueue,
+    connection: Option<Connection>,
+    /// Records sent on the current connection and not yet acknowledged.
+    in_flight: std::collections::BTreeSet<RecordId>,
+    /// Records below this id were in the queue when the connection came up: backlog.
+    backlog_end: RecordId,
+    backlog_cursor: RecordId,
+    live_cursor: RecordId,
+    catch_up_tokens: f64,
+    tokens_at: Instant,
+    prefer_backlog: bool,
+    attempts: u32,
+    reconnect_at: Instant,
+    last_puback: Option<Instant>,
+    started: Instant,
+    counters: Counters,
+    tls: Option<TlsConfiguration>,
+}
+
+/// Publishes in flight, counting frames and control messages together.
+fn window(config: &AgentConfig) -> usize {
+    usize::from(config.mqtt.inflight)
+}
+
+impl Delivery {
+    pub fn new(config: AgentConfig, boot_id: String, queue: DiskQueue) -> anyhow::Result<Self> {
+        let tls = config.mqtt.tls.as_ref().map(load_tls).transpose()?;
+        let rate = f64::from(config.delivery.catch_up_rate);
+        let topics = Topics::new(&config);
+        Ok(Self {
+            topics,
+            boot_id,
+            queue,
+            connection: None,
+            in_flight: Default::default(),
+            backlog_end: 0,
+            backlog_cursor: 0,
+            live_cursor: 0,
+            catch_up_tokens: rate,
+            tokens_at: Instant::now(),
+            prefer_backlog: false,
+            attempts: 0,
+            reconnect_at: Instant::now(),
+            last_puback: None,
+            started: Instant::now(),
+            counters: Counters::default(),
+            tls,
+            config,
+        })
+    }
+
+    /// Runs until `frames` closes (the sampler has sealed its last frame on shutdown),
+    /// then drains what it can within `grace`, says goodbye and syncs the queue.
+    pub async fn run(
+        mut self,
+        mut frames: mpsc::Receiver<Outbound>,
+        health_out: watch::Sender<Health>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let mut sync_tick = tokio::time::interval(self.config.queue.fsync_interval);
+        let mut health_tick = tokio::time::interval(self.config.health.interval);
+        let mut pump_tick = tokio::time::interval(Duration::from_millis(50));
+        for tick in [&mut sync_tick, &mut health_tick, &mut pump_tick] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(frame) => {
+                        self.enqueue(frame);
+                        self.fill_window();
+                    }
+                    None => break,
+                },
+                event = next_event(&mut self.connection) => self.on_event(event),
+                _ = tokio::time::sleep_until(self.reconnect_at.into()), if self.connection.is_none() => {
+                    self.connect();
+                }
+                _ = sync_tick.tick() => self.sync(),
+                _ = health_tick.tick() => {
+                    let health = self.health();
+                    info!(?health, "health");
+                    self.publish_control(self.topics.gateway_status(), status::gateway_online(&self.config, &self.boot_id, &health));
+                    let _ = health_out.send(health);
+                }
+                _ = pump_tick.tick() => self.fill_window(),
+            }
+        }
+        self.shutdown(grace).await;
+        let _ = health_out.send(self.health());
+        Ok(())
+    }
+
+    fn enqueue(&mut self, frame: Outbound) {
+        self.counters.frames += 1;
+        self.counters.readings += frame.readings as u64;
+        let dropped_before = self.queue.stats().dropped_records;
+        if let Err(e) = self
+            .queue
+            .append(&encode_record(&frame.topic, &frame.frame))
+        {
+            self.counters.dropped_frames += 1;
+            error!(error = %e, topic = %frame.topic, "could not store a frame; it is dropped and counted");
+        }
+        let dropped = self.queue.stats().dropped_records - dropped_before;
+        if dropped > 0 {
+            self.counters.dropped_frames += dropped;
+            warn!(dropped, cap = %self.config.queue.max_bytes, "queue at its byte cap: dropped the oldest frames");
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Err(e) = self.queue.sync() {
+            error!(error = %e, "could not sync the queue to disk");
+        }
+    }
+
+    fn health(&self) -> Health {
+        let stats = self.queue.stats();
+        Health {
+            connected: self.connection.as_ref().is_some_and(|c| c.up),
+            uptime_s: self.started.elapsed().as_secs(),
+            readings: self.counters.readings,
+            frames: self.counters.frames,
+            queue_records: stats.unacked_records,
+            queue_bytes: stats.unacked_bytes,
+            queue_disk_bytes: stats.disk_bytes,
+            queue_segments: stats.segments,
+            dropped_frames: self.counters.dropped_frames,
+            reconnects: self.counters.reconnects,
+            last_puback_age_ms: self.last_puback.map(|t| t.elapsed().as_millis() as u64),
+            rss_bytes: status::rss_bytes(),
+        }
+    }
+
+    fn connect(&mut self) {
+        let mqtt = &self.config.mqtt;
+        let mut options = MqttOptions::new(&self.config.gateway.id, &mqtt.host, mqtt.port);
+        options
+            .set_keep_alive(mqtt.keep_alive)
+            .set_clean_session(mqtt.clean_session)
+            .set_inflight(mqtt.inflight)
+            .set_last_will(LastWill::new(
+                self.topics.gateway_status(),
+                status::gateway_offline(&self.config, &self.boot_id, "connection lost"),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let (Some(user), Some(password)) = (&mqtt.username, &mqtt.password) {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(tls.clone()));
+        }
+        // Room for a full window of frames plus the control messages queued beside it.
+        let (client, mut event_loop) = AsyncClient::new(options, window(&self.config) + 64);
+        let (tx, rx) = mpsc::channel(window(&self.config) + 64);
+        let poller = tokio::spawn(async move {
+            loop {
+                let event = match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => ConnEvent::ConnAck {
+                        session_present: ack.session_present,
+                    },
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => ConnEvent::PubAck(ack.pkid),
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => ConnEvent::Published(pkid),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let _ = tx.send(ConnEvent::Down(e.to_string())).await;
+                        return;
+                    }
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        debug!(host = %mqtt.host, port = mqtt.port, "connecting");
+        self.connection = Some(Connection {
+            client,
+            events: rx,
+            poller,
+            up: false,
+            awaiting_pkid: VecDeque::new(),
+            by_pkid: HashMap::new(),
+        });
+    }
+
+    fn on_event(&mut self, event: ConnEvent) {
+        match event {
+            ConnEvent::ConnAck { session_present } => self.on_connected(session_present),
+            ConnEvent::Published(pkid) => {
+                if let Some(conn) = &mut self.connection {
+                    if !conn.by_pkid.contains_key(&pkid) {
+                        if let Some(sent) = conn.awaiting_pkid.pop_front() {
+                            conn.by_pkid.insert(pkid, sent);
+                        }
+                    }
+                }
+            }
+            ConnEvent::PubAck(pkid) => {
+                let sent = self
+                    .connection
+                    .as_mut()
+                    .and_then(|conn| conn.by_pkid.remove(&pkid));
+                self.last_puback = Some(Instant::now());
+                if let Some(Sent::Record(id)) = sent {
+                    self.in_flight.remove(&id);
+                    self.queue.ack(id);
+                }
+                self.fill_window();
+            }
+            ConnEvent::Down(reason) => self.on_down(&reason),
+        }
+    }
+
+    fn on_connected(&mut self, session_present: bool) {
+        info!(
+            host = %self.config.mqtt.host,
+            port = self.config.mqtt.port,
+            session_present,
+            backlog = self.queue.stats().unacked_records,
+            "connected to the broker"
+        );
+        self.attempts = 0;
+        if let Some(conn) = &mut self.connection {
+            conn.up = true;
+        }
+        // Everything not yet acknowledged is sent again on this connection.
+        self.in_flight.clear();
+        self.backlog_end = self.queue.stats().next_id;
+        self.backlog_cursor = 0;
+        self.live_cursor = self.backlog_end;
+        let births: Vec<(String, Vec<u8>)> = std::iter::once((
+            self.topics.gateway_status(),
+            status::gateway_online(&self.config, &self.boot_id, &self.health()),
+        ))
+        .chain(self.config.devices.iter().flat_map(|device| {
+            [
+                (
+                    self.topics.device_status(&device.id),
+                    status::device_online(&self.config.gateway.id, device, &self.boot_id),
+                ),
+                (
+                    self.topics.device_meta(&device.id),
+                    status::device_meta(&self.config, device),
+                ),
+            ]
+        }))
+        .collect();
+        for (topic, payload) in births {
+            self.publish_control(topic, payload);
+        }
+        self.fill_window();
+    }
+
+    fn on_down(&mut self, reason: &str) {
+        let was_up = self.connection.as_ref().is_some_and(|c| c.up);
+        self.connection = None;
+        self.in_flight.clear();
+        self.counters.reconnects += u64::from(was_up);
+        let delay = backoff(
+            self.attempts,
+            self.config.mqtt.reconnect_min,
+            self.config.mqtt.reconnect_max,
+        );
+        self.attempts = self.attempts.saturating_add(1);
+        self.reconnect_at = Instant::now() + delay;
+        if was_up || self.attempts == 1 {
+            warn!(
+                %reason,
+                host = %self.config.mqtt.host,
+                port = self.config.mqtt.port,
+                retry_in_ms = delay.as_millis() as u64,
+                "broker unreachable; frames stay queued on disk"
+            );
+        } else {
+            debug!(%reason, retry_in_ms = delay.as_millis() as u64, "still no broker");
+        }
+    }
+
+    fn publish_control(&mut self, topic: String, payload: Vec<u8>) {
+        self.publish(topic, payload, true, Sent::Control);
+    }
+
+    /// Hands one publish to rumqttc; false if the connection cannot take it.
+    fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, sent: Sent) -> bool {
+        let Some(conn) = self.connection.as_mut().filter(|c| c.up) else {
+            return false;
+        };
+        match conn
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => {
+                conn.awaiting_pkid.push_back(sent);
+                true
+            }
+            Err(e) => {
+                debug!(error = %e, "publish not accepted; waiting for the connection");
+                false
+            }
+        }
+    }
+
+    /// Sends queued frames until the in-flight window is full, live frames and backlog
+    /// according to the catch-up policy, the backlog no faster than its rate.
+    fn fill_window(&mut self) {
+        if !self.connection.as_ref().is_some_and(|c| c.up) {
+            return;
+        }
+        self.refill_tokens();
+        while self.in_flight.len() < window(&self.config) {
+            let Some((id, record)) = self.next_record() else {
+                break;
+            };
+            let Some((topic, frame)) = decode_record(&record) else {
+                error!(
+                    id,
+                    "queue record without a valid topic header; discarding it"
+                );
+                self.queue.ack(id);
+                continue;
+            };
+            let (topic, frame) = (topic.to_owned(), frame.to_vec());
+            if !self.publish(topic, frame, false, Sent::Record(id)) {
+                break;
+            }
+            self.in_flight.insert(id);
+        }
+    }
+
+    fn refill_tokens(&mut self) {
+        let rate = f64::from(self.config.delivery.catch_up_rate);
+        let now = Instant::now();
+        let earned = now.duration_since(self.tokens_at).as_secs_f64() * rate;
+        self.catch_up_tokens = (self.catch_up_tokens + earned).min(rate);
+        self.tokens_at = now;
+    }
+
+    fn next_record(&mut self) -> Option<(RecordId, Vec<u8>)> {
+        let backlog_allowed = self.backlog_cursor < self.backlog_end && self.catch_up_tokens >= 1.0;
+        let order: [bool; 2] = match self.config.delivery.catch_up {
+            CatchUp::LiveFirst => [false, true],
+            CatchUp::Interleave if self.prefer_backlog => [true, false],
+            CatchUp::Interleave => [false, true],
+        };
+        for from_backlog in order {
+            if from_backlog && !backlog_allowed {
+                continue;
+            }
+            let cursor = if from_backlog {
+                self.backlog_cursor
+            } else {
+                self.live_cursor
+            };
+            let found = match self.queue.read_unacked(cursor, 1) {
+                Ok(mut records) => records.pop(),
+                Err(e) => {
+                    error!(error = %e, "could not read the queue");
+                    None
+                }
+            };
+            let Some((id, record)) = found else {
+                continue;
+            };
+            if from_backlog {
+                if id >= self.backlog_end {
+                    self.backlog_cursor = self.backlog_end;
+                    continue;
+                }
+                self.backlog_cursor = id + 1;
+                self.catch_up_tokens -= 1.0;
+            } else {
+                self.live_cursor = id + 1;
+            }
+            self.prefer_backlog = !from_backlog;
+            return Some((id, record));
+        }
+        None
+    }
+
+    /// Gives in-flight and queued frames up to `grace` to be acknowledged, then publishes
+    /// the goodbye statuses, disconnects and syncs the queue.
+    async fn shutdown(&mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.fill_window();
+        while self.connection.as_ref().is_some_and(|c| c.up)
+            && (!self.in_flight.is_empty() || self.has_unsent())
+        {
+            tokio::select! {
+                event = next_event(&mut self.connection) => self.on_event(event),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if self.connection.as_ref().is_some_and(|c| c.up) {
+            let goodbyes: Vec<(String, Vec<u8>)> = self
+                .config
+                .devices
+                .iter()
+                .map(|device| {
+                    (
+                        self.topics.device_status(&device.id),
+                        status::device_offline(&self.config.gateway.id, device, &self.boot_id),
+                    )
+                })
+                .chain(std::iter::once((
+                    self.topics.gateway_status(),
+                    status::gateway_offline(&self.config, &self.boot_id, "shutdown"),
+                )))
+                .collect();
+            let expected = goodbyes.len();
+            for (topic, payload) in goodbyes {
+                self.publish_control(topic, payload);
+            }
+            // Wait briefly for the goodbyes' PUBACKs so they are not lost with the socket.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let mut acked = 0;
+            while acked < expected {
+                tokio::select! {
+                    event = next_event(&mut self.connection) => match event {
+                        ConnEvent::PubAck(pkid) => {
+                            acked += 1;
+                            self.on_event(ConnEvent::PubAck(pkid));
+                        }
+                        ConnEvent::Down(reason) => { self.on_down(&reason); break; }
+                        other => self.on_event(other),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            if let Some(conn) = &self.connection {
+                let _ = conn.client.try_disconnect();
+            }
+            // The broker closes the socket once it has our DISCONNECT; leaving earlier
+            // would look like a lost connection and fire the last will.
+            let closed = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    match next_event(&mut self.connection).await {
+                        ConnEvent::Down(_) => break,
+                        other => self.on_event(other),
+                    }
+                }
+            });
+            let _ = closed.await;
+        }
+        self.sync();
+        let stats = self.queue.stats();
+        info!(
+            unacked_frames = stats.unacked_records,
+            "stopped; unacknowledged frames stay on disk for the next start"
+        );
+    }
+
+    fn has_unsent(&mut self) -> bool {
+        let from = self.live_cursor.min(self.backlog_cursor);
+        self.queue
+            .read_unacked(from, window(&self.config) + 1)
+            .map(|records| records.iter().any(|(id, _)| !self.in_flight.contains(id)))
+            .unwrap_or(false)
+    }
+}
+
+/// Waits for the current connection's next event; pends forever without a connection
+/// (the reconnect timer then wins the select).
+async fn next_event(connection: &mut Option<Connection>) -> ConnEvent {
+    match connection {
+        Some(conn) => conn
+            .events
+            .recv()
+            .await
+            .unwrap_or_else(|| ConnEvent::Down("event loop stopped".to_owned())),
+        None => std::future::pending().await,
+    }
+}
+
+/// Exponential back-off with jitter: between half and all of min × 2^attempts, capped.
+fn backoff(attempts: u32, min: Duration, max: Duration) -> Duration {
+    let ceiling = min.saturating_mul(1u32 << attempts.min(16)).min(max);
+    let half = ceiling / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+fn load_tls(tls: &crate::config::TlsConfig) -> anyhow::Result<TlsConfiguration> {
+    use anyhow::Context;
+    let ca = std::fs::read(&tls.ca)
+        .with_context(|| format!("mqtt.tls.ca: cannot read {}", tls.ca.display()))?;
+    let client_auth = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read(cert)
+                .with_context(|| format!("mqtt.tls.client_cert: cannot read {}", cert.display()))?,
+            std::fs::read(key)
+                .with_context(|| format!("mqtt.tls.client_key: cannot read {}", key.display()))?,
+        )),
+        _ => None,
+    };
+    Ok(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_carry_their_topic() {
+        let record = encode_record("plant/s/l/d/telemetry", &[1, 2, 3]);
+        assert_eq!(
+            decode_record(&record),
+            Some(("plant/s/l/d/telemetry", &[1u8, 2, 3][..]))
+        );
+        assert_eq!(decode_record(&[5, b'a']), None);
+        assert_eq!(decode_record(&[]), None);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        for attempts in 0..40 {
+            let ceiling = min.saturating_mul(1 << attempts.min(16)).min(max);
+            let delay = backoff(attempts, min, max);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{attempts}: {delay:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Store and forward against a real broker (a private Mosquitto per test, so it can be
+//! stopped and started): outages, the queue's byte cap, a corrupted queue tail, and the
+//! retained status messages.
+
+mod support;
+
+use std::time::Duration;
+
+use edge_agent::agent::{self, RunReport};
+use edge_agent::config::AgentConfig;
+use support::{segments, Ledger, Setup, Subscriber};
+use testkit::Mosquitto;
+use tokio::sync::oneshot;
+
+/// Runs the agent in this process until the returned sender fires (or is dropped).
+fn spawn_agent(config: AgentConfig) -> (oneshot::Sender<()>, tokio::task::JoinHandle<RunReport>) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent::run(
+            config,
+            async {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("agent run")
+    });
+    (stop_tx, task)
+}
+
+fn assert_every_reading_once(ledger: &Ledger, report: &RunReport) {
+    for (device, sealed) in &report.sealed {
+        assert!(*sealed > 0, "{device} produced nothing");
+        let received = ledger.received(device, report.boot_id);
+        let missing: Vec<u64> = (0..*sealed).filter(|s| !received.contains(s)).collect();
+        assert!(
+            missing.is_empty(),
+            "{device}: {} of {sealed} readings never arrived, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        assert_eq!(
+            received.len() as u64,
+            *sealed,
+            "{device}: readings beyond what was sealed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_arrives_through_a_broker_outage() {
+    let setup = Setup::new();
+    let mut broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
+    let (stop, agent) = spawn_agent(setup.config(broker.port(), "16 MiB"));
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    broker.stop();
+    let before_outage = subscriber.frames().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let queued_during_outage = segments(&setup.queue_dir()).len();
+    broker.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+
+    let ledger = subscriber
+        .wait_for(Duration::from_secs(10), |l| {
+            report
+                .sealed
+                .iter()
+                .all(|(d, n)| l.complete(d, report.boot_id, *n))
+        })
+        .await;
+    println!(
+        "outage: frames before {before_outage}, segments queued {queued_during_outage}, \
+         sealed {:?}, duplicates {}, reconnects {}",
+        report.sealed,
+        ledger.duplicates(),
+        report.health.reconnects
+    );
+    assert!(before_outage > 0, "frames flowed before the outage");
+    assert!(
+        report.health.reconnects >= 1,
+        "the agent noticed the outage"
+    );
+    assert_every_reading_once(&ledger, &report);
+    assert_eq!(report.health.dropped_frames, 0);
+    assert_eq!(
+        report.health.queue_records, 0,
+        "everything was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_oldest_frames_and_counts_them() {
+    let setup = Setup::new();
+    // Nobody listens on this port: every frame stays queued, and the cap must bite.
+    let dead_port = testkit::free_port();
+    let (stop, agent) = spawn_agent(setup.config_small_segments(dead_port, "8 KiB"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.send(()).expect("agent still running");
+    let first = agent.await.expect("agent task");
+    let disk: u64 = segments(&setup.queue_dir())
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    println!(
+        "cap: sealed {:?}, health {:?}, disk {disk}",
+        first.sealed, first.health
+    );
+    assert!(first.health.dropped_frames > 0, "the cap was reached");
+    assert!(
+        disk <= 8 * 1024,
+        "queue files {disk} B exceed the 8 KiB cap"
+    );
+
+    // Now deliver what is left: it must be the newest frames, contiguous to the end.
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
+    let (stop, agent) = spawn_agent(setup.config_small_segments(broker.port(), "8 KiB"));
+    let ledger = subscriber
+        .wait_for(Duration::from_secs(15), |l| {
+            first
+                .sealed
+                .iter()
+                .all(|(d, n)| l.received(d, first.boot_id).last() == Some(&(n - 1)))
+        })
+        .await;
+    stop.send(()).expect("agent still running");
+    agent.await.expect("agent task");
+    let mut dropped_readings = 0;
+    for (device, sealed) in &first.sealed {
+        let received = ledger.received(device, first.boot_id);
+        let oldest = *received.first().expect("the newest frames survived");
+        assert!(oldest > 0, "{device}: the oldest frames were dropped");
+        assert_eq!(
+            received,
+            (oldest..*sealed).collect(),
+            "{device}: what survived is one contiguous run up to the newest reading"
+        );
+        dropped_readings += oldest;
+    }
+    assert!(dropped_readings > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_queue_tail_is_cut_off_and_the_rest_delivered() {
+    let setup = Setup::new();
+    let (stop, agent) = spawn_agent(setup.config(testkit::free_port(), "16 MiB"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.send(()).expect("agent still running");
+    let first = agent.await.expect("agent task");
+
+    // A power cut mid-write: the last record is half there, followed by garbage.
+    let last = segments(&setup.queue_dir()).pop().expect("a queue segment");
+    let bytes = std::fs::read(&last).expect("read segment");
+    assert!(bytes.len() > 64, "segment holds records");
+    let mut torn = bytes[..bytes.len() - 7].to_vec();
+    torn.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    std::fs::write(&last, torn).expect("tear segment");
+
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
+    let (stop, agent) = spawn_agent(setup.config(broker.port(), "16 MiB"));
+    subscriber
+        .wait_for(Duration::from_secs(10), |l| {
+            first
+                .sealed
+                .iter()
+                .all(|(d, _)| !l.received(d, first.boot_id).is_empty())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).expect("agent started despite the torn tail");
+    agent.await.expect("agent task");
+    let ledger = Ledger::of(&subscriber.frames());
+    let mut lost = 0;
+    for (device, sealed) in &first.sealed {
+        let received = ledger.received(device, first.boot_id);
+        assert_eq!(
+            received,
+            (0..received.len() as u64).collect(),
+            "{device}: everything before the tear arrived, in one run from 0"
+        );
+        lost += sealed - received.len() as u64;
+    }
+    assert!(
+        lost > 0 && lost <= 10,
+        "only the torn frame is lost (lost {lost} readings)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn birth_meta_health_and_goodbye_are_retained_json() {
+    let setup = Setup::new();
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
+    let (stop, agent) = spawn_agent(setup.config(broker.port(), "16 MiB"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let p = &setup.prefix;
+    let gateway = subscriber
+        .retained(&format!("{p}/plant1/line-a/{p}/status"))
+        .expect("gateway status");
+    assert_eq!(gateway["state"], "online");
+    assert!(
+        gateway["health"]["readings"].as_u64().unwrap_or(0) > 0,
+        "{gateway}"
+    );
+    assert!(
+        gateway["health"]["rss_bytes"].as_u64().unwrap_or(0) > 0,
+        "{gateway}"
+    );
+    let press = subscriber
+        .retained(&format!("{p}/plant1/line-b/press-01/status"))
+        .expect("device status on the device's own line");
+    assert_eq!(press["state"], "online");
+    assert_eq!(press["gateway"], p.as_str());
+    assert_eq!(press["channels"][0]["name"], "pressure");
+    let meta = subscriber
+        .retained(&format!("{p}/plant1/line-a/furnace-01/meta"))
+        .expect("device meta");
+    assert_eq!(meta["channels"][0]["unit"], "°C");
+    assert_eq!(meta["channels"][0]["range"][1], 1400.0);
+
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway = subscriber
+        .retained(&format!("{p}/plant1/line-a/{p}/status"))
+        .expect("gateway status");
+    assert_eq!(gateway["state"], "offline");
+    assert_eq!(gateway["reason"], "shutdown");
+    assert_eq!(gateway["boot_id"], report.boot_id.to_string());
+    let press = subscriber
+        .retained(&format!("{p}/plant1/line-b/press-01/status"))
+        .expect("device status");
+    assert_eq!(press["state"], "offline");
+}
