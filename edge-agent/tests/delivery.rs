@@ -239,3 +239,130 @@ async fn birth_meta_health_and_goodbye_are_retained_json() {
         .expect("device status");
     assert_eq!(press["state"], "offline");
 }
+
+/// A CA, and a broker certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", ca.pem());
+    let cert = write("server.pem", server.pem());
+    let key = write("server.key", server_key.serialize_pem());
+    let listener = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    );
+    (ca_file, listener)
+}
+
+fn with_tls(mut config: AgentConfig, ca: std::path::PathBuf) -> AgentConfig {
+    config.mqtt.tls = Some(edge_agent::config::TlsConfig {
+        ca,
+        client_cert: None,
+        client_key: None,
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_over_tls_and_refuses_a_broker_it_cannot_verify() {
+    let setup = Setup::new();
+    let (ca, listener) = tls_files(setup.dir.path());
+    let broker = Mosquitto::start_with(&listener);
+
+    let (stop, agent) = spawn_agent(with_tls(setup.config(broker.port(), "16 MiB"), ca));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+    assert!(report.health.frames > 0);
+    assert!(
+        report.health.last_puback_age_ms.is_some(),
+        "the broker acknowledged over TLS"
+    );
+    assert_eq!(report.health.queue_records, 0, "{:?}", report.health);
+
+    // A CA that did not sign the broker's certificate: no connection, frames stay queued.
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _) = tls_files(other.path());
+    let (stop, agent) = spawn_agent(with_tls(setup.config(broker.port(), "16 MiB"), wrong_ca));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+    assert!(
+        report.health.last_puback_age_ms.is_none(),
+        "{:?}",
+        report.health
+    );
+    assert!(
+        report.health.queue_records > 0,
+        "frames wait on disk for a broker it trusts"
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_frames_overtake_a_rate_limited_backlog() {
+    let setup = Setup::new();
+    let mut broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
+    let mut config = setup.config(broker.port(), "16 MiB");
+    config.delivery.catch_up = edge_agent::config::CatchUp::LiveFirst;
+    config.delivery.catch_up_rate = 10;
+    let (stop, agent) = spawn_agent(config);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back_at = now_ms();
+    broker.restart();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+
+    let ledger = subscriber
+        .wait_for(Duration::from_secs(10), |l| {
+            report
+                .sealed
+                .iter()
+                .all(|(d, n)| l.complete(d, report.boot_id, *n))
+        })
+        .await;
+    assert_every_reading_once(&ledger, &report);
+    // Arrival order: backlog = frames sealed during the outage, live = after it ended.
+    let frames = subscriber.frames();
+    let last_backlog = frames
+        .iter()
+        .rposition(|r| r.frame.base_ts_ms + 1000 < back_at)
+        .expect("backlog frames arrived");
+    let first_live = frames
+        .iter()
+        .position(|r| r.frame.base_ts_ms > back_at + 500)
+        .expect("live frames arrived");
+    println!(
+        "catch-up: {} frames, first live at {first_live}, last backlog at {last_backlog}",
+        frames.len()
+    );
+    assert!(
+        first_live < last_backlog,
+        "live-first: new frames went out while the backlog was still draining"
+    );
+}

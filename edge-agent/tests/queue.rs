@@ -910,3 +910,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_directory_in_use_is_refused_until_released() {
+    let dir = TempDir::new().unwrap();
+    let config = config(dir.path(), 4096, 1 << 20);
+    let mut first = open(&config);
+    first.append(b"frame").unwrap();
+    let err = DiskQueue::open(config.clone()).expect_err("a second queue on the same directory");
+    assert!(matches!(err, QueueError::InUse { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    drop(first);
+    let (mut again, _) = DiskQueue::open(config).expect("the lock went with the first queue");
+    assert_eq!(read_all(&mut again).len(), 1);
+}

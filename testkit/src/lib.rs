@@ -90,6 +90,12 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like [`Mosquitto::start`], with extra settings for its listener (e.g. TLS files:
+    /// `cafile`, `certfile`, `keyfile`).
+    pub fn start_with(listener_settings: &str) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique_name("mosq"));
         std::fs::create_dir_all(&dir).expect("temp dir for mosquitto");
@@ -99,7 +105,7 @@ impl Mosquitto {
             whoami()
         };
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+            "listener {port} 127.0.0.1\n{listener_settings}\nallow_anonymous true\npersistence true\n\
              persistence_location {}/\nmax_queued_messages 1000000\nuser {user}\n\
              log_dest file {}/mosquitto.log\n",
             dir.display(),

@@ -189,6 +189,8 @@ impl QueueConfig {
 pub enum QueueError {
     #[error("invalid queue configuration: {0}")]
     Config(String),
+    #[error("queue directory {} is in use by another process (is a second edge-agent running?)", .path.display())]
+    InUse { path: PathBuf },
     #[error("queue directory {} cannot be created: {cause}", .path.display())]
     CreateDir { path: PathBuf, cause: io::Error },
     #[error("queue directory {} cannot be read: {cause}", .path.display())]
@@ -391,6 +393,9 @@ pub struct DiskQueue {
     acks_dirty: bool,
     /// Segment files were created or deleted since the directory was last fsync'd.
     dir_dirty: bool,
+    /// Held open for the queue's lifetime: its exclusive lock keeps a second process
+    /// (a second agent started by mistake) from writing the same segments.
+    _lock: File,
 }
 
 /// The write handle of the last segment, which receives appends.
@@ -421,6 +426,7 @@ impl DiskQueue {
             max_bytes,
         } = config;
         create_dir(&dir)?;
+        let lock = lock_dir(&dir)?;
         let first_ids = list_segments(&dir)?;
         let (saved, acks) = load_acks(&dir);
         let mut queue = DiskQueue {
@@ -441,6 +447,7 @@ impl DiskQueue {
             // and fsyncs the directory (the previous run may have crashed before it did).
             acks_dirty: true,
             dir_dirty: true,
+            _lock: lock,
         };
         let mut repairs = Vec::new();
         for (i, &first_id) in first_ids.iter().enumerate() {
@@ -1158,4 +1165,30 @@ fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
             path: dir.to_owned(),
             cause,
         })
+}
+
+/// Takes the directory's `lock` file exclusively, without waiting.
+fn lock_dir(dir: &Path) -> Result<File, QueueError> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|cause| QueueError::NotWritable {
+            path: dir.to_owned(),
+            file: path.clone(),
+            cause,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::InUse {
+            path: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(cause)) => Err(QueueError::NotWritable {
+            path: dir.to_owned(),
+            file: path,
+            cause,
+        }),
+    }
 }
