@@ -59,7 +59,7 @@ pub async fn run(
         max_bytes: config.queue.max_bytes.as_u64(),
     })
     .with_context(|| format!("opening the frame queue in {}", config.queue.dir.display()))?;
-    info!(boot_id = %boot_hex, queue = ?report, "edge agent starting");
+    info!(boot_id = %boot_hex, queue = %report, "edge agent starting");
 
     let mut channels = Vec::new();
     let mut batchers = Vec::new();

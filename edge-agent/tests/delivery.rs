@@ -29,6 +29,18 @@ fn spawn_agent(config: AgentConfig) -> (oneshot::Sender<()>, tokio::task::JoinHa
     (stop_tx, task)
 }
 
+/// Waits (up to 10 s) until the subscriber holds every reading the run sealed.
+async fn wait_for_every_reading(subscriber: &Subscriber, report: &RunReport) -> Ledger {
+    subscriber
+        .wait_for(Duration::from_secs(10), |l| {
+            report
+                .sealed
+                .iter()
+                .all(|(d, n)| l.complete(d, report.boot_id, *n))
+        })
+        .await
+}
+
 fn assert_every_reading_once(ledger: &Ledger, report: &RunReport) {
     for (device, sealed) in &report.sealed {
         assert!(*sealed > 0, "{device} produced nothing");
@@ -65,14 +77,7 @@ async fn every_reading_arrives_through_a_broker_outage() {
     stop.send(()).expect("agent still running");
     let report = agent.await.expect("agent task");
 
-    let ledger = subscriber
-        .wait_for(Duration::from_secs(10), |l| {
-            report
-                .sealed
-                .iter()
-                .all(|(d, n)| l.complete(d, report.boot_id, *n))
-        })
-        .await;
+    let ledger = wait_for_every_reading(&subscriber, &report).await;
     println!(
         "outage: frames before {before_outage}, segments queued {queued_during_outage}, \
          sealed {:?}, duplicates {}, reconnects {}",
@@ -338,14 +343,7 @@ async fn live_frames_overtake_a_rate_limited_backlog() {
     stop.send(()).expect("agent still running");
     let report = agent.await.expect("agent task");
 
-    let ledger = subscriber
-        .wait_for(Duration::from_secs(10), |l| {
-            report
-                .sealed
-                .iter()
-                .all(|(d, n)| l.complete(d, report.boot_id, *n))
-        })
-        .await;
+    let ledger = wait_for_every_reading(&subscriber, &report).await;
     assert_every_reading_once(&ledger, &report);
     // Arrival order: backlog = frames sealed during the outage, live = after it ended.
     let frames = subscriber.frames();

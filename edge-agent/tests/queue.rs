@@ -266,6 +266,7 @@ fn acks_of_deleted_segments_are_forgotten() {
     // is 32 bytes plus 16 per range).
     assert_eq!(segment_names(dir.path()), [format!("{:020}.seg", 396)]);
     assert!(fs::metadata(dir.path().join("acks")).unwrap().len() <= 32 + 16);
+    drop(queue);
     let mut queue = open(&config);
     assert!(read_all(&mut queue).is_empty());
 }

@@ -102,7 +102,8 @@
 //!   milliseconds on an SD card) and `open` reads the whole queue once.
 //! - Dropping the queue without [`DiskQueue::sync`] is a crash as far as the queue
 //!   knows: call `sync` at shutdown.
-//! - One process per directory: there is no lock file.
+//! - One process per directory: `open` takes an exclusive lock on the directory's `lock`
+//!   file and refuses with [`QueueError::InUse`] while another queue holds it.
 //! - Ids strictly increase across restarts. The one exception is a power cut: ids of
 //!   records that never reached the disk can be handed out again, which is harmless
 //!   because nothing durable refers to them.
