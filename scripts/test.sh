@@ -32,6 +32,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "protocol builds for a microcontroller (no_std, no allocator)"
 cargo build --locked -p protocol --target thumbv7em-none-eabihf
 
+step "edge agent for the Pi: aarch64 cross-build, --help under qemu, systemd unit"
+scripts/cross-build.sh --check
+
 step "tests"
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
