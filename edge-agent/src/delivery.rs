@@ -414,7 +414,7 @@ impl Delivery {
         }
         self.refill_tokens();
         while self.in_flight.len() < window(&self.config) {
-            let Some((id, record)) = self.next_record() else {
+            let Some((id, record, from_backlog)) = self.next_record() else {
                 break;
             };
             let Some((topic, frame)) = decode_record(&record) else {
@@ -427,6 +427,13 @@ impl Delivery {
             };
             let (topic, frame) = (topic.to_owned(), frame.to_vec());
             if !self.publish(topic, frame, false, Sent::Record(id)) {
+                // Not sent: take the step back so the record goes out on the next try.
+                if from_backlog {
+                    self.backlog_cursor = id;
+                    self.catch_up_tokens += 1.0;
+                } else {
+                    self.live_cursor = id;
+                }
                 break;
             }
             self.in_flight.insert(id);
@@ -441,7 +448,8 @@ impl Delivery {
         self.tokens_at = now;
     }
 
-    fn next_record(&mut self) -> Option<(RecordId, Vec<u8>)> {
+    /// The next record to send and whether it came from the backlog.
+    fn next_record(&mut self) -> Option<(RecordId, Vec<u8>, bool)> {
         let backlog_allowed = self.backlog_cursor < self.backlog_end && self.catch_up_tokens >= 1.0;
         let order: [bool; 2] = match self.config.delivery.catch_up {
             CatchUp::LiveFirst => [false, true],
@@ -478,7 +486,7 @@ impl Delivery {
                 self.live_cursor = id + 1;
             }
             self.prefer_backlog = !from_backlog;
-            return Some((id, record));
+            return Some((id, record, from_backlog));
         }
         None
     }
@@ -493,6 +501,8 @@ impl Delivery {
         {
             tokio::select! {
                 event = next_event(&mut self.connection) => self.on_event(event),
+                // The backlog's rate limit may hold frames back with nothing in flight.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => self.fill_window(),
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
