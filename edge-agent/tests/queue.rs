@@ -701,7 +701,7 @@ fn a_full_disk_drops_the_oldest_records_and_never_fails_for_good() {
     let mut acked = 0;
     for i in 0..2000 {
         let id = queue.append(&payload(i, 200)).unwrap();
-        if id % 5 == 0 {
+        if id.is_multiple_of(5) {
             queue.ack(id);
             acked += 1;
         }

@@ -63,7 +63,7 @@ impl Segment {
 
     /// Accounts for a record written at offset `self.len`.
     pub(crate) fn push(&mut self, payload_len: u64, acked: bool) {
-        if self.count % CHECKPOINT_EVERY == 0 {
+        if self.count.is_multiple_of(CHECKPOINT_EVERY) {
             // `len` stays below MAX_FILE_OFFSET (checked by `scan` and by the segment cap).
             self.checkpoints
                 .push(u32::try_from(self.len).unwrap_or(u32::MAX));

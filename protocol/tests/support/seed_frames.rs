@@ -49,7 +49,7 @@ pub fn seed_frame(device: &str, channels: &[Channel], count: usize) -> Frame {
     let mut t = 0u32;
     while frame.readings.len() < count {
         for &(channel, _, period, nominal, noise) in channels {
-            if t % period == 0 && frame.readings.len() < count {
+            if t.is_multiple_of(period) && frame.readings.len() < count {
                 let value = nominal + (t as f32 * 0.731 + f32::from(channel)).sin() * noise;
                 let reading = Reading {
                     channel,
