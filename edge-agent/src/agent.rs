@@ -92,7 +92,8 @@ pub async fn run(
     }
 
     let topics = Topics::new(&config);
-    let (frames_tx, frames_rx) = mpsc::channel::<Outbound>(64);
+    // Small: a sealed frame is numbered but not durable until delivery has queued it.
+    let (frames_tx, frames_rx) = mpsc::channel::<Outbound>(8);
     let (health_tx, mut health_rx) = watch::channel(Health::default());
     let delivery = Delivery::new(config.clone(), boot_hex, queue)?;
     let delivery = tokio::spawn(delivery.run(frames_rx, health_tx, grace));
@@ -101,7 +102,7 @@ pub async fn run(
     let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
         (0..channels.len()).map(|i| Reverse((started, i))).collect();
     tokio::pin!(shutdown);
-    loop {
+    'sampling: loop {
         let next_sample = due.peek().map(|Reverse((at, _))| *at);
         let next_seal = batchers.iter().filter_map(Batcher::deadline).min();
         let wake = [next_sample, next_seal.map(Instant::from_std)]
@@ -148,7 +149,9 @@ pub async fn run(
             sealed.extend(batcher.seal_if_due(now.into_std(), synced));
         }
         for frame in sealed {
-            send(&frames_tx, &topics, frame).await;
+            if !send(&frames_tx, &topics, frame).await {
+                break 'sampling;
+            }
         }
     }
 
@@ -172,7 +175,9 @@ pub async fn run(
     })
 }
 
-async fn send(frames: &mpsc::Sender<Outbound>, topics: &Topics, frame: Frame) {
+/// Hands a sealed frame to delivery; false if delivery has stopped, which ends the run
+/// (its error is returned) rather than sampling on into the void.
+async fn send(frames: &mpsc::Sender<Outbound>, topics: &Topics, frame: Frame) -> bool {
     let mut buf = [0u8; MAX_FRAME_LEN];
     match frame.encode(&mut buf) {
         Ok(bytes) => {
@@ -181,10 +186,12 @@ async fn send(frames: &mpsc::Sender<Outbound>, topics: &Topics, frame: Frame) {
                 frame: bytes.to_vec(),
                 readings: frame.readings.len(),
             };
-            if frames.send(outbound).await.is_err() {
-                error!("delivery stopped; frame not queued");
-            }
+            frames.send(outbound).await.is_ok()
         }
-        Err(e) => error!(error = %e, device = %frame.device, "frame failed to encode"),
+        Err(e) => {
+            // Unreachable: the batcher only seals valid frames.
+            error!(error = %e, device = %frame.device, "frame failed to encode");
+            true
+        }
     }
 }

@@ -373,6 +373,9 @@ impl AgentConfig {
         if self.queue.max_bytes.as_u64() < 2 * self.queue.segment_bytes.as_u64() {
             problems.push("queue.max_bytes: must hold at least two segments".to_owned());
         }
+        if self.queue.fsync_interval < Duration::from_millis(10) {
+            problems.push("queue.fsync_interval: at least 10 ms".to_owned());
+        }
         if self.mqtt.inflight == 0 {
             problems.push("mqtt.inflight: at least 1".to_owned());
         }

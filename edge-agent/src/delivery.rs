@@ -46,7 +46,9 @@ fn encode_record(topic: &str, frame: &[u8]) -> Vec<u8> {
     record
 }
 
-/// Splits a queue record into its topic and frame bytes.
+/// Splits a queue record into its topic and frame bytes; `None` unless the topic is a
+/// valid telemetry topic (records outlive configurations and versions of the agent, and
+/// one the broker would refuse must not block the queue behind it).
 pub fn decode_record(record: &[u8]) -> Option<(&str, &[u8])> {
     let (&len, rest) = record.split_first()?;
     let len = usize::from(len);
@@ -54,7 +56,8 @@ pub fn decode_record(record: &[u8]) -> Option<(&str, &[u8])> {
         return None;
     }
     let topic = std::str::from_utf8(&rest[..len]).ok()?;
-    Some((topic, &rest[len..]))
+    let parsed = protocol::topic::Topic::parse(topic).ok()?;
+    (parsed.kind == protocol::topic::TopicKind::Telemetry).then_some((topic, &rest[len..]))
 }
 
 /// What a connection's event loop tells the delivery task.
@@ -121,9 +124,19 @@ pub struct Delivery {
     tls: Option<TlsConfiguration>,
 }
 
+/// Largest MQTT packet sent or accepted: a frame is under 1 KiB, a device's `meta` under
+/// 256 channels × a few hundred bytes.
+const MAX_PACKET: usize = 256 * 1024;
+
 /// Publishes in flight, counting frames and control messages together.
 fn window(config: &AgentConfig) -> usize {
     usize::from(config.mqtt.inflight)
+}
+
+/// Control messages that may be queued at once beside a full window: the births (status
+/// and meta per device, plus the gateway's), or the goodbyes, plus a health report.
+fn control_burst(config: &AgentConfig) -> usize {
+    2 * config.devices.len() + 8
 }
 
 impl Delivery {
@@ -244,6 +257,9 @@ impl Delivery {
             .set_keep_alive(mqtt.keep_alive)
             .set_clean_session(mqtt.clean_session)
             .set_inflight(mqtt.inflight)
+            // rumqttc's default 10 KiB would refuse the `meta` of a device with many
+            // channels and drop the connection each time it tried.
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_last_will(LastWill::new(
                 self.topics.gateway_status(),
                 status::gateway_offline(&self.config, &self.boot_id, "connection lost"),
@@ -257,8 +273,9 @@ impl Delivery {
             options.set_transport(Transport::tls_with_config(tls.clone()));
         }
         // Room for a full window of frames plus the control messages queued beside it.
-        let (client, mut event_loop) = AsyncClient::new(options, window(&self.config) + 64);
-        let (tx, rx) = mpsc::channel(window(&self.config) + 64);
+        let capacity = window(&self.config) + control_burst(&self.config);
+        let (client, mut event_loop) = AsyncClient::new(options, capacity);
+        let (tx, rx) = mpsc::channel(capacity);
         let poller = tokio::spawn(async move {
             loop {
                 let event = match event_loop.poll().await {
@@ -307,6 +324,9 @@ impl Delivery {
                     .as_mut()
                     .and_then(|conn| conn.by_pkid.remove(&pkid));
                 self.last_puback = Some(Instant::now());
+                // A PUBACK proves the connection works; a ConnAck alone does not (a
+                // broker may accept and then drop us), so back-off resets only here.
+                self.attempts = 0;
                 if let Some(Sent::Record(id)) = sent {
                     self.in_flight.remove(&id);
                     self.queue.ack(id);
@@ -325,7 +345,6 @@ impl Delivery {
             backlog = self.queue.stats().unacked_records,
             "connected to the broker"
         );
-        self.attempts = 0;
         if let Some(conn) = &mut self.connection {
             conn.up = true;
         }
@@ -420,9 +439,10 @@ impl Delivery {
             let Some((topic, frame)) = decode_record(&record) else {
                 error!(
                     id,
-                    "queue record without a valid topic header; discarding it"
+                    "queue record without a valid telemetry topic; discarding it (counted as dropped)"
                 );
                 self.queue.ack(id);
+                self.counters.dropped_frames += 1;
                 continue;
             };
             let (topic, frame) = (topic.to_owned(), frame.to_vec());
@@ -533,7 +553,10 @@ impl Delivery {
                 tokio::select! {
                     event = next_event(&mut self.connection) => match event {
                         ConnEvent::PubAck(pkid) => {
-                            acked += 1;
+                            let goodbye = self.connection.as_ref().is_some_and(|c| {
+                                matches!(c.by_pkid.get(&pkid), Some(Sent::Control))
+                            });
+                            acked += usize::from(goodbye);
                             self.on_event(ConnEvent::PubAck(pkid));
                         }
                         ConnEvent::Down(reason) => { self.on_down(&reason); break; }
@@ -626,6 +649,13 @@ mod tests {
             Some(("plant/s/l/d/telemetry", &[1u8, 2, 3][..]))
         );
         assert_eq!(decode_record(&[5, b'a']), None);
+        for refused in ["plant/+/l/d/telemetry", "plant/s/l/d/status", ""] {
+            assert_eq!(
+                decode_record(&encode_record(refused, &[1])),
+                None,
+                "{refused:?}"
+            );
+        }
         assert_eq!(decode_record(&[]), None);
     }
 

@@ -364,3 +364,39 @@ async fn live_frames_overtake_a_rate_limited_backlog() {
         "live-first: new frames went out while the backlog was still draining"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_many_channels_still_gets_its_meta_and_telemetry_through() {
+    let setup = Setup::new();
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
+    let value = setup.dir.path().join("value");
+    std::fs::write(&value, "21.5\n").unwrap();
+    // 120 channels: a `meta` message of about 25 KiB, beyond MQTT clients' usual 10 KiB.
+    let mut toml = setup.config_toml(broker.port(), "16 MiB");
+    for channel in 1..=120 {
+        toml.push_str(&format!(
+            "[[devices.channels]]\nid = {channel}\nname = \"probe_{channel}\"\n\
+             unit = \"degree Celsius\"\nperiod = \"100ms\"\nrange = [-40.0, 125.0]\n\
+             thresholds = {{ warn_low = 0.0, warn_high = 60.0, crit_low = -10.0, crit_high = 80.0 }}\n\
+             source = {{ kind = \"file\", path = \"{}\" }}\n",
+            value.display()
+        ));
+    }
+    let path = setup.dir.path().join("many.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = AgentConfig::load(&path, &Default::default()).expect("valid config");
+    let (stop, agent) = spawn_agent(config);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+
+    let p = &setup.prefix;
+    let meta = subscriber
+        .retained(&format!("{p}/plant1/line-b/press-01/meta"))
+        .expect("the large meta message arrived");
+    assert_eq!(meta["channels"].as_array().map(Vec::len), Some(121));
+    let ledger = wait_for_every_reading(&subscriber, &report).await;
+    assert_every_reading_once(&ledger, &report);
+    assert_eq!(report.health.reconnects, 0, "the connection held");
+}

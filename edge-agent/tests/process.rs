@@ -77,6 +77,10 @@ fn invalid_configs_name_the_key_and_exit_2() {
             "batch.max_readings",
         ),
         (
+            good.replace("fsync_interval = \"200ms\"", "fsync_interval = \"0s\""),
+            "queue.fsync_interval",
+        ),
+        (
             good.replace("period = \"20ms\"", "period = \"1ms\""),
             "devices[1].channels[0].period",
         ),

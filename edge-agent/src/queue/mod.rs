@@ -1181,15 +1181,27 @@ fn lock_dir(dir: &Path) -> Result<File, QueueError> {
             file: path.clone(),
             cause,
         })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::InUse {
-            path: dir.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(cause)) => Err(QueueError::NotWritable {
-            path: dir.to_owned(),
-            file: path,
-            cause,
-        }),
+    // A lock can outlive its holder by a moment: a child forked by another thread shares
+    // the descriptor until it execs. So a busy lock is retried briefly before giving up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(QueueError::InUse {
+                    path: dir.to_owned(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(cause)) => {
+                return Err(QueueError::NotWritable {
+                    path: dir.to_owned(),
+                    file: path,
+                    cause,
+                })
+            }
+        }
     }
 }

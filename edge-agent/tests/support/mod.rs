@@ -134,7 +134,8 @@ impl Subscriber {
         let mut options = MqttOptions::new(format!("{prefix}-sub"), "127.0.0.1", port);
         options
             .set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(5));
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(options, 100);
         client
             .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
