@@ -400,3 +400,45 @@ async fn a_device_with_many_channels_still_gets_its_meta_and_telemetry_through()
     assert_every_reading_once(&ledger, &report);
     assert_eq!(report.health.reconnects, 0, "the connection held");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_presented_and_a_wrong_password_is_refused() {
+    let setup = Setup::new();
+    let passwords = setup.dir.path().join("passwords");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args(["pi-line-a-01", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd (from the mosquitto package)");
+    assert!(status.success());
+    let broker = Mosquitto::start_with(&format!("password_file {}\n", passwords.display()));
+    let with_password = |password: &str| {
+        let mut config = setup.config(broker.port(), "16 MiB");
+        config.mqtt.username = Some("pi-line-a-01".to_owned());
+        config.mqtt.password = Some(password.to_owned());
+        config
+    };
+
+    let (stop, agent) = spawn_agent(with_password("s3cret"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+    assert!(
+        report.health.last_puback_age_ms.is_some(),
+        "{:?}",
+        report.health
+    );
+    assert_eq!(report.health.queue_records, 0);
+
+    let (stop, agent) = spawn_agent(with_password("wrong"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send(()).expect("agent still running");
+    let report = agent.await.expect("agent task");
+    assert!(
+        report.health.last_puback_age_ms.is_none(),
+        "{:?}",
+        report.health
+    );
+    assert!(report.health.queue_records > 0, "frames wait on disk");
+}
