@@ -41,6 +41,14 @@ async fn wait_for_every_reading(subscriber: &Subscriber, report: &RunReport) -> 
         .await
 }
 
+/// Runs the agent for `duration`, then stops it cleanly and returns its report.
+async fn run_agent_for(config: AgentConfig, duration: Duration) -> RunReport {
+    let (stop, agent) = spawn_agent(config);
+    tokio::time::sleep(duration).await;
+    stop.send(()).expect("agent still running");
+    agent.await.expect("agent task")
+}
+
 fn assert_every_reading_once(ledger: &Ledger, report: &RunReport) {
     for (device, sealed) in &report.sealed {
         assert!(*sealed > 0, "{device} produced nothing");
@@ -103,10 +111,11 @@ async fn a_full_queue_drops_the_oldest_frames_and_counts_them() {
     let setup = Setup::new();
     // Nobody listens on this port: every frame stays queued, and the cap must bite.
     let dead_port = testkit::free_port();
-    let (stop, agent) = spawn_agent(setup.config_small_segments(dead_port, "8 KiB"));
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.send(()).expect("agent still running");
-    let first = agent.await.expect("agent task");
+    let first = run_agent_for(
+        setup.config_small_segments(dead_port, "8 KiB"),
+        Duration::from_secs(5),
+    )
+    .await;
     let disk: u64 = segments(&setup.queue_dir())
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
@@ -153,10 +162,11 @@ async fn a_full_queue_drops_the_oldest_frames_and_counts_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_queue_tail_is_cut_off_and_the_rest_delivered() {
     let setup = Setup::new();
-    let (stop, agent) = spawn_agent(setup.config(testkit::free_port(), "16 MiB"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.send(()).expect("agent still running");
-    let first = agent.await.expect("agent task");
+    let first = run_agent_for(
+        setup.config(testkit::free_port(), "16 MiB"),
+        Duration::from_secs(1),
+    )
+    .await;
 
     // A power cut mid-write: the last record is half there, followed by garbage.
     let last = segments(&setup.queue_dir()).pop().expect("a queue segment");
@@ -288,10 +298,11 @@ async fn delivers_over_tls_and_refuses_a_broker_it_cannot_verify() {
     let (ca, listener) = tls_files(setup.dir.path());
     let broker = Mosquitto::start_with(&listener);
 
-    let (stop, agent) = spawn_agent(with_tls(setup.config(broker.port(), "16 MiB"), ca));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
+    let report = run_agent_for(
+        with_tls(setup.config(broker.port(), "16 MiB"), ca),
+        Duration::from_millis(1500),
+    )
+    .await;
     assert!(report.health.frames > 0);
     assert!(
         report.health.last_puback_age_ms.is_some(),
@@ -302,10 +313,11 @@ async fn delivers_over_tls_and_refuses_a_broker_it_cannot_verify() {
     // A CA that did not sign the broker's certificate: no connection, frames stay queued.
     let other = tempfile::tempdir().unwrap();
     let (wrong_ca, _) = tls_files(other.path());
-    let (stop, agent) = spawn_agent(with_tls(setup.config(broker.port(), "16 MiB"), wrong_ca));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
+    let report = run_agent_for(
+        with_tls(setup.config(broker.port(), "16 MiB"), wrong_ca),
+        Duration::from_millis(1500),
+    )
+    .await;
     assert!(
         report.health.last_puback_age_ms.is_none(),
         "{:?}",
@@ -386,10 +398,7 @@ async fn a_device_with_many_channels_still_gets_its_meta_and_telemetry_through()
     let path = setup.dir.path().join("many.toml");
     std::fs::write(&path, toml).unwrap();
     let config = AgentConfig::load(&path, &Default::default()).expect("valid config");
-    let (stop, agent) = spawn_agent(config);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
+    let report = run_agent_for(config, Duration::from_millis(2000)).await;
 
     let p = &setup.prefix;
     let meta = subscriber
@@ -420,10 +429,7 @@ async fn credentials_are_presented_and_a_wrong_password_is_refused() {
         config
     };
 
-    let (stop, agent) = spawn_agent(with_password("s3cret"));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
+    let report = run_agent_for(with_password("s3cret"), Duration::from_millis(1500)).await;
     assert!(
         report.health.last_puback_age_ms.is_some(),
         "{:?}",
@@ -431,10 +437,7 @@ async fn credentials_are_presented_and_a_wrong_password_is_refused() {
     );
     assert_eq!(report.health.queue_records, 0);
 
-    let (stop, agent) = spawn_agent(with_password("wrong"));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
+    let report = run_agent_for(with_password("wrong"), Duration::from_millis(1500)).await;
     assert!(
         report.health.last_puback_age_ms.is_none(),
         "{:?}",
