@@ -1,8 +1,161 @@
-//! Bridge: forwards device frames from the MQTT broker into Kafka, acknowledging nothing
-//! before Kafka has it. The implementation arrives with its own issue; until then the binary says
-//! so and fails, rather than pretending to run.
+//! `bridge`: parses the command line and configuration, sets up logging and signals,
+//! and runs the bridge (see the library's `app` module).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("bridge {}: not implemented yet", env!("CARGO_PKG_VERSION"));
-    std::process::ExitCode::FAILURE
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bridge::config::{BridgeConfig, CliOverrides, LogFormat, Mode};
+use clap::Parser;
+use tracing::error;
+
+/// Forwards device telemetry from MQTT into Kafka (`sensors-data`), checking every frame
+/// and setting bad ones aside in `sensors-dlq` with the reason.
+///
+/// Two modes:
+///
+/// * embedded (default): the bridge runs an MQTT broker (rumqttd) on port 1883 and
+///   devices connect to it directly. rumqttd ACKNOWLEDGES A PUBLISH ON RECEIPT AND KEEPS
+///   MESSAGES IN MEMORY ONLY: a crash, or a Kafka outage longer than
+///   embedded.memory_budget lasts, loses messages. For a single box and demos.
+///
+/// * client: the bridge subscribes to an external broker (Mosquitto, EMQX, HiveMQ) with
+///   a persistent MQTT 5 session and acknowledges each message only after Kafka has
+///   confirmed it, so nothing the broker held is lost. Use this in production, with a
+///   broker that persists sessions; several bridges share the load through
+///   `$share/{mqtt.shared_group}/...`.
+///
+/// Configuration: built-in defaults, then the TOML file (see bridge/config/*.toml),
+/// then BRIDGE_* environment variables (`__` between levels, e.g.
+/// BRIDGE_KAFKA__BROKERS=kafka:9092), then the flags below. Logs go to stderr; RUST_LOG
+/// sets the level (default info). SIGTERM or Ctrl-C: stop taking messages, wait for Kafka
+/// to confirm those in flight, acknowledge them, exit.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Configuration file (optional: the defaults suit the local stack).
+    #[arg(short, long, env = "BRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// embedded or client (overrides mode).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Instance name and MQTT client id (overrides id).
+    #[arg(long)]
+    id: Option<String>,
+    /// External broker host, client mode (overrides mqtt.host).
+    #[arg(long)]
+    mqtt_host: Option<String>,
+    /// External broker port, client mode (overrides mqtt.port).
+    #[arg(long)]
+    mqtt_port: Option<u16>,
+    /// Embedded broker listen address (overrides embedded.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers (overrides kafka.brokers).
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Metrics and health endpoint address (overrides http.listen).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Check the configuration, print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = CliOverrides {
+        mode: cli.mode,
+        id: cli.id.clone(),
+        mqtt_host: cli.mqtt_host.clone(),
+        mqtt_port: cli.mqtt_port,
+        listen: cli.listen,
+        kafka_brokers: cli.kafka_brokers.clone(),
+        http_listen: cli.http_listen,
+        log_format: cli.log_format,
+    };
+    let source = cli
+        .config
+        .as_ref()
+        .map_or("defaults".to_owned(), |p| p.display().to_string());
+    let config = match BridgeConfig::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("bridge: {source}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        let mqtt = match config.mode {
+            Mode::Embedded => format!("embedded broker on {}", config.embedded.listen),
+            Mode::Client => format!("client of {}:{}", config.mqtt.host, config.mqtt.port),
+        };
+        println!(
+            "{source}: ok: {} ({mqtt}) forwarding {}/+/+/+/telemetry to Kafka {} topic {} (DLQ {}), metrics on http://{}/metrics",
+            config.id,
+            config.topic_prefix,
+            config.kafka.brokers,
+            config.kafka.topic,
+            config.kafka.dlq_topic,
+            config.http.listen,
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bridge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let bridge = bridge::Bridge::start(config).await?;
+        bridge.run_until(shutdown_signal()).await
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("bridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::EnvFilter;
+    // rumqttd logs every device connection at info and every disconnect as an error;
+    // RUST_LOG=info,rumqttd=info brings it back.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Human => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -31,3 +31,23 @@ pub const SENSORS_DLQ: KafkaTopic = KafkaTopic {
 };
 
 pub const ALL_TOPICS: [KafkaTopic; 4] = [SENSORS_DATA, ALERTS, METRICS, SENSORS_DLQ];
+
+/// Content type of a `sensors-data` record: one postcard frame, wire version 1.
+pub const FRAME_CONTENT_TYPE: &str = "application/vnd.plant-telemetry.frame; v=1";
+
+/// Names of the Kafka record headers the services write and read. Values are UTF-8 text
+/// so Kafka UI shows them as they are.
+pub mod headers {
+    /// Media type of the value (`FRAME_CONTENT_TYPE` for frames).
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// The MQTT topic the value arrived on.
+    pub const MQTT_TOPIC: &str = "mqtt-topic";
+    /// When the bridge received it, in ms since the Unix epoch, as decimal text.
+    pub const RECEIVED_AT_MS: &str = "received-at-ms";
+    /// Short, stable reason code of a dead-lettered record (`decode`, `topic`, ...).
+    pub const DLQ_REASON: &str = "dlq-reason";
+    /// Human-readable detail of the reason.
+    pub const DLQ_DETAIL: &str = "dlq-detail";
+    /// Which service dead-lettered the record (`bridge`, `cloud-ingester`).
+    pub const DLQ_SOURCE: &str = "dlq-source";
+}

@@ -196,3 +196,84 @@ fn whoami() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
 }
+
+/// A private Kafka-compatible broker (Tansu, memory storage) for tests that pause or
+/// stop Kafka, which the shared stack broker cannot do without disturbing other tests.
+/// It starts empty: create topics with rdkafka's admin client (the bridge creates its own).
+pub struct Tansu {
+    port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Tansu {
+    /// Starts a broker on a free loopback port and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let binary = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .chain(std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo/bin")))
+            .map(|dir| dir.join("tansu"))
+            .find(|p| p.exists())
+            .expect("tansu is not installed: run scripts/stack.sh up, which installs it");
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("tansu")));
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("tansu log file"))
+            .spawn()
+            .expect("starting tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on port {port}; see {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child, log }
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered,
+    /// the nastiest way for Kafka to be slow.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal} tansu failed");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

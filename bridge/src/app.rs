@@ -1,0 +1,297 @@
+//! Wires the parts together: the MQTT side (embedded broker or client), the forwarder,
+//! the metrics record, the HTTP endpoints; and takes them down in the order that
+//! loses nothing.
+//!
+//! Shutdown order: the forwarder stops taking messages and waits for Kafka to confirm
+//! those in flight, acknowledging them; then the MQTT side sends those acknowledgements
+//! and disconnects; then the producer is flushed and the HTTP endpoints close.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::producer::{FutureRecord, Producer as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{BridgeConfig, Mode};
+use crate::forward::Forwarder;
+use crate::health::Health;
+use crate::kafka::{create_producer, ensure_topics, Producer};
+use crate::latest::{Latest, LatestSink};
+use crate::mqtt_client::ClientSource;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::{embedded, health};
+
+pub struct Bridge {
+    config: BridgeConfig,
+    http_addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+    producer: Producer,
+    forwarder: JoinHandle<anyhow::Result<()>>,
+    source: JoinHandle<()>,
+    http: JoinHandle<()>,
+    stop_forwarding: CancellationToken,
+    stop_source: CancellationToken,
+    stop_rest: CancellationToken,
+}
+
+impl Bridge {
+    /// Binds the listeners and starts every part. Kafka need not be reachable yet: the
+    /// forwarder waits for it (logging) before it takes any message.
+    pub async fn start(config: BridgeConfig) -> anyhow::Result<Bridge> {
+        let stats = Arc::new(Stats::new());
+        let health = Arc::new(Health::default());
+        let stop_forwarding = CancellationToken::new();
+        let stop_source = CancellationToken::new();
+        let stop_rest = CancellationToken::new();
+
+        let (http_addr, http) =
+            health::serve(config.http.listen, health.clone(), stop_rest.clone())
+                .await
+                .with_context(|| {
+                    format!("cannot serve HTTP on {} (http.listen)", config.http.listen)
+                })?;
+        let producer = create_producer(
+            &config.kafka,
+            &config.id,
+            config.forward.max_in_flight,
+            stats.clone(),
+            health.clone(),
+        )
+        .context("cannot create the Kafka producer (check kafka.properties)")?;
+
+        let (tx, rx) = mpsc::channel(config.forward.max_in_flight);
+        let telemetry = protocol::TopicKind::Telemetry;
+        let (source, sink, mqtt_addr) = match config.mode {
+            Mode::Embedded => {
+                let filter = protocol::topic::filter(&config.topic_prefix, telemetry)
+                    .map_err(|e| anyhow::anyhow!("topic_prefix: {e}"))?;
+                let broker = embedded::start(&config.embedded, &filter)?;
+                health.set_mqtt(true);
+                let (sub_tx, sub_rx) = broker.subscription;
+                let source =
+                    tokio::spawn(embedded::forward(sub_tx, sub_rx, tx, stop_source.clone()));
+                (
+                    source,
+                    LatestSink::Embedded(broker.publisher),
+                    Some(broker.addr),
+                )
+            }
+            Mode::Client => {
+                let filter = if config.mqtt.shared_group.is_empty() {
+                    protocol::topic::filter(&config.topic_prefix, telemetry)
+                } else {
+                    protocol::topic::shared_filter(
+                        &config.mqtt.shared_group,
+                        &config.topic_prefix,
+                        telemetry,
+                    )
+                }
+                .map_err(|e| anyhow::anyhow!("topic filter: {e}"))?;
+                let client = ClientSource {
+                    config: config.mqtt.clone(),
+                    client_id: config.id.clone(),
+                    filter: filter.to_string(),
+                    receive_maximum: config.forward.max_in_flight as u16,
+                };
+                let source = tokio::spawn(client.run(tx, health.clone(), stop_source.clone()));
+                (source, LatestSink::Client(None), None)
+            }
+        };
+
+        let latest = config.latest.enabled.then(|| {
+            Latest::new(
+                config.latest.interval,
+                config.latest.max_devices,
+                sink,
+                stats.clone(),
+            )
+        });
+        let forwarder = Forwarder {
+            producer: producer.clone(),
+            data_topic: config.kafka.topic.as_str().into(),
+            dlq_topic: config.kafka.dlq_topic.as_str().into(),
+            topic_prefix: config.topic_prefix.clone(),
+            max_in_flight: config.forward.max_in_flight,
+            latest,
+            stats: stats.clone(),
+        };
+        let forwarder = tokio::spawn(forward_when_ready(
+            config.clone(),
+            forwarder,
+            rx,
+            stop_forwarding.clone(),
+            stop_rest.clone(),
+            health.clone(),
+        ));
+        info!(
+            mode = ?config.mode,
+            http = %http_addr,
+            kafka = %config.kafka.brokers,
+            "bridge started"
+        );
+        Ok(Bridge {
+            config,
+            http_addr,
+            mqtt_addr,
+            stats,
+            health,
+            producer,
+            forwarder,
+            source,
+            http,
+            stop_forwarding,
+            stop_source,
+            stop_rest,
+        })
+    }
+
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the embedded broker listens (embedded mode only).
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Runs until `shutdown` completes or forwarding fails, then shuts down gracefully.
+    /// Returns the final counters.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<StatsSnapshot> {
+        let ended_early = tokio::select! {
+            _ = shutdown => None,
+            result = &mut self.forwarder => Some(result),
+        };
+        info!("bridge stopping: confirming in-flight messages with Kafka");
+        self.stop_forwarding.cancel();
+        let forwarded = match ended_early {
+            Some(result) => result,
+            None => (&mut self.forwarder).await,
+        };
+        self.stop_source.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), &mut self.source)
+            .await
+            .is_err()
+        {
+            warn!("the MQTT side did not stop within 10 s");
+            self.source.abort();
+        }
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            warn!("some metrics records were not confirmed by Kafka before exit");
+        }
+        self.stop_rest.cancel();
+        let _ = self.http.await;
+        let snapshot = self.stats.snapshot();
+        info!(
+            received = snapshot.received,
+            produced = snapshot.produced,
+            dead_lettered = snapshot.dead_lettered,
+            "bridge stopped"
+        );
+        forwarded.context("the forwarder task panicked")??;
+        let _ = &self.config;
+        Ok(snapshot)
+    }
+}
+
+/// Waits for Kafka and its topics, then forwards; also runs the metrics record.
+async fn forward_when_ready(
+    config: BridgeConfig,
+    forwarder: Forwarder,
+    rx: mpsc::Receiver<crate::inbound::Inbound>,
+    stop: CancellationToken,
+    stop_rest: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let mut topics = vec![config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
+    if !config.kafka.metrics_topic.is_empty() {
+        topics.push(config.kafka.metrics_topic.as_str());
+    }
+    if !ensure_topics(&config.kafka, &topics, &stop).await? {
+        return Ok(());
+    }
+    info!(topics = ?topics, "Kafka topics present");
+    if !config.kafka.metrics_topic.is_empty() {
+        tokio::spawn(metrics_records(
+            config.clone(),
+            forwarder.producer.clone(),
+            forwarder.stats.clone(),
+            health,
+            stop_rest,
+        ));
+    }
+    forwarder
+        .run(rx, stop, config.forward.shutdown_grace)
+        .await
+        .map_err(Into::into)
+}
+
+/// Every `kafka.metrics_interval`, one JSON record on the metrics topic, keyed by the
+/// instance id: the counters, and the rates since the previous record.
+async fn metrics_records(
+    config: BridgeConfig,
+    producer: Producer,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.kafka.metrics_interval);
+    tick.tick().await;
+    let mut previous = stats.snapshot();
+    let mut previous_at = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        let snapshot = stats.snapshot();
+        let seconds = now.duration_since(previous_at).as_secs_f64().max(1e-3);
+        let rate = |now: u64, before: u64| (now.saturating_sub(before)) as f64 / seconds;
+        let record = serde_json::json!({
+            "service": "bridge",
+            "instance": config.id,
+            "mode": config.mode,
+            "ts_ms": crate::inbound::now_ms(),
+            "mqtt_connected": health.mqtt(),
+            "kafka_connected": health.kafka(),
+            "counters": snapshot,
+            "received_per_s": rate(snapshot.received, previous.received),
+            "produced_per_s": rate(snapshot.produced, previous.produced),
+            "dead_lettered_per_s": rate(snapshot.dead_lettered, previous.dead_lettered),
+        });
+        let body = record.to_string();
+        let sent = producer.send_result(
+            FutureRecord::to(&config.kafka.metrics_topic)
+                .key(config.id.as_str())
+                .payload(body.as_str()),
+        );
+        if sent.is_err() {
+            warn!("metrics record skipped: the Kafka producer queue is full");
+        }
+        previous = snapshot;
+        previous_at = now;
+    }
+}

@@ -1,0 +1,524 @@
+//! The bridge's configuration: a TOML file, `BRIDGE_*` environment variables and CLI
+//! flags, checked as a whole before anything connects.
+//!
+//! Layers, later wins: built-in defaults, the TOML file (optional: the defaults run the
+//! local stack), `BRIDGE_*` variables (`__` separates levels:
+//! `BRIDGE_KAFKA__BROKERS=kafka:9092`), then CLI flags. Every problem is reported with the
+//! key it concerns.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Where the bridge gets its MQTT messages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Run rumqttd in-process: devices connect to the bridge itself. rumqttd acknowledges
+    /// publishes on receipt and keeps them in memory only.
+    Embedded,
+    /// Subscribe to an external broker with a persistent session, acknowledging each
+    /// message only after Kafka has it.
+    Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    pub mode: Mode,
+    /// Instance name: the MQTT client id in client mode (it names the persistent
+    /// session, so keep it stable and unique per instance) and the key of the metrics
+    /// records.
+    pub id: String,
+    /// First level of the topic tree (`{prefix}/{site}/{line}/{device}/{kind}`).
+    pub topic_prefix: String,
+    pub mqtt: MqttClientConfig,
+    pub embedded: EmbeddedConfig,
+    pub kafka: KafkaConfig,
+    pub forward: ForwardConfig,
+    pub latest: LatestConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Embedded,
+            id: "bridge-1".to_owned(),
+            topic_prefix: "plant".to_owned(),
+            mqtt: MqttClientConfig::default(),
+            embedded: EmbeddedConfig::default(),
+            kafka: KafkaConfig::default(),
+            forward: ForwardConfig::default(),
+            latest: LatestConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Client mode: the external broker and the session the bridge keeps there.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttClientConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// How long the broker keeps the session (and queues messages for it) while the
+    /// bridge is away.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Shared-subscription group: instances with the same group split the devices'
+    /// messages between them (`$share/{group}/...`). Empty subscribes without sharing,
+    /// for brokers that lack shared subscriptions.
+    pub shared_group: String,
+    /// Largest message the broker may send; it discards larger ones (MQTT 5 Maximum
+    /// Packet Size), so one oversized message cannot wedge the session.
+    pub max_packet_size: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for MqttClientConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            session_expiry: Duration::from_secs(7 * 24 * 3600),
+            shared_group: "bridge".to_owned(),
+            max_packet_size: ByteSize::kib(256),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Embedded mode: the in-process rumqttd broker devices connect to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub max_payload_size: ByteSize,
+    /// Memory for messages not yet forwarded (rumqttd's in-memory log). When Kafka is
+    /// down for longer than this lasts, the oldest messages are lost: embedded mode is
+    /// for a single box and the demo, not for production.
+    pub memory_budget: ByteSize,
+    /// Username → password. Empty: anonymous connections are accepted.
+    pub users: BTreeMap<String, String>,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_connections: 10_000,
+            max_payload_size: ByteSize::kib(256),
+            memory_budget: ByteSize::mib(256),
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+impl Compression {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    /// Where the periodic pipeline metrics go as JSON. Empty turns them off.
+    pub metrics_topic: String,
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// Create missing topics at start (with the pipeline's partition counts) instead of
+    /// refusing to start.
+    pub create_topics: bool,
+    pub replication_factor: i32,
+    pub compression: Compression,
+    /// How long the producer waits to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    pub batch_size: ByteSize,
+    /// Cap on bytes waiting in the producer; at the cap the bridge stops taking MQTT
+    /// messages until Kafka catches up.
+    pub memory_budget: ByteSize,
+    /// Extra librdkafka properties, passed through as they are (for TLS, SASL, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            topic: protocol::kafka::SENSORS_DATA.name.to_owned(),
+            dlq_topic: protocol::kafka::SENSORS_DLQ.name.to_owned(),
+            metrics_topic: protocol::kafka::METRICS.name.to_owned(),
+            metrics_interval: Duration::from_secs(10),
+            create_topics: true,
+            replication_factor: 1,
+            compression: Compression::Lz4,
+            linger: Duration::from_millis(5),
+            batch_size: ByteSize::mib(1),
+            memory_budget: ByteSize::mib(64),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Messages received but not yet confirmed by Kafka, at most. In client mode it is
+    /// also the MQTT Receive Maximum, so the broker never sends more than this ahead.
+    pub max_in_flight: usize,
+    /// After SIGTERM, how long to wait for Kafka to confirm what is in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 20_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The decoded, retained `latest` topic per device, for people browsing the broker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatestConfig {
+    pub enabled: bool,
+    /// At most one `latest` message per device per interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Devices tracked at once; beyond this, new devices get no `latest` (counted).
+    pub max_devices: usize,
+}
+
+impl Default for LatestConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            max_devices: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/metrics` (Prometheus), `/livez` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9101)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// Values given on the command line; they override the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub mode: Option<Mode>,
+    pub id: Option<String>,
+    pub mqtt_host: Option<String>,
+    pub mqtt_port: Option<u16>,
+    pub listen: Option<SocketAddr>,
+    pub kafka_brokers: Option<String>,
+    pub http_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl CliOverrides {
+    /// `(dotted key, value)` for every flag given.
+    fn values(&self) -> Vec<(&'static str, figment::value::Value)> {
+        fn value<T: Serialize>(v: &T) -> Option<figment::value::Value> {
+            figment::value::Value::serialize(v).ok()
+        }
+        [
+            ("mode", self.mode.as_ref().and_then(value)),
+            ("id", self.id.as_ref().and_then(value)),
+            ("mqtt.host", self.mqtt_host.as_ref().and_then(value)),
+            ("mqtt.port", self.mqtt_port.as_ref().and_then(value)),
+            ("embedded.listen", self.listen.as_ref().and_then(value)),
+            ("kafka.brokers", self.kafka_brokers.as_ref().and_then(value)),
+            ("http.listen", self.http_listen.as_ref().and_then(value)),
+            ("log.format", self.log_format.as_ref().and_then(value)),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl BridgeConfig {
+    /// Loads the layers (the file only if given) and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(BridgeConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("BRIDGE_").split("__"));
+        for (key, value) in overrides.values() {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        let config: BridgeConfig = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; collects every problem so one edit fixes them all.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = protocol::validate_id(&self.id) {
+            problems.push(format!("id: {:?} {e}", self.id));
+        }
+        if let Err(e) = protocol::validate_id(&self.topic_prefix) {
+            problems.push(format!("topic_prefix: {:?} {e}", self.topic_prefix));
+        }
+        let group = &self.mqtt.shared_group;
+        if !group.is_empty() && protocol::validate_id(group).is_err() {
+            problems.push(format!(
+                "mqtt.shared_group: {group:?} must be empty or 1-24 characters of A-Z a-z 0-9 . _ -"
+            ));
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(1) {
+            problems.push("mqtt.keep_alive: at least 1 s".to_owned());
+        }
+        if self.mqtt.session_expiry.as_secs() > u64::from(u32::MAX) {
+            problems.push("mqtt.session_expiry: at most 136 years".to_owned());
+        }
+        if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
+            problems.push("mqtt.reconnect_min: must be > 0 and <= mqtt.reconnect_max".to_owned());
+        }
+        let min_packet = protocol::MAX_FRAME_LEN as u64 + 512;
+        if self.mqtt.max_packet_size.as_u64() < min_packet
+            || self.mqtt.max_packet_size.as_u64() > u64::from(u32::MAX)
+        {
+            problems.push(format!(
+                "mqtt.max_packet_size: must be between {min_packet} B (a full frame and its topic) and 4 GiB"
+            ));
+        }
+        if self.embedded.max_connections == 0 {
+            problems.push("embedded.max_connections: at least 1".to_owned());
+        }
+        if self.embedded.max_payload_size.as_u64() < protocol::MAX_FRAME_LEN as u64 {
+            problems.push(format!(
+                "embedded.max_payload_size: at least {} B (a full frame)",
+                protocol::MAX_FRAME_LEN
+            ));
+        }
+        if self.embedded.memory_budget.as_u64() < 4 * self.embedded.max_payload_size.as_u64() {
+            problems.push(
+                "embedded.memory_budget: must hold at least 4 messages of max_payload_size"
+                    .to_owned(),
+            );
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            problems.push("kafka.brokers: empty".to_owned());
+        }
+        for (key, topic) in [
+            ("kafka.topic", &self.kafka.topic),
+            ("kafka.dlq_topic", &self.kafka.dlq_topic),
+        ] {
+            if !valid_kafka_topic(topic) {
+                problems.push(format!(
+                    "{key}: {topic:?} is not a Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
+                ));
+            }
+        }
+        if !self.kafka.metrics_topic.is_empty() && !valid_kafka_topic(&self.kafka.metrics_topic) {
+            problems.push(format!(
+                "kafka.metrics_topic: {:?} is not a Kafka topic name",
+                self.kafka.metrics_topic
+            ));
+        }
+        if self.kafka.topic == self.kafka.dlq_topic {
+            problems.push("kafka.dlq_topic: must differ from kafka.topic".to_owned());
+        }
+        if self.kafka.metrics_interval < Duration::from_secs(1) {
+            problems.push("kafka.metrics_interval: at least 1 s".to_owned());
+        }
+        if self.kafka.replication_factor < 1 {
+            problems.push("kafka.replication_factor: at least 1".to_owned());
+        }
+        if self.kafka.linger > Duration::from_secs(5) {
+            problems.push("kafka.linger: at most 5 s".to_owned());
+        }
+        if self.kafka.batch_size.as_u64() < 1024 || self.kafka.batch_size.as_u64() > 64 << 20 {
+            problems.push("kafka.batch_size: between 1 KiB and 64 MiB".to_owned());
+        }
+        if self.kafka.memory_budget.as_u64() < 4 * self.kafka.batch_size.as_u64()
+            || self.kafka.memory_budget.as_u64() > 2 << 30
+        {
+            problems.push(
+                "kafka.memory_budget: at least 4 × kafka.batch_size and at most 2 GiB".to_owned(),
+            );
+        }
+        if !(1..=65_535).contains(&self.forward.max_in_flight) {
+            problems.push(
+                "forward.max_in_flight: between 1 and 65535 (the MQTT Receive Maximum)".to_owned(),
+            );
+        }
+        if self.latest.interval < Duration::from_millis(100) {
+            problems.push("latest.interval: at least 100 ms".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// Kafka's own rule for topic names.
+fn valid_kafka_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        BridgeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let mut config = BridgeConfig::default();
+        config.topic_prefix = "a/b".to_owned();
+        config.kafka.dlq_topic = config.kafka.topic.clone();
+        config.forward.max_in_flight = 0;
+        config.mqtt.shared_group = "has space".to_owned();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("invalid config accepted");
+        };
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "topic_prefix",
+                "mqtt.shared_group",
+                "kafka.dlq_topic",
+                "forward.max_in_flight"
+            ]
+        );
+    }
+
+    #[test]
+    fn file_environment_and_flags_layer_in_that_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bridge.toml");
+        std::fs::write(
+            &file,
+            "mode = \"client\"\n[mqtt]\nhost = \"from-file\"\nport = 1\n[kafka]\nlinger = \"20ms\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BRIDGE_MQTT__PORT", "2");
+            let config = BridgeConfig::load(
+                Some(&file),
+                &CliOverrides {
+                    mqtt_host: Some("from-flag".to_owned()),
+                    ..CliOverrides::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(config.mode, Mode::Client);
+            assert_eq!(config.mqtt.host, "from-flag");
+            assert_eq!(config.mqtt.port, 2);
+            assert_eq!(config.kafka.linger, Duration::from_millis(20));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bridge.toml");
+        std::fs::write(&file, "[kafka]\nbroker = \"x\"\n").unwrap();
+        let error = BridgeConfig::load(Some(&file), &CliOverrides::default()).unwrap_err();
+        assert!(error.to_string().contains("broker"), "{error}");
+    }
+}

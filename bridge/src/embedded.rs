@@ -1,0 +1,161 @@
+//! Embedded mode: rumqttd runs inside the bridge, so devices and MQTT Explorer connect
+//! to the bridge itself and no separate broker is needed.
+//!
+//! rumqttd acknowledges a device's publish when it receives it and keeps messages in an
+//! in-memory log (`embedded.memory_budget`). The bridge reads that log through an
+//! in-process link; when Kafka is slow the bridge stops reading and the log grows, and
+//! if Kafka stays away long enough for the log to wrap, the oldest messages are lost.
+//! A crash loses what the log held. That is the price of one process on one box;
+//! production belongs on client mode with a broker that persists sessions.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::EmbeddedConfig;
+use crate::inbound::{now_ms, Ack, Inbound};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("cannot listen for MQTT on {addr}: {error} (is another broker running there? set embedded.listen, or use --mode client)")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("the embedded broker did not start listening on {0} within 5 s")]
+    NotListening(SocketAddr),
+    #[error("cannot attach to the embedded broker: {0}")]
+    Link(#[from] rumqttd::local::LinkError),
+}
+
+pub struct EmbeddedBroker {
+    pub addr: SocketAddr,
+    /// The forwarder's subscription.
+    pub subscription: (LinkTx, LinkRx),
+    /// For the `latest` messages.
+    pub publisher: LinkTx,
+    // Held so the router keeps the publisher link's notifications somewhere.
+    _publisher_rx: LinkRx,
+}
+
+/// Starts rumqttd on its own threads and subscribes to `filter`.
+pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, EmbeddedError> {
+    let addr = config.listen;
+    // rumqttd binds on its own thread and only logs a failure: check first.
+    drop(TcpListener::bind(addr).map_err(|error| EmbeddedError::Listen { addr, error })?);
+
+    let max_payload = config.max_payload_size.as_u64() as usize;
+    let budget = config.memory_budget.as_u64() as usize;
+    let segment_size = (budget / 8).max(4 * max_payload);
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: max_payload,
+        max_inflight_count: 500,
+        auth: (!config.users.is_empty()).then(|| config.users.clone().into_iter().collect()),
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "embedded".to_owned(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let broker_config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: config.max_connections,
+            max_outgoing_packet_count: 200,
+            max_segment_size: segment_size,
+            max_segment_count: (budget / segment_size).max(2),
+            ..RouterConfig::default()
+        },
+        v4: Some([("embedded".to_owned(), server)].into_iter().collect()),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    let mut broker = Broker::new(broker_config);
+    let (mut sub_tx, sub_rx) = broker.link("bridge-forwarder")?;
+    sub_tx.subscribe(filter)?;
+    let (publisher, publisher_rx) = broker.link("bridge-latest")?;
+    std::thread::Builder::new()
+        .name("rumqttd".to_owned())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                error!("embedded broker stopped: {e}");
+            }
+        })
+        .map_err(|error| EmbeddedError::Listen { addr, error })?;
+
+    let probe = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(EmbeddedError::NotListening(addr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    info!(%addr, "embedded MQTT broker listening (acknowledges on receipt, keeps messages in memory)");
+    Ok(EmbeddedBroker {
+        addr,
+        subscription: (sub_tx, sub_rx),
+        publisher,
+        _publisher_rx: publisher_rx,
+    })
+}
+
+/// Hands what the subscription receives to the forwarder until `stop`. Reading stops
+/// while the forwarder's channel is full, and the router then stops feeding this link.
+pub async fn forward(
+    _sub_tx: LinkTx,
+    mut rx: LinkRx,
+    tx: mpsc::Sender<Inbound>,
+    stop: CancellationToken,
+) {
+    loop {
+        let notification = tokio::select! {
+            _ = stop.cancelled() => return,
+            notification = rx.next() => notification,
+        };
+        match notification {
+            Ok(Some(Notification::Forward(forward))) => {
+                let inbound = Inbound {
+                    topic: forward.publish.topic,
+                    payload: forward.publish.payload,
+                    received_at_ms: now_ms(),
+                    ack: Ack::Nothing,
+                };
+                if tx.send(inbound).await.is_err() {
+                    return;
+                }
+            }
+            // The router paused this link because its buffer filled; it resumes it
+            // when asked, which is now: the buffered messages have been taken.
+            Ok(Some(Notification::Unschedule)) => {
+                if rx.wake().await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!("embedded broker link closed: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! A message taken from MQTT, and how to acknowledge it once Kafka has it. Both MQTT
+//! sides (the embedded broker and the client) hand these to the forwarder.
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+
+#[derive(Debug)]
+pub struct Inbound {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    /// When the bridge took it, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+    pub ack: Ack,
+}
+
+/// What to do once Kafka has confirmed the message.
+#[derive(Debug)]
+pub enum Ack {
+    /// Nothing: the embedded broker acknowledged the device's publish on receipt.
+    Nothing,
+    /// Send PUBACK for `pkid` on the connection the message came from. If that
+    /// connection has gone, the request fails and the broker redelivers the message on
+    /// the next connection, so an acknowledgement can never land on a different message
+    /// that happens to reuse the packet id.
+    Mqtt { client: AsyncClient, pkid: u16 },
+}
+
+impl Ack {
+    /// Sends the acknowledgement. `false` when its connection is gone (see above).
+    pub async fn send(self) -> bool {
+        match self {
+            Ack::Nothing => true,
+            Ack::Mqtt { client, pkid } => {
+                let mut publish = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
+                publish.pkid = pkid;
+                client.ack(&publish).await.is_ok()
+            }
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

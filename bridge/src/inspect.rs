@@ -1,0 +1,241 @@
+//! The checks every message passes before it may enter `sensors-data`, and the readable
+//! rendering of a frame for the `latest` topic.
+//!
+//! Kept free of I/O so that every rule is unit-tested and property-tested: whatever bytes
+//! arrive, `inspect` returns a verdict and never panics.
+
+use protocol::{Frame, Quality, Topic, TopicKind};
+use serde_json::{json, Map, Value};
+
+/// Why a message went to the dead-letter topic. The code is the `dlq-reason` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The topic is not `{prefix}/{site}/{line}/{device}/telemetry`.
+    Topic,
+    /// The payload is not a valid frame.
+    Decode,
+    /// The frame names a different device than its topic.
+    DeviceMismatch,
+    /// Kafka refused the record for good (e.g. too large for the topic).
+    KafkaRejected,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::Topic,
+        RejectReason::Decode,
+        RejectReason::DeviceMismatch,
+        RejectReason::KafkaRejected,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::Topic => "topic",
+            RejectReason::Decode => "decode",
+            RejectReason::DeviceMismatch => "device-mismatch",
+            RejectReason::KafkaRejected => "kafka-rejected",
+        }
+    }
+}
+
+/// A message that must not go to `sensors-data`, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+    /// The device the topic names, when it names one: the DLQ record's key.
+    pub device: Option<String>,
+}
+
+/// Checks one MQTT message. `Ok` carries the device id, the Kafka key.
+pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<String, Rejection> {
+    let topic_text = std::str::from_utf8(topic).map_err(|_| Rejection {
+        reason: RejectReason::Topic,
+        detail: "topic is not UTF-8".to_owned(),
+        device: None,
+    })?;
+    let parsed = Topic::parse(topic_text).map_err(|e| Rejection {
+        reason: RejectReason::Topic,
+        detail: format!("topic {topic_text:?}: {e}"),
+        device: None,
+    })?;
+    let topic_device = Some(parsed.device.to_owned());
+    if parsed.prefix != prefix || parsed.kind != TopicKind::Telemetry {
+        return Err(Rejection {
+            reason: RejectReason::Topic,
+            detail: format!("topic {topic_text:?} is not a {prefix}/…/telemetry topic"),
+            device: topic_device,
+        });
+    }
+    let frame = Frame::decode(payload).map_err(|e| Rejection {
+        reason: RejectReason::Decode,
+        detail: e.to_string(),
+        device: topic_device.clone(),
+    })?;
+    if frame.device.as_str() != parsed.device {
+        return Err(Rejection {
+            reason: RejectReason::DeviceMismatch,
+            detail: format!(
+                "frame is from device {:?} but was published on {topic_text:?}",
+                frame.device.as_str()
+            ),
+            device: topic_device,
+        });
+    }
+    Ok(parsed.device.to_owned())
+}
+
+/// The `latest` topic of a telemetry topic already accepted by `inspect`.
+pub fn latest_topic(telemetry_topic: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(telemetry_topic).ok()?;
+    let topic = Topic::parse(text).ok()?;
+    Some(topic.with_kind(TopicKind::Latest).to_string())
+}
+
+/// The newest reading of each channel in the frame, as JSON a person can read in MQTT
+/// Explorer. `None` when the payload is not a valid frame.
+pub fn latest_json(payload: &[u8], received_at_ms: u64) -> Option<Value> {
+    let frame = Frame::decode(payload).ok()?;
+    let mut channels = Map::new();
+    let mut last_seq = frame.first_seq;
+    for (seq, ts_ms, reading) in frame.iter() {
+        last_seq = seq;
+        let value = if reading.value.is_finite() {
+            json!(reading.value)
+        } else {
+            Value::Null
+        };
+        channels.insert(
+            reading.channel.to_string(),
+            json!({
+                "value": value,
+                "ts_ms": ts_ms,
+                "seq": seq,
+                "quality": quality_names(reading.quality),
+            }),
+        );
+    }
+    Some(json!({
+        "device": frame.device.as_str(),
+        "boot_id": frame.boot_id.to_string(),
+        "seq": last_seq,
+        "clock_synced": frame.clock_synced,
+        "received_at_ms": received_at_ms,
+        "channels": channels,
+    }))
+}
+
+fn quality_names(quality: Quality) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if quality.contains(Quality::SIMULATED_ANOMALY) {
+        names.push("simulated-anomaly");
+    }
+    if quality.contains(Quality::OUT_OF_RANGE) {
+        names.push("out-of-range");
+    }
+    if quality.contains(Quality::SENSOR_FAULT) {
+        names.push("sensor-fault");
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use protocol::{BootId, DeviceId, Reading};
+
+    fn frame_bytes(device: &str) -> Vec<u8> {
+        let mut frame = Frame::new(
+            DeviceId::new(device).unwrap(),
+            BootId([1, 2, 3, 4, 5, 6, 7, 8]),
+            10,
+            1_700_000_000_000,
+        );
+        for (i, value) in [1.5f32, 2.5, f32::NAN].into_iter().enumerate() {
+            frame
+                .readings
+                .push(Reading {
+                    channel: (i % 2) as u8,
+                    offset_ms: i as u32 * 100,
+                    value,
+                    quality: if value.is_nan() {
+                        Quality::SENSOR_FAULT
+                    } else {
+                        Quality::empty()
+                    },
+                })
+                .unwrap();
+        }
+        let mut buf = [0u8; protocol::MAX_FRAME_LEN];
+        frame.encode(&mut buf).unwrap().to_vec()
+    }
+
+    const TOPIC: &[u8] = b"plant/plant1/line-a/press-01/telemetry";
+
+    #[test]
+    fn a_valid_frame_on_its_own_topic_passes_keyed_by_device() {
+        assert_eq!(
+            inspect("plant", TOPIC, &frame_bytes("press-01")),
+            Ok("press-01".to_owned())
+        );
+    }
+
+    #[test]
+    fn each_kind_of_bad_message_gets_its_reason() {
+        let reason = |topic: &[u8], payload: &[u8]| inspect("plant", topic, payload).unwrap_err();
+        let good = frame_bytes("press-01");
+        assert_eq!(reason(b"\xff\xfe", &good).reason, RejectReason::Topic);
+        assert_eq!(
+            reason(b"plant/a/b/telemetry", &good).reason,
+            RejectReason::Topic
+        );
+        let other_prefix = reason(b"other/plant1/line-a/press-01/telemetry", &good);
+        assert_eq!(other_prefix.reason, RejectReason::Topic);
+        assert_eq!(other_prefix.device.as_deref(), Some("press-01"));
+        assert_eq!(
+            reason(b"plant/plant1/line-a/press-01/status", &good).reason,
+            RejectReason::Topic
+        );
+        let truncated = reason(TOPIC, &good[..good.len() - 3]);
+        assert_eq!(truncated.reason, RejectReason::Decode);
+        assert!(
+            truncated.detail.contains("truncated"),
+            "{}",
+            truncated.detail
+        );
+        assert_eq!(reason(TOPIC, b"").reason, RejectReason::Decode);
+        let forged = reason(TOPIC, &frame_bytes("furnace-01"));
+        assert_eq!(forged.reason, RejectReason::DeviceMismatch);
+        assert_eq!(forged.device.as_deref(), Some("press-01"));
+        assert!(forged.detail.contains("furnace-01"), "{}", forged.detail);
+    }
+
+    #[test]
+    fn latest_shows_the_newest_reading_of_each_channel() {
+        let json = latest_json(&frame_bytes("press-01"), 42).unwrap();
+        assert_eq!(json["device"], "press-01");
+        assert_eq!(json["boot_id"], "0102030405060708");
+        assert_eq!(json["seq"], 12);
+        assert_eq!(json["channels"]["1"]["value"], 2.5);
+        assert_eq!(json["channels"]["1"]["seq"], 11);
+        assert_eq!(json["channels"]["0"]["value"], Value::Null);
+        assert_eq!(json["channels"]["0"]["quality"], json!(["sensor-fault"]));
+        assert_eq!(json["channels"]["0"]["ts_ms"], 1_700_000_000_200u64);
+        assert_eq!(
+            latest_topic(TOPIC).as_deref(),
+            Some("plant/plant1/line-a/press-01/latest")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn no_input_panics(topic in proptest::collection::vec(any::<u8>(), 0..80),
+                           payload in proptest::collection::vec(any::<u8>(), 0..900)) {
+            let verdict = inspect("plant", &topic, &payload);
+            if verdict.is_ok() {
+                prop_assert!(latest_json(&payload, 0).is_some());
+            }
+        }
+    }
+}

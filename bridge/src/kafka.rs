@@ -1,0 +1,254 @@
+//! The Kafka side: producer settings under which "delivered" means durable, the topic
+//! check at start, and the layout of the records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::KafkaConfig;
+use crate::health::Health;
+use crate::inspect::Rejection;
+use crate::stats::Stats;
+use protocol::kafka::headers;
+
+pub type Producer = FutureProducer<KafkaContext>;
+
+/// Receives librdkafka's statistics (queue depth, broker states) and errors.
+pub struct KafkaContext {
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+    brokers: String,
+}
+
+impl ClientContext for KafkaContext {
+    fn stats(&self, statistics: Statistics) {
+        self.stats
+            .set_kafka_queue(statistics.msg_cnt, statistics.msg_size);
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        let was_up = self.health.set_kafka(up);
+        if up && !was_up {
+            info!(brokers = %self.brokers, "Kafka connected");
+        } else if was_up && !up {
+            warn!(brokers = %self.brokers, "Kafka unreachable; holding messages until it returns");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker-down errors repeat on every reconnect attempt; the state change is
+        // logged once by `stats` instead.
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+                | Some(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure)
+        ) {
+            tracing::debug!("librdkafka: {error}: {reason}");
+        } else {
+            warn!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+/// librdkafka properties for the bridge's producer. `max_in_flight` bounds the
+/// messages queued; `config.memory_budget` bounds their bytes.
+pub fn producer_config(
+    config: &KafkaConfig,
+    client_id: &str,
+    max_in_flight: usize,
+) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", client_id)
+        // Idempotence implies acks=all and retries without duplicates or reordering.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Never give up on a message: a Kafka outage is back-pressure, not loss. The
+        // MQTT side stops taking messages while these wait.
+        .set("message.timeout.ms", "0")
+        .set("compression.type", config.compression.as_librdkafka())
+        .set("linger.ms", config.linger.as_millis().to_string())
+        .set("batch.size", config.batch_size.as_u64().to_string())
+        .set(
+            "queue.buffering.max.kbytes",
+            (config.memory_budget.as_u64() / 1024).max(1).to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            (max_in_flight * 2 + 1000).to_string(),
+        )
+        // The partitioner of the Java client, so every producer of a device id agrees
+        // on its partition.
+        .set("partitioner", "murmur2_random")
+        .set("statistics.interval.ms", "1000");
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+}
+
+pub fn create_producer(
+    config: &KafkaConfig,
+    client_id: &str,
+    max_in_flight: usize,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+) -> Result<Producer, KafkaError> {
+    producer_config(config, client_id, max_in_flight).create_with_context(KafkaContext {
+        stats,
+        health,
+        brokers: config.brokers.clone(),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    #[error("Kafka topic(s) {0} missing and kafka.create_topics is false: create them, or allow the bridge to")]
+    Missing(String),
+    #[error("cannot create Kafka topic {topic}: {error}")]
+    Create { topic: String, error: String },
+    #[error("cannot reach Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Waits until Kafka answers, then makes sure `topics` exist, creating missing ones when
+/// allowed. An unreachable Kafka is logged once per attempt with back-off, not fatal;
+/// returns `Ok(false)` if `shutdown` came first.
+pub async fn ensure_topics(
+    config: &KafkaConfig,
+    topics: &[&str],
+    shutdown: &CancellationToken,
+) -> Result<bool, TopicsError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match check_topics(config, topics).await {
+            Ok(()) => return Ok(true),
+            Err(TopicsError::Kafka(e)) => {
+                error!(
+                    "Kafka at {} unreachable: {e}; retrying in {}",
+                    config.brokers,
+                    humantime::format_duration(backoff)
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn check_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), TopicsError> {
+    let mut admin_config = ClientConfig::new();
+    admin_config.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.properties {
+        admin_config.set(key, value);
+    }
+    let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
+    // fetch_metadata blocks; the admin client moves to a blocking thread and back.
+    let (admin, metadata) = tokio::task::spawn_blocking(move || {
+        let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(5));
+        (admin, metadata)
+    })
+    .await
+    .map_err(|e| TopicsError::Create {
+        topic: String::new(),
+        error: e.to_string(),
+    })?;
+    let metadata = metadata?;
+    let missing: Vec<&str> = topics
+        .iter()
+        .copied()
+        .filter(|name| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == *name && t.error().is_none() && !t.partitions().is_empty())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !config.create_topics {
+        return Err(TopicsError::Missing(missing.join(", ")));
+    }
+    let new_topics: Vec<NewTopic> = missing
+        .iter()
+        .map(|name| {
+            let partitions = protocol::kafka::ALL_TOPICS
+                .iter()
+                .find(|t| t.name == *name)
+                .map_or(3, |t| t.partitions);
+            NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await?;
+    for result in results {
+        match result {
+            Ok(topic) => info!(topic, "created Kafka topic"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(TopicsError::Create {
+                    topic,
+                    error: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header<'a>(key: &'a str, value: &'a [u8]) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+fn base_headers(content_type: &str, mqtt_topic: &[u8], received_at_ms: u64) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(6)
+        .insert(header(headers::CONTENT_TYPE, content_type.as_bytes()))
+        .insert(header(headers::MQTT_TOPIC, mqtt_topic))
+        .insert(header(
+            headers::RECEIVED_AT_MS,
+            received_at_ms.to_string().as_bytes(),
+        ))
+}
+
+/// Headers of a frame on `sensors-data`.
+pub fn frame_headers(mqtt_topic: &[u8], received_at_ms: u64) -> OwnedHeaders {
+    base_headers(
+        protocol::kafka::FRAME_CONTENT_TYPE,
+        mqtt_topic,
+        received_at_ms,
+    )
+}
+
+/// Headers of a dead-lettered message: what it came with, and why it was refused. The
+/// value is the original bytes, whatever they are.
+pub fn dlq_headers(mqtt_topic: &[u8], received_at_ms: u64, rejection: &Rejection) -> OwnedHeaders {
+    base_headers("application/octet-stream", mqtt_topic, received_at_ms)
+        .insert(header(
+            headers::DLQ_REASON,
+            rejection.reason.code().as_bytes(),
+        ))
+        .insert(header(headers::DLQ_DETAIL, rejection.detail.as_bytes()))
+        .insert(header(headers::DLQ_SOURCE, b"bridge"))
+}

@@ -1,0 +1,20 @@
+//! The bridge: device frames from MQTT into Kafka's `sensors-data`, acknowledging
+//! nothing to the broker before Kafka has it (client mode), with bad input set aside in
+//! `sensors-dlq` and a readable `latest` value per device republished for people.
+//!
+//! See ARCHITECTURE.md for the map; `app::Bridge` is the entry point.
+
+pub mod app;
+pub mod config;
+pub mod embedded;
+pub mod forward;
+pub mod health;
+pub mod inbound;
+pub mod inspect;
+pub mod kafka;
+pub mod latest;
+pub mod mqtt_client;
+pub mod stats;
+
+pub use app::Bridge;
+pub use config::{BridgeConfig, CliOverrides, Mode};

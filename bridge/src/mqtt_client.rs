@@ -1,0 +1,203 @@
+//! Client mode: a persistent MQTT 5 session on an external broker, with manual
+//! acknowledgements, feeding the forwarder.
+//!
+//! Each connection gets a fresh rumqttc client and event loop. A message's `Ack` holds
+//! the client it came from, so an acknowledgement that arrives after its connection has
+//! dropped fails instead of being sent on the next connection, where its packet id may
+//! already name another message. The broker redelivers the unacknowledged messages on
+//! the new connection (same session), which is at-least-once, never loss.
+//!
+//! Receive Maximum is the forwarder's in-flight window, so the broker never sends more
+//! than the bridge may hold: when Kafka is slow the broker keeps the messages and this
+//! loop keeps polling, which keeps the connection alive with pings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::MqttClientConfig;
+use crate::health::Health;
+use crate::inbound::{now_ms, Ack, Inbound};
+
+pub struct ClientSource {
+    pub config: MqttClientConfig,
+    pub client_id: String,
+    /// The subscription, `$share/...` or plain.
+    pub filter: String,
+    pub receive_maximum: u16,
+}
+
+impl ClientSource {
+    fn options(&self) -> MqttOptions {
+        let c = &self.config;
+        let mut options = MqttOptions::new(&self.client_id, &c.host, c.port);
+        options
+            .set_keep_alive(c.keep_alive)
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(c.session_expiry.as_secs() as u32))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(self.receive_maximum))
+            .set_max_packet_size(Some(c.max_packet_size.as_u64() as u32));
+        if let Some(username) = &c.username {
+            options.set_credentials(username, c.password.clone().unwrap_or_default());
+        }
+        options
+    }
+
+    /// Runs connections until `stop`, then sends what acknowledgements are queued and
+    /// disconnects cleanly (the session stays on the broker).
+    pub async fn run(
+        self,
+        tx: mpsc::Sender<Inbound>,
+        health: Arc<Health>,
+        stop: CancellationToken,
+    ) {
+        let broker = format!("{}:{}", self.config.host, self.config.port);
+        let mut backoff = self.config.reconnect_min;
+        loop {
+            // Acks go through the request channel too: room for a full window of them.
+            let capacity = usize::from(self.receive_maximum) + 1024;
+            let (client, mut eventloop) = AsyncClient::new(self.options(), capacity);
+            if let Err(e) = client.try_subscribe(self.filter.as_str(), QoS::AtLeastOnce) {
+                error!("cannot queue the MQTT subscription: {e}");
+            }
+            let outcome = self
+                .connection(
+                    &client,
+                    &mut eventloop,
+                    &tx,
+                    &health,
+                    &stop,
+                    &broker,
+                    &mut backoff,
+                )
+                .await;
+            health.set_mqtt(false);
+            match outcome {
+                ConnectionEnd::Stop => {
+                    disconnect(&client, &mut eventloop).await;
+                    return;
+                }
+                ConnectionEnd::Lost => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.config.reconnect_max);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn connection(
+        &self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        tx: &mpsc::Sender<Inbound>,
+        health: &Health,
+        stop: &CancellationToken,
+        broker: &str,
+        backoff: &mut Duration,
+    ) -> ConnectionEnd {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return ConnectionEnd::Stop,
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    health.set_mqtt(true);
+                    *backoff = self.config.reconnect_min;
+                    info!(
+                        broker,
+                        session_present = connack.session_present,
+                        "connected to the MQTT broker"
+                    );
+                }
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    for code in &suback.return_codes {
+                        if !matches!(code, SubscribeReasonCode::Success(_)) {
+                            error!(
+                                filter = self.filter,
+                                "the broker refused the subscription: {code:?}{}",
+                                if matches!(
+                                    code,
+                                    SubscribeReasonCode::SharedSubscriptionsNotSupported
+                                ) {
+                                    " (set mqtt.shared_group = \"\" for brokers without shared subscriptions)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let ack = if publish.qos == QoS::AtMostOnce {
+                        Ack::Nothing
+                    } else {
+                        Ack::Mqtt {
+                            client: client.clone(),
+                            pkid: publish.pkid,
+                        }
+                    };
+                    let inbound = Inbound {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                        received_at_ms: now_ms(),
+                        ack,
+                    };
+                    // Fails only once the forwarder has stopped taking messages; the
+                    // message stays unacknowledged and the broker keeps it.
+                    let _ = tx.send(inbound).await;
+                }
+                Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
+                    warn!(
+                        broker,
+                        "the MQTT broker disconnected the bridge: {:?}", disconnect.reason_code
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error!(
+                        "MQTT broker {broker}: {e}; reconnecting in {}",
+                        humantime::format_duration(*backoff)
+                    );
+                    return ConnectionEnd::Lost;
+                }
+            }
+        }
+    }
+}
+
+enum ConnectionEnd {
+    Stop,
+    Lost,
+}
+
+/// Lets the event loop send the queued acknowledgements, then DISCONNECT.
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let drain = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        warn!("the MQTT broker did not take the disconnect within 5 s");
+    }
+}

@@ -1,0 +1,237 @@
+//! The bridge against real brokers, in this process: what reaches Kafka, with which key,
+//! headers and order; what is dead-lettered and why; the readable `latest` topic; and
+//! that a clean stop leaves nothing unacknowledged.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bridge::inspect::RejectReason;
+use bridge::Mode;
+use protocol::kafka::headers;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_mode_forwards_frames_unchanged_keyed_by_device_in_order() {
+    let brokers = testkit::kafka_brokers();
+    let prefix = testkit::unique_name("plant");
+    let config = test_config(Mode::Embedded, &prefix, &brokers);
+    let data_topic = config.kafka.topic.clone();
+    let bridge = InProcess::start(config).await;
+    let port = bridge.mqtt.expect("embedded mode listens").port();
+
+    let devices = ["dev-a", "dev-b", "dev-c"];
+    let mut sent: HashMap<(String, u64), Vec<u8>> = HashMap::new();
+    let mut publishers = Vec::new();
+    let started_ms = bridge::inbound::now_ms();
+    for device in devices {
+        let messages: Vec<(String, Vec<u8>)> = (0..50)
+            .map(|i| {
+                let payload = frame(device, 1, i * 10, 10);
+                sent.insert((device.to_owned(), i * 10), payload.clone());
+                (telemetry_topic(&prefix, device), payload)
+            })
+            .collect();
+        publishers.push(tokio::spawn(async move {
+            publish_all(port, &format!("{device}-pub"), &messages).await
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    bridge.wait_settled(150, Duration::from_secs(30)).await;
+
+    let records = read_topic(&brokers, &data_topic, 150, Duration::from_secs(20));
+    assert_eq!(records.len(), 150);
+    let mut partitions: HashMap<String, HashSet<i32>> = HashMap::new();
+    for record in &records {
+        let decoded = protocol::Frame::decode(&record.value).unwrap();
+        let device = decoded.device.as_str().to_owned();
+        assert_eq!(
+            record.key.as_deref(),
+            Some(device.as_str()),
+            "key is the device id"
+        );
+        assert_eq!(
+            sent.get(&(device.clone(), decoded.first_seq)),
+            Some(&record.value),
+            "value is the frame bytes unchanged"
+        );
+        assert_eq!(
+            record
+                .headers
+                .get(headers::CONTENT_TYPE)
+                .map(String::as_str),
+            Some(protocol::kafka::FRAME_CONTENT_TYPE)
+        );
+        assert_eq!(
+            record.headers.get(headers::MQTT_TOPIC),
+            Some(&telemetry_topic(&prefix, &device))
+        );
+        let received: u64 = record.headers[headers::RECEIVED_AT_MS].parse().unwrap();
+        assert!(received >= started_ms && received <= bridge::inbound::now_ms());
+        partitions
+            .entry(device)
+            .or_default()
+            .insert(record.partition);
+    }
+    for (device, parts) in &partitions {
+        assert_eq!(parts.len(), 1, "{device} spread over partitions {parts:?}");
+    }
+    let expected: Vec<u64> = (0..50).map(|i| i * 10).collect();
+    for (device, seqs) in sequences_by_device(&records) {
+        assert_eq!(seqs, expected, "{device}'s frames out of order or missing");
+    }
+
+    // The readable `latest` value, retained: the newest reading of each device.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let latest = read_retained(port, &format!("{prefix}/+/+/+/latest"), devices.len()).await;
+    for device in devices {
+        let json = &latest[device];
+        assert_eq!(json["device"], device);
+        assert_eq!(json["seq"], 499, "{device}: {json}");
+        assert_eq!(json["channels"]["1"]["value"], 499.0);
+    }
+
+    let stats = bridge.stop().await;
+    assert_eq!(
+        (stats.received, stats.produced, stats.dead_lettered),
+        (150, 150, 0)
+    );
+    assert!(stats.latest_published >= 3);
+}
+
+/// Subscribes and collects `count` retained messages, as JSON keyed by device.
+async fn read_retained(
+    port: u16,
+    filter: &str,
+    count: usize,
+) -> HashMap<String, serde_json::Value> {
+    let mut options = MqttOptions::new(testkit::unique_name("viewer"), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client.subscribe(filter, QoS::AtMostOnce).await.unwrap();
+    let mut seen = HashMap::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seen.len() < count {
+            if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await.unwrap() {
+                assert!(p.retain, "latest is retained");
+                let json: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                seen.insert(json["device"].as_str().unwrap().to_owned(), json);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} retained latest messages: {seen:?}", seen.len()));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mode_dead_letters_bad_messages_with_their_reason_and_keeps_the_rest() {
+    let brokers = testkit::kafka_brokers();
+    let (_, mqtt_port) = testkit::mqtt_host_port();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Client, &prefix, &brokers);
+    config.mqtt.port = mqtt_port;
+    let (data_topic, dlq_topic) = (config.kafka.topic.clone(), config.kafka.dlq_topic.clone());
+    let bridge = InProcess::start(config.clone()).await;
+
+    let good_topic = telemetry_topic(&prefix, "dev-a");
+    let good = |seq: u64| frame("dev-a", 2, seq, 50);
+    let truncated = {
+        let mut bytes = good(9_000);
+        bytes.truncate(bytes.len() / 2);
+        bytes
+    };
+    let bad: Vec<(String, Vec<u8>, RejectReason)> = vec![
+        (good_topic.clone(), truncated, RejectReason::Decode),
+        (
+            good_topic.clone(),
+            b"\x01random garbage".to_vec(),
+            RejectReason::Decode,
+        ),
+        (good_topic.clone(), Vec::new(), RejectReason::Decode),
+        (
+            good_topic.clone(),
+            frame("dev-b", 2, 0, 5),
+            RejectReason::DeviceMismatch,
+        ),
+        (
+            format!("{prefix}/{SITE}/li ne/dev-a/telemetry"),
+            good(9_100),
+            RejectReason::Topic,
+        ),
+    ];
+    let mut messages = Vec::new();
+    let mut bad_iter = bad.iter();
+    for i in 0..40u64 {
+        messages.push((good_topic.clone(), good(i * 50)));
+        if i % 8 == 3 {
+            if let Some((topic, payload, _)) = bad_iter.next() {
+                messages.push((topic.clone(), payload.clone()));
+            }
+        }
+    }
+    assert!(bad_iter.next().is_none(), "every bad message is sent");
+    publish_all(mqtt_port, &testkit::unique_name("pub"), &messages).await;
+    bridge.wait_settled(45, Duration::from_secs(30)).await;
+
+    let data = read_topic(&brokers, &data_topic, 40, Duration::from_secs(20));
+    let expected: Vec<u64> = (0..40).map(|i| i * 50).collect();
+    assert_eq!(sequences_by_device(&data)["dev-a"], expected);
+    assert_eq!(data.len(), 40);
+
+    let dlq = read_topic(&brokers, &dlq_topic, 5, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 5);
+    for (topic, payload, reason) in &bad {
+        let record = dlq
+            .iter()
+            .find(|r| &r.value == payload && &r.headers[headers::MQTT_TOPIC] == topic)
+            .unwrap_or_else(|| panic!("{reason:?} message not in the DLQ"));
+        assert_eq!(record.headers[headers::DLQ_REASON], reason.code());
+        assert!(!record.headers[headers::DLQ_DETAIL].is_empty());
+        assert_eq!(record.headers[headers::DLQ_SOURCE], "bridge");
+        // Keyed by the topic's device, when the topic is well-formed enough to name one.
+        let key = (*reason != RejectReason::Topic).then_some("dev-a");
+        assert_eq!(record.key.as_deref(), key, "{reason:?}");
+    }
+
+    let stats = bridge.stop().await;
+    assert_eq!(stats.produced, 40);
+    assert_eq!(stats.dead_lettered_for(RejectReason::Decode), 3);
+    assert_eq!(stats.dead_lettered_for(RejectReason::DeviceMismatch), 1);
+    assert_eq!(stats.dead_lettered_for(RejectReason::Topic), 1);
+
+    // A clean stop acknowledged everything it forwarded: the same session, resumed,
+    // gets nothing redelivered.
+    let again = InProcess::start(config).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = again.stop().await;
+    assert_eq!(
+        stats.received, 0,
+        "redelivered after a clean stop: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topics_are_refused_by_name_when_creation_is_not_allowed() {
+    let brokers = testkit::kafka_brokers();
+    let mut config = test_config(Mode::Embedded, &testkit::unique_name("plant"), &brokers);
+    config.kafka.create_topics = false;
+    let topic = config.kafka.topic.clone();
+    let bridge = bridge::Bridge::start(config).await.unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(30),
+        bridge.run_until(std::future::pending()),
+    )
+    .await
+    .expect("the bridge gives up on missing topics")
+    .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&topic) && message.contains("create_topics"),
+        "{message}"
+    );
+}

@@ -1,0 +1,364 @@
+//! Shared by the bridge's integration tests: building frames, publishing them over real
+//! MQTT, reading back what reached the real Kafka-compatible broker, and running the
+//! bridge in-process or as its binary.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bridge::{Bridge, BridgeConfig, Mode};
+use protocol::{BootId, DeviceId, Frame, Quality, Reading};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::ClientConfig;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+pub const SITE: &str = "plant1";
+pub const LINE: &str = "line-a";
+
+/// A valid frame of `readings` readings; the first reading's value is `first_seq` so a
+/// record can be matched to what was sent.
+pub fn frame(device: &str, boot: u8, first_seq: u64, readings: usize) -> Vec<u8> {
+    let mut frame = Frame::new(
+        DeviceId::new(device).expect("test device id"),
+        BootId([boot; 8]),
+        first_seq,
+        1_764_000_000_000 + first_seq,
+    );
+    for i in 0..readings {
+        frame
+            .readings
+            .push(Reading {
+                channel: (i % 2) as u8,
+                offset_ms: i as u32,
+                value: first_seq as f32 + i as f32,
+                quality: Quality::empty(),
+            })
+            .expect("at most 64 readings");
+    }
+    let mut buf = [0u8; protocol::MAX_FRAME_LEN];
+    frame.encode(&mut buf).expect("valid test frame").to_vec()
+}
+
+pub fn telemetry_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{SITE}/{LINE}/{device}/telemetry")
+}
+
+/// Publishes `messages` in order at QoS 1 on one connection and returns once the
+/// broker has acknowledged every one.
+pub async fn publish_all(port: u16, client_id: &str, messages: &[(String, Vec<u8>)]) {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(10))
+        .set_inflight(200)
+        .set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let total = messages.len();
+    let pump = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher connection failed after {acked} acks: {e}"),
+            }
+        }
+        eventloop
+    });
+    for (topic, payload) in messages {
+        client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("queue publish");
+    }
+    let mut eventloop = tokio::time::timeout(Duration::from_secs(60), pump)
+        .await
+        .expect("broker acknowledged every publish within 60 s")
+        .expect("publisher task");
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    pub partition: i32,
+}
+
+/// Reads `topic` from the start until `expected` records arrived, or `wait` passed
+/// with nothing new, and returns them in per-partition order.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize, wait: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", testkit::unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut records = Vec::new();
+    let mut last_progress = Instant::now();
+    while records.len() < expected && last_progress.elapsed() < wait {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    partition: message.partition(),
+                });
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Per device, the first sequence numbers of the frames in the order Kafka holds them.
+pub fn sequences_by_device(records: &[Record]) -> HashMap<String, Vec<u64>> {
+    let mut by_device: HashMap<String, Vec<u64>> = HashMap::new();
+    for record in records {
+        let frame = Frame::decode(&record.value).expect("sensors-data holds valid frames");
+        by_device
+            .entry(frame.device.as_str().to_owned())
+            .or_default()
+            .push(frame.first_seq);
+    }
+    by_device
+}
+
+/// A bridge configuration for tests: private topic names (created by the bridge),
+/// ephemeral HTTP port, no metrics record.
+pub fn test_config(mode: Mode, prefix: &str, brokers: &str) -> BridgeConfig {
+    let mut config = BridgeConfig::default();
+    config.mode = mode;
+    config.id = testkit::unique_name("bridge");
+    config.topic_prefix = prefix.to_owned();
+    config.kafka.brokers = brokers.to_owned();
+    config.kafka.topic = testkit::unique_name("data");
+    config.kafka.dlq_topic = testkit::unique_name("dlq");
+    config.kafka.metrics_topic = String::new();
+    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.embedded.listen = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    config.forward.shutdown_grace = Duration::from_secs(10);
+    config
+}
+
+/// A bridge running in this process.
+pub struct InProcess {
+    pub http: SocketAddr,
+    pub mqtt: Option<SocketAddr>,
+    pub stats: std::sync::Arc<bridge::stats::Stats>,
+    pub health: std::sync::Arc<bridge::health::Health>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<bridge::stats::StatsSnapshot>>,
+}
+
+impl InProcess {
+    pub async fn start(config: BridgeConfig) -> Self {
+        let bridge = Bridge::start(config).await.expect("bridge starts");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = bridge.http_addr();
+        let mqtt = bridge.mqtt_addr();
+        let stats = bridge.stats();
+        let health = bridge.health();
+        let task = tokio::spawn(bridge.run_until(async {
+            let _ = stopped.await;
+        }));
+        let started = Self {
+            http,
+            mqtt,
+            stats,
+            health,
+            stop,
+            task,
+        };
+        started.wait_ready(Duration::from_secs(30)).await;
+        started
+    }
+
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.health.ready() {
+            assert!(
+                Instant::now() < deadline,
+                "bridge not ready within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the bridge has settled (forwarded or dead-lettered) `count` messages.
+    pub async fn wait_settled(&self, count: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.stats.snapshot();
+            if s.produced + s.dead_lettered >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge settled {} of {count} messages within {within:?}: {s:?}",
+                s.produced + s.dead_lettered
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) -> bridge::stats::StatsSnapshot {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("bridge task")
+            .expect("bridge stops cleanly")
+    }
+}
+
+/// The bridge binary, configured by a TOML file, for tests that kill it or measure
+/// its memory.
+pub struct Process {
+    pub child: Child,
+    pub http_port: u16,
+    config_file: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(config: &BridgeConfig) -> Self {
+        let http_port = testkit::free_port();
+        let mut config = config.clone();
+        config.http.listen = SocketAddr::from(([127, 0, 0, 1], http_port));
+        let config_file =
+            std::env::temp_dir().join(format!("{}.toml", testkit::unique_name("bridge")));
+        let toml = toml::to_string(&config).expect("config serializes to TOML");
+        std::fs::write(&config_file, toml).expect("write bridge config");
+        let child = Command::new(env!("CARGO_BIN_EXE_bridge"))
+            .arg("--config")
+            .arg(&config_file)
+            .env("RUST_LOG", "info,rumqttd=off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bridge");
+        let process = Self {
+            child,
+            http_port,
+            config_file,
+        };
+        process.wait_ready(Duration::from_secs(30));
+        process
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        Some((status, body))
+    }
+
+    pub fn ready(&self) -> bool {
+        matches!(self.get("/readyz"), Some((200, _)))
+    }
+
+    /// The body of `/readyz`, e.g. "mqtt connected\nkafka down\n".
+    pub fn readiness(&self) -> String {
+        self.get("/readyz")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// A counter or gauge from `/metrics`, summed over its labels.
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return f64::NAN;
+        };
+        body.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.ready() {
+            assert!(
+                Instant::now() < deadline,
+                "bridge process not ready within {within:?}: {}",
+                self.readiness()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resident memory of the process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for bridge")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.config_file);
+    }
+}
