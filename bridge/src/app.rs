@@ -58,6 +58,7 @@ impl Bridge {
                 .with_context(|| {
                     format!("cannot serve HTTP on {} (http.listen)", config.http.listen)
                 })?;
+        tokio::spawn(crate::stats::prometheus_upkeep(stop_rest.clone()));
         let producer = create_producer(
             &config.kafka,
             &config.id,
@@ -67,7 +68,9 @@ impl Bridge {
         )
         .context("cannot create the Kafka producer (check kafka.properties)")?;
 
-        let (tx, rx) = mpsc::channel(config.forward.max_in_flight);
+        // Twice the window: room for a broker that overshoots Receive Maximum (Mosquitto
+        // 2.0 does under load) before the MQTT side has to wait.
+        let (tx, rx) = mpsc::channel(2 * config.forward.max_in_flight);
         let telemetry = protocol::TopicKind::Telemetry;
         let (source, sink, mqtt_addr) = match config.mode {
             Mode::Embedded => {
@@ -122,6 +125,7 @@ impl Bridge {
             max_in_flight: config.forward.max_in_flight,
             latest,
             stats: stats.clone(),
+            unsent_acks: Default::default(),
         };
         let forwarder = tokio::spawn(forward_when_ready(
             config.clone(),

@@ -463,8 +463,10 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_key() {
-        let mut config = BridgeConfig::default();
-        config.topic_prefix = "a/b".to_owned();
+        let mut config = BridgeConfig {
+            topic_prefix: "a/b".to_owned(),
+            ..BridgeConfig::default()
+        };
         config.kafka.dlq_topic = config.kafka.topic.clone();
         config.forward.max_in_flight = 0;
         config.mqtt.shared_group = "has space".to_owned();
@@ -487,6 +489,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
     fn file_environment_and_flags_layer_in_that_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bridge.toml");

@@ -30,7 +30,7 @@ pub enum EmbeddedError {
     #[error("the embedded broker did not start listening on {0} within 5 s")]
     NotListening(SocketAddr),
     #[error("cannot attach to the embedded broker: {0}")]
-    Link(#[from] rumqttd::local::LinkError),
+    Link(String),
 }
 
 pub struct EmbeddedBroker {
@@ -86,9 +86,10 @@ pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, Em
         metrics: None,
     };
     let mut broker = Broker::new(broker_config);
-    let (mut sub_tx, sub_rx) = broker.link("bridge-forwarder")?;
-    sub_tx.subscribe(filter)?;
-    let (publisher, publisher_rx) = broker.link("bridge-latest")?;
+    let link_error = |e: rumqttd::local::LinkError| EmbeddedError::Link(e.to_string());
+    let (mut sub_tx, sub_rx) = broker.link("bridge-forwarder").map_err(link_error)?;
+    sub_tx.subscribe(filter).map_err(link_error)?;
+    let (publisher, publisher_rx) = broker.link("bridge-latest").map_err(link_error)?;
     std::thread::Builder::new()
         .name("rumqttd".to_owned())
         .spawn(move || {

@@ -8,6 +8,7 @@
 //! once. The window is `max_in_flight`; when it is full, or the producer's memory budget
 //! is, the forwarder stops taking messages (back-pressure) until Kafka confirms more.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::inbound::{Ack, Inbound};
+use crate::inbound::{Ack, AckOutcome, Inbound};
 use crate::inspect::{inspect, RejectReason, Rejection};
 use crate::kafka::{dlq_headers, frame_headers, Producer};
 use crate::latest::Latest;
@@ -28,6 +29,8 @@ use crate::stats::Stats;
 
 /// How long to wait before offering a message again to a producer whose queue is full.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
+/// How long to wait before offering acknowledgements again to a full MQTT request queue.
+const ACK_RETRY: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -63,6 +66,8 @@ pub struct Forwarder {
     pub max_in_flight: usize,
     pub latest: Option<Latest>,
     pub stats: Arc<Stats>,
+    /// Acknowledgements due, in arrival order, that the MQTT client could not take yet.
+    pub unsent_acks: VecDeque<Ack>,
 }
 
 impl Forwarder {
@@ -96,7 +101,9 @@ impl Forwarder {
                         refused = self.submit(job, &mut settling)?;
                     }
                 }
-                message = inbound.recv(), if refused.is_none() && settling.len() < self.max_in_flight => {
+                _ = tokio::time::sleep(ACK_RETRY), if !self.unsent_acks.is_empty() => self.flush_acks(),
+                message = inbound.recv(), if refused.is_none()
+                    && settling.len() + self.unsent_acks.len() < self.max_in_flight => {
                     let Some(message) = message else { break };
                     let job = self.prepare(message).await;
                     refused = self.submit(job, &mut settling)?;
@@ -135,6 +142,10 @@ impl Forwarder {
                     break;
                 }
             }
+        }
+        while !self.unsent_acks.is_empty() && tokio::time::Instant::now() < deadline {
+            self.flush_acks();
+            tokio::time::sleep(ACK_RETRY).await;
         }
         self.stats.set_in_flight(settling.len());
         Ok(())
@@ -184,6 +195,20 @@ impl Forwarder {
         }
     }
 
+    /// Sends the acknowledgements waiting their turn, in order, as far as the MQTT
+    /// client's request queue takes them. Never waits: the MQTT side may itself be
+    /// waiting for the forwarder to take a message, and waiting here would deadlock.
+    fn flush_acks(&mut self) {
+        while let Some(ack) = self.unsent_acks.front() {
+            match ack.try_send() {
+                AckOutcome::Sent => {}
+                AckOutcome::ConnectionGone => self.stats.stale_ack(),
+                AckOutcome::QueueFull => break,
+            }
+            self.unsent_acks.pop_front();
+        }
+    }
+
     async fn settle(&mut self, settled: Settled) -> Result<(), ForwardError> {
         let ack = match settled {
             Settled::Forwarded { ack, latency } => {
@@ -200,9 +225,8 @@ impl Forwarder {
                 return Err(ForwardError::DeadLetterRefused(error));
             }
         };
-        if !ack.send().await {
-            self.stats.stale_ack();
-        }
+        self.unsent_acks.push_back(ack);
+        self.flush_acks();
         Ok(())
     }
 }
@@ -284,6 +308,7 @@ async fn settle_delivery(
     if matches!(job.destination, Destination::DeadLetter(_)) {
         return Settled::Failed(format!("dead-letter record refused: {error}"));
     }
+    warn!("Kafka refused a frame for good, dead-lettering it: {error}");
     let job = dead_letter_refused(job, &error);
     loop {
         match produce(&producer, "", &dlq_topic, &job) {

@@ -5,6 +5,8 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Inbound {
@@ -24,18 +26,43 @@ pub enum Ack {
     /// connection has gone, the request fails and the broker redelivers the message on
     /// the next connection, so an acknowledgement can never land on a different message
     /// that happens to reuse the packet id.
-    Mqtt { client: AsyncClient, pkid: u16 },
+    Mqtt {
+        client: AsyncClient,
+        pkid: u16,
+        /// True while that connection lives; the MQTT side clears it when it ends.
+        connection: Arc<AtomicBool>,
+    },
+}
+
+/// What became of an acknowledgement offered to the MQTT client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    Sent,
+    /// The client's request queue is full; offer it again later.
+    QueueFull,
+    /// Its connection is gone; the broker redelivers the message (see `Ack::Mqtt`).
+    ConnectionGone,
 }
 
 impl Ack {
-    /// Sends the acknowledgement. `false` when its connection is gone (see above).
-    pub async fn send(self) -> bool {
+    /// Hands the acknowledgement to the MQTT client without waiting.
+    pub fn try_send(&self) -> AckOutcome {
         match self {
-            Ack::Nothing => true,
-            Ack::Mqtt { client, pkid } => {
+            Ack::Nothing => AckOutcome::Sent,
+            Ack::Mqtt {
+                client,
+                pkid,
+                connection,
+            } => {
                 let mut publish = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
-                publish.pkid = pkid;
-                client.ack(&publish).await.is_ok()
+                publish.pkid = *pkid;
+                if client.try_ack(&publish).is_ok() {
+                    AckOutcome::Sent
+                } else if connection.load(Ordering::Acquire) {
+                    AckOutcome::QueueFull
+                } else {
+                    AckOutcome::ConnectionGone
+                }
             }
         }
     }

@@ -70,7 +70,13 @@ impl Latest {
             self.stats.latest_skipped();
             return;
         }
-        let slot = self.slots.entry(device.to_owned()).or_default();
+        // Look up before inserting: `entry` would allocate the key for every message.
+        if !self.slots.contains_key(device) {
+            self.slots.insert(device.to_owned(), Slot::default());
+        }
+        let Some(slot) = self.slots.get_mut(device) else {
+            return;
+        };
         let newest = Newest {
             topic: inbound.topic.clone(),
             payload: inbound.payload.clone(),

@@ -11,6 +11,7 @@
 //! than the bridge may hold: when Kafka is slow the broker keeps the messages and this
 //! loop keeps polling, which keeps the connection alive with pings.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,10 +68,12 @@ impl ClientSource {
             if let Err(e) = client.try_subscribe(self.filter.as_str(), QoS::AtLeastOnce) {
                 error!("cannot queue the MQTT subscription: {e}");
             }
+            let alive = Arc::new(AtomicBool::new(true));
             let outcome = self
                 .connection(
                     &client,
                     &mut eventloop,
+                    &alive,
                     &tx,
                     &health,
                     &stop,
@@ -82,10 +85,14 @@ impl ClientSource {
             match outcome {
                 ConnectionEnd::Stop => {
                     disconnect(&client, &mut eventloop).await;
+                    alive.store(false, Ordering::Release);
                     return;
                 }
-                ConnectionEnd::Lost => {}
+                ConnectionEnd::Lost => alive.store(false, Ordering::Release),
             }
+            // Dropping the event loop closes the request queue: acks still due for this
+            // connection fail from now on instead of reaching the next one.
+            drop(eventloop);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -99,6 +106,7 @@ impl ClientSource {
         &self,
         client: &AsyncClient,
         eventloop: &mut EventLoop,
+        alive: &Arc<AtomicBool>,
         tx: &mpsc::Sender<Inbound>,
         health: &Health,
         stop: &CancellationToken,
@@ -145,6 +153,7 @@ impl ClientSource {
                         Ack::Mqtt {
                             client: client.clone(),
                             pkid: publish.pkid,
+                            connection: alive.clone(),
                         }
                     };
                     let inbound = Inbound {

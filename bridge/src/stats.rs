@@ -35,6 +35,21 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// Folds recorded histogram samples into their buckets every few seconds. The exporter
+/// (0.13) keeps raw samples until the next render, so without a scraper they would pile
+/// up without bound (about 1 MB/s at 60k messages/s).
+pub async fn prometheus_upkeep(stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                prometheus().render();
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Cell {
     value: AtomicU64,

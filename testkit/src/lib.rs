@@ -213,6 +213,7 @@ impl Tansu {
         let binary = std::env::var_os("PATH")
             .into_iter()
             .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .chain(std::env::var_os("CARGO_HOME").map(|home| Path::new(&home).join("bin")))
             .chain(std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo/bin")))
             .map(|dir| dir.join("tansu"))
             .find(|p| p.exists())

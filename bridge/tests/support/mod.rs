@@ -155,10 +155,12 @@ pub fn sequences_by_device(records: &[Record]) -> HashMap<String, Vec<u64>> {
 /// A bridge configuration for tests: private topic names (created by the bridge),
 /// ephemeral HTTP port, no metrics record.
 pub fn test_config(mode: Mode, prefix: &str, brokers: &str) -> BridgeConfig {
-    let mut config = BridgeConfig::default();
-    config.mode = mode;
-    config.id = testkit::unique_name("bridge");
-    config.topic_prefix = prefix.to_owned();
+    let mut config = BridgeConfig {
+        mode,
+        id: testkit::unique_name("bridge"),
+        topic_prefix: prefix.to_owned(),
+        ..BridgeConfig::default()
+    };
     config.kafka.brokers = brokers.to_owned();
     config.kafka.topic = testkit::unique_name("data");
     config.kafka.dlq_topic = testkit::unique_name("dlq");

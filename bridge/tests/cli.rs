@@ -1,0 +1,64 @@
+//! The bridge binary's front door: the shipped example configuration is valid, and bad
+//! settings stop it with exit code 2 and a message naming the key.
+
+use std::process::Command;
+
+fn bridge() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bridge"));
+    command.env_remove("BRIDGE_CONFIG");
+    command
+}
+
+#[test]
+fn the_example_configuration_is_valid_in_both_modes() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bridge.toml");
+    for mode in ["embedded", "client"] {
+        let output = bridge()
+            .args(["--config", example, "--mode", mode, "--check-config"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("ok:") && stdout.contains("sensors-data"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn bad_settings_exit_2_naming_the_key() {
+    let cases: [(&str, &str, &str); 3] = [
+        ("BRIDGE_KAFKA__LINGER", "banana", "LINGER"),
+        (
+            "BRIDGE_FORWARD__MAX_IN_FLIGHT",
+            "0",
+            "forward.max_in_flight",
+        ),
+        ("BRIDGE_TOPIC_PREFIX", "a/b", "topic_prefix"),
+    ];
+    for (variable, value, named) in cases {
+        let output = bridge()
+            .arg("--check-config")
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{variable}={value}: {stderr}"
+        );
+        assert!(stderr.contains(named), "{variable}={value}: {stderr}");
+    }
+    let output = bridge()
+        .args(["--config", "/nonexistent.toml", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nonexistent.toml"));
+}
