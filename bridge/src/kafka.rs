@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
@@ -43,6 +42,10 @@ impl ClientContext for KafkaContext {
         }
     }
 
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // Broker-down errors repeat on every reconnect attempt; the state change is
         // logged once by `stats` instead.
@@ -55,6 +58,30 @@ impl ClientContext for KafkaContext {
         } else {
             warn!("librdkafka: {error}: {reason}");
         }
+    }
+}
+
+/// librdkafka's own log lines, minus the connection failures it repeats on every retry
+/// (FAIL): the bridge reports an unreachable Kafka once per state change instead.
+fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        _ if facility == "FAIL" => tracing::debug!(target: "librdkafka", "{facility}: {message}"),
+        Emerg | Alert | Critical | Error => {
+            tracing::error!(target: "librdkafka", "{facility}: {message}")
+        }
+        Warning => warn!(target: "librdkafka", "{facility}: {message}"),
+        Notice | Info => info!(target: "librdkafka", "{facility}: {message}"),
+        Debug => tracing::debug!(target: "librdkafka", "{facility}: {message}"),
+    }
+}
+
+/// The admin client's context: only the log filter above.
+struct AdminContext;
+
+impl ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka(level, facility, message);
     }
 }
 
@@ -155,10 +182,10 @@ async fn check_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), Topic
     for (key, value) in &config.properties {
         admin_config.set(key, value);
     }
-    let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
+    let admin: AdminClient<AdminContext> = admin_config.create_with_context(AdminContext)?;
     // fetch_metadata blocks; the admin client moves to a blocking thread and back.
     let (admin, metadata) = tokio::task::spawn_blocking(move || {
-        let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(5));
+        let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(3));
         (admin, metadata)
     })
     .await

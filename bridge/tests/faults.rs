@@ -208,3 +208,54 @@ fn wait_metric(bridge: &Process, name: &str, at_least: f64, within: Duration) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_started_before_its_brokers_waits_for_them_then_forwards() {
+    let kafka_port = testkit::free_port();
+    let mut mosquitto = testkit::Mosquitto::start();
+    mosquitto.stop();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Client, &prefix, &format!("127.0.0.1:{kafka_port}"));
+    config.mqtt.port = mosquitto.port();
+    let data_topic = config.kafka.topic.clone();
+    let bridge = bridge::Bridge::start(config)
+        .await
+        .expect("starts without its brokers");
+    let health = bridge.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(bridge.run_until(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!health.mqtt() && !health.kafka() && !running.is_finished());
+
+    mosquitto.restart();
+    let kafka = tokio::task::spawn_blocking(move || testkit::Tansu::start_on(kafka_port))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health.ready() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready after the brokers came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let frame_bytes = frame("dev-a", 4, 0, 50);
+    publish_all(
+        mosquitto.port(),
+        "pub-late",
+        &[(telemetry_topic(&prefix, "dev-a"), frame_bytes.clone())],
+    )
+    .await;
+    let records = tokio::task::spawn_blocking(move || {
+        read_topic(&kafka.brokers(), &data_topic, 1, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, frame_bytes);
+    let _ = stop.send(());
+    let stats = running.await.unwrap().unwrap();
+    assert_eq!(stats.produced, 1);
+}

@@ -209,7 +209,12 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// Starts a broker on `port` (for tests whose client was told the port before the
+    /// broker existed).
+    pub fn start_on(port: u16) -> Self {
         let binary = std::env::var_os("PATH")
             .into_iter()
             .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
