@@ -1170,7 +1170,12 @@ async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
     };
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<bridge::inbound::Inbound>(settings.max_in_flight);
-    runtime.spawn(source.run(tx, health.clone(), stop.clone()));
+    runtime.spawn(source.run(bridge::mqtt_client::Outlets {
+        tx,
+        health: health.clone(),
+        stats: Arc::new(Stats::new()),
+        stop: stop.clone(),
+    }));
     runtime.spawn({
         let acked = acked.clone();
         async move {

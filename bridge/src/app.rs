@@ -19,13 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BridgeConfig, Mode};
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, ForwarderSettings};
 use crate::health::Health;
 use crate::kafka::{create_producer, ensure_topics, Producer};
 use crate::latest::{Latest, LatestSink};
-use crate::mqtt_client::ClientSource;
+use crate::mqtt_client::{ClientSource, Outlets};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::{embedded, health};
+
+/// At most this long, embedded mode keeps forwarding at shutdown.
+const EMBEDDED_DRAIN: Duration = Duration::from_secs(2);
 
 pub struct Bridge {
     config: BridgeConfig,
@@ -68,8 +71,8 @@ impl Bridge {
         )
         .context("cannot create the Kafka producer (check kafka.properties)")?;
 
-        // Twice the window: room for a broker that overshoots Receive Maximum (Mosquitto
-        // 2.0 does under load) before the MQTT side has to wait.
+        // Two windows: room for a broker that overshoots Receive Maximum (see
+        // mqtt_client.rs) before the MQTT side has to wait.
         let (tx, rx) = mpsc::channel(2 * config.forward.max_in_flight);
         let telemetry = protocol::TopicKind::Telemetry;
         let (source, sink, mqtt_addr) = match config.mode {
@@ -79,8 +82,14 @@ impl Bridge {
                 let broker = embedded::start(&config.embedded, &filter)?;
                 health.set_mqtt(true);
                 let (sub_tx, sub_rx) = broker.subscription;
-                let source =
-                    tokio::spawn(embedded::forward(sub_tx, sub_rx, tx, stop_source.clone()));
+                tokio::spawn(embedded::watch_overruns(broker.alerts, stats.clone()));
+                let source = tokio::spawn(embedded::forward(
+                    sub_tx,
+                    sub_rx,
+                    tx,
+                    stats.clone(),
+                    stop_source.clone(),
+                ));
                 (
                     source,
                     LatestSink::Embedded(broker.publisher),
@@ -104,7 +113,12 @@ impl Bridge {
                     filter: filter.to_string(),
                     receive_maximum: config.forward.max_in_flight as u16,
                 };
-                let source = tokio::spawn(client.run(tx, health.clone(), stop_source.clone()));
+                let source = tokio::spawn(client.run(Outlets {
+                    tx,
+                    health: health.clone(),
+                    stats: stats.clone(),
+                    stop: stop_source.clone(),
+                }));
                 (source, LatestSink::Client(None), None)
             }
         };
@@ -117,16 +131,22 @@ impl Bridge {
                 stats.clone(),
             )
         });
-        let forwarder = Forwarder {
-            producer: producer.clone(),
-            data_topic: config.kafka.topic.as_str().into(),
-            dlq_topic: config.kafka.dlq_topic.as_str().into(),
-            topic_prefix: config.topic_prefix.clone(),
-            max_in_flight: config.forward.max_in_flight,
+        // rumqttd has acknowledged what it holds: at shutdown, take what is still coming
+        // for a moment rather than drop it (client mode leaves it with the broker).
+        let drain_on_stop = (config.mode == Mode::Embedded)
+            .then(|| config.forward.shutdown_grace.min(EMBEDDED_DRAIN));
+        let forwarder = Forwarder::new(
+            producer.clone(),
+            ForwarderSettings {
+                data_topic: config.kafka.topic.clone(),
+                dlq_topic: config.kafka.dlq_topic.clone(),
+                topic_prefix: config.topic_prefix.clone(),
+                max_in_flight: config.forward.max_in_flight,
+                drain_on_stop,
+            },
             latest,
-            stats: stats.clone(),
-            unsent_acks: Default::default(),
-        };
+            stats.clone(),
+        );
         let forwarder = tokio::spawn(forward_when_ready(
             config.clone(),
             forwarder,
@@ -240,8 +260,8 @@ async fn forward_when_ready(
     if !config.kafka.metrics_topic.is_empty() {
         tokio::spawn(metrics_records(
             config.clone(),
-            forwarder.producer.clone(),
-            forwarder.stats.clone(),
+            forwarder.producer().clone(),
+            forwarder.stats().clone(),
             health,
             stop_rest,
         ));

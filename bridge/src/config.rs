@@ -186,6 +186,8 @@ pub struct KafkaConfig {
     /// messages until Kafka catches up.
     pub memory_budget: ByteSize,
     /// Extra librdkafka properties, passed through as they are (for TLS, SASL, ...).
+    /// Numbers and booleans are taken as their text, as librdkafka wants.
+    #[serde(deserialize_with = "scalars_as_text")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -329,7 +331,8 @@ impl BridgeConfig {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("BRIDGE_").split("__"));
+        // BRIDGE_CONFIG names the file (main.rs), it is not a setting.
+        figment = figment.merge(Env::prefixed("BRIDGE_").ignore(&["config"]).split("__"));
         for (key, value) in overrides.values() {
             figment = figment.merge(Serialized::default(key, value));
         }
@@ -353,8 +356,9 @@ impl BridgeConfig {
                 "mqtt.shared_group: {group:?} must be empty or 1-24 characters of A-Z a-z 0-9 . _ -"
             ));
         }
-        if self.mqtt.keep_alive < Duration::from_secs(1) {
-            problems.push("mqtt.keep_alive: at least 1 s".to_owned());
+        // rumqttc refuses (panics on) shorter keep-alives.
+        if self.mqtt.keep_alive < Duration::from_secs(5) {
+            problems.push("mqtt.keep_alive: at least 5 s".to_owned());
         }
         if self.mqtt.session_expiry.as_secs() > u64::from(u32::MAX) {
             problems.push("mqtt.session_expiry: at most 136 years".to_owned());
@@ -434,12 +438,87 @@ impl BridgeConfig {
         if self.latest.interval < Duration::from_millis(100) {
             problems.push("latest.interval: at least 100 ms".to_owned());
         }
+        self.check_kafka_properties(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
         }
     }
+
+    /// The passthrough properties may not undo the delivery guarantee, and every message
+    /// MQTT can deliver must fit a Kafka record (with room for the headers), so that no
+    /// single message can be refused by Kafka for its size.
+    fn check_kafka_properties(&self, problems: &mut Vec<String>) {
+        for key in MANAGED_KAFKA_PROPERTIES {
+            if self.kafka.properties.contains_key(*key) {
+                problems.push(format!(
+                    "kafka.properties.{key}: set by the bridge (its delivery guarantee depends on it)"
+                ));
+            }
+        }
+        let message_max = match self.kafka.properties.get("message.max.bytes") {
+            None => LIBRDKAFKA_MESSAGE_MAX_BYTES,
+            Some(value) => match value.parse::<u64>() {
+                Ok(bytes) => bytes,
+                Err(_) => {
+                    problems.push(format!(
+                        "kafka.properties.message.max.bytes: {value:?} is not a number of bytes"
+                    ));
+                    return;
+                }
+            },
+        };
+        let largest = message_max.saturating_sub(RECORD_OVERHEAD);
+        let (key, size) = match self.mode {
+            Mode::Client => ("mqtt.max_packet_size", self.mqtt.max_packet_size),
+            Mode::Embedded => ("embedded.max_payload_size", self.embedded.max_payload_size),
+        };
+        if size.as_u64() > largest {
+            problems.push(format!(
+                "{key}: {size} does not fit a Kafka record of message.max.bytes {message_max} \
+                 (at most {largest} B, leaving room for the headers)"
+            ));
+        }
+    }
+}
+
+/// librdkafka properties the bridge sets itself and will not take from the config.
+const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "bootstrap.servers",
+];
+
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
+/// Room for a record's key, headers (topic, reasons) and framing.
+const RECORD_OVERHEAD: u64 = 4096;
+
+fn scalars_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Number(number) => number.to_string(),
+                serde_json::Value::Bool(flag) => flag.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "property {key}: {other} is not a string, number or boolean"
+                    )))
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
 }
 
 /// Kafka's own rule for topic names.

@@ -9,16 +9,18 @@
 //! production belongs on client mode with a broker that persists sessions.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::EmbeddedConfig;
 use crate::inbound::{now_ms, Ack, Inbound};
+use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -33,12 +35,17 @@ pub enum EmbeddedError {
     Link(String),
 }
 
+/// The client id of the bridge's own subscription inside rumqttd.
+const FORWARDER_CLIENT_ID: &str = "bridge-forwarder";
+
 pub struct EmbeddedBroker {
     pub addr: SocketAddr,
     /// The forwarder's subscription.
     pub subscription: (LinkTx, LinkRx),
     /// For the `latest` messages.
     pub publisher: LinkTx,
+    /// rumqttd's alerts, which report when its log overran the subscription.
+    pub alerts: rumqttd::alerts::AlertsLink,
     // Held so the router keeps the publisher link's notifications somewhere.
     _publisher_rx: LinkRx,
 }
@@ -87,9 +94,12 @@ pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, Em
     };
     let mut broker = Broker::new(broker_config);
     let link_error = |e: rumqttd::local::LinkError| EmbeddedError::Link(e.to_string());
-    let (mut sub_tx, sub_rx) = broker.link("bridge-forwarder").map_err(link_error)?;
+    let (mut sub_tx, sub_rx) = broker.link(FORWARDER_CLIENT_ID).map_err(link_error)?;
     sub_tx.subscribe(filter).map_err(link_error)?;
     let (publisher, publisher_rx) = broker.link("bridge-latest").map_err(link_error)?;
+    let alerts = broker
+        .alerts()
+        .map_err(|e| EmbeddedError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("rumqttd".to_owned())
         .spawn(move || {
@@ -116,16 +126,20 @@ pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, Em
         addr,
         subscription: (sub_tx, sub_rx),
         publisher,
+        alerts,
         _publisher_rx: publisher_rx,
     })
 }
 
 /// Hands what the subscription receives to the forwarder until `stop`. Reading stops
 /// while the forwarder's channel is full, and the router then stops feeding this link.
+/// Once the forwarder has closed its channel (shutdown, after its drain), whatever still
+/// arrives was acknowledged to a device and is lost: it is counted.
 pub async fn forward(
     _sub_tx: LinkTx,
     mut rx: LinkRx,
     tx: mpsc::Sender<Inbound>,
+    stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
     loop {
@@ -141,8 +155,8 @@ pub async fn forward(
                     received_at_ms: now_ms(),
                     ack: Ack::Nothing,
                 };
-                if tx.send(inbound).await.is_err() {
-                    return;
+                if tx.is_closed() || tx.send(inbound).await.is_err() {
+                    stats.dropped_at_shutdown();
                 }
             }
             // The router paused this link because its buffer filled; it resumes it
@@ -156,6 +170,24 @@ pub async fn forward(
             Err(e) => {
                 error!("embedded broker link closed: {e}");
                 return;
+            }
+        }
+    }
+}
+
+/// Counts and logs each time rumqttd's in-memory log overran the bridge's subscription
+/// (rumqttd reports a "cursor jump": the messages in between are gone).
+pub async fn watch_overruns(alerts: rumqttd::alerts::AlertsLink, stats: Arc<Stats>) {
+    while let Ok(batch) = alerts.next().await {
+        for alert in batch {
+            // rumqttd does not export the alert kind's type; its name is stable.
+            if alert.kind.name() == "cursor_jump" && alert.client_id == FORWARDER_CLIENT_ID {
+                stats.embedded_overrun();
+                warn!(
+                    "the embedded broker's log overran while Kafka was behind ({}): \
+                     messages were lost (raise embedded.memory_budget, or use client mode)",
+                    alert.kind.description()
+                );
             }
         }
     }

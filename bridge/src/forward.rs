@@ -7,6 +7,12 @@
 //! ack of message n waits for messages before n, while all of them are in flight at
 //! once. The window is `max_in_flight`; when it is full, or the producer's memory budget
 //! is, the forwarder stops taking messages (back-pressure) until Kafka confirms more.
+//!
+//! Kafka errors are sorted by what they are about. An error about one record (too large,
+//! malformed) sends that record to the dead-letter topic, truncated if it has to be, so
+//! one message never stops the bridge. Any other error (topic gone, not authorized, the
+//! idempotent producer's fatal state) stops the bridge without acknowledging the message:
+//! the broker keeps it, and nothing good is dead-lettered for a broker-side problem.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -27,21 +33,35 @@ use crate::kafka::{dlq_headers, frame_headers, Producer};
 use crate::latest::Latest;
 use crate::stats::Stats;
 
-/// How long to wait before offering a message again to a producer whose queue is full.
+/// How long to wait before offering a message again to a producer whose queue is full
+/// (it is also offered again as soon as any delivery report frees room).
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
 /// How long to wait before offering acknowledgements again to a full MQTT request queue.
 const ACK_RETRY: Duration = Duration::from_millis(2);
+/// While draining at shutdown (embedded mode), this long without a message means done.
+const DRAIN_IDLE: Duration = Duration::from_millis(200);
+/// Bytes of a payload kept in a dead-letter record Kafka refused at full size.
+pub const DLQ_TRUNCATED_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("Kafka refused a dead-letter record, so a message can be neither forwarded nor set aside: {0}")]
-    DeadLetterRefused(String),
+    #[error("{0}; stopping without acknowledging it (the broker keeps it)")]
+    Kafka(String),
+    #[error("the MQTT side stopped by itself (see the errors logged before this)")]
+    SourceEnded,
 }
 
 /// Where a message is going.
 enum Destination {
-    Data { device: String },
-    DeadLetter(Rejection),
+    Data {
+        device: String,
+    },
+    /// `truncated`: the payload is cut to `DLQ_TRUNCATED_BYTES` because Kafka refused it
+    /// whole.
+    DeadLetter {
+        rejection: Rejection,
+        truncated: bool,
+    },
 }
 
 struct Job {
@@ -59,21 +79,62 @@ enum Settled {
 type Settling = Pin<Box<dyn Future<Output = Settled> + Send>>;
 
 pub struct Forwarder {
-    pub producer: Producer,
-    pub data_topic: Arc<str>,
-    pub dlq_topic: Arc<str>,
+    producer: Producer,
+    data_topic: Arc<str>,
+    dlq_topic: Arc<str>,
+    topic_prefix: String,
+    max_in_flight: usize,
+    latest: Option<Latest>,
+    stats: Arc<Stats>,
+    drain_on_stop: Option<Duration>,
+    /// Acknowledgements due, in arrival order, that the MQTT client could not take yet.
+    unsent_acks: VecDeque<Ack>,
+}
+
+/// What the forwarder needs to know.
+pub struct ForwarderSettings {
+    pub data_topic: String,
+    pub dlq_topic: String,
     pub topic_prefix: String,
     pub max_in_flight: usize,
-    pub latest: Option<Latest>,
-    pub stats: Arc<Stats>,
-    /// Acknowledgements due, in arrival order, that the MQTT client could not take yet.
-    pub unsent_acks: VecDeque<Ack>,
+    /// Keep taking messages for up to this long after `stop` (until none has come for
+    /// `DRAIN_IDLE`). For the embedded broker, which has already acknowledged what it
+    /// holds: what the forwarder does not take is lost.
+    pub drain_on_stop: Option<Duration>,
 }
 
 impl Forwarder {
-    /// Forwards until `stop`, or until the MQTT side closes `inbound`. Then takes no more
-    /// messages and waits up to `grace` for Kafka to confirm those in flight, acknowledging
-    /// them in order. What is still unconfirmed is not acknowledged: the broker keeps it.
+    pub fn new(
+        producer: Producer,
+        settings: ForwarderSettings,
+        latest: Option<Latest>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            producer,
+            data_topic: settings.data_topic.into(),
+            dlq_topic: settings.dlq_topic.into(),
+            topic_prefix: settings.topic_prefix,
+            max_in_flight: settings.max_in_flight,
+            latest,
+            stats,
+            drain_on_stop: settings.drain_on_stop,
+            unsent_acks: VecDeque::new(),
+        }
+    }
+
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Forwards until `stop` (then drains, in embedded mode). Then takes no more messages
+    /// and waits up to `grace` for Kafka to confirm those in flight, acknowledging them
+    /// in order. What is still unconfirmed, or still queued on the MQTT side, is not
+    /// acknowledged: in client mode the broker keeps it.
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
@@ -88,13 +149,33 @@ impl Forwarder {
             .map_or(Duration::from_secs(3600), |l| l.interval());
         let mut latest_tick = tokio::time::interval(latest_period);
         latest_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let mut draining = false;
+        let mut drain_until = far;
+        let mut last_message = tokio::time::Instant::now();
         loop {
             self.stats.set_in_flight(settling.len());
+            // Unsent acks do not count: they are a few bytes each, and counting them
+            // would make the forwarder wait for the MQTT side, which may be waiting for
+            // the forwarder (a deadlock this crate once had).
+            let window_open = refused.is_none() && settling.len() < self.max_in_flight;
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = stop.cancelled(), if !draining => match self.drain_on_stop {
+                    Some(drain) => {
+                        draining = true;
+                        drain_until = tokio::time::Instant::now() + drain;
+                        last_message = tokio::time::Instant::now();
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(drain_until), if draining => break,
+                _ = tokio::time::sleep_until(last_message + DRAIN_IDLE), if draining && window_open => break,
                 Some(settled) = settling.next(), if !settling.is_empty() => {
-                    self.settle(settled).await?;
+                    self.settle(settled)?;
+                    if let Some(job) = refused.take() {
+                        refused = self.submit(job, &mut settling)?;
+                    }
                 }
                 _ = tokio::time::sleep(QUEUE_FULL_RETRY), if refused.is_some() => {
                     if let Some(job) = refused.take() {
@@ -102,11 +183,19 @@ impl Forwarder {
                     }
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if !self.unsent_acks.is_empty() => self.flush_acks(),
-                message = inbound.recv(), if refused.is_none()
-                    && settling.len() + self.unsent_acks.len() < self.max_in_flight => {
-                    let Some(message) = message else { break };
-                    let job = self.prepare(message).await;
-                    refused = self.submit(job, &mut settling)?;
+                message = inbound.recv(), if window_open => {
+                    let Some(message) = message else {
+                        return Err(ForwardError::SourceEnded);
+                    };
+                    last_message = tokio::time::Instant::now();
+                    if message.ack.connection_gone() {
+                        // Its connection dropped while it waited: the broker redelivers
+                        // it on the new one, so producing this copy would only duplicate.
+                        self.stats.stale_message();
+                    } else {
+                        let job = self.prepare(message).await;
+                        refused = self.submit(job, &mut settling)?;
+                    }
                 }
                 _ = latest_tick.tick(), if self.latest.is_some() => {
                     if let Some(latest) = &mut self.latest {
@@ -116,7 +205,6 @@ impl Forwarder {
             }
         }
 
-        // Shutting down: messages still queued on the MQTT side stay unacknowledged.
         inbound.close();
         let deadline = tokio::time::Instant::now() + grace;
         while let Some(job) = refused.take() {
@@ -131,21 +219,25 @@ impl Forwarder {
         while !settling.is_empty() {
             self.stats.set_in_flight(settling.len());
             match tokio::time::timeout_at(deadline, settling.next()).await {
-                Ok(Some(settled)) => self.settle(settled).await?,
+                Ok(Some(settled)) => self.settle(settled)?,
                 Ok(None) => break,
                 Err(_) => {
                     warn!(
                         unconfirmed = settling.len(),
                         "Kafka did not confirm every message within the shutdown grace; \
-                         those stay unacknowledged and the broker redelivers them"
+                         those stay unacknowledged"
                     );
                     break;
                 }
             }
         }
-        while !self.unsent_acks.is_empty() && tokio::time::Instant::now() < deadline {
-            self.flush_acks();
+        // The acks of what Kafka did confirm get a moment of their own, even when the
+        // grace ran out waiting for the rest.
+        let ack_deadline = tokio::time::Instant::now().max(deadline) + Duration::from_secs(1);
+        self.flush_acks();
+        while !self.unsent_acks.is_empty() && tokio::time::Instant::now() < ack_deadline {
             tokio::time::sleep(ACK_RETRY).await;
+            self.flush_acks();
         }
         self.stats.set_in_flight(settling.len());
         Ok(())
@@ -155,13 +247,18 @@ impl Forwarder {
     async fn prepare(&mut self, inbound: Inbound) -> Job {
         self.stats.received();
         let destination = match inspect(&self.topic_prefix, &inbound.topic, &inbound.payload) {
-            Ok(device) => {
+            Ok(accepted) => {
                 if let Some(latest) = &mut self.latest {
-                    latest.offer(&device, &inbound, Instant::now()).await;
+                    latest.offer(&accepted, &inbound, Instant::now()).await;
                 }
-                Destination::Data { device }
+                Destination::Data {
+                    device: accepted.device,
+                }
             }
-            Err(rejection) => Destination::DeadLetter(rejection),
+            Err(rejection) => Destination::DeadLetter {
+                rejection,
+                truncated: false,
+            },
         };
         Job {
             inbound,
@@ -186,11 +283,14 @@ impl Forwarder {
                 )));
                 Ok(None)
             }
-            Err(e) if is_queue_full(&e) => Ok(Some(job)),
-            Err(e) => match job.destination {
-                // Refused before it left (e.g. larger than message.max.bytes).
-                Destination::Data { .. } => self.submit(dead_letter_refused(job, &e), settling),
-                Destination::DeadLetter(_) => Err(ForwardError::DeadLetterRefused(e.to_string())),
+            Err(e) if is_queue_full(&e) => {
+                self.stats.producer_queue_full();
+                Ok(Some(job))
+            }
+            // Refused before it left (e.g. larger than message.max.bytes).
+            Err(e) => match next_attempt(job, &e) {
+                Ok(job) => self.submit(job, settling),
+                Err(failure) => Err(ForwardError::Kafka(failure)),
             },
         }
     }
@@ -209,7 +309,7 @@ impl Forwarder {
         }
     }
 
-    async fn settle(&mut self, settled: Settled) -> Result<(), ForwardError> {
+    fn settle(&mut self, settled: Settled) -> Result<(), ForwardError> {
         let ack = match settled {
             Settled::Forwarded { ack, latency } => {
                 self.stats.produced(latency);
@@ -219,10 +319,10 @@ impl Forwarder {
                 self.stats.dead_lettered(reason);
                 ack
             }
-            Settled::Failed(error) => {
+            Settled::Failed(failure) => {
                 self.stats.failed();
-                error!("{error}");
-                return Err(ForwardError::DeadLetterRefused(error));
+                error!("{failure}");
+                return Err(ForwardError::Kafka(failure));
             }
         };
         self.unsent_acks.push_back(ack);
@@ -243,13 +343,23 @@ fn produce(
             .key(device.as_str())
             .payload(inbound.payload.as_ref())
             .headers(frame_headers(&inbound.topic, inbound.received_at_ms)),
-        Destination::DeadLetter(rejection) => {
+        Destination::DeadLetter {
+            rejection,
+            truncated,
+        } => {
+            let payload = if *truncated {
+                &inbound.payload[..inbound.payload.len().min(DLQ_TRUNCATED_BYTES)]
+            } else {
+                inbound.payload.as_ref()
+            };
+            let original_length = truncated.then_some(inbound.payload.len());
             let record = FutureRecord::to(dlq_topic)
-                .payload(inbound.payload.as_ref())
+                .payload(payload)
                 .headers(dlq_headers(
                     &inbound.topic,
                     inbound.received_at_ms,
                     rejection,
+                    original_length,
                 ));
             match &rejection.device {
                 Some(device) => record.key(device.as_str()),
@@ -264,66 +374,161 @@ fn is_queue_full(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
 }
 
-/// Turns a data job Kafka refused for good into a dead-letter job.
-fn dead_letter_refused(job: Job, error: &KafkaError) -> Job {
-    let device = match job.destination {
-        Destination::Data { device } => Some(device),
-        Destination::DeadLetter(rejection) => rejection.device,
-    };
-    Job {
-        destination: Destination::DeadLetter(Rejection {
-            reason: RejectReason::KafkaRejected,
-            detail: error.to_string(),
-            device,
-        }),
-        inbound: job.inbound,
-    }
+/// Errors about one record itself, which another record would not get.
+fn is_about_the_record(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::BadMessage
+        )
+    )
 }
 
-/// Waits for Kafka's verdict on one message. A data record Kafka refuses for good is
-/// dead-lettered here, before its turn to be acknowledged comes.
+/// What to try after Kafka refused `job` with `error`: a frame goes to the dead-letter
+/// topic, a dead-letter record is cut short; anything else is a failure that stops the
+/// bridge.
+fn next_attempt(job: Job, error: &KafkaError) -> Result<Job, String> {
+    if !is_about_the_record(error) {
+        return Err(format!("Kafka refused a record: {error}"));
+    }
+    let destination = match job.destination {
+        Destination::Data { device } => {
+            warn!("Kafka refused a frame of {device} for good, dead-lettering it: {error}");
+            Destination::DeadLetter {
+                rejection: Rejection {
+                    reason: RejectReason::KafkaRejected,
+                    detail: error.to_string(),
+                    device: Some(device),
+                },
+                truncated: false,
+            }
+        }
+        Destination::DeadLetter {
+            rejection,
+            truncated: false,
+        } => Destination::DeadLetter {
+            rejection,
+            truncated: true,
+        },
+        Destination::DeadLetter {
+            truncated: true, ..
+        } => {
+            return Err(format!(
+            "Kafka refused a dead-letter record even cut to {DLQ_TRUNCATED_BYTES} bytes: {error}"
+        ))
+        }
+    };
+    Ok(Job {
+        inbound: job.inbound,
+        destination,
+    })
+}
+
+/// Waits for Kafka's verdict on one message. A record Kafka refuses for good is
+/// dead-lettered (or cut short) here, before its turn to be acknowledged comes.
 async fn settle_delivery(
     producer: Producer,
     dlq_topic: Arc<str>,
-    delivery: DeliveryFuture,
-    job: Job,
+    mut delivery: DeliveryFuture,
+    mut job: Job,
     produced_at: Instant,
 ) -> Settled {
-    let error = match delivery.await {
-        Ok(Ok(_)) => {
-            return match job.destination {
-                Destination::Data { .. } => Settled::Forwarded {
-                    ack: job.inbound.ack,
-                    latency: produced_at.elapsed(),
-                },
-                Destination::DeadLetter(rejection) => Settled::DeadLettered {
-                    ack: job.inbound.ack,
-                    reason: rejection.reason,
-                },
-            };
-        }
-        Ok(Err((error, _))) => error,
-        Err(_) => return Settled::Failed("the Kafka producer was dropped".to_owned()),
-    };
-    if matches!(job.destination, Destination::DeadLetter(_)) {
-        return Settled::Failed(format!("dead-letter record refused: {error}"));
-    }
-    warn!("Kafka refused a frame for good, dead-lettering it: {error}");
-    let job = dead_letter_refused(job, &error);
     loop {
-        match produce(&producer, "", &dlq_topic, &job) {
-            Ok(delivery) => {
-                return match delivery.await {
-                    Ok(Ok(_)) => Settled::DeadLettered {
+        let error = match delivery.await {
+            Ok(Ok(_)) => {
+                return match job.destination {
+                    Destination::Data { .. } => Settled::Forwarded {
                         ack: job.inbound.ack,
-                        reason: RejectReason::KafkaRejected,
+                        latency: produced_at.elapsed(),
                     },
-                    Ok(Err((e, _))) => Settled::Failed(format!("dead-letter record refused: {e}")),
-                    Err(_) => Settled::Failed("the Kafka producer was dropped".to_owned()),
+                    Destination::DeadLetter { rejection, .. } => Settled::DeadLettered {
+                        ack: job.inbound.ack,
+                        reason: rejection.reason,
+                    },
                 };
             }
-            Err(e) if is_queue_full(&e) => tokio::time::sleep(QUEUE_FULL_RETRY).await,
-            Err(e) => return Settled::Failed(format!("dead-letter record refused: {e}")),
+            Ok(Err((error, _))) => error,
+            Err(_) => return Settled::Failed("the Kafka producer was dropped".to_owned()),
+        };
+        job = match next_attempt(job, &error) {
+            Ok(job) => job,
+            Err(failure) => return Settled::Failed(failure),
+        };
+        delivery = loop {
+            match produce(&producer, "", &dlq_topic, &job) {
+                Ok(delivery) => break delivery,
+                Err(e) if is_queue_full(&e) => tokio::time::sleep(QUEUE_FULL_RETRY).await,
+                Err(e) => match next_attempt(job, &e) {
+                    Ok(next) => job = next,
+                    Err(failure) => return Settled::Failed(failure),
+                },
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbound::Ack;
+    use bytes::Bytes;
+
+    fn job(destination: Destination) -> Job {
+        Job {
+            inbound: Inbound {
+                topic: Bytes::from_static(b"plant/s/l/d/telemetry"),
+                payload: Bytes::from(vec![7u8; 5000]),
+                received_at_ms: 0,
+                ack: Ack::Nothing,
+            },
+            destination,
+        }
+    }
+
+    fn too_large() -> KafkaError {
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    }
+
+    #[test]
+    fn a_refused_frame_is_dead_lettered_then_cut_short_then_given_up() {
+        let first = next_attempt(job(Destination::Data { device: "d".into() }), &too_large())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Destination::DeadLetter {
+            rejection,
+            truncated: false,
+        } = &first.destination
+        else {
+            panic!("a refused frame goes to the DLQ whole first");
+        };
+        assert_eq!(rejection.reason, RejectReason::KafkaRejected);
+        assert_eq!(rejection.device.as_deref(), Some("d"));
+        let second = next_attempt(first, &too_large()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            second.destination,
+            Destination::DeadLetter {
+                truncated: true,
+                ..
+            }
+        ));
+        assert!(next_attempt(second, &too_large()).is_err());
+    }
+
+    #[test]
+    fn errors_not_about_the_record_are_failures_not_dead_letters() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::Fatal,
+        ] {
+            let error = KafkaError::MessageProduction(code);
+            assert!(
+                next_attempt(job(Destination::Data { device: "d".into() }), &error).is_err(),
+                "{code:?}"
+            );
         }
     }
 }

@@ -45,6 +45,14 @@ pub enum AckOutcome {
 }
 
 impl Ack {
+    /// True when this message came over a connection that has since dropped.
+    pub fn connection_gone(&self) -> bool {
+        match self {
+            Ack::Nothing => false,
+            Ack::Mqtt { connection, .. } => !connection.load(Ordering::Acquire),
+        }
+    }
+
     /// Hands the acknowledgement to the MQTT client without waiting.
     pub fn try_send(&self) -> AckOutcome {
         match self {

@@ -4,7 +4,7 @@
 //! Kept free of I/O so that every rule is unit-tested and property-tested: whatever bytes
 //! arrive, `inspect` returns a verdict and never panics.
 
-use protocol::{Frame, Quality, Topic, TopicKind};
+use protocol::{BootId, Frame, Quality, Topic, TopicKind};
 use serde_json::{json, Map, Value};
 
 /// Why a message went to the dead-letter topic. The code is the `dlq-reason` header.
@@ -47,8 +47,18 @@ pub struct Rejection {
     pub device: Option<String>,
 }
 
-/// Checks one MQTT message. `Ok` carries the device id, the Kafka key.
-pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<String, Rejection> {
+/// A message that may go to `sensors-data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The Kafka key.
+    pub device: String,
+    pub boot_id: BootId,
+    /// Sequence number of the frame's last reading.
+    pub last_seq: u64,
+}
+
+/// Checks one MQTT message.
+pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejection> {
     let topic_text = std::str::from_utf8(topic).map_err(|_| Rejection {
         reason: RejectReason::Topic,
         detail: "topic is not UTF-8".to_owned(),
@@ -82,7 +92,11 @@ pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<String, Rej
             device: topic_device,
         });
     }
-    Ok(parsed.device.to_owned())
+    Ok(Accepted {
+        device: parsed.device.to_owned(),
+        boot_id: frame.boot_id,
+        last_seq: frame.seq(frame.readings.len() - 1),
+    })
 }
 
 /// The `latest` topic of a telemetry topic already accepted by `inspect`.
@@ -143,7 +157,7 @@ fn quality_names(quality: Quality) -> Vec<&'static str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use protocol::{BootId, DeviceId, Reading};
+    use protocol::{DeviceId, Reading};
 
     fn frame_bytes(device: &str) -> Vec<u8> {
         let mut frame = Frame::new(
@@ -177,7 +191,11 @@ mod tests {
     fn a_valid_frame_on_its_own_topic_passes_keyed_by_device() {
         assert_eq!(
             inspect("plant", TOPIC, &frame_bytes("press-01")),
-            Ok("press-01".to_owned())
+            Ok(Accepted {
+                device: "press-01".to_owned(),
+                boot_id: BootId([1, 2, 3, 4, 5, 6, 7, 8]),
+                last_seq: 12,
+            })
         );
     }
 

@@ -269,13 +269,26 @@ pub fn frame_headers(mqtt_topic: &[u8], received_at_ms: u64) -> OwnedHeaders {
 }
 
 /// Headers of a dead-lettered message: what it came with, and why it was refused. The
-/// value is the original bytes, whatever they are.
-pub fn dlq_headers(mqtt_topic: &[u8], received_at_ms: u64, rejection: &Rejection) -> OwnedHeaders {
-    base_headers("application/octet-stream", mqtt_topic, received_at_ms)
+/// value is the original bytes, whatever they are, or their first part with
+/// `original_length` when Kafka refused them whole.
+pub fn dlq_headers(
+    mqtt_topic: &[u8],
+    received_at_ms: u64,
+    rejection: &Rejection,
+    original_length: Option<usize>,
+) -> OwnedHeaders {
+    let dlq = base_headers("application/octet-stream", mqtt_topic, received_at_ms)
         .insert(header(
             headers::DLQ_REASON,
             rejection.reason.code().as_bytes(),
         ))
         .insert(header(headers::DLQ_DETAIL, rejection.detail.as_bytes()))
-        .insert(header(headers::DLQ_SOURCE, b"bridge"))
+        .insert(header(headers::DLQ_SOURCE, b"bridge"));
+    match original_length {
+        Some(length) => dlq.insert(header(
+            headers::DLQ_ORIGINAL_LENGTH,
+            length.to_string().as_bytes(),
+        )),
+        None => dlq,
+    }
 }

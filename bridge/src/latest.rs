@@ -13,8 +13,9 @@ use bytes::Bytes;
 use rumqttc::v5::AsyncClient;
 
 use crate::inbound::{Ack, Inbound};
-use crate::inspect::{latest_json, latest_topic};
+use crate::inspect::{latest_json, latest_topic, Accepted};
 use crate::stats::Stats;
+use protocol::BootId;
 
 /// Where `latest` messages are published.
 pub enum LatestSink {
@@ -32,6 +33,8 @@ struct Newest {
 
 #[derive(Default)]
 struct Slot {
+    /// Boot and last sequence number of the newest frame seen.
+    newest: Option<(BootId, u64)>,
     last_sent: Option<Instant>,
     waiting: Option<Newest>,
 }
@@ -64,8 +67,10 @@ impl Latest {
         self.interval
     }
 
-    /// A valid frame from `device` arrived.
-    pub async fn offer(&mut self, device: &str, inbound: &Inbound, now: Instant) {
+    /// A valid frame arrived. Replays and stragglers (a frame of the same boot no newer
+    /// than one already seen) are ignored, so the retained value never goes back.
+    pub async fn offer(&mut self, frame: &Accepted, inbound: &Inbound, now: Instant) {
+        let device = frame.device.as_str();
         if !self.slots.contains_key(device) && self.slots.len() >= self.max_devices {
             self.stats.latest_skipped();
             return;
@@ -77,6 +82,14 @@ impl Latest {
         let Some(slot) = self.slots.get_mut(device) else {
             return;
         };
+        let position = (frame.boot_id, frame.last_seq);
+        if slot
+            .newest
+            .is_some_and(|(boot, seq)| boot == position.0 && seq >= position.1)
+        {
+            return;
+        }
+        slot.newest = Some(position);
         let newest = Newest {
             topic: inbound.topic.clone(),
             payload: inbound.payload.clone(),

@@ -7,9 +7,16 @@
 //! already name another message. The broker redelivers the unacknowledged messages on
 //! the new connection (same session), which is at-least-once, never loss.
 //!
-//! Receive Maximum is the forwarder's in-flight window, so the broker never sends more
-//! than the bridge may hold: when Kafka is slow the broker keeps the messages and this
-//! loop keeps polling, which keeps the connection alive with pings.
+//! Receive Maximum is the forwarder's in-flight window, so the broker should never send
+//! more than the bridge may hold: when Kafka is slow the broker keeps the messages and
+//! this loop keeps polling, which keeps the connection alive with pings and lets the
+//! acknowledgements out. Some brokers overshoot Receive Maximum (Mosquitto 2.0.11
+//! miscounts its send quota, eclipse/mosquitto#2301, and resends a whole backlog on
+//! reconnect). Then the channel to the forwarder (two windows) fills and this loop waits
+//! for room, which stops reading the socket: TCP flow control holds the broker back and
+//! memory stays bounded. The forwarder never waits on this loop, so the wait ends as
+//! soon as Kafka confirms more; only if Kafka stays away longer than about 1.5
+//! keep-alives does the broker drop the connection, and the session resumes after.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +32,7 @@ use tracing::{error, info, warn};
 use crate::config::MqttClientConfig;
 use crate::health::Health;
 use crate::inbound::{now_ms, Ack, Inbound};
+use crate::stats::Stats;
 
 pub struct ClientSource {
     pub config: MqttClientConfig,
@@ -32,6 +40,21 @@ pub struct ClientSource {
     /// The subscription, `$share/...` or plain.
     pub filter: String,
     pub receive_maximum: u16,
+}
+
+/// Where the client's messages and state go.
+pub struct Outlets {
+    pub tx: mpsc::Sender<Inbound>,
+    pub health: Arc<Health>,
+    pub stats: Arc<Stats>,
+    pub stop: CancellationToken,
+}
+
+/// One connection's client, event loop and liveness flag.
+struct Connection {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    alive: Arc<AtomicBool>,
 }
 
 impl ClientSource {
@@ -53,74 +76,58 @@ impl ClientSource {
 
     /// Runs connections until `stop`, then sends what acknowledgements are queued and
     /// disconnects cleanly (the session stays on the broker).
-    pub async fn run(
-        self,
-        tx: mpsc::Sender<Inbound>,
-        health: Arc<Health>,
-        stop: CancellationToken,
-    ) {
+    pub async fn run(self, outlets: Outlets) {
         let broker = format!("{}:{}", self.config.host, self.config.port);
         let mut backoff = self.config.reconnect_min;
         loop {
             // Acks go through the request channel too: room for a full window of them.
             let capacity = usize::from(self.receive_maximum) + 1024;
-            let (client, mut eventloop) = AsyncClient::new(self.options(), capacity);
+            let (client, eventloop) = AsyncClient::new(self.options(), capacity);
             if let Err(e) = client.try_subscribe(self.filter.as_str(), QoS::AtLeastOnce) {
                 error!("cannot queue the MQTT subscription: {e}");
             }
-            let alive = Arc::new(AtomicBool::new(true));
+            let mut connection = Connection {
+                client,
+                eventloop,
+                alive: Arc::new(AtomicBool::new(true)),
+            };
             let outcome = self
-                .connection(
-                    &client,
-                    &mut eventloop,
-                    &alive,
-                    &tx,
-                    &health,
-                    &stop,
-                    &broker,
-                    &mut backoff,
-                )
+                .serve(&mut connection, &outlets, &broker, &mut backoff)
                 .await;
-            health.set_mqtt(false);
-            match outcome {
-                ConnectionEnd::Stop => {
-                    disconnect(&client, &mut eventloop).await;
-                    alive.store(false, Ordering::Release);
-                    return;
-                }
-                ConnectionEnd::Lost => alive.store(false, Ordering::Release),
+            outlets.health.set_mqtt(false);
+            if let ConnectionEnd::Stop = outcome {
+                disconnect(&connection.client, &mut connection.eventloop).await;
             }
-            // Dropping the event loop closes the request queue: acks still due for this
-            // connection fail from now on instead of reaching the next one.
-            drop(eventloop);
+            // From here on, acks still due for this connection fail instead of reaching
+            // the next one (the request queue dies with the event loop).
+            connection.alive.store(false, Ordering::Release);
+            drop(connection);
+            if let ConnectionEnd::Stop = outcome {
+                return;
+            }
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = outlets.stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(self.config.reconnect_max);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn connection(
+    async fn serve(
         &self,
-        client: &AsyncClient,
-        eventloop: &mut EventLoop,
-        alive: &Arc<AtomicBool>,
-        tx: &mpsc::Sender<Inbound>,
-        health: &Health,
-        stop: &CancellationToken,
+        connection: &mut Connection,
+        outlets: &Outlets,
         broker: &str,
         backoff: &mut Duration,
     ) -> ConnectionEnd {
         loop {
             let event = tokio::select! {
-                _ = stop.cancelled() => return ConnectionEnd::Stop,
-                event = eventloop.poll() => event,
+                _ = outlets.stop.cancelled() => return ConnectionEnd::Stop,
+                event = connection.eventloop.poll() => event,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                    health.set_mqtt(true);
+                    outlets.stats.mqtt_connected();
                     *backoff = self.config.reconnect_min;
                     info!(
                         broker,
@@ -129,21 +136,25 @@ impl ClientSource {
                     );
                 }
                 Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                    for code in &suback.return_codes {
-                        if !matches!(code, SubscribeReasonCode::Success(_)) {
-                            error!(
-                                filter = self.filter,
-                                "the broker refused the subscription: {code:?}{}",
-                                if matches!(
-                                    code,
-                                    SubscribeReasonCode::SharedSubscriptionsNotSupported
-                                ) {
-                                    " (set mqtt.shared_group = \"\" for brokers without shared subscriptions)"
-                                } else {
-                                    ""
-                                }
-                            );
-                        }
+                    let refused: Vec<_> = suback
+                        .return_codes
+                        .iter()
+                        .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
+                        .collect();
+                    if refused.is_empty() {
+                        outlets.health.set_mqtt(true);
+                    }
+                    for code in refused {
+                        error!(
+                            filter = self.filter,
+                            "the broker refused the subscription: {code:?}{}",
+                            if matches!(code, SubscribeReasonCode::SharedSubscriptionsNotSupported)
+                            {
+                                " (set mqtt.shared_group = \"\" for brokers without shared subscriptions)"
+                            } else {
+                                ""
+                            }
+                        );
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -151,9 +162,9 @@ impl ClientSource {
                         Ack::Nothing
                     } else {
                         Ack::Mqtt {
-                            client: client.clone(),
+                            client: connection.client.clone(),
                             pkid: publish.pkid,
-                            connection: alive.clone(),
+                            connection: connection.alive.clone(),
                         }
                     };
                     let inbound = Inbound {
@@ -162,9 +173,30 @@ impl ClientSource {
                         received_at_ms: now_ms(),
                         ack,
                     };
-                    // Fails only once the forwarder has stopped taking messages; the
-                    // message stays unacknowledged and the broker keeps it.
-                    let _ = tx.send(inbound).await;
+                    // Waits while the forwarder's channel is full, which holds back
+                    // reading from the socket (TCP flow control) but also pings; a wait
+                    // longer than the keep-alive marks the connection not ready.
+                    let send = outlets.tx.send(inbound);
+                    tokio::pin!(send);
+                    let stalled = tokio::select! {
+                        _ = &mut send => false,
+                        _ = tokio::time::sleep(self.config.keep_alive) => true,
+                    };
+                    if stalled {
+                        outlets.stats.mqtt_stall();
+                        outlets.health.set_mqtt(false);
+                        warn!(
+                            broker,
+                            "the broker has sent more unacknowledged messages than the \
+                             Receive Maximum of {} allows and Kafka is behind: not reading \
+                             from the broker until the forwarder catches up",
+                            self.receive_maximum
+                        );
+                        // Fails only once the forwarder has stopped taking messages; the
+                        // message stays unacknowledged and the broker keeps it.
+                        let _ = send.await;
+                        outlets.health.set_mqtt(true);
+                    }
                 }
                 Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
                     warn!(

@@ -50,15 +50,49 @@ pub async fn prometheus_upkeep(stop: tokio_util::sync::CancellationToken) {
     }
 }
 
-#[derive(Debug, Default)]
-struct Cell {
+/// A counter both readable here and exported.
+struct Count {
     value: AtomicU64,
+    exported: Counter,
 }
 
-impl Cell {
-    fn add(&self, n: u64) {
-        self.value.fetch_add(n, Ordering::Relaxed);
+impl Count {
+    fn new(exported: Counter) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            exported,
+        }
     }
+
+    fn add(&self) {
+        self.value.fetch_add(1, Ordering::Relaxed);
+        self.exported.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge both readable here and exported.
+struct Level {
+    value: AtomicU64,
+    exported: Gauge,
+}
+
+impl Level {
+    fn new(exported: Gauge) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            exported,
+        }
+    }
+
+    fn set(&self, value: u64) {
+        self.value.store(value, Ordering::Relaxed);
+        self.exported.set(value as f64);
+    }
+
     fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
@@ -66,16 +100,22 @@ impl Cell {
 
 /// Counters of one bridge instance.
 pub struct Stats {
-    received: (Cell, Counter),
-    produced: (Cell, Counter),
-    dead_lettered: [(Cell, Counter); RejectReason::ALL.len()],
-    failed: (Cell, Counter),
-    latest_published: (Cell, Counter),
-    latest_skipped: (Cell, Counter),
-    stale_acks: (Cell, Counter),
-    in_flight: (AtomicU64, Gauge),
-    kafka_queue_bytes: (AtomicU64, Gauge),
-    kafka_queue_messages: (AtomicU64, Gauge),
+    received: Count,
+    produced: Count,
+    dead_lettered: [Count; RejectReason::ALL.len()],
+    failed: Count,
+    latest_published: Count,
+    latest_skipped: Count,
+    stale_acks: Count,
+    stale_messages: Count,
+    producer_queue_full: Count,
+    mqtt_connections: Count,
+    mqtt_stalls: Count,
+    embedded_overruns: Count,
+    dropped_at_shutdown: Count,
+    in_flight: Level,
+    kafka_queue_bytes: Level,
+    kafka_queue_messages: Level,
     produce_latency: Histogram,
 }
 
@@ -88,102 +128,132 @@ impl Default for Stats {
 impl Stats {
     pub fn new() -> Self {
         prometheus();
-        let counter = |name: &'static str| (Cell::default(), metrics::counter!(name));
+        let count = |name: &'static str| Count::new(metrics::counter!(name));
+        let level = |name: &'static str| Level::new(metrics::gauge!(name));
         Self {
-            received: counter("bridge_messages_received_total"),
-            produced: counter("bridge_messages_produced_total"),
+            received: count("bridge_messages_received_total"),
+            produced: count("bridge_messages_produced_total"),
             dead_lettered: RejectReason::ALL.map(|reason| {
-                (
-                    Cell::default(),
-                    metrics::counter!("bridge_messages_dead_lettered_total", "reason" => reason.code()),
-                )
+                Count::new(metrics::counter!(
+                    "bridge_messages_dead_lettered_total",
+                    "reason" => reason.code()
+                ))
             }),
-            failed: counter("bridge_messages_failed_total"),
-            latest_published: counter("bridge_latest_published_total"),
-            latest_skipped: counter("bridge_latest_skipped_total"),
-            stale_acks: counter("bridge_stale_acks_total"),
-            in_flight: (AtomicU64::new(0), metrics::gauge!("bridge_messages_in_flight")),
-            kafka_queue_bytes: (AtomicU64::new(0), metrics::gauge!("bridge_kafka_queue_bytes")),
-            kafka_queue_messages: (
-                AtomicU64::new(0),
-                metrics::gauge!("bridge_kafka_queue_messages"),
-            ),
+            failed: count("bridge_messages_failed_total"),
+            latest_published: count("bridge_latest_published_total"),
+            latest_skipped: count("bridge_latest_skipped_total"),
+            stale_acks: count("bridge_stale_acks_total"),
+            stale_messages: count("bridge_stale_messages_total"),
+            producer_queue_full: count("bridge_producer_queue_full_total"),
+            mqtt_connections: count("bridge_mqtt_connections_total"),
+            mqtt_stalls: count("bridge_mqtt_stalls_total"),
+            embedded_overruns: count("bridge_embedded_overruns_total"),
+            dropped_at_shutdown: count("bridge_dropped_at_shutdown_total"),
+            in_flight: level("bridge_messages_in_flight"),
+            kafka_queue_bytes: level("bridge_kafka_queue_bytes"),
+            kafka_queue_messages: level("bridge_kafka_queue_messages"),
             produce_latency: metrics::histogram!(PRODUCE_LATENCY),
         }
     }
 
     pub fn received(&self) {
-        self.received.0.add(1);
-        self.received.1.increment(1);
+        self.received.add();
     }
 
     pub fn produced(&self, latency: Duration) {
-        self.produced.0.add(1);
-        self.produced.1.increment(1);
+        self.produced.add();
         self.produce_latency.record(latency.as_secs_f64());
     }
 
     pub fn dead_lettered(&self, reason: RejectReason) {
-        let (cell, counter) = &self.dead_lettered[reason as usize];
-        cell.add(1);
-        counter.increment(1);
+        self.dead_lettered[reason as usize].add();
     }
 
-    /// A message Kafka refused even on the dead-letter topic: fatal for the bridge.
+    /// A Kafka error that stops the bridge.
     pub fn failed(&self) {
-        self.failed.0.add(1);
-        self.failed.1.increment(1);
+        self.failed.add();
     }
 
     pub fn latest_published(&self) {
-        self.latest_published.0.add(1);
-        self.latest_published.1.increment(1);
+        self.latest_published.add();
     }
 
     /// A `latest` message not sent: the device table was full or the client was busy.
     pub fn latest_skipped(&self) {
-        self.latest_skipped.0.add(1);
-        self.latest_skipped.1.increment(1);
+        self.latest_skipped.add();
     }
 
     /// An acknowledgement not sent because its connection had already gone: the broker
     /// redelivers that message, so Kafka sees it twice (at-least-once).
     pub fn stale_ack(&self) {
-        self.stale_acks.0.add(1);
-        self.stale_acks.1.increment(1);
+        self.stale_acks.add();
+    }
+
+    /// A message not produced because its connection dropped while it waited: the broker
+    /// redelivers it on the new connection.
+    pub fn stale_message(&self) {
+        self.stale_messages.add();
+    }
+
+    /// The producer's memory budget was full; the message waits (back-pressure).
+    pub fn producer_queue_full(&self) {
+        self.producer_queue_full.add();
+    }
+
+    /// A (re)connection to the external broker (client mode).
+    pub fn mqtt_connected(&self) {
+        self.mqtt_connections.add();
+    }
+
+    /// The MQTT side waited longer than a keep-alive for room in the forwarder's channel
+    /// (a broker that overshoots Receive Maximum while Kafka is behind).
+    pub fn mqtt_stall(&self) {
+        self.mqtt_stalls.add();
+    }
+
+    /// rumqttd's in-memory log wrapped before the bridge read it: messages were lost.
+    pub fn embedded_overrun(&self) {
+        self.embedded_overruns.add();
+    }
+
+    /// A message the embedded broker had acknowledged that arrived after shutdown began
+    /// and the drain ended: lost.
+    pub fn dropped_at_shutdown(&self) {
+        self.dropped_at_shutdown.add();
     }
 
     pub fn set_in_flight(&self, n: usize) {
-        self.in_flight.0.store(n as u64, Ordering::Relaxed);
-        self.in_flight.1.set(n as f64);
+        self.in_flight.set(n as u64);
     }
 
     pub fn set_kafka_queue(&self, messages: u64, bytes: u64) {
-        self.kafka_queue_messages
-            .0
-            .store(messages, Ordering::Relaxed);
-        self.kafka_queue_messages.1.set(messages as f64);
-        self.kafka_queue_bytes.0.store(bytes, Ordering::Relaxed);
-        self.kafka_queue_bytes.1.set(bytes as f64);
+        self.kafka_queue_messages.set(messages);
+        self.kafka_queue_bytes.set(bytes);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            received: self.received.0.get(),
-            produced: self.produced.0.get(),
-            dead_lettered: self.dead_lettered.iter().map(|(cell, _)| cell.get()).sum(),
+            received: self.received.get(),
+            produced: self.produced.get(),
+            dead_lettered: self.dead_lettered.iter().map(Count::get).sum(),
             dead_lettered_by_reason: RejectReason::ALL
                 .iter()
                 .zip(&self.dead_lettered)
-                .map(|(reason, (cell, _))| (reason.code(), cell.get()))
+                .map(|(reason, count)| (reason.code(), count.get()))
                 .collect(),
-            failed: self.failed.0.get(),
-            latest_published: self.latest_published.0.get(),
-            latest_skipped: self.latest_skipped.0.get(),
-            stale_acks: self.stale_acks.0.get(),
-            in_flight: self.in_flight.0.load(Ordering::Relaxed),
-            kafka_queue_messages: self.kafka_queue_messages.0.load(Ordering::Relaxed),
-            kafka_queue_bytes: self.kafka_queue_bytes.0.load(Ordering::Relaxed),
+            failed: self.failed.get(),
+            latest_published: self.latest_published.get(),
+            latest_skipped: self.latest_skipped.get(),
+            stale_acks: self.stale_acks.get(),
+            stale_messages: self.stale_messages.get(),
+            producer_queue_full: self.producer_queue_full.get(),
+            mqtt_connections: self.mqtt_connections.get(),
+            mqtt_stalls: self.mqtt_stalls.get(),
+            embedded_overruns: self.embedded_overruns.get(),
+            dropped_at_shutdown: self.dropped_at_shutdown.get(),
+            in_flight: self.in_flight.get(),
+            kafka_queue_messages: self.kafka_queue_messages.get(),
+            kafka_queue_bytes: self.kafka_queue_bytes.get(),
         }
     }
 }
@@ -199,6 +269,12 @@ pub struct StatsSnapshot {
     pub latest_published: u64,
     pub latest_skipped: u64,
     pub stale_acks: u64,
+    pub stale_messages: u64,
+    pub producer_queue_full: u64,
+    pub mqtt_connections: u64,
+    pub mqtt_stalls: u64,
+    pub embedded_overruns: u64,
+    pub dropped_at_shutdown: u64,
     pub in_flight: u64,
     pub kafka_queue_messages: u64,
     pub kafka_queue_bytes: u64,

@@ -31,8 +31,25 @@ fn the_example_configuration_is_valid_in_both_modes() {
 }
 
 #[test]
+fn the_configuration_file_can_be_named_by_bridge_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bridge.toml");
+    let output = bridge()
+        .arg("--check-config")
+        .env("BRIDGE_CONFIG", example)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with(example), "{stdout}");
+}
+
+#[test]
 fn bad_settings_exit_2_naming_the_key() {
-    let cases: [(&str, &str, &str); 3] = [
+    let cases: [(&str, &str, &str); 6] = [
         ("BRIDGE_KAFKA__LINGER", "banana", "LINGER"),
         (
             "BRIDGE_FORWARD__MAX_IN_FLIGHT",
@@ -40,6 +57,17 @@ fn bad_settings_exit_2_naming_the_key() {
             "forward.max_in_flight",
         ),
         ("BRIDGE_TOPIC_PREFIX", "a/b", "topic_prefix"),
+        ("BRIDGE_MQTT__KEEP_ALIVE", "2s", "mqtt.keep_alive"),
+        (
+            "BRIDGE_KAFKA__PROPERTIES__ACKS",
+            "1",
+            "kafka.properties.acks",
+        ),
+        (
+            "BRIDGE_EMBEDDED__MAX_PAYLOAD_SIZE",
+            "2 MiB",
+            "embedded.max_payload_size",
+        ),
     ];
     for (variable, value, named) in cases {
         let output = bridge()

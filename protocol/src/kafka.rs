@@ -50,4 +50,6 @@ pub mod headers {
     pub const DLQ_DETAIL: &str = "dlq-detail";
     /// Which service dead-lettered the record (`bridge`, `cloud-ingester`).
     pub const DLQ_SOURCE: &str = "dlq-source";
+    /// Present when the value is cut short (Kafka refused it whole): the original length.
+    pub const DLQ_ORIGINAL_LENGTH: &str = "dlq-original-length";
 }
