@@ -324,3 +324,86 @@ async fn two_client_mode_bridges_share_the_load_and_lose_nothing() {
     // README: the ingester relies on identity, not order).
     assert_eq!(records.len(), 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reach_prometheus_and_the_kafka_metrics_topic() {
+    let brokers = testkit::kafka_brokers();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Embedded, &prefix, &brokers);
+    config.kafka.metrics_topic = testkit::unique_name("metrics");
+    config.kafka.metrics_interval = Duration::from_secs(1);
+    let (metrics_topic, id) = (config.kafka.metrics_topic.clone(), config.id.clone());
+    let bridge = InProcess::start(config).await;
+    let port = bridge.mqtt.expect("embedded mode listens").port();
+    publish_all(
+        port,
+        "metrics-pub",
+        &[
+            (telemetry_topic(&prefix, "dev-a"), frame("dev-a", 7, 0, 10)),
+            (telemetry_topic(&prefix, "dev-a"), b"not a frame".to_vec()),
+        ],
+    )
+    .await;
+    bridge.wait_settled(2, Duration::from_secs(20)).await;
+
+    let (ready, body) = http_get(bridge.http, "/readyz").await;
+    assert_eq!(ready, 200, "{body}");
+    assert_eq!(body, "mqtt connected\nkafka connected\n");
+    assert_eq!(http_get(bridge.http, "/livez").await.0, 200);
+    let (_, metrics) = http_get(bridge.http, "/metrics").await;
+    for name in [
+        "bridge_messages_received_total",
+        "bridge_messages_produced_total",
+        "bridge_messages_dead_lettered_total{reason=\"decode\"}",
+        "bridge_produce_latency_seconds_bucket",
+        "bridge_kafka_queue_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // Records come every second; the newest one counts both messages.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    let record = loop {
+        // One more record than last time (they keep coming, so "until quiet" never ends).
+        let records = read_topic(&brokers, &metrics_topic, seen + 1, Duration::from_secs(3));
+        seen = records.len();
+        let newest = records.last().map(|r| {
+            let json: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (r.key.clone(), json)
+        });
+        if let Some((key, json)) = newest {
+            if json["counters"]["received"] == 2 {
+                assert_eq!(key.as_deref(), Some(id.as_str()));
+                break json;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics record counted both"
+        );
+    };
+    assert_eq!(record["service"], "bridge");
+    assert_eq!(record["instance"], id.as_str());
+    assert_eq!(record["counters"]["produced"], 1);
+    assert_eq!(record["counters"]["dead_lettered"], 1);
+    assert_eq!(record["kafka_connected"], true);
+    bridge.stop().await;
+}
+
+/// Status and body of a plain HTTP GET.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
