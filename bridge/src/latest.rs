@@ -148,6 +148,8 @@ async fn publish(sink: &mut LatestSink, stats: &Stats, newest: Newest) {
         LatestSink::Embedded(link) => {
             let publish =
                 rumqttd::protocol::Publish::new(Bytes::from(topic), Bytes::from(body), true);
+            // Despite `async`, this blocks briefly if rumqttd's router queue (1000 events)
+            // is full; at most one message per device per second goes this way.
             link.send(rumqttd::protocol::Packet::Publish(publish, None))
                 .await
                 .is_ok()
