@@ -31,7 +31,6 @@ use crate::{embedded, health};
 const EMBEDDED_DRAIN: Duration = Duration::from_secs(2);
 
 pub struct Bridge {
-    config: BridgeConfig,
     http_addr: SocketAddr,
     mqtt_addr: Option<SocketAddr>,
     stats: Arc<Stats>,
@@ -162,7 +161,6 @@ impl Bridge {
             "bridge started"
         );
         Ok(Bridge {
-            config,
             http_addr,
             mqtt_addr,
             stats,
@@ -232,10 +230,10 @@ impl Bridge {
             received = snapshot.received,
             produced = snapshot.produced,
             dead_lettered = snapshot.dead_lettered,
+            dropped_at_shutdown = snapshot.dropped_at_shutdown,
             "bridge stopped"
         );
         forwarded.context("the forwarder task panicked")??;
-        let _ = &self.config;
         Ok(snapshot)
     }
 }

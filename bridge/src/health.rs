@@ -1,7 +1,7 @@
 //! Liveness and readiness, and the HTTP endpoints that expose them with the metrics.
 //!
-//! Ready means both sides are connected: the MQTT broker (or the embedded broker is
-//! listening) and at least one Kafka broker. A load balancer or Kubernetes then sends
+//! Ready means both sides are connected: subscribed on the MQTT broker (or the embedded
+//! broker listening) and at least one Kafka broker up. A load balancer or Kubernetes then sends
 //! nothing to, and alerts on, a bridge that cannot forward.
 
 use std::net::SocketAddr;
