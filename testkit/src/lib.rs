@@ -283,3 +283,117 @@ impl Drop for Tansu {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// A private PostgreSQL server for tests that stop and start the database (outages),
+/// which the shared stack's server must never suffer. Trust authentication on loopback,
+/// superuser `postgres`, data in a temporary directory removed on drop.
+pub struct Postgres {
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    running: bool,
+}
+
+impl Postgres {
+    /// Creates a cluster and starts it on a free loopback port.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path().join("bin"))
+            .find(|bin| bin.join("pg_ctl").exists())
+            .expect("PostgreSQL is not installed: run scripts/stack.sh up, which installs it");
+        let dir = std::env::temp_dir().join(unique_name("pgtest"));
+        std::fs::create_dir_all(&dir).expect("temp dir for postgres");
+        let mut postgres = Self {
+            port: free_port(),
+            dir,
+            bin,
+            running: false,
+        };
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&postgres.dir)
+                .status();
+        }
+        let data = postgres.dir.join("data");
+        postgres.run_as_owner(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "--encoding=UTF8",
+            ],
+        );
+        postgres.restart();
+        postgres
+    }
+
+    /// `postgres://postgres@127.0.0.1:{port}/{database}`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and data, and waits until it answers.
+    pub fn restart(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let log = self.dir.join("postgres.log").display().to_string();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        self.run_as_owner(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
+        );
+        self.running = true;
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut).
+    pub fn stop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        self.run_as_owner("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+        self.running = false;
+    }
+
+    fn run_as_owner(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let status = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .current_dir("/")
+                .stdout(Stdio::null())
+                .status()
+        } else {
+            Command::new(&program)
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+        };
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "{} {args:?} failed; see {}",
+            program.display(),
+            self.dir.display()
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,511 @@
+//! The ingest loop against the stack's real Kafka-compatible broker and a throw-away
+//! PostgreSQL database: replays and duplicates add no rows and no statistics, and a
+//! poison record goes to the DLQ while its neighbours are stored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
+use cloud_ingester::redis_sink::RedisSink;
+use cloud_ingester::stats::IngestStats;
+use cloud_ingester::store::Store;
+use cloud_ingester::validate::Catalog;
+use protocol::{BootId, DeviceId, Frame, Quality, Reading};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+fn kafka() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", testkit::kafka_brokers());
+    config
+}
+
+async fn create_topics(names: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = kafka().create().unwrap();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A frame of `readings` readings of `channels`, starting at `first_seq`.
+fn frame(device: &str, channels: &[u8], first_seq: u64, readings: usize, base_ms: u64) -> Vec<u8> {
+    let mut frame = Frame::new(
+        DeviceId::new(device).unwrap(),
+        BootId([9; 8]),
+        first_seq,
+        base_ms,
+    );
+    for i in 0..readings {
+        frame
+            .readings
+            .push(Reading {
+                channel: channels[i % channels.len()],
+                offset_ms: i as u32 * 10,
+                value: (first_seq + i as u64) as f32,
+                quality: Quality::empty(),
+            })
+            .unwrap();
+    }
+    let mut buf = [0u8; protocol::MAX_FRAME_LEN];
+    frame.encode(&mut buf).unwrap().to_vec()
+}
+
+async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = kafka()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    // All in flight at once (the idempotent producer keeps their order per partition).
+    let deliveries: Vec<_> = records
+        .iter()
+        .map(|(key, payload)| {
+            producer
+                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+struct Running {
+    stats: Arc<IngestStats>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(pool: &PgPool, topic: &str, dlq_topic: &str) -> Running {
+    start_with_redis(pool, None, topic, dlq_topic).await
+}
+
+async fn start_with_redis(
+    pool: &PgPool,
+    redis: Option<RedisSink>,
+    topic: &str,
+    dlq_topic: &str,
+) -> Running {
+    let catalog = Catalog::load(pool).await.unwrap();
+    let consumer: StreamConsumer = kafka()
+        .set("group.id", testkit::unique_name("ingest"))
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
+    let stats = Arc::new(IngestStats::default());
+    let pipeline = Pipeline {
+        consumer,
+        producer,
+        store: Store::new(pool.clone()),
+        redis,
+        catalog,
+        settings: PipelineSettings {
+            topic: topic.to_owned(),
+            dlq_topic: dlq_topic.to_owned(),
+            instance: "test".to_owned(),
+            batch_rows: 500,
+            batch_age: Duration::from_millis(100),
+            retention_days: None,
+        },
+        stats: stats.clone(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { pipeline.run(stop).await.unwrap() }
+    });
+    Running { stats, stop, task }
+}
+
+impl Running {
+    async fn wait_records(&self, records: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.stats.snapshot().records < records {
+            assert!(
+                Instant::now() < deadline,
+                "ingested {:?} within {within:?}",
+                self.stats.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn replays_and_duplicates_add_no_rows_and_no_statistics(pool: PgPool) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let base = now_ms() - 60_000;
+    let mut records = Vec::new();
+    for i in 0..20u64 {
+        records.push((
+            "furnace-01".to_owned(),
+            frame("furnace-01", &[0], i * 50, 50, base + i * 500),
+        ));
+        records.push((
+            "cnc-spindle-01".to_owned(),
+            frame("cnc-spindle-01", &[0, 1], i * 50, 50, base + i * 500),
+        ));
+    }
+    // Every record twice in a row, then the first half again: duplicates and a replay.
+    let mut sent = Vec::new();
+    for record in &records {
+        sent.push(record.clone());
+        sent.push(record.clone());
+    }
+    sent.extend(records[..20].iter().cloned());
+    produce(&topic, &sent).await;
+
+    let running = start(&pool, &topic, &dlq).await;
+    running
+        .wait_records(sent.len() as u64, Duration::from_secs(60))
+        .await;
+    let stats = running.stats.snapshot();
+    running.stop().await;
+
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sensor_readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2000, "40 frames of 50 readings, each once");
+    assert_eq!(stats.inserted, 2000);
+    assert_eq!(stats.duplicates, 2000 + 1000);
+    let (count, sum): (i64, f64) =
+        sqlx::query_as("SELECT sum(count)::bigint, sum(sum) FROM device_stats_hourly")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let expected_sum: f64 = sqlx::query_scalar("SELECT sum(value)::float8 FROM sensor_readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2000, "hourly statistics count every reading once");
+    assert!((sum - expected_sum).abs() < 1e-6 * expected_sum.abs().max(1.0));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn poison_records_go_to_the_dlq_with_their_reason_and_neighbours_are_stored(pool: PgPool) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let now = now_ms();
+    let poison = [
+        (b"garbage".to_vec(), "decode"),
+        (frame("ghost-01", &[0], 0, 5, now), "unknown-device"),
+        (frame("furnace-01", &[9], 0, 5, now), "unknown-channel"),
+        (frame("furnace-01", &[0], 0, 5, 1_000), "timestamp"),
+    ];
+    let mut sent = Vec::new();
+    for (i, (payload, _)) in poison.iter().enumerate() {
+        sent.push((
+            "press-01".to_owned(),
+            frame("press-01", &[0], i as u64 * 10, 10, now),
+        ));
+        sent.push(("press-01".to_owned(), payload.clone()));
+    }
+    produce(&topic, &sent).await;
+
+    let running = start(&pool, &topic, &dlq).await;
+    running
+        .wait_records(sent.len() as u64, Duration::from_secs(60))
+        .await;
+    let stats = running.stats.snapshot();
+    running.stop().await;
+
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sensor_readings WHERE device_id = 'press-01'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows, 40,
+        "the four good frames around the poison are stored"
+    );
+    assert_eq!(stats.dead_lettered, 4);
+
+    let consumer: BaseConsumer = kafka()
+        .set("group.id", testkit::unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let mut reasons = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reasons.len() < 4 && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = message.headers().unwrap();
+            let reason = headers
+                .iter()
+                .find(|h| h.key == protocol::kafka::headers::DLQ_REASON)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap();
+            let payload = message.payload().unwrap().to_vec();
+            let (_, expected) = poison
+                .iter()
+                .find(|(p, _)| *p == payload)
+                .expect("original bytes");
+            assert_eq!(&reason, expected);
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+}
+
+/// The binary, against the database of `pool` and the given topics.
+fn spawn_binary(pool_db: &str, topic: &str, dlq: &str, group: &str) -> std::process::Child {
+    let base = testkit::database_url();
+    let url = match base.rfind('/') {
+        Some(slash) => format!("{}/{pool_db}", &base[..slash]),
+        None => panic!("DATABASE_URL {base:?} has no database path"),
+    };
+    std::process::Command::new(env!("CARGO_BIN_EXE_cloud-ingester"))
+        .args(["--topic", topic, "--dlq-topic", dlq, "--group", group])
+        .args(["--batch-rows", "20000", "--batch-age", "200ms"])
+        .env("DATABASE_URL", url)
+        .env("REDIS_URL", "")
+        .env("KAFKA_BROKERS", testkit::kafka_brokers())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cloud-ingester")
+}
+
+async fn count_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM sensor_readings")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn killed_mid_batch_and_restarted_it_ends_with_exactly_the_readings_produced(pool: PgPool) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = now_ms() - 3_600_000;
+    let devices = ["furnace-01", "press-01", "compressor-01", "paint-booth-01"];
+    let mut records = Vec::new();
+    for i in 0..1000u64 {
+        for device in devices {
+            records.push((
+                device.to_owned(),
+                frame(device, &[0], i * 50, 50, base + i * 1000),
+            ));
+        }
+    }
+    produce(&topic, &records).await;
+    let expected = (records.len() * 50) as i64;
+
+    let group = testkit::unique_name("ingest");
+    let mut first = spawn_binary(&db, &topic, &dlq, &group);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_rows(&pool).await < expected / 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the first ingester stored too little"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let at_kill = count_rows(&pool).await;
+
+    let mut second = spawn_binary(&db, &topic, &dlq, &group);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count_rows(&pool).await < expected {
+        assert!(
+            Instant::now() < deadline,
+            "after the restart: {} of {expected}",
+            count_rows(&pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let any replay of the killed batch finish, then stop cleanly.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(second.wait().unwrap().success(), "clean stop");
+
+    assert_eq!(
+        count_rows(&pool).await,
+        expected,
+        "exactly the readings produced"
+    );
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT device_id, boot_id, seq FROM sensor_readings) AS d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(distinct, expected);
+    let counted: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted, expected,
+        "hourly statistics count each reading once"
+    );
+    eprintln!("killed with {at_kill} of {expected} rows stored; restarted and completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_for_a_while_and_restarted_loses_nothing() {
+    let mut postgres = testkit::Postgres::start();
+    let admin = PgPool::connect(&postgres.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE ingest")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&postgres.url("ingest"))
+        .await
+        .unwrap();
+    sqlx::migrate!("../migrations").run(&pool).await.unwrap();
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let base = now_ms() - 60_000;
+    let batch = |from: u64| -> Vec<(String, Vec<u8>)> {
+        (from..from + 50)
+            .map(|i| {
+                (
+                    "press-01".to_owned(),
+                    frame("press-01", &[0], i * 50, 50, base + i * 100),
+                )
+            })
+            .collect()
+    };
+
+    let running = start(&pool, &topic, &dlq).await;
+    produce(&topic, &batch(0)).await;
+    running.wait_records(50, Duration::from_secs(30)).await;
+
+    postgres.stop();
+    produce(&topic, &batch(50)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running.stats.snapshot().store_errors < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the ingester never noticed PostgreSQL was down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres.restart();
+    running.wait_records(100, Duration::from_secs(60)).await;
+    let stats = running.stats.snapshot();
+    running.stop().await;
+
+    assert_eq!(
+        count_rows(&pool).await,
+        100 * 50,
+        "nothing lost across the outage"
+    );
+    let counted: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(counted, 100 * 50);
+    eprintln!(
+        "PostgreSQL outage: {} failed writes retried, {stats:?}",
+        stats.store_errors
+    );
+    pool.close().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn redis_gets_the_newest_values_after_the_commit_and_its_absence_blocks_nothing(
+    pool: PgPool,
+) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let base = now_ms() - 60_000;
+    let records: Vec<(String, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            (
+                "press-01".to_owned(),
+                frame("press-01", &[0], i * 50, 50, base + i * 1000),
+            )
+        })
+        .collect();
+    produce(&topic, &records).await;
+
+    // Redis unreachable: PostgreSQL ingestion goes on, the failures are counted.
+    let dead = RedisSink::new("redis://127.0.0.1:1/", "unused").unwrap();
+    let running = start_with_redis(&pool, Some(dead), &topic, &dlq).await;
+    running.wait_records(10, Duration::from_secs(60)).await;
+    let counters = running.stats.clone();
+    running.stop().await;
+    let stats = counters.snapshot();
+    assert_eq!(count_rows(&pool).await, 500);
+    assert!(stats.redis_errors > 0, "{stats:?}");
+
+    // With Redis: the newest reading per channel, after its commit.
+    let prefix = testkit::unique_name("ingest");
+    let sink = RedisSink::new(&testkit::redis_url(), &prefix).unwrap();
+    let latest_key = sink.latest_key("press-01");
+    let (topic2, dlq2) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic2, &dlq2]).await;
+    produce(&topic2, &records).await;
+    let running = start_with_redis(&pool, Some(sink), &topic2, &dlq2).await;
+    running.wait_records(10, Duration::from_secs(60)).await;
+    running.stop().await;
+    let client = redis::Client::open(testkit::redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let latest: String = redis::cmd("HGET")
+        .arg(&latest_key)
+        .arg("0")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let latest: serde_json::Value = serde_json::from_str(&latest).unwrap();
+    assert_eq!(latest["seq"], 499, "{latest}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}
