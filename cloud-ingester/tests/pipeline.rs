@@ -108,9 +108,26 @@ async fn start_with_redis(
     topic: &str,
     dlq_topic: &str,
 ) -> Running {
+    start_in_group(
+        pool,
+        redis,
+        topic,
+        dlq_topic,
+        &testkit::unique_name("ingest"),
+    )
+    .await
+}
+
+async fn start_in_group(
+    pool: &PgPool,
+    redis: Option<RedisSink>,
+    topic: &str,
+    dlq_topic: &str,
+    group: &str,
+) -> Running {
     let catalog = Catalog::load(pool).await.unwrap();
     let consumer: StreamConsumer = kafka()
-        .set("group.id", testkit::unique_name("ingest"))
+        .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -508,4 +525,63 @@ async fn redis_gets_the_newest_values_after_the_commit_and_its_absence_blocks_no
         .query_async(&mut connection)
         .await
         .unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_second_ingester_joining_and_the_first_leaving_skips_and_doubles_nothing(pool: PgPool) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let base = now_ms() - 3_600_000;
+    let devices = [
+        "furnace-01",
+        "press-01",
+        "compressor-01",
+        "paint-booth-01",
+        "cnc-spindle-01",
+    ];
+    let mut records = Vec::new();
+    for i in 0..400u64 {
+        for device in devices {
+            records.push((
+                device.to_owned(),
+                frame(device, &[0], i * 50, 50, base + i * 1000),
+            ));
+        }
+    }
+    let expected = (records.len() * 50) as i64;
+    let group = testkit::unique_name("ingest");
+    let first = start_in_group(&pool, None, &topic, &dlq, &group).await;
+    produce(&topic, &records[..1000]).await;
+    first.wait_records(200, Duration::from_secs(60)).await;
+    // A second instance joins (a rebalance), more arrives, the first leaves (another
+    // rebalance), and the rest arrives for the second alone.
+    let second = start_in_group(&pool, None, &topic, &dlq, &group).await;
+    produce(&topic, &records[1000..1500]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.stop().await;
+    produce(&topic, &records[1500..]).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while count_rows(&pool).await < expected {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {expected} rows after the rebalances",
+            count_rows(&pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took_over = second.stats.clone();
+    second.stop().await;
+    assert!(
+        took_over.snapshot().records > 0,
+        "the second instance never got a partition"
+    );
+    assert_eq!(count_rows(&pool).await, expected);
+    let counted: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted, expected,
+        "statistics count each reading once across rebalances"
+    );
 }
