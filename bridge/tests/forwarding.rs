@@ -35,7 +35,7 @@ async fn embedded_mode_forwards_frames_unchanged_keyed_by_device_in_order() {
             })
             .collect();
         publishers.push(tokio::spawn(async move {
-            publish_all(port, &format!("{device}-pub"), &messages).await
+            publish_all(port, &testkit::unique_name("pub"), &messages).await
         }));
     }
     for publisher in publishers {
@@ -256,7 +256,7 @@ async fn an_embedded_bridge_stopped_right_after_devices_publish_forwards_what_it
             })
             .collect();
         publishers.push(tokio::spawn(async move {
-            publish_all(port, &format!("{device}-pub"), &messages).await
+            publish_all(port, &testkit::unique_name("pub"), &messages).await
         }));
     }
     for publisher in publishers {
@@ -337,7 +337,7 @@ async fn metrics_reach_prometheus_and_the_kafka_metrics_topic() {
     let port = bridge.mqtt.expect("embedded mode listens").port();
     publish_all(
         port,
-        "metrics-pub",
+        &testkit::unique_name("pub"),
         &[
             (telemetry_topic(&prefix, "dev-a"), frame("dev-a", 7, 0, 10)),
             (telemetry_topic(&prefix, "dev-a"), b"not a frame".to_vec()),
