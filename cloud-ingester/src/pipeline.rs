@@ -231,10 +231,16 @@ impl Pipeline {
             started.elapsed(),
         );
         if let Some(redis) = &self.redis {
-            // What an earlier failure left waiting goes first (newer rows win anyway).
-            let mut rows: Vec<Row> = redis_backlog.values().cloned().collect();
-            rows.extend_from_slice(&batch.rows);
-            match redis.write_batch(&rows, now_ms()).await {
+            // What an earlier failure left waiting goes too (newer rows win anyway); the
+            // batch is only copied in that rare case.
+            let written = if redis_backlog.is_empty() {
+                redis.write_batch(&batch.rows, now_ms()).await
+            } else {
+                let mut rows: Vec<Row> = redis_backlog.values().cloned().collect();
+                rows.extend_from_slice(&batch.rows);
+                redis.write_batch(&rows, now_ms()).await
+            };
+            match written {
                 Ok(_) => redis_backlog.clear(),
                 Err(e) => {
                     self.stats.redis_error();

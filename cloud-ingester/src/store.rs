@@ -158,73 +158,73 @@ const COPY_STAGING: &str = "COPY ingest_staging \
      (device_id, boot_id, seq, ts, value, channel_id, quality, clock_synced) \
      FROM STDIN (FORMAT binary)";
 
+/// Moves the staged batch into `sensor_readings`; each statement below adds its own
+/// conflict handling after it.
+macro_rules! insert_staged {
+    () => {
+        "INSERT INTO sensor_readings
+           (device_id, boot_id, seq, ts, value, channel_id, quality, clock_synced)
+    SELECT device_id, boot_id, seq, ts, value, channel_id, quality, clock_synced
+      FROM ingest_staging"
+    };
+}
+
+/// Folds the rows of `$source` into `device_stats_hourly` (the merge-upsert of its
+/// migration). Non-finite values (sensor faults) are stored but kept out of the
+/// statistics: NaN would poison a sum forever, and +inf followed by -inf in one hour
+/// would make it NaN. The hour is the UTC hour: `date_bin` on a timestamptz works on
+/// absolute time (any session TimeZone), and equals
+/// `to_timestamp(floor(extract(epoch FROM ts) / 3600) * 3600)`, cheaper.
+macro_rules! fold_hourly_from {
+    ($source:literal) => {
+        concat!(
+            "INSERT INTO device_stats_hourly AS s
+           (device_id, channel_id, hour, count, min, max, sum, sum_sq)
+    SELECT device_id, channel_id,
+           date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'),
+           count(*), min(value), max(value),
+           sum(value::float8), sum(value::float8 * value::float8)
+      FROM ",
+            $source,
+            "
+     WHERE value NOT IN ('NaN', 'Infinity', '-Infinity')
+     GROUP BY 1, 2, 3
+    ON CONFLICT (device_id, channel_id, hour) DO UPDATE SET
+           count      = s.count + EXCLUDED.count,
+           min        = least(s.min, EXCLUDED.min),
+           max        = greatest(s.max, EXCLUDED.max),
+           sum        = s.sum + EXCLUDED.sum,
+           sum_sq     = s.sum_sq + EXCLUDED.sum_sq,
+           updated_at = now()"
+        )
+    };
+}
+
 /// The plain statement ([`WritePath::Plain`]): moves the staged batch into
 /// `sensor_readings` and folds all of it into `device_stats_hourly`. Correct only because
 /// it fails (unique violation, and the transaction with it) unless every staged row is
 /// new and distinct, in which case "every staged row" is "every inserted row".
 /// Data-modifying CTEs always run to completion, referenced or not.
-const MOVE_PLAIN: &str = "\
-WITH inserted AS (
-    INSERT INTO sensor_readings
-           (device_id, boot_id, seq, ts, value, channel_id, quality, clock_synced)
-    SELECT device_id, boot_id, seq, ts, value, channel_id, quality, clock_synced
-      FROM ingest_staging
-), hourly AS (
-    INSERT INTO device_stats_hourly AS s
-           (device_id, channel_id, hour, count, min, max, sum, sum_sq)
-    SELECT device_id, channel_id,
-           date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'),
-           count(*), min(value), max(value),
-           sum(value::float8), sum(value::float8 * value::float8)
-      FROM ingest_staging
-     WHERE value NOT IN ('NaN', 'Infinity', '-Infinity')
-     GROUP BY 1, 2, 3
-    ON CONFLICT (device_id, channel_id, hour) DO UPDATE SET
-           count      = s.count + EXCLUDED.count,
-           min        = least(s.min, EXCLUDED.min),
-           max        = greatest(s.max, EXCLUDED.max),
-           sum        = s.sum + EXCLUDED.sum,
-           sum_sq     = s.sum_sq + EXCLUDED.sum_sq,
-           updated_at = now()
-)
-SELECT 1";
+const MOVE_PLAIN: &str = concat!(
+    "WITH inserted AS (\n    ",
+    insert_staged!(),
+    "\n), hourly AS (\n    ",
+    fold_hourly_from!("ingest_staging"),
+    "\n)\nSELECT 1"
+);
 
 /// The dedup statement ([`WritePath::Dedup`]): moves the staged batch into
-/// `sensor_readings`, skipping readings already present
-/// (and repeats within the batch: ON CONFLICT DO NOTHING also skips a row that
-/// conflicts with one inserted earlier by the same statement), and folds exactly the
-/// inserted rows into `device_stats_hourly`. Non-finite values (sensor faults) are
-/// stored but kept out of the statistics: NaN would poison a sum forever, and +inf
-/// followed by -inf in one hour would make it NaN. The hour is the UTC hour:
-/// `date_bin` on a timestamptz works on absolute time (any session TimeZone), and
-/// equals `to_timestamp(floor(extract(epoch FROM ts) / 3600) * 3600)`, cheaper.
-const MOVE_DEDUP: &str = "\
-WITH inserted AS (
-    INSERT INTO sensor_readings
-           (device_id, boot_id, seq, ts, value, channel_id, quality, clock_synced)
-    SELECT device_id, boot_id, seq, ts, value, channel_id, quality, clock_synced
-      FROM ingest_staging
-    ON CONFLICT DO NOTHING
-    RETURNING device_id, channel_id, ts, value
-), hourly AS (
-    INSERT INTO device_stats_hourly AS s
-           (device_id, channel_id, hour, count, min, max, sum, sum_sq)
-    SELECT device_id, channel_id,
-           date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'),
-           count(*), min(value), max(value),
-           sum(value::float8), sum(value::float8 * value::float8)
-      FROM inserted
-     WHERE value NOT IN ('NaN', 'Infinity', '-Infinity')
-     GROUP BY 1, 2, 3
-    ON CONFLICT (device_id, channel_id, hour) DO UPDATE SET
-           count      = s.count + EXCLUDED.count,
-           min        = least(s.min, EXCLUDED.min),
-           max        = greatest(s.max, EXCLUDED.max),
-           sum        = s.sum + EXCLUDED.sum,
-           sum_sq     = s.sum_sq + EXCLUDED.sum_sq,
-           updated_at = now()
-)
-SELECT count(*) FROM inserted";
+/// `sensor_readings`, skipping readings already present (and repeats within the batch:
+/// ON CONFLICT DO NOTHING also skips a row that conflicts with one inserted earlier by
+/// the same statement), and folds exactly the inserted rows into `device_stats_hourly`.
+const MOVE_DEDUP: &str = concat!(
+    "WITH inserted AS (\n    ",
+    insert_staged!(),
+    "\n    ON CONFLICT DO NOTHING\n    RETURNING device_id, channel_id, ts, value",
+    "\n), hourly AS (\n    ",
+    fold_hourly_from!("inserted"),
+    "\n)\nSELECT count(*) FROM inserted"
+);
 
 /// SQLSTATE unique_violation: the only unique key of sensor_readings is the dedup key.
 const UNIQUE_VIOLATION: &str = "23505";

@@ -210,11 +210,11 @@ async fn replays_and_duplicates_add_no_rows_and_no_statistics(pool: PgPool) {
     let stats = running.stats.snapshot();
     running.stop().await;
 
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sensor_readings")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 2000, "40 frames of 50 readings, each once");
+    assert_eq!(
+        count_rows(&pool).await,
+        2000,
+        "40 frames of 50 readings, each once"
+    );
     assert_eq!(stats.inserted, 2000);
     assert_eq!(stats.duplicates, 2000 + 1000);
     let (count, sum): (i64, f64) =
@@ -317,6 +317,14 @@ fn spawn_binary(pool_db: &str, topic: &str, dlq: &str, group: &str) -> std::proc
         .expect("spawn cloud-ingester")
 }
 
+/// Readings counted in `device_stats_hourly`, over all devices and hours.
+async fn counted_in_stats(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn count_rows(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM sensor_readings")
         .fetch_one(pool)
@@ -390,10 +398,7 @@ async fn killed_mid_batch_and_restarted_it_ends_with_exactly_the_readings_produc
     .await
     .unwrap();
     assert_eq!(distinct, expected);
-    let counted: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let counted = counted_in_stats(&pool).await;
     assert_eq!(
         counted, expected,
         "hourly statistics count each reading once"
@@ -456,10 +461,7 @@ async fn postgres_stopped_for_a_while_and_restarted_loses_nothing() {
         100 * 50,
         "nothing lost across the outage"
     );
-    let counted: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let counted = counted_in_stats(&pool).await;
     assert_eq!(counted, 100 * 50);
     eprintln!(
         "PostgreSQL outage: {} failed writes retried, {stats:?}",
@@ -576,10 +578,7 @@ async fn a_second_ingester_joining_and_the_first_leaving_skips_and_doubles_nothi
         "the second instance never got a partition"
     );
     assert_eq!(count_rows(&pool).await, expected);
-    let counted: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let counted = counted_in_stats(&pool).await;
     assert_eq!(
         counted, expected,
         "statistics count each reading once across rebalances"
