@@ -12,20 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::{FutureRecord, Producer as _};
+use rdkafka::producer::Producer as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BridgeConfig, Mode};
+use crate::embedded;
 use crate::forward::{Forwarder, ForwarderSettings};
 use crate::health::Health;
 use crate::kafka::{create_producer, ensure_topics, Producer};
 use crate::latest::{Latest, LatestSink};
 use crate::mqtt_client::{ClientSource, Outlets};
 use crate::stats::{Stats, StatsSnapshot};
-use crate::{embedded, health};
 
 /// At most this long, embedded mode keeps forwarding at shutdown.
 const EMBEDDED_DRAIN: Duration = Duration::from_secs(2);
@@ -55,12 +55,12 @@ impl Bridge {
         let stop_rest = CancellationToken::new();
 
         let (http_addr, http) =
-            health::serve(config.http.listen, health.clone(), stop_rest.clone())
+            service::http::serve(config.http.listen, health.clone(), stop_rest.clone())
                 .await
                 .with_context(|| {
                     format!("cannot serve HTTP on {} (http.listen)", config.http.listen)
                 })?;
-        tokio::spawn(crate::stats::prometheus_upkeep(stop_rest.clone()));
+        tokio::spawn(service::metrics::prometheus_upkeep(stop_rest.clone()));
         let producer = create_producer(
             &config.kafka,
             &config.id,
@@ -256,11 +256,12 @@ async fn forward_when_ready(
     }
     info!(topics = ?topics, "Kafka topics present");
     if !config.kafka.metrics_topic.is_empty() {
-        tokio::spawn(metrics_records(
-            config.clone(),
+        tokio::spawn(service::metrics_record::publish_periodically(
             forwarder.producer().clone(),
-            forwarder.stats().clone(),
-            health,
+            config.kafka.metrics_topic.clone(),
+            config.id.clone(),
+            config.kafka.metrics_interval,
+            metrics_record(&config, forwarder.stats().clone(), health),
             stop_rest,
         ));
     }
@@ -270,32 +271,25 @@ async fn forward_when_ready(
         .map_err(Into::into)
 }
 
-/// Every `kafka.metrics_interval`, one JSON record on the metrics topic, keyed by the
-/// instance id: the counters, and the rates since the previous record.
-async fn metrics_records(
-    config: BridgeConfig,
-    producer: Producer,
+/// The body of the metrics records: the counters, and the rates since the previous
+/// record.
+fn metrics_record(
+    config: &BridgeConfig,
     stats: Arc<Stats>,
     health: Arc<Health>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(config.kafka.metrics_interval);
-    tick.tick().await;
+) -> impl FnMut() -> serde_json::Value + Send + 'static {
+    let (id, mode) = (config.id.clone(), config.mode);
     let mut previous = stats.snapshot();
     let mut previous_at = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    move || {
         let now = tokio::time::Instant::now();
         let snapshot = stats.snapshot();
         let seconds = now.duration_since(previous_at).as_secs_f64().max(1e-3);
         let rate = |now: u64, before: u64| (now.saturating_sub(before)) as f64 / seconds;
         let record = serde_json::json!({
             "service": "bridge",
-            "instance": config.id,
-            "mode": config.mode,
+            "instance": id,
+            "mode": mode,
             "ts_ms": crate::inbound::now_ms(),
             "mqtt_connected": health.mqtt(),
             "kafka_connected": health.kafka(),
@@ -304,16 +298,8 @@ async fn metrics_records(
             "produced_per_s": rate(snapshot.produced, previous.produced),
             "dead_lettered_per_s": rate(snapshot.dead_lettered, previous.dead_lettered),
         });
-        let body = record.to_string();
-        let sent = producer.send_result(
-            FutureRecord::to(&config.kafka.metrics_topic)
-                .key(config.id.as_str())
-                .payload(body.as_str()),
-        );
-        if sent.is_err() {
-            warn!("metrics record skipped: the Kafka producer queue is full");
-        }
         previous = snapshot;
         previous_at = now;
+        record
     }
 }

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let bridge = bridge::Bridge::start(config).await?;
-        bridge.run_until(shutdown_signal()).await
+        bridge.run_until(service::shutdown_signal()).await
     });
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -141,21 +141,5 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Human => registry.with(layer).init(),
         LogFormat::Json => registry.with(layer.json()).init(),
-    }
-}
-
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

@@ -1,102 +1,14 @@
 //! The bridge's counters: exported to Prometheus through the `metrics` facade, and also
-//! kept here as atomics so the periodic JSON record, the shutdown report and the tests
-//! can read them back (the facade is write-only).
+//! kept here (`service::metrics::Count` and `Level`) so the periodic JSON record, the
+//! shutdown report and the tests can read them back (the facade is write-only).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::Histogram;
 use serde::Serialize;
+use service::metrics::{prometheus, Count, Level};
 
 use crate::inspect::RejectReason;
-
-const PRODUCE_LATENCY: &str = "bridge_produce_latency_seconds";
-
-/// The process-wide Prometheus recorder, installed on first use. (One per process: tests
-/// that run several bridges in one process share it.)
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(PRODUCE_LATENCY.to_owned()),
-                &[
-                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
-                ],
-            )
-            .expect("bucket list is not empty");
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        // Fails only if another recorder is installed, and then its metrics win.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
-
-/// Folds recorded histogram samples into their buckets every few seconds. The exporter
-/// (0.13) keeps raw samples until the next render, so without a scraper they would pile
-/// up without bound (about 1 MB/s at 60k messages/s).
-pub async fn prometheus_upkeep(stop: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                prometheus().render();
-            }
-        }
-    }
-}
-
-/// A counter both readable here and exported.
-struct Count {
-    value: AtomicU64,
-    exported: Counter,
-}
-
-impl Count {
-    fn new(exported: Counter) -> Self {
-        Self {
-            value: AtomicU64::new(0),
-            exported,
-        }
-    }
-
-    fn add(&self) {
-        self.value.fetch_add(1, Ordering::Relaxed);
-        self.exported.increment(1);
-    }
-
-    fn get(&self) -> u64 {
-        self.value.load(Ordering::Relaxed)
-    }
-}
-
-/// A gauge both readable here and exported.
-struct Level {
-    value: AtomicU64,
-    exported: Gauge,
-}
-
-impl Level {
-    fn new(exported: Gauge) -> Self {
-        Self {
-            value: AtomicU64::new(0),
-            exported,
-        }
-    }
-
-    fn set(&self, value: u64) {
-        self.value.store(value, Ordering::Relaxed);
-        self.exported.set(value as f64);
-    }
-
-    fn get(&self) -> u64 {
-        self.value.load(Ordering::Relaxed)
-    }
-}
 
 /// Counters of one bridge instance.
 pub struct Stats {
@@ -127,6 +39,7 @@ impl Default for Stats {
 
 impl Stats {
     pub fn new() -> Self {
+        // Handles taken before the recorder is installed would be no-ops.
         prometheus();
         let count = |name: &'static str| Count::new(metrics::counter!(name));
         let level = |name: &'static str| Level::new(metrics::gauge!(name));
@@ -152,74 +65,74 @@ impl Stats {
             in_flight: level("bridge_messages_in_flight"),
             kafka_queue_bytes: level("bridge_kafka_queue_bytes"),
             kafka_queue_messages: level("bridge_kafka_queue_messages"),
-            produce_latency: metrics::histogram!(PRODUCE_LATENCY),
+            produce_latency: metrics::histogram!("bridge_produce_latency_seconds"),
         }
     }
 
     pub fn received(&self) {
-        self.received.add();
+        self.received.add(1);
     }
 
     pub fn produced(&self, latency: Duration) {
-        self.produced.add();
+        self.produced.add(1);
         self.produce_latency.record(latency.as_secs_f64());
     }
 
     pub fn dead_lettered(&self, reason: RejectReason) {
-        self.dead_lettered[reason as usize].add();
+        self.dead_lettered[reason as usize].add(1);
     }
 
     /// A Kafka error that stops the bridge.
     pub fn failed(&self) {
-        self.failed.add();
+        self.failed.add(1);
     }
 
     pub fn latest_published(&self) {
-        self.latest_published.add();
+        self.latest_published.add(1);
     }
 
     /// A `latest` message not sent: the device table was full or the client was busy.
     pub fn latest_skipped(&self) {
-        self.latest_skipped.add();
+        self.latest_skipped.add(1);
     }
 
     /// An acknowledgement not sent because its connection had already gone: the broker
     /// redelivers that message, so Kafka sees it twice (at-least-once).
     pub fn stale_ack(&self) {
-        self.stale_acks.add();
+        self.stale_acks.add(1);
     }
 
     /// A message not produced because its connection dropped while it waited: the broker
     /// redelivers it on the new connection.
     pub fn stale_message(&self) {
-        self.stale_messages.add();
+        self.stale_messages.add(1);
     }
 
     /// The producer's memory budget was full; the message waits (back-pressure).
     pub fn producer_queue_full(&self) {
-        self.producer_queue_full.add();
+        self.producer_queue_full.add(1);
     }
 
     /// A (re)connection to the external broker (client mode).
     pub fn mqtt_connected(&self) {
-        self.mqtt_connections.add();
+        self.mqtt_connections.add(1);
     }
 
     /// The MQTT side waited longer than a keep-alive for room in the forwarder's channel
     /// (a broker that overshoots Receive Maximum while Kafka is behind).
     pub fn mqtt_stall(&self) {
-        self.mqtt_stalls.add();
+        self.mqtt_stalls.add(1);
     }
 
     /// rumqttd's in-memory log wrapped before the bridge read it: messages were lost.
     pub fn embedded_overrun(&self) {
-        self.embedded_overruns.add();
+        self.embedded_overruns.add(1);
     }
 
     /// A message the embedded broker had acknowledged that arrived after shutdown began
     /// and the drain ended: lost.
     pub fn dropped_at_shutdown(&self) {
-        self.dropped_at_shutdown.add();
+        self.dropped_at_shutdown.add(1);
     }
 
     pub fn set_in_flight(&self, n: usize) {

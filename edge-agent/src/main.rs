@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(edge_agent::agent::run(
         config,
-        shutdown_signal(),
+        service::shutdown_signal(),
         cli.shutdown_grace,
     )) {
         Ok(_) => ExitCode::SUCCESS,
@@ -118,21 +118,5 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Human => registry.with(layer).init(),
         LogFormat::Json => registry.with(layer.json()).init(),
-    }
-}
-
-/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

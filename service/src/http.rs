@@ -1,0 +1,117 @@
+//! The HTTP endpoint of a service: `/metrics` (Prometheus), `/livez` and `/readyz`.
+//!
+//! Ready means every dependency the service needs to do its work is usable now; a load
+//! balancer or Kubernetes then sends nothing to, and alerts on, an instance that cannot
+//! work. Live only means the process answers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What `/readyz` reports: each dependency's name and whether it is usable now. Ready
+/// when all are.
+pub trait Readiness: Send + Sync + 'static {
+    fn checks(&self) -> Vec<(&'static str, bool)>;
+}
+
+/// Binds the listener now (so a taken port is a start-up error) and serves `/metrics`,
+/// `/livez` and `/readyz` until `shutdown`. Returns the bound address (`listen` may ask
+/// for port 0) and the serving task.
+pub async fn serve(
+    listen: SocketAddr,
+    readiness: Arc<dyn Readiness>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|| async { crate::metrics::prometheus().render() }),
+        )
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!("HTTP endpoint stopped: {e}");
+        }
+    });
+    Ok((addr, task))
+}
+
+/// 200 when every dependency is up, else 503; the body has one `name connected|down`
+/// line per dependency, so a person can see which one is missing.
+async fn readyz(State(readiness): State<Arc<dyn Readiness>>) -> (StatusCode, String) {
+    let checks = readiness.checks();
+    let body: String = checks
+        .iter()
+        .map(|(name, up)| format!("{name} {}\n", if *up { "connected" } else { "down" }))
+        .collect();
+    if checks.iter().all(|(_, up)| *up) {
+        (StatusCode::OK, body)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    struct Flags(AtomicBool);
+
+    impl Readiness for Flags {
+        fn checks(&self) -> Vec<(&'static str, bool)> {
+            vec![("always", true), ("flag", self.0.load(Ordering::Relaxed))]
+        }
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = response.split("\r\n\r\n").nth(1).unwrap().to_owned();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_checks_and_names_each_dependency() {
+        let flags = Arc::new(Flags(AtomicBool::new(false)));
+        let stop = CancellationToken::new();
+        let (addr, task) = serve(([127, 0, 0, 1], 0).into(), flags.clone(), stop.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            get(addr, "/readyz").await,
+            (503, "always connected\nflag down\n".to_owned())
+        );
+        flags.0.store(true, Ordering::Relaxed);
+        assert_eq!(
+            get(addr, "/readyz").await,
+            (200, "always connected\nflag connected\n".to_owned())
+        );
+        assert_eq!(get(addr, "/livez").await, (200, "ok\n".to_owned()));
+        assert_eq!(get(addr, "/metrics").await.0, 200);
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

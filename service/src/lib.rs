@@ -1,0 +1,31 @@
+//! What every long-running binary of the pipeline shares: signals, the Prometheus
+//! recorder, the health/metrics HTTP endpoint, the periodic metrics record.
+//!
+//! Without features it is only [`shutdown_signal`], which is all the edge agent on the Pi
+//! takes. The cloud services enable `http` (the recorder in [`metrics`] and the endpoint
+//! in [`http`]) and `kafka` (the record in [`metrics_record`]).
+
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "http")]
+pub mod metrics;
+#[cfg(feature = "kafka")]
+pub mod metrics_record;
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C): the signals a service manager, a container
+/// runtime or a person at the terminal use to ask for a clean stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        // No SIGTERM handler could be installed: Ctrl-C still works.
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
