@@ -1,6 +1,7 @@
 //! Ingest benchmark: readings per second into PostgreSQL through `Store::write_batch`,
-//! beside a ceiling and the everyday alternative, all measured in the same run on the
-//! same table.
+//! and through the whole pipeline from a preloaded Kafka topic (with Redis and the alert
+//! rules on), beside a ceiling and the everyday alternative, all measured in the same run
+//! on the same table.
 //!
 //! ```text
 //! set -a; . .stack/env; set +a
@@ -13,7 +14,8 @@
 //!
 //! It creates its own database on `DATABASE_URL`'s server (the role needs CREATEDB),
 //! applies the migrations and drops the database at the end, so it never touches the
-//! stack's data. A benchmark, not a test: it prints figures and asserts nothing.
+//! stack's data; likewise its own Kafka topics on `KAFKA_BROKERS` and its own key prefix
+//! on `REDIS_URL`. A benchmark, not a test: it prints figures and asserts nothing.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -99,7 +101,7 @@ async fn bench_in(settings: &Settings, db: PgConnectOptions) -> anyhow::Result<(
     sqlx::migrate!("../migrations").run(&pool).await?;
 
     let started = Instant::now();
-    let rows = generate(settings.readings)?;
+    let (rows, frames) = generate(settings.readings)?;
     let generate_s = started.elapsed().as_secs_f64();
     let encoded_bytes = {
         let mut buf = Vec::new();
@@ -341,10 +343,197 @@ async fn bench_in(settings: &Settings, db: PgConnectOptions) -> anyhow::Result<(
         fmt_rate(a),
         n / a
     );
+    // (e) the whole pipeline, once: Kafka into PostgreSQL, Redis and the alert rules.
+    let e = pipeline_rate(&pool, settings, &frames, rows.len() as u64).await?;
+    println!();
+    println!(
+        "(e) the pipeline: {} frames preloaded in Kafka, consumed, validated, alert rules \
+         evaluated, written with write_batch ({} rows a batch), offsets stored, Redis updated",
+        frames.len(),
+        settings.batch
+    );
+    println!(
+        "  (e)  Kafka -> PostgreSQL + Redis + alerts                  {:>12}   (e)/(a) = {:.0}%, (e)/(b) = {:.0}%",
+        fmt_rate(e.rate),
+        100.0 * e.rate / a,
+        100.0 * e.rate / b
+    );
+    println!(
+        "       {} batches, {:.1} ms flush on average; timed from the first batch's commit to the last's",
+        e.batches,
+        e.flush_ms
+    );
     print_load();
     pool.close().await;
     Ok(())
 }
+
+struct PipelineRun {
+    rate: f64,
+    batches: u64,
+    flush_ms: f64,
+}
+
+/// Preloads a fresh topic with `frames`, then runs the ingester's pipeline on it (Redis
+/// and alert rules on, the bench devices registered with thresholds none of their values
+/// reach) until every reading is stored. Timed from the first batch's commit (not the
+/// consumer group's join) to the last's.
+async fn pipeline_rate(
+    pool: &PgPool,
+    settings: &Settings,
+    frames: &[KeyedFrame],
+    readings: u64,
+) -> anyhow::Result<PipelineRun> {
+    use cloud_ingester::config::KafkaConfig;
+    use cloud_ingester::kafka::IngestContext;
+    use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    use rdkafka::ClientConfig;
+    use std::sync::Arc;
+
+    reset(pool).await?;
+    sqlx::query(
+        "INSERT INTO devices (device_id, name, kind, site, line) \
+         SELECT DISTINCT device_id, device_id, 'bench', 'bench', 'bench' FROM unnest($1::text[]) AS d(device_id)",
+    )
+    .bind(frames.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO device_channels (device_id, channel_id, name, unit, sample_period_ms, \
+             range_min, range_max, warn_high, crit_high, hysteresis, min_duration_ms) \
+         SELECT device_id, c, 'ch' || c, 'u', 100, -100, 100, 40, 60, 1, 1000 \
+           FROM devices, generate_series(0, 3) AS c WHERE kind = 'bench'",
+    )
+    .execute(pool)
+    .await?;
+
+    let brokers = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS is not set")?;
+    let redis_url = std::env::var("REDIS_URL").context("REDIS_URL is not set")?;
+    let suffix = format!("{}-{}", std::process::id(), frames.len());
+    let (topic, dlq, alerts) = (
+        format!("bench-ingest-{suffix}"),
+        format!("bench-ingest-dlq-{suffix}"),
+        format!("bench-ingest-alerts-{suffix}"),
+    );
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &brokers);
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let new_topics: Vec<NewTopic> = [&topic, &dlq, &alerts]
+        .iter()
+        .map(|name| NewTopic::new(name, 3, TopicReplication::Fixed(1)))
+        .collect();
+    for created in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await?
+    {
+        created.map_err(|(name, e)| anyhow::anyhow!("creating topic {name}: {e}"))?;
+    }
+    let producer: FutureProducer = client
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()?;
+    for (device, payload) in frames {
+        let mut record = FutureRecord::to(&topic).key(device).payload(payload);
+        loop {
+            match producer.send_result(record) {
+                Ok(_) => break,
+                Err((_, back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+
+    let prefix = format!("bench{}", std::process::id());
+    let redis = cloud_ingester::redis_sink::RedisSink::connect(&redis_url, &prefix).await?;
+    let stats = Arc::new(cloud_ingester::stats::IngestStats::default());
+    let health = Arc::new(cloud_ingester::health::Health::default());
+    let kafka = KafkaConfig {
+        brokers,
+        group: format!("bench-ingest-{suffix}"),
+        ..KafkaConfig::default()
+    };
+    let pipeline = Pipeline {
+        consumer: cloud_ingester::kafka::consumer(
+            &kafka,
+            "bench",
+            IngestContext::new(stats.clone(), health.clone()),
+        )?,
+        producer: producer.clone(),
+        store: Store::new(pool.clone()),
+        redis: Some(redis),
+        catalog: cloud_ingester::validate::Catalog::load(pool).await?,
+        settings: PipelineSettings {
+            topic: topic.clone(),
+            dlq_topic: dlq.clone(),
+            alerts_topic: alerts.clone(),
+            instance: "bench".to_owned(),
+            batch_rows: settings.batch,
+            batch_age: Duration::from_millis(200),
+            retention_days: None,
+        },
+        stats: stats.clone(),
+        health,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(pipeline.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // Counted from the first batch's commit, so the group join is left out; the readings
+    // of that batch are left out with it.
+    let first = loop {
+        let inserted = stats.snapshot().inserted;
+        if inserted > 0 {
+            break inserted;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pipeline consumed nothing");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let t = Instant::now();
+    while stats.snapshot().inserted < readings {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pipeline stalled: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = t.elapsed();
+    stop.cancel();
+    task.await??;
+    let snapshot = stats.snapshot();
+    anyhow::ensure!(
+        snapshot.inserted == readings && snapshot.dead_lettered == 0,
+        "the pipeline stored {snapshot:?}"
+    );
+
+    admin
+        .delete_topics(&[&topic, &dlq, &alerts], &AdminOptions::new())
+        .await?;
+    let redis_client = redis::Client::open(redis_url)?;
+    let mut con = redis_client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut con)
+        .await?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut con).await?;
+    }
+    Ok(PipelineRun {
+        rate: (readings - first) as f64 / elapsed.as_secs_f64(),
+        batches: snapshot.batches,
+        flush_ms: 1000.0 * snapshot.flush_seconds / snapshot.batches.max(1) as f64,
+    })
+}
+
+/// An encoded frame and its Kafka key (the device id).
+type KeyedFrame = (String, Vec<u8>);
 
 #[derive(Default)]
 struct Wal {
@@ -357,7 +546,7 @@ struct Wal {
 /// devices (the order a Kafka consumer sees them in), turned into rows as the ingester
 /// does. Timestamps start two hours ago, so every reading lands in a day partition the
 /// migration created (yesterday .. a week ahead) and the hourly stats see a few buckets.
-fn generate(n: usize) -> anyhow::Result<Vec<Row>> {
+fn generate(n: usize) -> anyhow::Result<(Vec<Row>, Vec<KeyedFrame>)> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
@@ -366,6 +555,8 @@ fn generate(n: usize) -> anyhow::Result<Vec<Row>> {
         .map(|d| DeviceId::new(&format!("bench-dev-{d:03}")))
         .collect::<Result<_, _>>()?;
     let mut rows = Vec::with_capacity(n);
+    let mut frames = Vec::with_capacity(n / READINGS_PER_FRAME + 1);
+    let mut encoded = [0u8; protocol::MAX_FRAME_LEN];
     let mut frame_no = 0usize;
     while rows.len() < n {
         let device = frame_no % DEVICES;
@@ -391,9 +582,13 @@ fn generate(n: usize) -> anyhow::Result<Vec<Row>> {
         }
         frame.validate()?;
         rows_from_frame(&frame, &mut rows);
+        frames.push((
+            frame.device.as_str().to_owned(),
+            frame.encode(&mut encoded)?.to_vec(),
+        ));
         frame_no += 1;
     }
-    Ok(rows)
+    Ok((rows, frames))
 }
 
 const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS bench_staging (\
@@ -635,8 +830,12 @@ async fn print_header(
          trip each, one transaction per batch, no stats, on the first {} rows and \
          extrapolated as a rate; (c') the same with autocommit (one commit per reading) on \
          the first {} rows. (a), (a'), (b), (d) are repeated {} times interleaved and the \
-         median is reported. Other work on this host (shared machine) adds noise: load \
-         average is printed at the end.",
+         median is reported. (e) runs once, after the rest: the same readings as frames \
+         preloaded into a fresh 3-partition topic on KAFKA_BROKERS, consumed by the \
+         ingester's Pipeline (validation, alert rules on 400 registered channels, \
+         write_batch with the alert transitions, offsets, Redis on REDIS_URL), timed from \
+         the first batch's commit to the last's. Other work on this host (shared machine) \
+         adds noise: load average is printed at the end.",
         s.batch, s.batch, s.naive, s.autocommit, s.rounds
     );
     println!();

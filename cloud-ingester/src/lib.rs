@@ -1,12 +1,22 @@
 //! The cloud ingester: frames from Kafka's `sensors-data` into PostgreSQL
 //! (`sensor_readings`, `device_stats_hourly`) and Redis.
 //!
-//! Work in progress (issue 5). Built: decoding and validation (`validate`), the batched
-//! PostgreSQL write path with dedup and hourly statistics (`store`), the Redis writer
-//! (`redis_sink`), and the consumer loop that orders them so offsets follow commits
-//! (`pipeline`). Not built yet: alerts, Prometheus metrics and health endpoints, the
-//! metrics record, TOML configuration, system events from the loop. See ARCHITECTURE.md.
+//! - `validate`: decoding and validation; what fails goes to the dead-letter topic;
+//! - `store`: the batched PostgreSQL write path (binary COPY, dedup, hourly statistics,
+//!   the batch's alert transitions, all in one transaction), partitions, `system_events`;
+//! - `alerts`: the rule engine (thresholds with hysteresis and minimum duration, stuck,
+//!   dropout) and its table, Kafka and Redis sides;
+//! - `redis_sink`: latest values, recent readings, last seen, open alerts;
+//! - `pipeline`: the consumer loop that orders all of it so offsets follow commits;
+//! - `config`, `kafka` (consumer settings, lag, rebalances), `stats` (Prometheus),
+//!   `health` (readiness).
+//!
+//! See ARCHITECTURE.md.
 
+pub mod alerts;
+pub mod config;
+pub mod health;
+pub mod kafka;
 pub mod pipeline;
 pub mod redis_sink;
 pub mod rows;

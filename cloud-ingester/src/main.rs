@@ -1,85 +1,137 @@
-//! `cloud-ingester`: parses the command line, connects PostgreSQL, Kafka and Redis, and
-//! runs the ingest loop (see the library's `pipeline` module) until SIGTERM or Ctrl-C.
+//! `cloud-ingester`: reads the configuration, sets up logging, connects PostgreSQL, Kafka
+//! and Redis, and runs the ingest loop (see the library's `pipeline` module) with the
+//! HTTP endpoint and the metrics record beside it, until SIGTERM or Ctrl-C.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
+use cloud_ingester::config::{CliOverrides, IngesterConfig, LogConfig, LogFormat};
+use cloud_ingester::health::Health;
+use cloud_ingester::kafka::{self, IngestContext};
+use cloud_ingester::pipeline::{now_ms, Pipeline, PipelineSettings, SERVICE};
 use cloud_ingester::redis_sink::RedisSink;
 use cloud_ingester::stats::IngestStats;
-use cloud_ingester::store::Store;
+use cloud_ingester::store::{EventLevel, Store};
 use cloud_ingester::validate::Catalog;
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
+use rdkafka::producer::Producer as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Consumes device frames from Kafka (`sensors-data`) into PostgreSQL (`sensor_readings`,
 /// hourly statistics) and Redis (latest values), exactly once in effect: offsets are
 /// stored only after the PostgreSQL transaction that holds their readings commits, and
 /// replays are deduplicated. Records that are not valid frames of known devices go to
-/// `sensors-dlq` with the reason. Every flag can also be set through the environment
-/// variable named after it. SIGTERM or Ctrl-C: finish the batch in hand, commit, exit.
+/// `sensors-dlq` with the reason.
+///
+/// Configuration: built-in defaults, then the TOML file (see
+/// cloud-ingester/config/cloud-ingester.toml), then DATABASE_URL, REDIS_URL and
+/// KAFKA_BROKERS, then INGESTER_* environment variables (`__` between levels, e.g.
+/// INGESTER_KAFKA__GROUP=ingest-b), then the flags below. Serves /metrics, /livez and
+/// /readyz on http.listen (default port 9102). Logs go to stderr; RUST_LOG or log.level
+/// sets the level. SIGTERM or Ctrl-C: finish the batch in hand, commit, exit.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// PostgreSQL URL.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
-    /// Redis URL; empty disables Redis.
-    #[arg(long, env = "REDIS_URL", default_value = "")]
-    redis_url: String,
-    /// Key prefix in Redis.
-    #[arg(long, env = "INGESTER_REDIS_PREFIX", default_value = "plant")]
-    redis_prefix: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    kafka_brokers: String,
-    /// Consumer group; instances with the same group share the partitions.
-    #[arg(long, env = "INGESTER_GROUP", default_value = "cloud-ingester")]
-    group: String,
-    /// Instance name, for logs and system events.
-    #[arg(long, env = "INGESTER_ID", default_value = "ingester-1")]
-    id: String,
-    #[arg(long, env = "INGESTER_TOPIC", default_value = protocol::kafka::SENSORS_DATA.name)]
-    topic: String,
-    #[arg(long, env = "INGESTER_DLQ_TOPIC", default_value = protocol::kafka::SENSORS_DLQ.name)]
-    dlq_topic: String,
-    /// A batch closes at this many readings...
-    #[arg(long, env = "INGESTER_BATCH_ROWS", default_value_t = 20_000)]
-    batch_rows: usize,
-    /// ...or this long after its first record.
-    #[arg(long, env = "INGESTER_BATCH_AGE", default_value = "200ms", value_parser = humantime::parse_duration)]
-    batch_age: Duration,
-    /// Drop sensor_readings partitions older than this many days.
-    #[arg(long, env = "INGESTER_RETENTION_DAYS")]
+    /// Configuration file (optional).
+    #[arg(short, long, env = "INGESTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL (overrides database.url).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Redis URL; empty disables Redis (overrides redis.url).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Key prefix in Redis (overrides redis.prefix).
+    #[arg(long)]
+    redis_prefix: Option<String>,
+    /// Kafka bootstrap servers (overrides kafka.brokers).
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Consumer group; instances with the same group share the partitions (overrides
+    /// kafka.group).
+    #[arg(long)]
+    group: Option<String>,
+    /// Instance name, for logs, metrics records and system events (overrides id).
+    #[arg(long)]
+    id: Option<String>,
+    /// Topic to consume (overrides kafka.topic).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Dead-letter topic (overrides kafka.dlq_topic).
+    #[arg(long)]
+    dlq_topic: Option<String>,
+    /// A batch closes at this many readings... (overrides batch.rows).
+    #[arg(long)]
+    batch_rows: Option<usize>,
+    /// ...or this long after its first record, e.g. 200ms (overrides batch.age).
+    #[arg(long)]
+    batch_age: Option<String>,
+    /// Drop sensor_readings partitions older than this many days (overrides
+    /// retention.days).
+    #[arg(long)]
     retention_days: Option<u32>,
-    /// Run the database migrations before starting.
+    /// Run the database migrations before starting (sets database.migrate).
     #[arg(long)]
     migrate: bool,
+    /// Metrics and health endpoint address (overrides http.listen).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Check the configuration, print it (passwords hidden) and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.batch_rows == 0 || cli.batch_rows > 1_000_000 {
-        eprintln!("cloud-ingester: --batch-rows must be between 1 and 1000000");
-        return ExitCode::from(2);
+    let overrides = CliOverrides {
+        id: cli.id,
+        database_url: cli.database_url,
+        migrate: cli.migrate,
+        redis_url: cli.redis_url,
+        redis_prefix: cli.redis_prefix,
+        kafka_brokers: cli.kafka_brokers,
+        group: cli.group,
+        topic: cli.topic,
+        dlq_topic: cli.dlq_topic,
+        batch_rows: cli.batch_rows,
+        batch_age: cli.batch_age,
+        retention_days: cli.retention_days,
+        http_listen: cli.http_listen,
+        log_format: cli.log_format,
+    };
+    let source = cli
+        .config
+        .as_ref()
+        .map_or("defaults".to_owned(), |p| p.display().to_string());
+    let config = match IngesterConfig::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cloud-ingester: {source}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        return match config.to_redacted_toml() {
+            // A comment first, so the output is itself a valid configuration file.
+            Ok(text) => {
+                println!("# {source}: ok\n{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cloud-ingester: cannot print the configuration: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
-    if cli.batch_age.is_zero() || cli.batch_age > Duration::from_secs(60) {
-        eprintln!("cloud-ingester: --batch-age must be between 1 ms and 60 s");
-        return ExitCode::from(2);
-    }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,7 +142,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -100,86 +152,156 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    match log.format {
+        LogFormat::Human => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+}
+
+/// Connects, runs until a stop signal, and shuts down in the order that loses nothing:
+/// the pipeline finishes its batch and commits, the stop is recorded, the HTTP endpoint
+/// and the metrics record stop, and the producer is flushed.
+async fn run(config: IngesterConfig) -> anyhow::Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(config.database.max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&cli.database_url)
+        .connect(&config.database.url)
         .await
-        .context("cannot connect to PostgreSQL (DATABASE_URL)")?;
-    if cli.migrate {
+        .context("cannot connect to PostgreSQL (database.url)")?;
+    if config.database.migrate {
         sqlx::migrate!("../migrations")
             .run(&pool)
             .await
             .context("running the migrations")?;
         info!("migrations applied");
     }
-    let store = Store::new(pool.clone());
+    // The operation log's own handle: the pipeline's keeps write-path state.
+    let events = Store::new(pool.clone());
     let catalog = Catalog::load(&pool)
         .await
         .context("reading the device catalog (run with --migrate on a new database)")?;
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", &cli.kafka_brokers);
-    let consumer: StreamConsumer = kafka
-        .clone()
-        .set("group.id", &cli.group)
-        .set("client.id", &cli.id)
-        // Offsets are stored by the pipeline after the PostgreSQL commit, and
-        // committed from there every second and on rebalance or close.
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "16384")
-        .create()
-        .context("creating the Kafka consumer")?;
-    let producer: FutureProducer = kafka
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "0")
-        .create()
-        .context("creating the Kafka producer")?;
-    let redis = if cli.redis_url.is_empty() {
+    let stats = Arc::new(IngestStats::new());
+    let health = Arc::new(Health::default());
+    health.set_postgres(true);
+    let consumer = kafka::consumer(
+        &config.kafka,
+        &config.id,
+        IngestContext::new(stats.clone(), health.clone()),
+    )
+    .context("creating the Kafka consumer (check kafka.properties)")?;
+    let producer = kafka::producer(&config.kafka, &config.id)
+        .context("creating the Kafka producer (check kafka.properties)")?;
+    let redis = if config.redis.url.is_empty() {
         None
     } else {
         Some(
-            RedisSink::connect(&cli.redis_url, &cli.redis_prefix)
+            RedisSink::connect(&config.redis.url, &config.redis.prefix)
                 .await
-                .context("connecting to Redis")?,
+                .context("connecting to Redis (redis.url)")?,
         )
     };
+
+    let stop_rest = CancellationToken::new();
+    let (http_addr, http) =
+        service::http::serve(config.http.listen, health.clone(), stop_rest.clone())
+            .await
+            .with_context(|| {
+                format!("cannot serve HTTP on {} (http.listen)", config.http.listen)
+            })?;
+    let upkeep = tokio::spawn(service::metrics::prometheus_upkeep(stop_rest.clone()));
+    let metrics_record = (!config.kafka.metrics_topic.is_empty()).then(|| {
+        let (stats, id) = (stats.clone(), config.id.clone());
+        tokio::spawn(service::metrics_record::publish_periodically(
+            producer.clone(),
+            config.kafka.metrics_topic.clone(),
+            config.id.clone(),
+            config.kafka.metrics_interval,
+            move || snapshot_json(&stats, &id),
+            stop_rest.clone(),
+        ))
+    });
     info!(
+        http = %http_addr,
         devices = catalog.devices(),
-        group = cli.group,
-        topic = cli.topic,
+        group = config.kafka.group,
+        topic = config.kafka.topic,
         "cloud-ingester started"
     );
-    let stats = Arc::new(IngestStats::default());
+    record_event(
+        &events,
+        &config.id,
+        EventLevel::Info,
+        "start",
+        "cloud-ingester started",
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "group": config.kafka.group,
+            "topic": config.kafka.topic,
+            "batch_rows": config.batch.rows,
+            "batch_age_ms": config.batch.age.as_millis() as u64,
+        }),
+    )
+    .await;
+
     let pipeline = Pipeline {
         consumer,
-        producer,
-        store,
+        producer: producer.clone(),
+        store: Store::new(pool.clone()),
         redis,
         catalog,
         settings: PipelineSettings {
-            topic: cli.topic,
-            dlq_topic: cli.dlq_topic,
-            instance: cli.id,
-            batch_rows: cli.batch_rows,
-            batch_age: cli.batch_age,
-            retention_days: cli.retention_days,
+            topic: config.kafka.topic.clone(),
+            dlq_topic: config.kafka.dlq_topic.clone(),
+            alerts_topic: config.kafka.alerts_topic.clone(),
+            instance: config.id.clone(),
+            batch_rows: config.batch.rows,
+            batch_age: config.batch.age,
+            retention_days: config.retention.days,
         },
         stats: stats.clone(),
+        health,
     };
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            shutdown_signal().await;
+            service::shutdown_signal().await;
             info!("stopping: finishing the batch in hand");
             stop.cancel();
         }
     });
-    pipeline.run(stop).await?;
+    let result = pipeline.run(stop).await;
+
+    let (level, message) = match &result {
+        Ok(()) => (EventLevel::Info, "cloud-ingester stopped".to_owned()),
+        Err(e) => (EventLevel::Error, format!("cloud-ingester failed: {e}")),
+    };
+    record_event(
+        &events,
+        &config.id,
+        level,
+        "stop",
+        &message,
+        snapshot_json(&stats, &config.id),
+    )
+    .await;
+    stop_rest.cancel();
+    for task in [Some(http), Some(upkeep), metrics_record]
+        .into_iter()
+        .flatten()
+    {
+        let _ = task.await;
+    }
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        warn!("some metrics or alert records were not confirmed by Kafka before exit");
+    }
     let snapshot = stats.snapshot();
     info!(
         records = snapshot.records,
@@ -188,21 +310,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         dead_lettered = snapshot.dead_lettered,
         "cloud-ingester stopped"
     );
-    Ok(())
+    result.context("the ingest loop stopped")
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+/// The counters as JSON with the instance and the time: the body of the metrics records
+/// and the details of the stop event.
+fn snapshot_json(stats: &IngestStats, instance: &str) -> serde_json::Value {
+    let mut record = match serde_json::to_value(stats.snapshot()) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        // A struct of numbers always serializes to an object; an empty record beats none.
+        _ => serde_json::Map::new(),
+    };
+    record.insert("service".to_owned(), SERVICE.into());
+    record.insert("instance".to_owned(), instance.into());
+    record.insert("at_ms".to_owned(), now_ms().into());
+    serde_json::Value::Object(record)
+}
+
+/// Appends a `system_events` row. A failure is logged, never fatal: the operation log
+/// must not stop ingestion.
+async fn record_event(
+    store: &Store,
+    instance: &str,
+    level: EventLevel,
+    kind: &str,
+    message: &str,
+    details: serde_json::Value,
+) {
+    if let Err(e) = store
+        .record_event(SERVICE, Some(instance), level, kind, message, details)
+        .await
+    {
+        warn!("cannot record the {kind} system event: {e}");
     }
 }

@@ -9,6 +9,11 @@
 //! down, ingestion goes on and the newest value per device and channel waits in memory
 //! (one row each, so bounded) until it is back.
 //!
+//! Alerts ride on the same transaction: the batch's readings are evaluated by the
+//! [`AlertEngine`] before the write, its transitions are written beside the rows, and the
+//! engine adopts them only once that commits. The alert records on Kafka and the open
+//! alerts in Redis follow the commit.
+//!
 //! Back-pressure: while a batch is being written nothing more is consumed; librdkafka's
 //! prefetch (`queued.max.messages.kbytes`) is the only other buffer.
 
@@ -24,10 +29,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::alerts::publish::{self as alert_publish, AlertEvent};
+use crate::alerts::rules::RuleBook;
+use crate::alerts::{self, AlertEngine};
 use crate::redis_sink::RedisSink;
 use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
-use crate::store::Store;
+use crate::store::{EventLevel, Store};
 use crate::validate::{Catalog, Rejection};
 use protocol::kafka::headers;
 
@@ -37,11 +45,19 @@ const CATALOG_REFRESH: Duration = Duration::from_secs(60);
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 /// Days of `sensor_readings` partitions kept ready ahead of today.
 const PARTITIONS_AHEAD: i32 = 8;
+/// At least this many dead letters within [`DLQ_BURST_WINDOW`] is a burst worth a
+/// `system_events` row (one per window, so a flood does not flood the log too).
+const DLQ_BURST: u64 = 100;
+const DLQ_BURST_WINDOW: Duration = Duration::from_secs(60);
+/// The `system_events.service` of this program.
+pub const SERVICE: &str = "cloud-ingester";
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub topic: String,
     pub dlq_topic: String,
+    /// Where alert transitions are published as JSON; empty: not published.
+    pub alerts_topic: String,
     pub instance: String,
     /// A batch closes at this many readings...
     pub batch_rows: usize,
@@ -59,6 +75,8 @@ pub enum PipelineError {
     DeadLetter(KafkaError),
     #[error("PostgreSQL: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot load the alert rules and state from PostgreSQL: {0}")]
+    AlertState(sqlx::Error),
 }
 
 /// A record set aside, with what it came with.
@@ -67,6 +85,46 @@ struct DeadLetter {
     payload: Vec<u8>,
     headers: Vec<(String, Vec<u8>)>,
     rejection: Rejection,
+}
+
+/// What the loop carries from one batch to the next.
+struct LoopState {
+    alerts: AlertEngine,
+    /// The newest row per device and channel that Redis has not taken yet.
+    redis_backlog: HashMap<(String, i16), Row>,
+    /// Since when Redis has been failing; `None` while it works.
+    redis_down_since: Option<std::time::Instant>,
+    dead_letters: DeadLetterWindow,
+}
+
+/// Dead letters counted over a window, to report bursts once per window.
+struct DeadLetterWindow {
+    since: Instant,
+    count: u64,
+    reported: bool,
+}
+
+impl DeadLetterWindow {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            count: 0,
+            reported: false,
+        }
+    }
+
+    /// Counts `n` more; returns the window's count the first time it reaches a burst.
+    fn add(&mut self, n: u64) -> Option<u64> {
+        if self.since.elapsed() >= DLQ_BURST_WINDOW {
+            *self = Self::new();
+        }
+        self.count += n;
+        if self.reported || self.count < DLQ_BURST {
+            return None;
+        }
+        self.reported = true;
+        Some(self.count)
+    }
 }
 
 #[derive(Default)]
@@ -92,13 +150,14 @@ enum Fill {
 }
 
 pub struct Pipeline {
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<crate::kafka::IngestContext>,
     pub producer: FutureProducer,
     pub store: Store,
     pub redis: Option<RedisSink>,
     pub catalog: Catalog,
     pub settings: PipelineSettings,
     pub stats: Arc<IngestStats>,
+    pub health: Arc<crate::health::Health>,
 }
 
 impl Pipeline {
@@ -112,14 +171,26 @@ impl Pipeline {
                 error,
             })?;
         self.upkeep().await;
+        let mut state = LoopState {
+            alerts: self.load_alerts().await?,
+            redis_backlog: HashMap::new(),
+            redis_down_since: None,
+            dead_letters: DeadLetterWindow::new(),
+        };
+        if let Some(redis) = &self.redis {
+            if let Err(e) = alert_publish::resync_redis(self.store.pool(), redis).await {
+                self.stats.redis_error();
+                self.redis_gap_begins(&mut state, &e.to_string()).await;
+            }
+        }
         let mut last_upkeep = Instant::now();
         let mut last_catalog = Instant::now();
-        let mut redis_backlog: HashMap<(String, i16), Row> = HashMap::new();
         loop {
             let mut batch = Batch::default();
             let fill = self.fill(&mut batch, &stop).await;
+            self.after_rebalance(&mut state).await;
             // `false`: stopped while PostgreSQL was away; the batch will be replayed.
-            if !batch.is_empty() && !self.flush(batch, &stop, &mut redis_backlog).await? {
+            if !batch.is_empty() && !self.flush(batch, &stop, &mut state).await? {
                 break;
             }
             if matches!(fill, Fill::Stopped) {
@@ -127,9 +198,15 @@ impl Pipeline {
             }
             if last_catalog.elapsed() >= CATALOG_REFRESH {
                 last_catalog = Instant::now();
-                match Catalog::load(self.store.pool()).await {
-                    Ok(catalog) => self.catalog = catalog,
-                    Err(e) => warn!("cannot refresh the device catalog: {e}"),
+                let pool = self.store.pool();
+                match (Catalog::load(pool).await, RuleBook::load(pool).await) {
+                    (Ok(catalog), Ok(rules)) => {
+                        self.catalog = catalog;
+                        state.alerts.set_rules(rules);
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        warn!("cannot refresh the device catalog: {e}");
+                    }
                 }
             }
             if last_upkeep.elapsed() >= PARTITION_UPKEEP {
@@ -144,6 +221,73 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// The alert engine, with the rules, the unresolved alerts and the watermarks as the
+    /// database has them.
+    async fn load_alerts(&self) -> Result<AlertEngine, PipelineError> {
+        let pool = self.store.pool();
+        let rules = RuleBook::load(pool)
+            .await
+            .map_err(PipelineError::AlertState)?;
+        let open = alerts::store::load_open(pool)
+            .await
+            .map_err(PipelineError::AlertState)?;
+        let watermarks = alerts::store::load_watermarks(pool)
+            .await
+            .map_err(PipelineError::AlertState)?;
+        info!(open = open.len(), "alert state loaded");
+        let mut engine = AlertEngine::new(rules);
+        engine.restore(open, watermarks);
+        Ok(engine)
+    }
+
+    /// Logs each rebalance since the last batch as a system event and, if there was one,
+    /// reloads the alert state: another instance may have moved the alerts of the
+    /// devices this one just got.
+    async fn after_rebalance(&self, state: &mut LoopState) {
+        let rebalances = self.consumer.context().take_rebalances();
+        if rebalances.is_empty() {
+            return;
+        }
+        for rebalance in &rebalances {
+            self.event(
+                EventLevel::Info,
+                "rebalance",
+                format!(
+                    "partitions {} of {}: {:?}",
+                    rebalance.kind, self.settings.topic, rebalance.partitions
+                ),
+                serde_json::json!({
+                    "change": rebalance.kind,
+                    "topic": self.settings.topic,
+                    "partitions": rebalance.partitions,
+                }),
+            )
+            .await;
+        }
+        match self.load_alerts().await {
+            Ok(alerts) => state.alerts = alerts,
+            Err(e) => warn!("alert state not reloaded after a rebalance (kept as it was): {e}"),
+        }
+    }
+
+    /// Appends a `system_events` row; a failure is logged, never fatal.
+    async fn event(
+        &self,
+        level: EventLevel,
+        kind: &str,
+        message: String,
+        details: serde_json::Value,
+    ) {
+        let instance = Some(self.settings.instance.as_str());
+        if let Err(e) = self
+            .store
+            .record_event(SERVICE, instance, level, kind, &message, details)
+            .await
+        {
+            warn!("cannot record the {kind} system event ({message}): {e}");
+        }
     }
 
     /// Partitions for the coming days, and retention.
@@ -185,28 +329,60 @@ impl Pipeline {
         }
     }
 
-    /// Dead letters, then rows, then offsets, then Redis. `Ok(false)` if `stop` came
-    /// while PostgreSQL was unreachable (nothing of the batch is acknowledged).
+    /// Dead letters, then rows with the alert transitions they cause, then offsets, then
+    /// the alert records and Redis. `Ok(false)` if `stop` came while PostgreSQL was
+    /// unreachable (nothing of the batch is acknowledged).
     async fn flush(
         &mut self,
         batch: Batch,
         stop: &CancellationToken,
-        redis_backlog: &mut HashMap<(String, i16), Row>,
+        state: &mut LoopState,
     ) -> Result<bool, PipelineError> {
         let started = std::time::Instant::now();
         self.dead_letter(&batch.dead_letters).await?;
+        if let Some(count) = state.dead_letters.add(batch.dead_letters.len() as u64) {
+            let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+            for letter in &batch.dead_letters {
+                *reasons.entry(letter.rejection.reason.code()).or_default() += 1;
+            }
+            self.event(
+                EventLevel::Warning,
+                "dlq_burst",
+                format!(
+                    "{count} records dead-lettered within {}",
+                    humantime::format_duration(DLQ_BURST_WINDOW)
+                ),
+                serde_json::json!({ "count": count, "last_batch_reasons": reasons }),
+            )
+            .await;
+        }
+        let evaluation = state.alerts.evaluate(&batch.rows);
         let mut backoff = Duration::from_millis(200);
-        let outcome = loop {
-            match self.store.write_batch(&batch.rows).await {
-                Ok(outcome) => break outcome,
+        let mut failing: Option<(std::time::Instant, u32, String)> = None;
+        let (outcome, applied) = loop {
+            match self
+                .store
+                .write_batch_with_alerts(&batch.rows, &evaluation.transitions)
+                .await
+            {
+                Ok(done) => {
+                    self.health.set_postgres(true);
+                    break done;
+                }
                 // A row the decoder should never have produced: retrying cannot help.
                 Err(e @ crate::store::StoreError::InvalidRow { .. }) => return Err(e.into()),
                 Err(e) => {
                     self.stats.store_error();
+                    self.health.set_postgres(false);
                     error!(
                         "PostgreSQL write failed ({e}); retrying in {} with the same batch",
                         humantime::format_duration(backoff)
                     );
+                    let since = failing
+                        .as_ref()
+                        .map_or_else(std::time::Instant::now, |f| f.0);
+                    let attempts = failing.as_ref().map_or(0, |f| f.1) + 1;
+                    failing = Some((since, attempts, e.to_string()));
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(false),
                         _ = tokio::time::sleep(backoff) => {}
@@ -215,6 +391,20 @@ impl Pipeline {
                 }
             }
         };
+        state.alerts.adopt(evaluation);
+        if let Some((since, attempts, last_error)) = failing {
+            let seconds = since.elapsed().as_secs_f64();
+            self.event(
+                EventLevel::Error,
+                "error",
+                format!(
+                    "PostgreSQL writes failed for {seconds:.1} s ({attempts} attempts); the \
+                     batch was retried and stored"
+                ),
+                serde_json::json!({ "attempts": attempts, "seconds": seconds, "last_error": last_error }),
+            )
+            .await;
+        }
         for (partition, offset) in &batch.offsets {
             // Fails only for a partition revoked meanwhile; its new owner replays.
             if let Err(e) = self
@@ -230,37 +420,109 @@ impl Pipeline {
             outcome.duplicates,
             started.elapsed(),
         );
-        if let Some(redis) = &self.redis {
-            // What an earlier failure left waiting goes too (newer rows win anyway); the
-            // batch is only copied in that rare case.
-            let written = if redis_backlog.is_empty() {
-                redis.write_batch(&batch.rows, now_ms()).await
-            } else {
-                let mut rows: Vec<Row> = redis_backlog.values().cloned().collect();
-                rows.extend_from_slice(&batch.rows);
-                redis.write_batch(&rows, now_ms()).await
-            };
-            match written {
-                Ok(_) => redis_backlog.clear(),
-                Err(e) => {
-                    self.stats.redis_error();
-                    for row in batch.rows {
-                        let key = (row.device_id.clone(), row.channel_id);
-                        match redis_backlog.get(&key) {
-                            Some(kept) if kept.ts_ms >= row.ts_ms => {}
-                            _ => {
-                                redis_backlog.insert(key, row);
-                            }
-                        }
-                    }
-                    warn!(
-                        waiting = redis_backlog.len(),
-                        "Redis write failed ({e}); the newest value per channel waits for it"
-                    );
-                }
+        let at_ms = now_ms();
+        let events: Vec<AlertEvent> = applied
+            .iter()
+            .map(|applied| AlertEvent::new(applied, state.alerts.rules(), at_ms))
+            .collect();
+        for event in &events {
+            self.stats.alert_transition(event.transition);
+        }
+        if !events.is_empty() && !self.settings.alerts_topic.is_empty() {
+            if let Err(e) =
+                alert_publish::to_kafka(&self.producer, &self.settings.alerts_topic, &events).await
+            {
+                warn!("alert records not published to Kafka (they are in the alerts table): {e}");
             }
         }
+        self.to_redis(batch.rows, &events, state).await;
         Ok(true)
+    }
+
+    /// The batch's newest values and alert transitions into Redis, best effort: while
+    /// Redis is away the newest value per channel waits in memory (bounded by the number
+    /// of channels), and when it is back the open alerts are rebuilt from the database.
+    /// Each gap is logged once as a `redis_gap` system event, and again when it ends.
+    async fn to_redis(&self, rows: Vec<Row>, events: &[AlertEvent], state: &mut LoopState) {
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        let backlog = &mut state.redis_backlog;
+        // What an earlier failure left waiting goes too (newer rows win anyway); the
+        // batch is only copied in that rare case.
+        let written = if backlog.is_empty() {
+            redis.write_batch(&rows, now_ms()).await
+        } else {
+            let mut all: Vec<Row> = backlog.values().cloned().collect();
+            all.extend_from_slice(&rows);
+            redis.write_batch(&all, now_ms()).await
+        };
+        let written = match written {
+            Ok(_) if state.redis_down_since.is_some() => {
+                alert_publish::resync_redis(self.store.pool(), redis)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Ok(_) => alert_publish::to_redis(redis, events)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(()) => {
+                backlog.clear();
+                if let Some(since) = state.redis_down_since.take() {
+                    let seconds = since.elapsed().as_secs_f64();
+                    info!("Redis is back after {seconds:.1} s; latest values and open alerts caught up");
+                    self.event(
+                        EventLevel::Info,
+                        "redis_gap",
+                        format!(
+                            "Redis was unreachable for {seconds:.1} s; latest values and open \
+                             alerts caught up"
+                        ),
+                        serde_json::json!({ "seconds": seconds, "ended": true }),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                self.stats.redis_error();
+                for row in rows {
+                    let key = (row.device_id.clone(), row.channel_id);
+                    match backlog.get(&key) {
+                        Some(kept) if kept.ts_ms >= row.ts_ms => {}
+                        _ => {
+                            backlog.insert(key, row);
+                        }
+                    }
+                }
+                warn!(
+                    waiting = backlog.len(),
+                    "Redis write failed ({e}); the newest value per channel waits for it"
+                );
+                self.redis_gap_begins(state, &e).await;
+            }
+        }
+    }
+
+    /// Notes that Redis failed; the first failure of a gap is a system event.
+    async fn redis_gap_begins(&self, state: &mut LoopState, error: &str) {
+        if state.redis_down_since.is_some() {
+            return;
+        }
+        state.redis_down_since = Some(std::time::Instant::now());
+        self.event(
+            EventLevel::Warning,
+            "redis_gap",
+            format!(
+                "Redis unreachable ({error}); PostgreSQL ingestion goes on, the newest values \
+                 wait in memory"
+            ),
+            serde_json::json!({ "error": error, "ended": false }),
+        )
+        .await;
     }
 
     /// Produces the batch's dead letters and waits for Kafka to confirm all of them.

@@ -497,6 +497,22 @@ impl RedisSink {
         Ok(removed > 0)
     }
 
+    /// Replaces the whole open-alert hash with `alerts` (id, JSON), atomically.
+    pub async fn replace_open_alerts(
+        &self,
+        alerts: &[(i64, String)],
+    ) -> Result<(), RedisSinkError> {
+        let mut con = self.con.clone();
+        let key = self.open_alerts_key();
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        if !alerts.is_empty() {
+            pipe.hset_multiple(&key, alerts).ignore();
+        }
+        self.bounded("replacing the open alerts", pipe.exec_async(&mut con))
+            .await
+    }
+
     /// Readiness: Redis answers `PING` within the bounds.
     pub async fn ping(&self) -> Result<(), RedisSinkError> {
         let mut con = self.con.clone();

@@ -1,66 +1,172 @@
-//! The ingester's counters, readable by the shutdown report and the tests.
+//! The ingester's counters: exported to Prometheus (`ingester_*`) through the `metrics`
+//! facade, and also kept here (`service::metrics::Count` and `Level`) so the periodic
+//! metrics record, the shutdown report and the tests can read them back (the facade is
+//! write-only).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use metrics::Histogram;
 use serde::Serialize;
+use service::metrics::{prometheus, Count, Level};
 
 use crate::validate::RejectReason;
 
-#[derive(Debug, Default)]
+/// The alert transitions counted, so each has a series (at zero) before the first one.
+pub const ALERT_TRANSITIONS: [&str; 3] = ["opened", "escalated", "resolved"];
+
+/// Counters of one ingester instance. Every instance in a process counts on its own here
+/// and adds to the same exported series (the recorder is global).
 pub struct IngestStats {
-    records: AtomicU64,
-    batches: AtomicU64,
-    inserted: AtomicU64,
-    duplicates: AtomicU64,
-    dead_lettered: [AtomicU64; RejectReason::ALL.len()],
-    store_errors: AtomicU64,
-    redis_errors: AtomicU64,
+    records: Count,
+    batches: Count,
+    inserted: Count,
+    duplicates: Count,
+    dead_lettered: [Count; RejectReason::ALL.len()],
+    store_errors: Count,
+    redis_errors: Count,
     flush_micros: AtomicU64,
+    batch_rows: Histogram,
+    flush_seconds: Histogram,
+    alert_transitions: Mutex<BTreeMap<&'static str, Count>>,
+    consumer_lag: Mutex<BTreeMap<i32, Level>>,
+}
+
+impl Default for IngestStats {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl IngestStats {
+    pub fn new() -> Self {
+        // Handles taken before the recorder is installed would be no-ops.
+        prometheus();
+        let count = |name: &'static str| Count::new(metrics::counter!(name));
+        Self {
+            records: count("ingester_records_total"),
+            batches: count("ingester_batches_total"),
+            inserted: count("ingester_readings_inserted_total"),
+            duplicates: count("ingester_duplicates_skipped_total"),
+            dead_lettered: RejectReason::ALL.map(|reason| {
+                Count::new(metrics::counter!(
+                    "ingester_records_dead_lettered_total",
+                    "reason" => reason.code()
+                ))
+            }),
+            store_errors: count("ingester_store_errors_total"),
+            redis_errors: count("ingester_redis_errors_total"),
+            flush_micros: AtomicU64::new(0),
+            batch_rows: metrics::histogram!("ingester_batch_rows"),
+            flush_seconds: metrics::histogram!("ingester_flush_seconds"),
+            alert_transitions: Mutex::new(
+                ALERT_TRANSITIONS
+                    .into_iter()
+                    .map(|kind| (kind, transition_count(kind)))
+                    .collect(),
+            ),
+            consumer_lag: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A batch committed: `records` Kafka records, whose readings were `inserted` or
+    /// skipped as `duplicates`, written in `took`.
     pub fn batch(&self, records: usize, inserted: u64, duplicates: u64, took: Duration) {
-        self.records.fetch_add(records as u64, Ordering::Relaxed);
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.inserted.fetch_add(inserted, Ordering::Relaxed);
-        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        self.records.add(records as u64);
+        self.batches.add(1);
+        self.inserted.add(inserted);
+        self.duplicates.add(duplicates);
         self.flush_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.batch_rows.record((inserted + duplicates) as f64);
+        self.flush_seconds.record(took.as_secs_f64());
     }
 
     pub fn dead_lettered(&self, reason: RejectReason) {
-        self.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.dead_lettered[reason as usize].add(1);
     }
 
+    /// A PostgreSQL write that failed and will be retried.
     pub fn store_error(&self) {
-        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.store_errors.add(1);
     }
 
     pub fn redis_error(&self) {
-        self.redis_errors.fetch_add(1, Ordering::Relaxed);
+        self.redis_errors.add(1);
+    }
+
+    /// An alert changed state: `kind` is one of [`ALERT_TRANSITIONS`] (another kind gets
+    /// its own series the first time).
+    pub fn alert_transition(&self, kind: &'static str) {
+        let mut transitions = self
+            .alert_transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        transitions
+            .entry(kind)
+            .or_insert_with(|| transition_count(kind))
+            .add(1);
+    }
+
+    /// Records behind the newest in `partition`, as librdkafka last reported it.
+    pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
+        let mut lags = self
+            .consumer_lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lags.entry(partition)
+            .or_insert_with(|| {
+                Level::new(metrics::gauge!(
+                    "ingester_consumer_lag",
+                    "partition" => partition.to_string()
+                ))
+            })
+            .set(lag.max(0) as u64);
     }
 
     pub fn snapshot(&self) -> IngestSnapshot {
-        let get = |cell: &AtomicU64| cell.load(Ordering::Relaxed);
         IngestSnapshot {
-            records: get(&self.records),
-            batches: get(&self.batches),
-            inserted: get(&self.inserted),
-            duplicates: get(&self.duplicates),
-            dead_lettered: self.dead_lettered.iter().map(get).sum(),
+            records: self.records.get(),
+            batches: self.batches.get(),
+            inserted: self.inserted.get(),
+            duplicates: self.duplicates.get(),
+            dead_lettered: self.dead_lettered.iter().map(Count::get).sum(),
             dead_lettered_by_reason: RejectReason::ALL
                 .iter()
                 .zip(&self.dead_lettered)
-                .map(|(reason, cell)| (reason.code(), get(cell)))
+                .map(|(reason, count)| (reason.code(), count.get()))
                 .collect(),
-            store_errors: get(&self.store_errors),
-            redis_errors: get(&self.redis_errors),
-            flush_seconds: get(&self.flush_micros) as f64 / 1e6,
+            store_errors: self.store_errors.get(),
+            redis_errors: self.redis_errors.get(),
+            flush_seconds: self.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            alert_transitions: self
+                .alert_transitions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .map(Count::get)
+                .sum(),
+            consumer_lag: self
+                .consumer_lag
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .map(Level::get)
+                .sum(),
         }
     }
 }
 
+fn transition_count(kind: &'static str) -> Count {
+    Count::new(metrics::counter!(
+        "ingester_alert_transitions_total",
+        "transition" => kind
+    ))
+}
+
+/// The counters at one moment; also the body of the records on the metrics topic.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IngestSnapshot {
     pub records: u64,
@@ -71,5 +177,47 @@ pub struct IngestSnapshot {
     pub dead_lettered_by_reason: Vec<(&'static str, u64)>,
     pub store_errors: u64,
     pub redis_errors: u64,
+    /// Time spent writing batches, in total.
     pub flush_seconds: f64,
+    /// Alert transitions of every kind, in total.
+    pub alert_transitions: u64,
+    /// Records behind, summed over the partitions this instance consumes now.
+    pub consumer_lag: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_count_apart_and_export_together() {
+        let (one, two) = (IngestStats::new(), IngestStats::new());
+        one.batch(3, 100, 20, Duration::from_millis(4));
+        two.batch(1, 7, 0, Duration::from_millis(1));
+        one.alert_transition("opened");
+        one.alert_transition("resolved");
+        one.set_consumer_lag(0, 5);
+        one.set_consumer_lag(2, 10);
+        one.set_consumer_lag(0, 1);
+        one.set_consumer_lag(1, -1);
+        let snapshot = one.snapshot();
+        assert_eq!(
+            (snapshot.records, snapshot.inserted, snapshot.duplicates),
+            (3, 100, 20)
+        );
+        assert_eq!((snapshot.alert_transitions, snapshot.consumer_lag), (2, 11));
+        assert_eq!(two.snapshot().inserted, 7);
+
+        let text = prometheus().render();
+        for series in [
+            "ingester_readings_inserted_total",
+            "ingester_alert_transitions_total{transition=\"escalated\"}",
+            "ingester_consumer_lag{partition=\"2\"} 10",
+            "ingester_records_dead_lettered_total{reason=\"decode\"}",
+            "ingester_batch_rows_bucket{le=\"5000\"}",
+            "ingester_flush_seconds_bucket{le=\"0.005\"}",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
 }

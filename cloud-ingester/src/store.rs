@@ -7,6 +7,8 @@ use std::sync::{Mutex, PoisonError};
 use sqlx::postgres::PgPool;
 use sqlx::types::chrono::NaiveDate;
 
+use crate::alerts::store::Applied;
+use crate::alerts::Transition;
 use crate::rows::Row;
 
 /// The ingester's only way into PostgreSQL.
@@ -20,8 +22,9 @@ use crate::rows::Row;
 ///   the dedup key), and the hourly statistics are folded from the rows actually
 ///   inserted, in the same statement and the same transaction, so a replayed or
 ///   overlapping batch adds neither rows nor counts;
-/// - **all or nothing**: a batch commits entirely or not at all, so the caller may store
-///   its Kafka offsets exactly when [`Store::write_batch`] returns `Ok`.
+/// - **all or nothing**: a batch commits entirely or not at all, together with the alert
+///   transitions it caused ([`Store::write_batch_with_alerts`]), so the caller may store
+///   its Kafka offsets exactly when the write returns `Ok`.
 ///
 /// Two statements do the move ([`WritePath`]). `ON CONFLICT` costs a speculative
 /// insertion per row (an extra index probe and WAL record: the dedup statement takes
@@ -252,15 +255,25 @@ impl Store {
     /// the transaction has committed; on error nothing of the batch is stored and the
     /// batch may be retried as a whole. An empty batch does nothing.
     pub async fn write_batch(&self, rows: &[Row]) -> Result<BatchOutcome, StoreError> {
+        Ok(self.write_batch_with_alerts(rows, &[]).await?.0)
+    }
+
+    /// [`Store::write_batch`], with the alert transitions the batch caused written in the
+    /// same transaction (see [`crate::alerts`]); returns them as the database took them.
+    pub async fn write_batch_with_alerts(
+        &self,
+        rows: &[Row],
+        transitions: &[Transition],
+    ) -> Result<(BatchOutcome, Vec<Applied>), StoreError> {
         if rows.is_empty() {
-            return Ok(BatchOutcome::default());
+            return Ok((BatchOutcome::default(), Vec::new()));
         }
         for (index, row) in rows.iter().enumerate() {
             validate(row).map_err(|reason| StoreError::InvalidRow { index, reason })?;
         }
         let mut buf =
             std::mem::take(&mut *self.spare.lock().unwrap_or_else(PoisonError::into_inner));
-        let result = self.write_validated(rows, &mut buf).await;
+        let result = self.write_validated(rows, transitions, &mut buf).await;
         buf.clear();
         *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = buf;
         result
@@ -269,23 +282,28 @@ impl Store {
     async fn write_validated(
         &self,
         rows: &[Row],
+        transitions: &[Transition],
         buf: &mut Vec<u8>,
-    ) -> Result<BatchOutcome, StoreError> {
+    ) -> Result<(BatchOutcome, Vec<Applied>), StoreError> {
         let sent = rows.len() as u64;
         let mut path = WritePath::Dedup;
         if self.dedup_left.load(Ordering::Relaxed) == 0 {
-            match self.attempt(rows, buf, false).await? {
-                Some(inserted) => {
-                    return Ok(BatchOutcome {
+            match self.attempt(rows, transitions, buf, false).await? {
+                Some((inserted, applied)) => {
+                    let outcome = BatchOutcome {
                         inserted,
                         duplicates: sent.saturating_sub(inserted),
                         path: WritePath::Plain,
-                    })
+                    };
+                    return Ok((outcome, applied));
                 }
                 None => path = WritePath::PlainThenDedup,
             }
         }
-        let inserted = self.attempt(rows, buf, true).await?.unwrap_or(0);
+        let (inserted, applied) = self
+            .attempt(rows, transitions, buf, true)
+            .await?
+            .unwrap_or_default();
         let duplicates = sent.saturating_sub(inserted);
         if duplicates > 0 {
             self.dedup_left.store(DEDUP_STREAK, Ordering::Relaxed);
@@ -295,22 +313,25 @@ impl Store {
                 .dedup_left
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
-        Ok(BatchOutcome {
+        let outcome = BatchOutcome {
             inserted,
             duplicates,
             path,
-        })
+        };
+        Ok((outcome, applied))
     }
 
     /// One transaction: COPY `rows` into the staging table, move them with the dedup or
-    /// the plain statement, commit. Returns how many rows were inserted, or `None` if the
-    /// plain statement met a row already stored (the transaction was rolled back).
+    /// the plain statement, write the alert transitions, commit. Returns how many rows
+    /// were inserted and the transitions applied, or `None` if the plain statement met a
+    /// row already stored (the transaction was rolled back).
     async fn attempt(
         &self,
         rows: &[Row],
+        transitions: &[Transition],
         buf: &mut Vec<u8>,
         dedup: bool,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<(u64, Vec<Applied>)>, StoreError> {
         // BEGIN and the staging table in one round trip.
         let mut tx = self
             .pool
@@ -374,10 +395,13 @@ impl Store {
                 }
             }
         };
+        let applied = crate::alerts::store::apply(&mut tx, transitions)
+            .await
+            .map_err(StoreError::db("writing alert transitions"))?;
         tx.commit()
             .await
             .map_err(StoreError::db("committing the batch"))?;
-        Ok(Some(inserted))
+        Ok(Some((inserted, applied)))
     }
 
     /// Makes sure the day partitions `from ..= from + days - 1` (UTC days) exist; returns

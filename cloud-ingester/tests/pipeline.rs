@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cloud_ingester::config::KafkaConfig;
+use cloud_ingester::health::Health;
+use cloud_ingester::kafka::IngestContext;
 use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
 use cloud_ingester::redis_sink::RedisSink;
 use cloud_ingester::stats::IngestStats;
@@ -13,7 +16,7 @@ use cloud_ingester::validate::Catalog;
 use protocol::{BootId, DeviceId, Frame, Quality, Reading};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -126,15 +129,20 @@ async fn start_in_group(
     group: &str,
 ) -> Running {
     let catalog = Catalog::load(pool).await.unwrap();
-    let consumer: StreamConsumer = kafka()
-        .set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
     let stats = Arc::new(IngestStats::default());
+    let health = Arc::new(Health::default());
+    let kafka_config = KafkaConfig {
+        brokers: testkit::kafka_brokers(),
+        group: group.to_owned(),
+        ..KafkaConfig::default()
+    };
+    let consumer = cloud_ingester::kafka::consumer(
+        &kafka_config,
+        "test",
+        IngestContext::new(stats.clone(), health.clone()),
+    )
+    .unwrap();
+    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
     let pipeline = Pipeline {
         consumer,
         producer,
@@ -144,12 +152,14 @@ async fn start_in_group(
         settings: PipelineSettings {
             topic: topic.to_owned(),
             dlq_topic: dlq_topic.to_owned(),
+            alerts_topic: String::new(),
             instance: "test".to_owned(),
             batch_rows: 500,
             batch_age: Duration::from_millis(100),
             retention_days: None,
         },
         stats: stats.clone(),
+        health,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn({
@@ -308,6 +318,9 @@ fn spawn_binary(pool_db: &str, topic: &str, dlq: &str, group: &str) -> std::proc
     std::process::Command::new(env!("CARGO_BIN_EXE_cloud-ingester"))
         .args(["--topic", topic, "--dlq-topic", dlq, "--group", group])
         .args(["--batch-rows", "20000", "--batch-age", "200ms"])
+        .args(["--http-listen", "127.0.0.1:0"])
+        .env("INGESTER_KAFKA__ALERTS_TOPIC", "")
+        .env("INGESTER_KAFKA__METRICS_TOPIC", "")
         .env("DATABASE_URL", url)
         .env("REDIS_URL", "")
         .env("KAFKA_BROKERS", testkit::kafka_brokers())
@@ -467,66 +480,115 @@ async fn postgres_stopped_for_a_while_and_restarted_loses_nothing() {
         "PostgreSQL outage: {} failed writes retried, {stats:?}",
         stats.store_errors
     );
+    let (level, attempts): (String, i64) = sqlx::query_as(
+        "SELECT level, (details->>'attempts')::bigint FROM system_events WHERE kind = 'error'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(level, "error");
+    assert!(
+        attempts >= 2,
+        "the outage logged once it was over: {attempts} attempts"
+    );
     pool.close().await;
 }
 
+/// Many dead letters within a minute are one `dlq_burst` system event, not one each.
 #[sqlx::test(migrations = "../migrations")]
-async fn redis_gets_the_newest_values_after_the_commit_and_its_absence_blocks_nothing(
-    pool: PgPool,
-) {
+async fn a_burst_of_dead_letters_is_logged_once(pool: PgPool) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let garbage: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| ("press-01".to_owned(), format!("garbage {i}").into_bytes()))
+        .collect();
+    produce(&topic, &garbage).await;
+    let running = start(&pool, &topic, &dlq).await;
+    running.wait_records(300, Duration::from_secs(60)).await;
+    running.stop().await;
+    let bursts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT level, (details->>'count')::bigint FROM system_events WHERE kind = 'dlq_burst'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(bursts.len(), 1, "{bursts:?}");
+    assert_eq!(bursts[0].0, "warning");
+    assert!(bursts[0].1 >= 100, "{bursts:?}");
+}
+
+/// A private Redis, stopped mid-stream and started again empty: PostgreSQL ingestion goes
+/// on meanwhile, the gap is logged as it begins and ends, and when Redis is back it gets
+/// the newest values, including those of channels that only spoke during the gap.
+#[sqlx::test(migrations = "../migrations")]
+async fn redis_gets_the_newest_values_after_the_commit_and_an_outage_blocks_nothing(pool: PgPool) {
     let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
     create_topics(&[&topic, &dlq]).await;
     let base = now_ms() - 60_000;
-    let records: Vec<(String, Vec<u8>)> = (0..10u64)
-        .map(|i| {
-            (
-                "press-01".to_owned(),
-                frame("press-01", &[0], i * 50, 50, base + i * 1000),
-            )
-        })
-        .collect();
-    produce(&topic, &records).await;
-
-    // Redis unreachable: PostgreSQL ingestion goes on, the failures are counted.
-    let dead = RedisSink::new("redis://127.0.0.1:1/", "unused").unwrap();
-    let running = start_with_redis(&pool, Some(dead), &topic, &dlq).await;
+    let frames = |from: u64, to: u64, channels: &'static [u8]| -> Vec<(String, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                (
+                    "compressor-01".to_owned(),
+                    frame("compressor-01", channels, i * 50, 50, base + i * 1000),
+                )
+            })
+            .collect()
+    };
+    let mut redis = testkit::Redis::start();
+    let sink = RedisSink::new(&redis.url(), "plant").unwrap();
+    let latest_key = sink.latest_key("compressor-01");
+    let redis_url = redis.url();
+    let latest_seq = |channel: &'static str| {
+        let url = redis_url.clone();
+        let key = latest_key.clone();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            let latest: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg(channel)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            latest.map(|json| {
+                serde_json::from_str::<serde_json::Value>(&json).unwrap()["seq"].clone()
+            })
+        }
+    };
+    let running = start_with_redis(&pool, Some(sink), &topic, &dlq).await;
+    produce(&topic, &frames(0, 10, &[0])).await;
     running.wait_records(10, Duration::from_secs(60)).await;
-    let counters = running.stats.clone();
-    running.stop().await;
-    let stats = counters.snapshot();
-    assert_eq!(count_rows(&pool).await, 500);
-    assert!(stats.redis_errors > 0, "{stats:?}");
+    assert_eq!(latest_seq("0").await, Some(serde_json::json!(499)));
 
-    // With Redis: the newest reading per channel, after its commit.
-    let prefix = testkit::unique_name("ingest");
-    let sink = RedisSink::new(&testkit::redis_url(), &prefix).unwrap();
-    let latest_key = sink.latest_key("press-01");
-    let (topic2, dlq2) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
-    create_topics(&[&topic2, &dlq2]).await;
-    produce(&topic2, &records).await;
-    let running = start_with_redis(&pool, Some(sink), &topic2, &dlq2).await;
-    running.wait_records(10, Duration::from_secs(60)).await;
+    // Redis down: both channels keep arriving and PostgreSQL keeps ingesting.
+    redis.stop();
+    produce(&topic, &frames(10, 20, &[0, 1])).await;
+    running.wait_records(20, Duration::from_secs(60)).await;
+    assert_eq!(count_rows(&pool).await, 1000);
+    assert!(running.stats.snapshot().redis_errors > 0);
+
+    // Back, empty: the next batch brings the newest value of every channel.
+    redis.restart();
+    produce(&topic, &frames(20, 21, &[0])).await;
+    running.wait_records(21, Duration::from_secs(60)).await;
     running.stop().await;
-    let client = redis::Client::open(testkit::redis_url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let latest: String = redis::cmd("HGET")
-        .arg(&latest_key)
-        .arg("0")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let latest: serde_json::Value = serde_json::from_str(&latest).unwrap();
-    assert_eq!(latest["seq"], 499, "{latest}");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(keys)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    assert_eq!(latest_seq("0").await, Some(serde_json::json!(1049)));
+    assert_eq!(
+        latest_seq("1").await,
+        Some(serde_json::json!(999)),
+        "the gap's newest value of a channel silent since"
+    );
+    let gap: Vec<(String, String)> = sqlx::query_as(
+        "SELECT level, details->>'ended' FROM system_events \
+          WHERE kind = 'redis_gap' ORDER BY event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected =
+        [("warning", "false"), ("info", "true")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(gap, expected, "the gap logged as it began and ended");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -583,4 +645,13 @@ async fn a_second_ingester_joining_and_the_first_leaving_skips_and_doubles_nothi
         counted, expected,
         "statistics count each reading once across rebalances"
     );
+    // The first instance's first assignment, the second's, and the hand-over.
+    let rebalances: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM system_events WHERE kind = 'rebalance' AND details->>'topic' = $1",
+    )
+    .bind(&topic)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(rebalances >= 3, "{rebalances} rebalance events");
 }

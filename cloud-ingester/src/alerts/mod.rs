@@ -1,0 +1,510 @@
+//! Alerts: the rules of `device_channels` applied to every reading, in device time.
+//!
+//! This module is the rule engine only, with no I/O (in the manner of rumqtt's protocol
+//! state): [`AlertEngine::evaluate`] turns a batch of readings into the [`Transition`]s
+//! it causes without changing anything, and [`AlertEngine::adopt`] makes them the
+//! engine's state once the batch's PostgreSQL transaction, which writes them to `alerts`
+//! beside the readings, has committed. A batch that fails and is retried is therefore
+//! evaluated afresh, and a committed reading has had its transitions committed with it.
+//! `store` holds the SQL, `publish` the Kafka and Redis side.
+//!
+//! Rules, per channel (see [`rules::ChannelRules`]):
+//! - **high / low**: above `warn_high` (below `warn_low`) for at least `min_duration_ms`
+//!   opens a warning; above the critical threshold for as long opens a critical alert or
+//!   escalates the warning. A value beyond the critical threshold by the
+//!   warning-to-critical distance fires at once (a spike). The alert resolves when the
+//!   value comes back inside the lowest threshold it is about by `hysteresis`.
+//! - **stuck**: the same value, bit for bit, for `silence_ms`. A live analog sensor never
+//!   repeats exactly; resolves at the first different value.
+//! - **dropout**: no reading from a channel for `silence_ms` while the device goes on
+//!   sending its other channels (opens then, resolves when the channel is back), or a
+//!   gap that long between two of its readings (opened and resolved together, so the
+//!   gap is on record). A device that falls silent altogether is not a dropout: its
+//!   `last_seen` key expiring in Redis shows it offline.
+//!
+//! Device time, not the ingester's clock, measures every duration, so a replay or a
+//! backlog gives the same verdicts as live data. Readings at or before the newest one
+//! already evaluated for their channel are skipped: they were evaluated when first
+//! stored (the watermark is reloaded from `sensor_readings` at start), and late ones must
+//! not reopen what is over.
+
+pub mod publish;
+pub mod rules;
+pub mod store;
+
+use std::collections::HashMap;
+
+use crate::rows::Row;
+use rules::{ChannelRules, RuleBook};
+
+/// Which rule an alert is about (`alerts.rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    High,
+    Low,
+    Stuck,
+    Dropout,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 4] = [Rule::High, Rule::Low, Rule::Stuck, Rule::Dropout];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Rule::High => "high",
+            Rule::Low => "low",
+            Rule::Stuck => "stuck",
+            Rule::Dropout => "dropout",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|rule| rule.code() == code)
+    }
+}
+
+/// `alerts.severity`; ordered, so an alert only ever escalates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn code(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Severity> {
+        match code {
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Opened,
+    /// A warning became critical (and back to `open` if it had been acknowledged).
+    Escalated,
+    Resolved,
+}
+
+impl Change {
+    pub fn code(self) -> &'static str {
+        match self {
+            Change::Opened => "opened",
+            Change::Escalated => "escalated",
+            Change::Resolved => "resolved",
+        }
+    }
+}
+
+/// One alert: at most one unresolved per device, channel and rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AlertKey {
+    pub device_id: String,
+    pub channel_id: i16,
+    pub rule: Rule,
+}
+
+/// One change to one alert, caused by one reading (or by the silence before it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub key: AlertKey,
+    pub change: Change,
+    pub severity: Severity,
+    /// The reading concerned: the one that fired, escalated or cleared the alert (none
+    /// for a dropout that opens while the channel is silent).
+    pub value: Option<f64>,
+    /// The threshold broken (high and low rules only).
+    pub threshold: Option<f64>,
+    /// Device time of the reading concerned, or of the last reading before a silence
+    /// (`alerts.value_ts`).
+    pub ts_ms: i64,
+    pub message: String,
+}
+
+/// One side (high or low) of a channel's threshold rule.
+#[derive(Debug, Clone, Copy, Default)]
+struct Side {
+    open: Option<Severity>,
+    /// Device time of the first reading of the current unbroken run beyond the warning
+    /// (critical) threshold.
+    warn_since: Option<i64>,
+    crit_since: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ChannelState {
+    /// Device time of the newest reading evaluated (the watermark).
+    last_ts: Option<i64>,
+    high: Side,
+    low: Side,
+    /// The repeated value's bits and the device time it was first seen.
+    run: Option<(u32, i64)>,
+    stuck_open: bool,
+    dropout_open: bool,
+}
+
+type DeviceState = HashMap<i16, ChannelState>;
+
+/// The alert state of every channel, and the rules it applies.
+#[derive(Debug, Default)]
+pub struct AlertEngine {
+    rules: RuleBook,
+    devices: HashMap<String, DeviceState>,
+}
+
+/// The outcome of [`AlertEngine::evaluate`]: the transitions, and the state they lead
+/// to, to [`AlertEngine::adopt`] once they are committed.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    pub transitions: Vec<Transition>,
+    devices: HashMap<String, DeviceState>,
+}
+
+/// An unresolved alert, as loaded from the database at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenAlert {
+    pub key: AlertKey,
+    pub severity: Severity,
+}
+
+impl AlertEngine {
+    pub fn new(rules: RuleBook) -> Self {
+        Self {
+            rules,
+            devices: HashMap::new(),
+        }
+    }
+
+    /// Rebuilds the state from the database: the unresolved alerts and, per channel, the
+    /// device time of the newest stored reading. Forgets everything else (a breach that
+    /// had not lasted `min_duration_ms` yet starts its count again).
+    pub fn restore(
+        &mut self,
+        open: impl IntoIterator<Item = OpenAlert>,
+        watermarks: impl IntoIterator<Item = (String, i16, i64)>,
+    ) {
+        self.devices.clear();
+        for (device, channel, ts_ms) in watermarks {
+            self.channel_mut(&device, channel).last_ts = Some(ts_ms);
+        }
+        for alert in open {
+            let state = self.channel_mut(&alert.key.device_id, alert.key.channel_id);
+            match alert.key.rule {
+                Rule::High => state.high.open = Some(alert.severity),
+                Rule::Low => state.low.open = Some(alert.severity),
+                Rule::Stuck => state.stuck_open = true,
+                Rule::Dropout => state.dropout_open = true,
+            }
+        }
+    }
+
+    /// New rules (the device catalog was re-read); the state is kept.
+    pub fn set_rules(&mut self, rules: RuleBook) {
+        self.rules = rules;
+    }
+
+    pub fn rules(&self) -> &RuleBook {
+        &self.rules
+    }
+
+    fn channel_mut(&mut self, device: &str, channel: i16) -> &mut ChannelState {
+        self.devices
+            .entry(device.to_owned())
+            .or_default()
+            .entry(channel)
+            .or_default()
+    }
+
+    /// The transitions `rows` cause, in device-time order per device, without changing
+    /// the engine. Rows of channels without rules, and rows at or before their channel's
+    /// watermark, are skipped.
+    pub fn evaluate(&self, rows: &[Row]) -> Evaluation {
+        let mut by_device: HashMap<&str, Vec<&Row>> = HashMap::new();
+        for row in rows {
+            if self.rules.get(&row.device_id, row.channel_id).is_some() {
+                by_device.entry(&row.device_id).or_default().push(row);
+            }
+        }
+        let mut evaluation = Evaluation::default();
+        for (device, mut rows) in by_device {
+            rows.sort_by_key(|row| (row.ts_ms, row.channel_id));
+            let mut state = self.devices.get(device).cloned().unwrap_or_default();
+            for row in rows {
+                self.step(device, &mut state, row, &mut evaluation.transitions);
+            }
+            evaluation.devices.insert(device.to_owned(), state);
+        }
+        evaluation
+    }
+
+    /// Makes an evaluation's state the engine's (after its transitions committed).
+    pub fn adopt(&mut self, evaluation: Evaluation) {
+        self.devices.extend(evaluation.devices);
+    }
+
+    /// Applies one reading to its device's state.
+    fn step(&self, device: &str, state: &mut DeviceState, row: &Row, out: &mut Vec<Transition>) {
+        let Some(rules) = self.rules.get(device, row.channel_id) else {
+            return;
+        };
+        let channel = state.entry(row.channel_id).or_default();
+        if channel.last_ts.is_some_and(|last| row.ts_ms <= last) {
+            return;
+        }
+        let value = f64::from(row.value);
+        let key = |rule| AlertKey {
+            device_id: device.to_owned(),
+            channel_id: row.channel_id,
+            rule,
+        };
+        // A gap in this channel's own readings.
+        if let Some(last) = channel.last_ts {
+            let gap = row.ts_ms - last;
+            if gap > rules.silence_ms && !channel.dropout_open {
+                out.push(Transition {
+                    key: key(Rule::Dropout),
+                    change: Change::Opened,
+                    severity: Severity::Warning,
+                    value: None,
+                    threshold: None,
+                    ts_ms: last,
+                    message: format!("{}: no readings for {}", rules.name, secs(gap)),
+                });
+                channel.dropout_open = true;
+            }
+        }
+        if channel.dropout_open {
+            out.push(Transition {
+                key: key(Rule::Dropout),
+                change: Change::Resolved,
+                severity: Severity::Warning,
+                value: value.is_finite().then_some(value),
+                threshold: None,
+                ts_ms: row.ts_ms,
+                message: format!("{}: readings are back", rules.name),
+            });
+            channel.dropout_open = false;
+        }
+        channel.last_ts = Some(row.ts_ms);
+        if value.is_finite() {
+            threshold_side(rules, &mut channel.high, true, value, row.ts_ms, &key, out);
+            threshold_side(rules, &mut channel.low, false, value, row.ts_ms, &key, out);
+            stuck(rules, channel, row.value, row.ts_ms, &key, out);
+        } else {
+            // A sensor fault interrupts any run; it neither breaches nor clears.
+            channel.high.warn_since = None;
+            channel.high.crit_since = None;
+            channel.low.warn_since = None;
+            channel.low.crit_since = None;
+            channel.run = None;
+        }
+        // Siblings silent while this channel speaks.
+        for (&sibling, sibling_state) in state.iter_mut() {
+            if sibling == row.channel_id || sibling_state.dropout_open {
+                continue;
+            }
+            let (Some(last), Some(sibling_rules)) =
+                (sibling_state.last_ts, self.rules.get(device, sibling))
+            else {
+                continue;
+            };
+            let silent = row.ts_ms - last;
+            if silent > sibling_rules.silence_ms {
+                sibling_state.dropout_open = true;
+                out.push(Transition {
+                    key: AlertKey {
+                        device_id: device.to_owned(),
+                        channel_id: sibling,
+                        rule: Rule::Dropout,
+                    },
+                    change: Change::Opened,
+                    severity: Severity::Warning,
+                    value: None,
+                    threshold: None,
+                    ts_ms: last,
+                    message: format!(
+                        "{}: no readings for {} while the device sends",
+                        sibling_rules.name,
+                        secs(silent)
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// The high (`high = true`) or low side of the threshold rule, for one finite value.
+fn threshold_side(
+    rules: &ChannelRules,
+    side: &mut Side,
+    high: bool,
+    value: f64,
+    ts_ms: i64,
+    key: &impl Fn(Rule) -> AlertKey,
+    out: &mut Vec<Transition>,
+) {
+    let (warn, crit, rule, word) = if high {
+        (rules.warn_high, rules.crit_high, Rule::High, "above")
+    } else {
+        (rules.warn_low, rules.crit_low, Rule::Low, "below")
+    };
+    let beyond = |threshold: f64| {
+        if high {
+            value > threshold
+        } else {
+            value < threshold
+        }
+    };
+    // The lowest threshold of this side, the one a warning is about.
+    let Some(first) = warn.or(crit) else {
+        return;
+    };
+    let past_first = beyond(first);
+    let past_crit = crit.is_some_and(beyond);
+    side.warn_since = if past_first {
+        side.warn_since.or(Some(ts_ms))
+    } else {
+        None
+    };
+    side.crit_since = if past_crit {
+        side.crit_since.or(Some(ts_ms))
+    } else {
+        None
+    };
+    let lasted = |since: Option<i64>| since.is_some_and(|s| ts_ms - s >= rules.min_duration_ms);
+    let gross = match (crit, rules.gross_margin(high)) {
+        (Some(crit), Some(margin)) => {
+            if high {
+                value >= crit + margin
+            } else {
+                value <= crit - margin
+            }
+        }
+        _ => false,
+    };
+    let fires_critical = past_crit && (gross || lasted(side.crit_since));
+    let unit = &rules.unit;
+    // As the device sent it (f32), without the digits widening to f64 adds.
+    let shown = value as f32;
+    let fire = |severity: Severity, threshold: f64, change: Change| Transition {
+        key: key(rule),
+        change,
+        severity,
+        value: Some(value),
+        threshold: Some(threshold),
+        ts_ms,
+        message: format!(
+            "{} {shown} {unit} {word} {} threshold {threshold} {unit}",
+            rules.name,
+            severity.code()
+        ),
+    };
+    match side.open {
+        None => {
+            if let (true, Some(crit)) = (fires_critical, crit) {
+                out.push(fire(Severity::Critical, crit, Change::Opened));
+                side.open = Some(Severity::Critical);
+            } else if warn.is_some() && lasted(side.warn_since) {
+                out.push(fire(Severity::Warning, first, Change::Opened));
+                side.open = Some(Severity::Warning);
+            }
+        }
+        Some(severity) => {
+            let clear_at = if high {
+                first - rules.hysteresis
+            } else {
+                first + rules.hysteresis
+            };
+            let cleared = if high {
+                value <= clear_at
+            } else {
+                value >= clear_at
+            };
+            if cleared {
+                out.push(Transition {
+                    key: key(rule),
+                    change: Change::Resolved,
+                    severity,
+                    value: Some(value),
+                    threshold: Some(first),
+                    ts_ms,
+                    message: format!(
+                        "{} back to {shown} {unit}, inside {clear_at} {unit}",
+                        rules.name
+                    ),
+                });
+                side.open = None;
+            } else if severity == Severity::Warning && fires_critical {
+                if let Some(crit) = crit {
+                    out.push(fire(Severity::Critical, crit, Change::Escalated));
+                    side.open = Some(Severity::Critical);
+                }
+            }
+        }
+    }
+}
+
+/// The stuck rule, for one finite value.
+fn stuck(
+    rules: &ChannelRules,
+    channel: &mut ChannelState,
+    value: f32,
+    ts_ms: i64,
+    key: &impl Fn(Rule) -> AlertKey,
+    out: &mut Vec<Transition>,
+) {
+    let bits = value.to_bits();
+    match channel.run {
+        Some((run_bits, since)) if run_bits == bits => {
+            if !channel.stuck_open && ts_ms - since >= rules.silence_ms {
+                channel.stuck_open = true;
+                out.push(Transition {
+                    key: key(Rule::Stuck),
+                    change: Change::Opened,
+                    severity: Severity::Warning,
+                    value: Some(f64::from(value)),
+                    threshold: None,
+                    ts_ms,
+                    message: format!(
+                        "{} stuck at {value} {} for {}",
+                        rules.name,
+                        rules.unit,
+                        secs(ts_ms - since)
+                    ),
+                });
+            }
+        }
+        _ => {
+            channel.run = Some((bits, ts_ms));
+            if channel.stuck_open {
+                channel.stuck_open = false;
+                out.push(Transition {
+                    key: key(Rule::Stuck),
+                    change: Change::Resolved,
+                    severity: Severity::Warning,
+                    value: Some(f64::from(value)),
+                    threshold: None,
+                    ts_ms,
+                    message: format!("{} moves again ({value} {})", rules.name, rules.unit),
+                });
+            }
+        }
+    }
+}
+
+fn secs(ms: i64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests;

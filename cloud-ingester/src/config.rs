@@ -1,0 +1,593 @@
+//! The ingester's configuration: a TOML file, environment variables and CLI flags,
+//! checked as a whole before anything connects.
+//!
+//! Layers, later wins: built-in defaults, the TOML file (optional), the conventional
+//! `DATABASE_URL`, `REDIS_URL` and `KAFKA_BROKERS` (the stack's scripts and the tests set
+//! them), `INGESTER_*` variables (`__` separates levels:
+//! `INGESTER_KAFKA__GROUP=ingest-b`), then CLI flags. Every problem is reported with the
+//! key it concerns.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngesterConfig {
+    /// Instance name: Kafka client id, key of the metrics records, `instance` of the
+    /// system events.
+    pub id: String,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub batch: BatchConfig,
+    pub retention: RetentionConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+impl Default for IngesterConfig {
+    fn default() -> Self {
+        Self {
+            id: "ingester-1".to_owned(),
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            kafka: KafkaConfig::default(),
+            batch: BatchConfig::default(),
+            retention: RetentionConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL. Required; no default could be right.
+    pub url: String,
+    pub max_connections: u32,
+    /// Run the migrations before starting.
+    pub migrate: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 4,
+            migrate: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis URL; empty turns Redis off.
+    pub url: String,
+    /// First part of every key the ingester writes.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            prefix: "plant".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group; instances with the same group share the partitions.
+    pub group: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    /// Where alert transitions go. Empty turns them off.
+    pub alerts_topic: String,
+    /// Where the periodic metrics records go as JSON. Empty turns them off.
+    pub metrics_topic: String,
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// Extra librdkafka properties for the consumer and the producer, passed through as
+    /// they are (for TLS, SASL, ...). Numbers and booleans are taken as their text.
+    #[serde(deserialize_with = "scalars_as_text")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            group: "cloud-ingester".to_owned(),
+            topic: protocol::kafka::SENSORS_DATA.name.to_owned(),
+            dlq_topic: protocol::kafka::SENSORS_DLQ.name.to_owned(),
+            alerts_topic: protocol::kafka::ALERTS.name.to_owned(),
+            metrics_topic: protocol::kafka::METRICS.name.to_owned(),
+            metrics_interval: Duration::from_secs(10),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A batch closes at this many readings...
+    pub rows: usize,
+    /// ...or this long after its first record, whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub age: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            rows: 20_000,
+            age: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Drop `sensor_readings` partitions older than this many days; none keeps all.
+    pub days: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/metrics` (Prometheus), `/livez` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// Which log lines to write: `tracing` filter directives (`info`,
+    /// `warn,cloud_ingester=debug`). `RUST_LOG`, when set, takes its place.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Values given on the command line; they override the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub id: Option<String>,
+    pub database_url: Option<String>,
+    /// `true` sets `database.migrate`; absent leaves it to the other layers.
+    pub migrate: bool,
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub kafka_brokers: Option<String>,
+    pub group: Option<String>,
+    pub topic: Option<String>,
+    pub dlq_topic: Option<String>,
+    pub batch_rows: Option<usize>,
+    /// Text, parsed with the rest of the configuration so its errors name `batch.age`.
+    pub batch_age: Option<String>,
+    pub retention_days: Option<u32>,
+    pub http_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl CliOverrides {
+    /// `(dotted key, value)` for every flag given.
+    fn values(&self) -> Vec<(&'static str, figment::value::Value)> {
+        fn value<T: Serialize>(v: &T) -> Option<figment::value::Value> {
+            figment::value::Value::serialize(v).ok()
+        }
+        [
+            ("id", self.id.as_ref().and_then(value)),
+            ("database.url", self.database_url.as_ref().and_then(value)),
+            (
+                "database.migrate",
+                self.migrate.then_some(true).and_then(|v| value(&v)),
+            ),
+            ("redis.url", self.redis_url.as_ref().and_then(value)),
+            ("redis.prefix", self.redis_prefix.as_ref().and_then(value)),
+            ("kafka.brokers", self.kafka_brokers.as_ref().and_then(value)),
+            ("kafka.group", self.group.as_ref().and_then(value)),
+            ("kafka.topic", self.topic.as_ref().and_then(value)),
+            ("kafka.dlq_topic", self.dlq_topic.as_ref().and_then(value)),
+            ("batch.rows", self.batch_rows.as_ref().and_then(value)),
+            ("batch.age", self.batch_age.as_ref().and_then(value)),
+            (
+                "retention.days",
+                self.retention_days.as_ref().and_then(value),
+            ),
+            ("http.listen", self.http_listen.as_ref().and_then(value)),
+            ("log.format", self.log_format.as_ref().and_then(value)),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The conventional variables and the keys they set.
+const CONVENTIONAL_ENV: [(&str, &str); 3] = [
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("KAFKA_BROKERS", "kafka.brokers"),
+];
+
+impl IngesterConfig {
+    /// Loads the layers (the file only if given) and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(IngesterConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::raw().filter_map(|name| {
+            CONVENTIONAL_ENV
+                .iter()
+                .find(|(variable, _)| name == *variable)
+                .map(|(_, key)| (*key).into())
+        }));
+        // INGESTER_CONFIG names the file (main.rs), it is not a setting.
+        figment = figment.merge(Env::prefixed("INGESTER_").ignore(&["config"]).split("__"));
+        for (key, value) in overrides.values() {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        let config: IngesterConfig = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; collects every problem so one edit fixes them all.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = protocol::validate_id(&self.id) {
+            problems.push(format!("id: {:?} {e}", self.id));
+        }
+        let url = &self.database.url;
+        if url.is_empty() {
+            problems.push(
+                "database.url: required (set DATABASE_URL, INGESTER_DATABASE__URL or --database-url)"
+                    .to_owned(),
+            );
+        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push(format!(
+                "database.url: {:?} is not a postgres:// URL",
+                redact_url(url)
+            ));
+        }
+        // PostgreSQL's own default max_connections is 100, shared by every client.
+        if !(1..=100).contains(&self.database.max_connections) {
+            problems.push("database.max_connections: between 1 and 100".to_owned());
+        }
+        let url = &self.redis.url;
+        let redis_off = url.is_empty();
+        if !(redis_off || url.starts_with("redis://") || url.starts_with("rediss://")) {
+            problems.push(format!(
+                "redis.url: {:?} is not a redis:// or rediss:// URL (or empty, for no Redis)",
+                redact_url(url)
+            ));
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
+            problems.push("redis.prefix: must be non-empty, without spaces".to_owned());
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            problems.push("kafka.brokers: empty".to_owned());
+        }
+        if self.kafka.group.trim().is_empty() {
+            problems.push("kafka.group: empty".to_owned());
+        }
+        for (key, topic, optional) in [
+            ("kafka.topic", &self.kafka.topic, false),
+            ("kafka.dlq_topic", &self.kafka.dlq_topic, false),
+            ("kafka.alerts_topic", &self.kafka.alerts_topic, true),
+            ("kafka.metrics_topic", &self.kafka.metrics_topic, true),
+        ] {
+            let turned_off = optional && topic.is_empty();
+            if !(turned_off || valid_kafka_topic(topic)) {
+                problems.push(format!(
+                    "{key}: {topic:?} is not a Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
+                ));
+            }
+        }
+        for (key, topic) in [
+            ("kafka.dlq_topic", &self.kafka.dlq_topic),
+            ("kafka.alerts_topic", &self.kafka.alerts_topic),
+            ("kafka.metrics_topic", &self.kafka.metrics_topic),
+        ] {
+            if *topic == self.kafka.topic {
+                problems.push(format!("{key}: must differ from kafka.topic"));
+            }
+        }
+        if self.kafka.metrics_interval < Duration::from_secs(1) {
+            problems.push("kafka.metrics_interval: at least 1 s".to_owned());
+        }
+        for key in MANAGED_KAFKA_PROPERTIES {
+            if self.kafka.properties.contains_key(*key) {
+                problems.push(format!(
+                    "kafka.properties.{key}: set by the ingester (its delivery guarantee or health depends on it)"
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.batch.rows) {
+            problems.push("batch.rows: between 1 and 1000000".to_owned());
+        }
+        if self.batch.age < Duration::from_millis(1) || self.batch.age > Duration::from_secs(60) {
+            problems.push("batch.age: between 1 ms and 60 s".to_owned());
+        }
+        if self.retention.days == Some(0) {
+            problems
+                .push("retention.days: at least 1 (leave it out to keep everything)".to_owned());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!("log.level: {:?}: {e}", self.log.level));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The configuration as TOML, the format of the file, with the passwords in the URLs
+    /// replaced by `***` (this goes to terminals and logs).
+    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        shown.redis.url = redact_url(&shown.redis.url);
+        toml::to_string(&shown)
+    }
+}
+
+/// librdkafka properties the ingester sets itself and will not take from the config:
+/// offsets stored only after the PostgreSQL commit, no records skipped by a new group,
+/// dead letters never given up on, and the statistics that feed lag and health.
+const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "statistics.interval.ms",
+];
+
+/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`; anything else as is.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+fn scalars_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Number(number) => number.to_string(),
+                serde_json::Value::Bool(flag) => flag.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "property {key}: {other} is not a string, number or boolean"
+                    )))
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
+/// Kafka's own rule for topic names.
+fn valid_kafka_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cloud-ingester.toml");
+
+    fn with_url() -> IngesterConfig {
+        let mut config = IngesterConfig::default();
+        config.database.url = "postgres://u:p@localhost/db".to_owned();
+        config
+    }
+
+    #[test]
+    fn defaults_with_a_database_url_are_valid() {
+        with_url().validate().unwrap();
+        let Err(ConfigError::Invalid(problems)) = IngesterConfig::default().validate() else {
+            panic!("no database URL accepted");
+        };
+        assert!(problems[0].starts_with("database.url:"), "{problems:?}");
+        assert!(problems[0].contains("DATABASE_URL"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        // Read without the defaults underneath, so a key missing from the example (or
+        // set to something else) shows up; only the keys without a value by default
+        // (database.url, retention.days) may be absent.
+        let example: IngesterConfig = Figment::from(Toml::string(&text)).extract().unwrap();
+        assert_eq!(example, IngesterConfig::default());
+        let written: toml::Table = toml::from_str(&text).unwrap();
+        let defaults: toml::Table = toml::from_str(&toml::to_string(&example).unwrap()).unwrap();
+        let keys = |table: &toml::Table| -> Vec<String> {
+            table
+                .iter()
+                .flat_map(|(section, value)| match value.as_table() {
+                    Some(inner) => inner.keys().map(|k| format!("{section}.{k}")).collect(),
+                    None => vec![section.clone()],
+                })
+                .filter(|key| key != "database.url")
+                .collect()
+        };
+        assert_eq!(keys(&written), keys(&defaults));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let mut config = with_url();
+        config.id = "has space".to_owned();
+        config.kafka.dlq_topic = config.kafka.topic.clone();
+        config.batch.rows = 0;
+        config.batch.age = Duration::from_secs(61);
+        config.retention.days = Some(0);
+        config
+            .kafka
+            .properties
+            .insert("enable.auto.commit".to_owned(), "true".to_owned());
+        config.log.level = "info,=[".to_owned();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("invalid config accepted");
+        };
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "kafka.dlq_topic",
+                "kafka.properties.enable.auto.commit",
+                "batch.rows",
+                "batch.age",
+                "retention.days",
+                "log.level"
+            ]
+        );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn file_conventional_variables_ingester_variables_and_flags_layer_in_that_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "ingester.toml",
+                "[database]\nurl = \"postgres://file/db\"\n[kafka]\nbrokers = \"file:9092\"\ngroup = \"from-file\"\n[batch]\nage = \"1s\"\n",
+            )?;
+            jail.set_env("DATABASE_URL", "postgres://conventional/db");
+            jail.set_env("KAFKA_BROKERS", "conventional:9092");
+            jail.set_env("INGESTER_KAFKA__BROKERS", "prefixed:9092");
+            jail.set_env("INGESTER_BATCH__ROWS", "10");
+            jail.set_env("REDIS_URL", "");
+            let config = IngesterConfig::load(
+                Some(Path::new("ingester.toml")),
+                &CliOverrides {
+                    group: Some("from-flag".to_owned()),
+                    batch_age: Some("5ms".to_owned()),
+                    migrate: true,
+                    ..CliOverrides::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(config.database.url, "postgres://conventional/db");
+            assert_eq!(config.kafka.brokers, "prefixed:9092");
+            assert_eq!(config.kafka.group, "from-flag");
+            assert_eq!(config.batch.rows, 10);
+            assert_eq!(config.batch.age, Duration::from_millis(5));
+            assert!(config.database.migrate);
+            assert_eq!(config.redis.url, "");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused_by_name() {
+        for (text, named) in [
+            ("[kafka]\nbroker = \"x\"\n", "broker"),
+            ("[batch]\nage = \"soon\"\n", "batch.age"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("ingester.toml");
+            std::fs::write(&file, text).unwrap();
+            let error = IngesterConfig::load(Some(&file), &CliOverrides::default()).unwrap_err();
+            assert!(error.to_string().contains(named), "{named}: {error}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://telemetry:secret@127.0.0.1:5432/telemetry"),
+            "postgres://telemetry:***@127.0.0.1:5432/telemetry"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        let mut config = with_url();
+        config.redis.url = "rediss://:hunter2@cache:6380/0".to_owned();
+        let shown = config.to_redacted_toml().unwrap();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(":p@"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,263 @@
+//! The binary in operation against the stack: it reports ready, exports its counters and
+//! consumer lag to Prometheus, publishes the metrics record on Kafka, logs its start and
+//! stop in `system_events`, and exits 0 on SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use protocol::{BootId, DeviceId, Frame, Quality, Reading};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+
+fn kafka() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", testkit::kafka_brokers());
+    config
+}
+
+async fn create_topics(names: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = kafka().create().unwrap();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// A frame of `readings` readings of channel 0 of `device`, starting at `first_seq`.
+fn frame(device: &str, first_seq: u64, readings: usize, base_ms: u64) -> Vec<u8> {
+    let mut frame = Frame::new(
+        DeviceId::new(device).unwrap(),
+        BootId([7; 8]),
+        first_seq,
+        base_ms,
+    );
+    for i in 0..readings {
+        frame
+            .readings
+            .push(Reading {
+                channel: 0,
+                offset_ms: i as u32 * 10,
+                value: 1.0 + i as f32,
+                quality: Quality::empty(),
+            })
+            .unwrap();
+    }
+    let mut buf = [0u8; protocol::MAX_FRAME_LEN];
+    frame.encode(&mut buf).unwrap().to_vec()
+}
+
+async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
+    for (key, payload) in records {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// Status and body of a plain HTTP GET; `None` while nothing listens.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Some((status, body.to_owned()))
+}
+
+/// Polls `check` every 200 ms until it returns something, or fails the test.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kills the ingester if the test fails before stopping it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The details of the `kind` events of `instance`.
+async fn events(pool: &PgPool, instance: &str, kind: &str) -> Vec<serde_json::Value> {
+    let details: Vec<String> = sqlx::query_scalar(
+        "SELECT details::text FROM system_events \
+         WHERE service = 'cloud-ingester' AND instance = $1 AND kind = $2",
+    )
+    .bind(instance)
+    .bind(kind)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    details
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .collect()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPool) {
+    let topic = testkit::unique_name("data");
+    let dlq = testkit::unique_name("dlq");
+    let metrics_topic = testkit::unique_name("metrics");
+    create_topics(&[&topic, &dlq, &metrics_topic]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let records: Vec<(String, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            let device = ["press-01", "furnace-01"][i as usize % 2];
+            (
+                device.to_owned(),
+                frame(device, i * 20, 20, now - 60_000 + i * 200),
+            )
+        })
+        .collect();
+    produce(&topic, &records).await;
+    let inserted = 10 * 20;
+
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = testkit::database_url();
+    let url = format!("{}/{db}", &base[..base.rfind('/').unwrap()]);
+    let (id, group) = (
+        testkit::unique_name("ingest"),
+        testkit::unique_name("group"),
+    );
+    let http = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let mut running = Running(
+        Command::new(env!("CARGO_BIN_EXE_cloud-ingester"))
+            .args(["--topic", &topic, "--dlq-topic", &dlq, "--group", &group])
+            .args(["--id", &id, "--http-listen", &http.to_string()])
+            .env("DATABASE_URL", url)
+            .env("REDIS_URL", "")
+            .env("KAFKA_BROKERS", testkit::kafka_brokers())
+            .env("INGESTER_KAFKA__METRICS_TOPIC", &metrics_topic)
+            .env("INGESTER_KAFKA__METRICS_INTERVAL", "1s")
+            .env("INGESTER_KAFKA__ALERTS_TOPIC", "")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn cloud-ingester"),
+    );
+
+    let ready = eventually("/readyz 200", Duration::from_secs(30), || async {
+        http_get(http, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert_eq!(ready.1, "kafka connected\npostgresql connected\n");
+    assert_eq!(
+        http_get(http, "/livez").await,
+        Some((200, "ok\n".to_owned()))
+    );
+
+    let metrics = eventually(
+        "every reading counted and the lag reported on /metrics",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = http_get(http, "/metrics").await?;
+            let counted = body
+                .lines()
+                .any(|l| l == format!("ingester_readings_inserted_total {inserted}"));
+            (counted && body.contains("ingester_consumer_lag{partition=")).then_some(body)
+        },
+    )
+    .await;
+    for name in [
+        "ingester_records_total 10",
+        "ingester_batch_rows_bucket",
+        "ingester_flush_seconds_bucket",
+        "ingester_alert_transitions_total{transition=\"opened\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    let reader: BaseConsumer = kafka()
+        .set("group.id", testkit::unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&metrics_topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no metrics record counted it all"
+        );
+        let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let record: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        if record["inserted"] == inserted {
+            assert_eq!(message.key(), Some(id.as_bytes()));
+            break record;
+        }
+    };
+    assert_eq!(record["instance"], id.as_str());
+    assert!(record["at_ms"].as_u64().unwrap() >= now);
+
+    let started = events(&pool, &id, "start").await;
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["group"], group.as_str());
+    assert_eq!(started[0]["topic"], topic.as_str());
+
+    Command::new("kill")
+        .args(["-TERM", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    let stopped = events(&pool, &id, "stop").await;
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert_eq!(stopped[0]["inserted"], inserted);
+}
