@@ -41,7 +41,7 @@ const ACK_RETRY: Duration = Duration::from_millis(2);
 /// While draining at shutdown (embedded mode), this long without a message means done.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// Bytes of a payload kept in a dead-letter record Kafka refused at full size.
-pub const DLQ_TRUNCATED_BYTES: usize = 1024;
+pub const DLQ_TRUNCATED_BYTES: usize = service::dead_letter::TRUNCATED_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -374,25 +374,11 @@ fn is_queue_full(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
 }
 
-/// Errors about one record itself, which another record would not get.
-fn is_about_the_record(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::BadMessage
-        )
-    )
-}
-
 /// What to try after Kafka refused `job` with `error`: a frame goes to the dead-letter
 /// topic, a dead-letter record is cut short; anything else is a failure that stops the
 /// bridge.
 fn next_attempt(job: Job, error: &KafkaError) -> Result<Job, String> {
-    if !is_about_the_record(error) {
+    if !service::dead_letter::is_about_the_record(error) {
         return Err(format!("Kafka refused a record: {error}"));
     }
     let destination = match job.destination {

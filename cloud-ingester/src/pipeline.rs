@@ -24,18 +24,20 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::alerts::publish::{self as alert_publish, AlertEvent};
 use crate::alerts::rules::RuleBook;
+use crate::alerts::store::Applied;
+use crate::alerts::Evaluation;
 use crate::alerts::{self, AlertEngine};
 use crate::redis_sink::RedisSink;
 use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
-use crate::store::{EventLevel, Store};
+use crate::store::{BatchOutcome, EventLevel, Store, StoreError};
 use crate::validate::{Catalog, Rejection};
 use protocol::kafka::headers;
 
@@ -59,7 +61,7 @@ pub struct PipelineSettings {
     /// Where alert transitions are published as JSON; empty: not published.
     pub alerts_topic: String,
     pub instance: String,
-    /// A batch closes at this many readings...
+    /// A batch closes at this many readings (dead letters count as one each)...
     pub batch_rows: usize,
     /// ...or this long after its first record, whichever comes first.
     pub batch_age: Duration,
@@ -74,7 +76,7 @@ pub enum PipelineError {
     #[error("Kafka refused a dead-letter record: {0}")]
     DeadLetter(KafkaError),
     #[error("PostgreSQL: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     #[error("cannot load the alert rules and state from PostgreSQL: {0}")]
     AlertState(sqlx::Error),
 }
@@ -95,6 +97,8 @@ struct LoopState {
     /// Since when Redis has been failing; `None` while it works.
     redis_down_since: Option<std::time::Instant>,
     dead_letters: DeadLetterWindow,
+    /// A rebalance happened: reload the alert state before the next evaluation.
+    reload_alerts: bool,
 }
 
 /// Dead letters counted over a window, to report bursts once per window.
@@ -176,6 +180,7 @@ impl Pipeline {
             redis_backlog: HashMap::new(),
             redis_down_since: None,
             dead_letters: DeadLetterWindow::new(),
+            reload_alerts: false,
         };
         if let Some(redis) = &self.redis {
             if let Err(e) = alert_publish::resync_redis(self.store.pool(), redis).await {
@@ -220,6 +225,13 @@ impl Pipeline {
                 warn!("final offset commit failed (the last batch may be replayed): {e}");
             }
         }
+        // Alert records are sent without waiting for Kafka; see them out.
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            warn!("some alert records were not confirmed by Kafka before the stop");
+        }
         Ok(())
     }
 
@@ -243,8 +255,8 @@ impl Pipeline {
     }
 
     /// Logs each rebalance since the last batch as a system event and, if there was one,
-    /// reloads the alert state: another instance may have moved the alerts of the
-    /// devices this one just got.
+    /// has the alert state reloaded before the next evaluation: another instance may have
+    /// moved the alerts of the devices this one just got.
     async fn after_rebalance(&self, state: &mut LoopState) {
         let rebalances = self.consumer.context().take_rebalances();
         if rebalances.is_empty() {
@@ -266,10 +278,26 @@ impl Pipeline {
             )
             .await;
         }
-        match self.load_alerts().await {
-            Ok(alerts) => state.alerts = alerts,
-            Err(e) => warn!("alert state not reloaded after a rebalance (kept as it was): {e}"),
+        state.reload_alerts = true;
+    }
+
+    /// One attempt at the batch's transaction: reloads the alert state first if a
+    /// rebalance asked for it, evaluates the rows against it, and writes both.
+    async fn try_write(
+        &self,
+        rows: &[Row],
+        state: &mut LoopState,
+    ) -> Result<(BatchOutcome, Vec<Applied>, Evaluation), PipelineError> {
+        if state.reload_alerts {
+            state.alerts = self.load_alerts().await?;
+            state.reload_alerts = false;
         }
+        let evaluation = state.alerts.evaluate(rows);
+        let (outcome, applied) = self
+            .store
+            .write_batch_with_alerts(rows, &evaluation.transitions)
+            .await?;
+        Ok((outcome, applied, evaluation))
     }
 
     /// Appends a `system_events` row; a failure is logged, never fatal.
@@ -319,7 +347,9 @@ impl Pipeline {
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
                         add(&self.catalog, batch, &message);
-                        if batch.rows.len() >= self.settings.batch_rows {
+                        // Dead letters count too, so a flood of bad records is
+                        // bounded like good ones.
+                        if batch.rows.len() + batch.dead_letters.len() >= self.settings.batch_rows {
                             return Fill::Full;
                         }
                     }
@@ -356,21 +386,16 @@ impl Pipeline {
             )
             .await;
         }
-        let evaluation = state.alerts.evaluate(&batch.rows);
         let mut backoff = Duration::from_millis(200);
         let mut failing: Option<(std::time::Instant, u32, String)> = None;
-        let (outcome, applied) = loop {
-            match self
-                .store
-                .write_batch_with_alerts(&batch.rows, &evaluation.transitions)
-                .await
-            {
+        let (outcome, applied, evaluation) = loop {
+            match self.try_write(&batch.rows, state).await {
                 Ok(done) => {
                     self.health.set_postgres(true);
                     break done;
                 }
                 // A row the decoder should never have produced: retrying cannot help.
-                Err(e @ crate::store::StoreError::InvalidRow { .. }) => return Err(e.into()),
+                Err(e @ PipelineError::Store(StoreError::InvalidRow { .. })) => return Err(e),
                 Err(e) => {
                     self.stats.store_error();
                     self.health.set_postgres(false);
@@ -525,60 +550,104 @@ impl Pipeline {
         .await;
     }
 
-    /// Produces the batch's dead letters and waits for Kafka to confirm all of them.
+    /// Produces the batch's dead letters and waits for Kafka to confirm all of them. One
+    /// that Kafka refuses for its own sake (too large with its headers) goes again cut to
+    /// [`service::dead_letter::TRUNCATED_BYTES`], so one record never stops the ingester.
     async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), PipelineError> {
         let mut deliveries = Vec::with_capacity(letters.len());
         for letter in letters {
-            let mut record_headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 3);
+            deliveries.push(self.send_dead_letter(letter, false).await);
+        }
+        for (letter, delivery) in letters.iter().zip(deliveries) {
+            let settled = match delivery {
+                Ok(delivery) => settle(delivery).await,
+                Err(e) => Err(e),
+            };
+            let settled = match settled {
+                Err(e) if service::dead_letter::is_about_the_record(&e) => {
+                    warn!(
+                        length = letter.payload.len(),
+                        "Kafka refused a dead letter whole ({e}); sending it cut short"
+                    );
+                    match self.send_dead_letter(letter, true).await {
+                        Ok(delivery) => settle(delivery).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            settled.map_err(PipelineError::DeadLetter)?;
+            self.stats.dead_lettered(letter.rejection.reason);
+        }
+        Ok(())
+    }
+
+    /// Queues one dead letter (waiting while the producer's queue is full): the original
+    /// key, payload and headers plus the reason, or, `cut` short, the payload's first
+    /// bytes with its original length and without the original headers.
+    async fn send_dead_letter(
+        &self,
+        letter: &DeadLetter,
+        cut: bool,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let mut record_headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 4);
+        let original_length = letter.payload.len().to_string();
+        let payload = if cut {
+            record_headers = record_headers.insert(Header {
+                key: headers::DLQ_ORIGINAL_LENGTH,
+                value: Some(&original_length),
+            });
+            &letter.payload[..letter
+                .payload
+                .len()
+                .min(service::dead_letter::TRUNCATED_BYTES)]
+        } else {
             for (key, value) in &letter.headers {
                 record_headers = record_headers.insert(Header {
                     key,
                     value: Some(value),
                 });
             }
-            let record_headers = record_headers
-                .insert(Header {
-                    key: headers::DLQ_REASON,
-                    value: Some(letter.rejection.reason.code()),
-                })
-                .insert(Header {
-                    key: headers::DLQ_DETAIL,
-                    value: Some(&letter.rejection.detail),
-                })
-                .insert(Header {
-                    key: headers::DLQ_SOURCE,
-                    value: Some("cloud-ingester"),
-                });
-            let mut record = FutureRecord::to(&self.settings.dlq_topic)
-                .payload(&letter.payload)
-                .headers(record_headers);
-            if let Some(key) = &letter.key {
-                record = record.key(key);
-            }
-            let delivery = loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => break delivery,
-                    Err((e, back))
-                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
-                    {
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => return Err(PipelineError::DeadLetter(e)),
-                }
-            };
-            deliveries.push((delivery, letter.rejection.reason));
+            &letter.payload[..]
+        };
+        let record_headers = record_headers
+            .insert(Header {
+                key: headers::DLQ_REASON,
+                value: Some(letter.rejection.reason.code()),
+            })
+            .insert(Header {
+                key: headers::DLQ_DETAIL,
+                value: Some(&letter.rejection.detail),
+            })
+            .insert(Header {
+                key: headers::DLQ_SOURCE,
+                value: Some(SERVICE),
+            });
+        let mut record = FutureRecord::to(&self.settings.dlq_topic)
+            .payload(payload)
+            .headers(record_headers);
+        if let Some(key) = &letter.key {
+            record = record.key(key);
         }
-        for (delivery, reason) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => self.stats.dead_lettered(reason),
-                Ok(Err((e, _))) => return Err(PipelineError::DeadLetter(e)),
-                Err(_) => {
-                    return Err(PipelineError::DeadLetter(KafkaError::Canceled));
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                Err((e, _)) => return Err(e),
             }
         }
-        Ok(())
+    }
+}
+
+/// Kafka's verdict on one produced record.
+async fn settle(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e),
+        Err(_) => Err(KafkaError::Canceled),
     }
 }
 

@@ -128,6 +128,18 @@ async fn start_in_group(
     dlq_topic: &str,
     group: &str,
 ) -> Running {
+    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
+    start_with_producer(pool, redis, topic, dlq_topic, group, producer).await
+}
+
+async fn start_with_producer(
+    pool: &PgPool,
+    redis: Option<RedisSink>,
+    topic: &str,
+    dlq_topic: &str,
+    group: &str,
+    producer: FutureProducer,
+) -> Running {
     let catalog = Catalog::load(pool).await.unwrap();
     let stats = Arc::new(IngestStats::default());
     let health = Arc::new(Health::default());
@@ -142,7 +154,6 @@ async fn start_in_group(
         IngestContext::new(stats.clone(), health.clone()),
     )
     .unwrap();
-    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
     let pipeline = Pipeline {
         consumer,
         producer,
@@ -492,6 +503,66 @@ async fn postgres_stopped_for_a_while_and_restarted_loses_nothing() {
         "the outage logged once it was over: {attempts} attempts"
     );
     pool.close().await;
+}
+
+/// A dead letter Kafka refuses whole (here: larger than the producer's
+/// `message.max.bytes`) goes to the DLQ cut short with its original length, and the
+/// ingester goes on with its neighbours.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_dead_letter_too_large_for_kafka_goes_cut_short(pool: PgPool) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let big = vec![0xAB_u8; 5000];
+    let records = vec![
+        ("press-01".to_owned(), big.clone()),
+        (
+            "press-01".to_owned(),
+            frame("press-01", &[0], 0, 10, now_ms()),
+        ),
+    ];
+    produce(&topic, &records).await;
+    let producer: FutureProducer = kafka()
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "3000")
+        .create()
+        .unwrap();
+    let group = testkit::unique_name("ingest");
+    let running = start_with_producer(&pool, None, &topic, &dlq, &group, producer).await;
+    running.wait_records(2, Duration::from_secs(60)).await;
+    let stats = running.stats.snapshot();
+    running.stop().await;
+    assert_eq!((stats.dead_lettered, stats.inserted), (1, 10), "{stats:?}");
+
+    let consumer: BaseConsumer = kafka()
+        .set("group.id", testkit::unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        assert!(Instant::now() < deadline, "no dead letter");
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            break message.detach();
+        }
+    };
+    assert_eq!(message.payload().unwrap(), &big[..1024]);
+    let header = |name: &str| {
+        let headers = message.headers().unwrap();
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        header(protocol::kafka::headers::DLQ_ORIGINAL_LENGTH).as_deref(),
+        Some("5000")
+    );
+    assert_eq!(
+        header(protocol::kafka::headers::DLQ_REASON).as_deref(),
+        Some("decode")
+    );
 }
 
 /// Many dead letters within a minute are one `dlq_burst` system event, not one each.

@@ -153,7 +153,12 @@ struct ChannelState {
     dropout_open: bool,
 }
 
-type DeviceState = HashMap<i16, ChannelState>;
+#[derive(Debug, Clone, Default)]
+struct DeviceState {
+    channels: HashMap<i16, ChannelState>,
+    /// Device time of the device's newest reading, any channel.
+    last_ts: Option<i64>,
+}
 
 /// The alert state of every channel, and the rules it applies.
 #[derive(Debug, Default)]
@@ -195,7 +200,9 @@ impl AlertEngine {
     ) {
         self.devices.clear();
         for (device, channel, ts_ms) in watermarks {
-            self.channel_mut(&device, channel).last_ts = Some(ts_ms);
+            let state = self.devices.entry(device).or_default();
+            state.channels.entry(channel).or_default().last_ts = Some(ts_ms);
+            state.last_ts = Some(state.last_ts.map_or(ts_ms, |last| last.max(ts_ms)));
         }
         for alert in open {
             let state = self.channel_mut(&alert.key.device_id, alert.key.channel_id);
@@ -221,19 +228,18 @@ impl AlertEngine {
         self.devices
             .entry(device.to_owned())
             .or_default()
+            .channels
             .entry(channel)
             .or_default()
     }
 
     /// The transitions `rows` cause, in device-time order per device, without changing
-    /// the engine. Rows of channels without rules, and rows at or before their channel's
-    /// watermark, are skipped.
+    /// the engine. Rows at or before their channel's watermark are skipped; rows of
+    /// channels without rules (a disabled device) only move the watermark.
     pub fn evaluate(&self, rows: &[Row]) -> Evaluation {
         let mut by_device: HashMap<&str, Vec<&Row>> = HashMap::new();
         for row in rows {
-            if self.rules.get(&row.device_id, row.channel_id).is_some() {
-                by_device.entry(&row.device_id).or_default().push(row);
-            }
+            by_device.entry(&row.device_id).or_default().push(row);
         }
         let mut evaluation = Evaluation::default();
         for (device, mut rows) in by_device {
@@ -254,23 +260,34 @@ impl AlertEngine {
 
     /// Applies one reading to its device's state.
     fn step(&self, device: &str, state: &mut DeviceState, row: &Row, out: &mut Vec<Transition>) {
-        let Some(rules) = self.rules.get(device, row.channel_id) else {
-            return;
-        };
-        let channel = state.entry(row.channel_id).or_default();
+        let channel = state.channels.entry(row.channel_id).or_default();
         if channel.last_ts.is_some_and(|last| row.ts_ms <= last) {
             return;
         }
+        let previous = channel.last_ts.replace(row.ts_ms);
+        // The device's newest reading before this one: proof that it was sending.
+        let device_last = state.last_ts;
+        state.last_ts = Some(device_last.map_or(row.ts_ms, |last| last.max(row.ts_ms)));
+        let Some(rules) = self.rules.get(device, row.channel_id) else {
+            return;
+        };
         let value = f64::from(row.value);
         let key = |rule| AlertKey {
             device_id: device.to_owned(),
             channel_id: row.channel_id,
             rule,
         };
-        // A gap in this channel's own readings.
-        if let Some(last) = channel.last_ts {
+        if let Some(last) = previous.filter(|last| row.ts_ms - last > rules.silence_ms) {
+            // Durations count uninterrupted time only: a silence ends every run.
+            for side in [&mut channel.high, &mut channel.low] {
+                side.warn_since = None;
+                side.crit_since = None;
+            }
+            channel.run = None;
+            // A device with other channels shows a silent one through them (below); a
+            // one-channel device's gap can only be recorded now that it is over.
             let gap = row.ts_ms - last;
-            if gap > rules.silence_ms && !channel.dropout_open {
+            if self.rules.channels_of(device) == 1 && !channel.dropout_open {
                 out.push(Transition {
                     key: key(Rule::Dropout),
                     change: Change::Opened,
@@ -295,21 +312,25 @@ impl AlertEngine {
             });
             channel.dropout_open = false;
         }
-        channel.last_ts = Some(row.ts_ms);
         if value.is_finite() {
             threshold_side(rules, &mut channel.high, true, value, row.ts_ms, &key, out);
             threshold_side(rules, &mut channel.low, false, value, row.ts_ms, &key, out);
             stuck(rules, channel, row.value, row.ts_ms, &key, out);
         } else {
-            // A sensor fault interrupts any run; it neither breaches nor clears.
-            channel.high.warn_since = None;
-            channel.high.crit_since = None;
-            channel.low.warn_since = None;
-            channel.low.crit_since = None;
-            channel.run = None;
+            // A sensor fault interrupts a breach; it neither fires nor clears. It does not
+            // end a stuck run (the value it interrupts has not moved).
+            for side in [&mut channel.high, &mut channel.low] {
+                side.warn_since = None;
+                side.crit_since = None;
+            }
         }
-        // Siblings silent while this channel speaks.
-        for (&sibling, sibling_state) in state.iter_mut() {
+        // Siblings silent for longer than their window while the device went on sending
+        // (judged by its readings before this one, so a device that was silent
+        // altogether and has just come back raises nothing).
+        let Some(device_last) = device_last else {
+            return;
+        };
+        for (&sibling, sibling_state) in state.channels.iter_mut() {
             if sibling == row.channel_id || sibling_state.dropout_open {
                 continue;
             }
@@ -318,7 +339,7 @@ impl AlertEngine {
             else {
                 continue;
             };
-            let silent = row.ts_ms - last;
+            let silent = device_last - last;
             if silent > sibling_rules.silence_ms {
                 sibling_state.dropout_open = true;
                 out.push(Transition {
@@ -367,6 +388,22 @@ fn threshold_side(
     };
     // The lowest threshold of this side, the one a warning is about.
     let Some(first) = warn.or(crit) else {
+        // The thresholds were removed while an alert was open: nothing left to breach.
+        if let Some(severity) = side.open.take() {
+            out.push(Transition {
+                key: key(rule),
+                change: Change::Resolved,
+                severity,
+                value: Some(value),
+                threshold: None,
+                ts_ms,
+                message: format!(
+                    "{}: the {} thresholds were removed",
+                    rules.name,
+                    rule.code()
+                ),
+            });
+        }
         return;
     };
     let past_first = beyond(first);
@@ -484,9 +521,11 @@ fn stuck(
                 });
             }
         }
-        _ => {
+        previous => {
             channel.run = Some((bits, ts_ms));
-            if channel.stuck_open {
+            // Without a run (just restored, or after a silence) there is nothing to
+            // compare with yet: the value has not been seen to move.
+            if channel.stuck_open && previous.is_some() {
                 channel.stuck_open = false;
                 out.push(Transition {
                     key: key(Rule::Stuck),

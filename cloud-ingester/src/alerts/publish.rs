@@ -70,7 +70,7 @@ impl AlertEvent {
                 channel,
                 unit,
                 rule: t.key.rule.code().to_owned(),
-                severity: t.severity.code().to_owned(),
+                severity: applied.severity.clone(),
                 state: applied.state.clone(),
                 value: t.value,
                 threshold: t.threshold,

@@ -134,6 +134,11 @@ impl RuleBook {
             .insert(channel, rules);
     }
 
+    /// How many channels of `device` have rules.
+    pub fn channels_of(&self, device: &str) -> usize {
+        self.devices.get(device).map_or(0, HashMap::len)
+    }
+
     pub fn get(&self, device: &str, channel: i16) -> Option<&ChannelRules> {
         self.devices.get(device)?.get(&channel)
     }

@@ -15,33 +15,41 @@ use super::{AlertKey, Change, OpenAlert, Rule, Severity, Transition};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     pub alert_id: i64,
-    /// `alerts.state` after the transition: open, acknowledged or resolved.
+    /// `alerts.state` and `alerts.severity` after the transition.
     pub state: String,
+    pub severity: String,
     pub transition: Transition,
 }
 
-/// Opens an alert, or raises the severity of the unresolved one (a rebalance race). The
-/// channel is checked in the statement so that a channel deleted since the rules were
-/// read skips the alert instead of failing the batch on the foreign key.
+/// Opens an alert. If one is already unresolved (a rebalance race, or a warning resolved
+/// by hand that is now critical), it is kept, and raised like an escalation if this one
+/// is more severe. The channel is checked in the statement so that a channel deleted
+/// since the rules were read skips the alert instead of failing the batch on the
+/// foreign key.
 const OPEN: &str = "INSERT INTO alerts \
        (device_id, channel_id, rule, severity, value, threshold, value_ts, message) \
      SELECT $1, $2, $3, $4::alert_severity, $5, $6, $7, $8 \
       WHERE EXISTS (SELECT 1 FROM device_channels WHERE device_id = $1 AND channel_id = $2) \
      ON CONFLICT (device_id, channel_id, rule) WHERE state <> 'resolved' \
-     DO UPDATE SET severity = greatest(alerts.severity, EXCLUDED.severity) \
-     RETURNING alert_id, state::text";
+     DO UPDATE SET severity = EXCLUDED.severity, value = EXCLUDED.value, \
+       threshold = EXCLUDED.threshold, value_ts = EXCLUDED.value_ts, \
+       message = EXCLUDED.message, state = 'open', acknowledged_at = NULL, \
+       acknowledged_by = NULL \
+     WHERE EXCLUDED.severity > alerts.severity \
+     RETURNING alert_id, state::text, severity::text";
 
 /// A warning becomes critical; an acknowledged one needs acknowledging again.
 const ESCALATE: &str = "UPDATE alerts SET severity = 'critical', value = $4, threshold = $5, \
        value_ts = $6, message = $7, state = 'open', acknowledged_at = NULL, \
        acknowledged_by = NULL \
      WHERE device_id = $1 AND channel_id = $2 AND rule = $3 AND state <> 'resolved' \
-     RETURNING alert_id, state::text";
+       AND severity = 'warning' \
+     RETURNING alert_id, state::text, severity::text";
 
 const RESOLVE: &str = "UPDATE alerts SET state = 'resolved', resolved_at = now(), \
        resolved_value = $4 \
      WHERE device_id = $1 AND channel_id = $2 AND rule = $3 AND state <> 'resolved' \
-     RETURNING alert_id, state::text";
+     RETURNING alert_id, state::text, severity::text";
 
 fn timestamp(ts_ms: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ts_ms)
@@ -57,7 +65,7 @@ pub async fn apply(
     let mut applied = Vec::with_capacity(transitions.len());
     for transition in transitions {
         let key = &transition.key;
-        let row: Option<(i64, String)> = match transition.change {
+        let row: Option<(i64, String, String)> = match transition.change {
             Change::Opened => open(conn, transition).await?,
             Change::Escalated => {
                 let escalated = sqlx::query_as(ESCALATE)
@@ -72,7 +80,7 @@ pub async fn apply(
                     .await?;
                 match escalated {
                     Some(row) => Some(row),
-                    // Resolved by hand meanwhile while the value is still critical.
+                    // Resolved by hand meanwhile, or already critical: open, or leave as it is.
                     None => open(conn, transition).await?,
                 }
             }
@@ -86,10 +94,11 @@ pub async fn apply(
                     .await?
             }
         };
-        if let Some((alert_id, state)) = row {
+        if let Some((alert_id, state, severity)) = row {
             applied.push(Applied {
                 alert_id,
                 state,
+                severity,
                 transition: transition.clone(),
             });
         }
@@ -100,7 +109,7 @@ pub async fn apply(
 async fn open(
     conn: &mut PgConnection,
     transition: &Transition,
-) -> Result<Option<(i64, String)>, sqlx::Error> {
+) -> Result<Option<(i64, String, String)>, sqlx::Error> {
     let key = &transition.key;
     sqlx::query_as(OPEN)
         .bind(&key.device_id)

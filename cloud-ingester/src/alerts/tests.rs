@@ -18,6 +18,7 @@ fn engine() -> AlertEngine {
     let mut book = RuleBook::default();
     book.insert("press-01", 0, press());
     book.insert("press-01", 1, press());
+    book.insert("solo-01", 0, press());
     AlertEngine::new(book)
 }
 
@@ -195,7 +196,11 @@ fn a_gap_in_a_channel_is_a_dropout_opened_while_siblings_speak() {
 #[test]
 fn a_gap_in_a_single_channel_device_is_recorded_when_readings_resume() {
     let mut engine = engine();
-    let rows = vec![row(0, 0, 210.0), row(0, 200, 211.0), row(0, 25_000, 212.0)];
+    let solo = |ts_ms, value| Row {
+        device_id: "solo-01".into(),
+        ..row(0, ts_ms, value)
+    };
+    let rows = vec![solo(0, 210.0), solo(200, 211.0), solo(25_000, 212.0)];
     let got = run(&mut engine, &rows);
     assert_eq!(
         got,
@@ -203,6 +208,33 @@ fn a_gap_in_a_single_channel_device_is_recorded_when_readings_resume() {
             (Change::Opened, Rule::Dropout, Severity::Warning),
             (Change::Resolved, Rule::Dropout, Severity::Warning),
         ]
+    );
+}
+
+#[test]
+fn a_device_silent_altogether_raises_nothing_when_it_comes_back() {
+    let mut engine = engine();
+    let mut rows = Vec::new();
+    for ts in (0..5_000).step_by(200).chain((65_000..70_000).step_by(200)) {
+        rows.push(row(0, ts, 210.0 + (ts % 7) as f32));
+        rows.push(row(1, ts, 211.0 + (ts % 5) as f32));
+    }
+    assert!(run(&mut engine, &rows).is_empty());
+}
+
+#[test]
+fn a_breach_or_a_repeated_value_does_not_last_through_a_silence() {
+    let mut engine = engine();
+    let solo = |ts_ms, value| Row {
+        device_id: "solo-01".into(),
+        ..row(0, ts_ms, value)
+    };
+    // Two readings past warning an hour apart, the same value: neither a breach lasting
+    // an hour nor a value stuck for one. (The gap itself is a dropout.)
+    let got = run(&mut engine, &[solo(0, 251.0), solo(3_600_000, 251.0)]);
+    assert!(
+        got.iter().all(|(_, rule, _)| *rule == Rule::Dropout),
+        "{got:?}"
     );
 }
 
@@ -252,9 +284,72 @@ fn sensor_faults_neither_fire_nor_clear_and_unknown_channels_are_ignored() {
     let mut values = vec![260.0_f32; 4];
     values.push(f32::NAN);
     values.extend([260.0_f32; 4]);
-    assert!(run(&mut engine, &series(&values)).is_empty());
+    assert!(run(&mut engine, &series(&values)).is_empty(), "interrupted");
+    let mut engine = self::engine();
+    values.extend([260.0_f32; 2]);
+    let got = run(&mut engine, &series(&values));
+    assert_eq!(got, vec![(Change::Opened, Rule::High, Severity::Warning)]);
+    let more = |from: i64, values: &[f32]| -> Vec<Row> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| row(0, (from + i as i64) * 200, *v))
+            .collect()
+    };
+    let n = values.len() as i64;
+    assert!(
+        run(&mut engine, &more(n, &[f32::NAN, f32::INFINITY])).is_empty(),
+        "not cleared"
+    );
+    assert_eq!(
+        run(&mut engine, &more(n + 2, &[200.0])),
+        vec![(Change::Resolved, Rule::High, Severity::Warning)]
+    );
     assert!(engine
-        .evaluate(&[row(9, 5_000, 1e9)])
+        .evaluate(&[row(9, 50_000, 1e9)])
         .transitions
         .is_empty());
+}
+
+#[test]
+fn a_stuck_alert_stays_open_across_a_restore_and_a_sensor_fault_until_the_value_moves() {
+    let mut engine = engine();
+    engine.restore(
+        [OpenAlert {
+            key: AlertKey {
+                device_id: "press-01".into(),
+                channel_id: 0,
+                rule: Rule::Stuck,
+            },
+            severity: Severity::Warning,
+        }],
+        [("press-01".to_owned(), 0, 0)],
+    );
+    let still: Vec<Row> = [211.25, 211.25, f32::NAN, 211.25, 211.25]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| row(0, 200 * (i as i64 + 1), *v))
+        .collect();
+    assert!(run(&mut engine, &still).is_empty());
+    assert_eq!(
+        run(&mut engine, &[row(0, 2_000, 211.5)]),
+        vec![(Change::Resolved, Rule::Stuck, Severity::Warning)]
+    );
+}
+
+#[test]
+fn an_open_alert_whose_thresholds_are_removed_resolves() {
+    let mut engine = engine();
+    run(&mut engine, &series(&[210.0, 388.0]));
+    let mut book = RuleBook::default();
+    book.insert(
+        "press-01",
+        0,
+        ChannelRules::new("pressure", "bar", 200, [None; 4], Some(210.0), 5.0, 1000),
+    );
+    engine.set_rules(book);
+    assert_eq!(
+        run(&mut engine, &[row(0, 400, 390.0)]),
+        vec![(Change::Resolved, Rule::High, Severity::Critical)]
+    );
 }
