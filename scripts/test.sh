@@ -40,6 +40,12 @@ test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"
 
+# No Docker engine here: the compose file and Dockerfiles are checked instead (spec, the
+# code's topics, ports and settings; the binaries just built accept each service's setup).
+# Like fmt and clippy, a failure stops the run; it is not counted among the tests.
+step "docker-compose.yml and Dockerfiles, validated"
+scripts/check-compose.py --binaries "${CARGO_TARGET_DIR:-target}/debug"
+
 step "fuzz the decoders"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 

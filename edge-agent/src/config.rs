@@ -269,7 +269,8 @@ impl AgentConfig {
         }
         let mut figment = Figment::new()
             .merge(Toml::file_exact(file))
-            .merge(Env::prefixed("EDGE_AGENT_").split("__"));
+            // EDGE_AGENT_CONFIG names the file (clap reads it), it is not a setting.
+            .merge(Env::prefixed("EDGE_AGENT_").ignore(&["config"]).split("__"));
         let mut overrides = Vec::new();
         if let Some(host) = &cli.mqtt_host {
             overrides.push(("mqtt.host", figment::value::Value::from(host.clone())));

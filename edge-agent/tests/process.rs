@@ -51,6 +51,19 @@ fn shipped_example_configs_are_valid() {
     }
 }
 
+/// `--help` lists EDGE_AGENT_CONFIG as the way to name the file; setting it must not be
+/// taken for an unknown setting.
+#[test]
+fn the_config_file_can_be_named_by_environment() {
+    let path = format!("{}/config/simulated-plant.toml", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(BIN)
+        .arg("--check-config")
+        .env("EDGE_AGENT_CONFIG", &path)
+        .output()
+        .expect("run edge-agent");
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
 fn check_config(toml: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");
