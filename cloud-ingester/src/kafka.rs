@@ -157,6 +157,10 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         // The only buffer besides the batch in hand (see pipeline.rs).
         .set("queued.max.messages.kbytes", "16384")
+        // How long a fetch may wait for data: librdkafka's 500 ms default is latency the
+        // batch age (200 ms) does not need; brokers that wait it out (Tansu does) would
+        // add it to every reading's way.
+        .set("fetch.wait.max.ms", "50")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     with_properties(&mut client, config).create_with_context(context)
 }

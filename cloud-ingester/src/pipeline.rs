@@ -38,11 +38,15 @@ use crate::redis_sink::RedisSink;
 use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
 use crate::store::{BatchOutcome, EventLevel, Store, StoreError};
-use crate::validate::{Catalog, Rejection};
+use crate::validate::{Catalog, RejectReason, Rejection};
 use protocol::kafka::headers;
 
 /// How often the device catalog is re-read, so newly registered devices are accepted.
 const CATALOG_REFRESH: Duration = Duration::from_secs(60);
+/// A record of a device or channel the catalog does not know re-reads it first, at most
+/// this often, so a device registered a moment ago is stored rather than dead-lettered.
+const CATALOG_RECHECK: Duration = Duration::from_secs(5);
+const CATALOG_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often partitions for the coming days are ensured (and retention applied).
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 /// Days of `sensor_readings` partitions kept ready ahead of today.
@@ -89,6 +93,15 @@ struct DeadLetter {
     rejection: Rejection,
 }
 
+impl DeadLetter {
+    fn unknown_to_catalog(&self) -> bool {
+        matches!(
+            self.rejection.reason,
+            RejectReason::UnknownDevice | RejectReason::UnknownChannel
+        )
+    }
+}
+
 /// What the loop carries from one batch to the next.
 struct LoopState {
     alerts: AlertEngine,
@@ -99,6 +112,8 @@ struct LoopState {
     dead_letters: DeadLetterWindow,
     /// A rebalance happened: reload the alert state before the next evaluation.
     reload_alerts: bool,
+    /// When the device catalog and the alert rules were last read.
+    catalog_loaded: Instant,
 }
 
 /// Dead letters counted over a window, to report bursts once per window.
@@ -145,6 +160,35 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.records == 0
     }
+
+    /// Whether the record just added was dead-lettered for a device or channel the
+    /// catalog does not know (yet).
+    fn last_is_unknown_to_catalog(&self) -> bool {
+        self.dead_letters
+            .last()
+            .is_some_and(DeadLetter::unknown_to_catalog)
+    }
+
+    /// Checks the batch's dead letters of unknown devices or channels again against a
+    /// newer catalog: those that pass now become rows, the others keep their new reason.
+    fn recheck_unknown(&mut self, catalog: &Catalog) {
+        let now = now_ms() as u64;
+        let mut kept = Vec::with_capacity(self.dead_letters.len());
+        for letter in std::mem::take(&mut self.dead_letters) {
+            if !letter.unknown_to_catalog() {
+                kept.push(letter);
+                continue;
+            }
+            match catalog.check(&letter.payload, now) {
+                Ok(frame) => rows_from_frame(&frame, &mut self.rows),
+                Err(rejection) => kept.push(DeadLetter {
+                    rejection,
+                    ..letter
+                }),
+            }
+        }
+        self.dead_letters = kept;
+    }
 }
 
 enum Fill {
@@ -181,6 +225,7 @@ impl Pipeline {
             redis_down_since: None,
             dead_letters: DeadLetterWindow::new(),
             reload_alerts: false,
+            catalog_loaded: Instant::now(),
         };
         if let Some(redis) = &self.redis {
             if let Err(e) = alert_publish::resync_redis(self.store.pool(), redis).await {
@@ -189,10 +234,9 @@ impl Pipeline {
             }
         }
         let mut last_upkeep = Instant::now();
-        let mut last_catalog = Instant::now();
         loop {
             let mut batch = Batch::default();
-            let fill = self.fill(&mut batch, &stop).await;
+            let fill = self.fill(&mut batch, &stop, &mut state).await;
             self.after_rebalance(&mut state).await;
             // `false`: stopped while PostgreSQL was away; the batch will be replayed.
             if !batch.is_empty() && !self.flush(batch, &stop, &mut state).await? {
@@ -201,18 +245,8 @@ impl Pipeline {
             if matches!(fill, Fill::Stopped) {
                 break;
             }
-            if last_catalog.elapsed() >= CATALOG_REFRESH {
-                last_catalog = Instant::now();
-                let pool = self.store.pool();
-                match (Catalog::load(pool).await, RuleBook::load(pool).await) {
-                    (Ok(catalog), Ok(rules)) => {
-                        self.catalog = catalog;
-                        state.alerts.set_rules(rules);
-                    }
-                    (Err(e), _) | (_, Err(e)) => {
-                        warn!("cannot refresh the device catalog: {e}");
-                    }
-                }
+            if state.catalog_loaded.elapsed() >= CATALOG_REFRESH {
+                self.refresh_catalog(&mut state).await;
             }
             if last_upkeep.elapsed() >= PARTITION_UPKEEP {
                 last_upkeep = Instant::now();
@@ -334,7 +368,31 @@ impl Pipeline {
         }
     }
 
-    async fn fill(&mut self, batch: &mut Batch, stop: &CancellationToken) -> Fill {
+    /// Re-reads the device catalog and the alert rules.
+    async fn refresh_catalog(&mut self, state: &mut LoopState) {
+        state.catalog_loaded = Instant::now();
+        let pool = self.store.pool();
+        // Bounded: it may run while a batch is open, and PostgreSQL may be away.
+        let loaded = tokio::time::timeout(CATALOG_LOAD_TIMEOUT, async {
+            (Catalog::load(pool).await, RuleBook::load(pool).await)
+        })
+        .await;
+        match loaded {
+            Ok((Ok(catalog), Ok(rules))) => {
+                self.catalog = catalog;
+                state.alerts.set_rules(rules);
+            }
+            Ok((Err(e), _) | (_, Err(e))) => warn!("cannot refresh the device catalog: {e}"),
+            Err(_) => warn!("cannot refresh the device catalog: PostgreSQL did not answer"),
+        }
+    }
+
+    async fn fill(
+        &mut self,
+        batch: &mut Batch,
+        stop: &CancellationToken,
+        state: &mut LoopState,
+    ) -> Fill {
         let far = Instant::now() + Duration::from_secs(3600);
         loop {
             let closes_at = batch
@@ -347,6 +405,12 @@ impl Pipeline {
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
                         add(&self.catalog, batch, &message);
+                        if batch.last_is_unknown_to_catalog()
+                            && state.catalog_loaded.elapsed() >= CATALOG_RECHECK
+                        {
+                            self.refresh_catalog(state).await;
+                            batch.recheck_unknown(&self.catalog);
+                        }
                         // Dead letters count too, so a flood of bad records is
                         // bounded like good ones.
                         if batch.rows.len() + batch.dead_letters.len() >= self.settings.batch_rows {

@@ -565,6 +565,49 @@ async fn a_dead_letter_too_large_for_kafka_goes_cut_short(pool: PgPool) {
     );
 }
 
+/// A device registered while the ingester runs is stored from its first frame on: a
+/// record of an unknown device re-reads the catalog (at most every 5 s) before it is
+/// dead-lettered.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_device_registered_while_running_is_stored_not_dead_lettered(pool: PgPool) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let running = start(&pool, &topic, &dlq).await;
+    produce(
+        &topic,
+        &[(
+            "press-01".to_owned(),
+            frame("press-01", &[0], 0, 5, now_ms()),
+        )],
+    )
+    .await;
+    running.wait_records(1, Duration::from_secs(60)).await;
+    // Past the 5 s re-check interval since the catalog was read at start.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    sqlx::raw_sql(
+        "INSERT INTO devices (device_id, name, kind, site, line) \
+             VALUES ('lathe-07', 'Lathe 7', 'lathe', 'plant1', 'line-c'); \
+         INSERT INTO device_channels (device_id, channel_id, name, unit, sample_period_ms, \
+             range_min, range_max) VALUES ('lathe-07', 0, 'spindle_speed', 'rpm', 100, 0, 6000)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let lathe: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                "lathe-07".to_owned(),
+                frame("lathe-07", &[0], i * 5, 5, now_ms()),
+            )
+        })
+        .collect();
+    produce(&topic, &lathe).await;
+    running.wait_records(4, Duration::from_secs(60)).await;
+    let stats = running.stats.snapshot();
+    running.stop().await;
+    assert_eq!((stats.inserted, stats.dead_lettered), (20, 0), "{stats:?}");
+}
+
 /// Many dead letters within a minute are one `dlq_burst` system event, not one each.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_burst_of_dead_letters_is_logged_once(pool: PgPool) {
