@@ -1,7 +1,8 @@
 //! The cloud ingester: frames from Kafka's `sensors-data` into PostgreSQL
 //! (`sensor_readings`, `device_stats_hourly`) and Redis.
 //!
-//! - `validate`: decoding and validation; what fails goes to the dead-letter topic;
+//! - `validate`: decoding and validation; what fails goes to the dead-letter topic
+//!   (`dead_letters`);
 //! - `store`: the batched PostgreSQL write path (binary COPY, dedup, hourly statistics,
 //!   the batch's alert transitions, all in one transaction), partitions, `system_events`;
 //! - `alerts`: the rule engine (thresholds with hysteresis and minimum duration, stuck,
@@ -15,6 +16,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod dead_letters;
 pub mod health;
 pub mod kafka;
 pub mod pipeline;

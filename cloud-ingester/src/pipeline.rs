@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{FutureProducer, Producer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -34,12 +34,12 @@ use crate::alerts::rules::RuleBook;
 use crate::alerts::store::Applied;
 use crate::alerts::Evaluation;
 use crate::alerts::{self, AlertEngine};
+use crate::dead_letters::{self, BurstWindow, DeadLetter};
 use crate::redis_sink::RedisSink;
 use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
 use crate::store::{BatchOutcome, EventLevel, Store, StoreError};
-use crate::validate::{Catalog, RejectReason, Rejection};
-use protocol::kafka::headers;
+use crate::validate::Catalog;
 
 /// How often the device catalog is re-read, so newly registered devices are accepted.
 const CATALOG_REFRESH: Duration = Duration::from_secs(60);
@@ -51,10 +51,6 @@ const CATALOG_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 /// Days of `sensor_readings` partitions kept ready ahead of today.
 const PARTITIONS_AHEAD: i32 = 8;
-/// At least this many dead letters within [`DLQ_BURST_WINDOW`] is a burst worth a
-/// `system_events` row (one per window, so a flood does not flood the log too).
-const DLQ_BURST: u64 = 100;
-const DLQ_BURST_WINDOW: Duration = Duration::from_secs(60);
 /// The `system_events.service` of this program.
 pub const SERVICE: &str = "cloud-ingester";
 
@@ -85,23 +81,6 @@ pub enum PipelineError {
     AlertState(sqlx::Error),
 }
 
-/// A record set aside, with what it came with.
-struct DeadLetter {
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-    rejection: Rejection,
-}
-
-impl DeadLetter {
-    fn unknown_to_catalog(&self) -> bool {
-        matches!(
-            self.rejection.reason,
-            RejectReason::UnknownDevice | RejectReason::UnknownChannel
-        )
-    }
-}
-
 /// What the loop carries from one batch to the next.
 struct LoopState {
     alerts: AlertEngine,
@@ -109,41 +88,11 @@ struct LoopState {
     redis_backlog: HashMap<(String, i16), Row>,
     /// Since when Redis has been failing; `None` while it works.
     redis_down_since: Option<std::time::Instant>,
-    dead_letters: DeadLetterWindow,
+    dead_letters: BurstWindow,
     /// A rebalance happened: reload the alert state before the next evaluation.
     reload_alerts: bool,
     /// When the device catalog and the alert rules were last read.
     catalog_loaded: Instant,
-}
-
-/// Dead letters counted over a window, to report bursts once per window.
-struct DeadLetterWindow {
-    since: Instant,
-    count: u64,
-    reported: bool,
-}
-
-impl DeadLetterWindow {
-    fn new() -> Self {
-        Self {
-            since: Instant::now(),
-            count: 0,
-            reported: false,
-        }
-    }
-
-    /// Counts `n` more; returns the window's count the first time it reaches a burst.
-    fn add(&mut self, n: u64) -> Option<u64> {
-        if self.since.elapsed() >= DLQ_BURST_WINDOW {
-            *self = Self::new();
-        }
-        self.count += n;
-        if self.reported || self.count < DLQ_BURST {
-            return None;
-        }
-        self.reported = true;
-        Some(self.count)
-    }
 }
 
 #[derive(Default)]
@@ -223,7 +172,7 @@ impl Pipeline {
             alerts: self.load_alerts().await?,
             redis_backlog: HashMap::new(),
             redis_down_since: None,
-            dead_letters: DeadLetterWindow::new(),
+            dead_letters: BurstWindow::default(),
             reload_alerts: false,
             catalog_loaded: Instant::now(),
         };
@@ -433,7 +382,14 @@ impl Pipeline {
         state: &mut LoopState,
     ) -> Result<bool, PipelineError> {
         let started = std::time::Instant::now();
-        self.dead_letter(&batch.dead_letters).await?;
+        dead_letters::produce(
+            &self.producer,
+            &self.settings.dlq_topic,
+            &batch.dead_letters,
+            &self.stats,
+        )
+        .await
+        .map_err(PipelineError::DeadLetter)?;
         if let Some(count) = state.dead_letters.add(batch.dead_letters.len() as u64) {
             let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
             for letter in &batch.dead_letters {
@@ -444,7 +400,7 @@ impl Pipeline {
                 "dlq_burst",
                 format!(
                     "{count} records dead-lettered within {}",
-                    humantime::format_duration(DLQ_BURST_WINDOW)
+                    humantime::format_duration(dead_letters::BURST_WINDOW)
                 ),
                 serde_json::json!({ "count": count, "last_batch_reasons": reasons }),
             )
@@ -612,106 +568,6 @@ impl Pipeline {
             serde_json::json!({ "error": error, "ended": false }),
         )
         .await;
-    }
-
-    /// Produces the batch's dead letters and waits for Kafka to confirm all of them. One
-    /// that Kafka refuses for its own sake (too large with its headers) goes again cut to
-    /// [`service::dead_letter::TRUNCATED_BYTES`], so one record never stops the ingester.
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), PipelineError> {
-        let mut deliveries = Vec::with_capacity(letters.len());
-        for letter in letters {
-            deliveries.push(self.send_dead_letter(letter, false).await);
-        }
-        for (letter, delivery) in letters.iter().zip(deliveries) {
-            let settled = match delivery {
-                Ok(delivery) => settle(delivery).await,
-                Err(e) => Err(e),
-            };
-            let settled = match settled {
-                Err(e) if service::dead_letter::is_about_the_record(&e) => {
-                    warn!(
-                        length = letter.payload.len(),
-                        "Kafka refused a dead letter whole ({e}); sending it cut short"
-                    );
-                    match self.send_dead_letter(letter, true).await {
-                        Ok(delivery) => settle(delivery).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                other => other,
-            };
-            settled.map_err(PipelineError::DeadLetter)?;
-            self.stats.dead_lettered(letter.rejection.reason);
-        }
-        Ok(())
-    }
-
-    /// Queues one dead letter (waiting while the producer's queue is full): the original
-    /// key, payload and headers plus the reason, or, `cut` short, the payload's first
-    /// bytes with its original length and without the original headers.
-    async fn send_dead_letter(
-        &self,
-        letter: &DeadLetter,
-        cut: bool,
-    ) -> Result<DeliveryFuture, KafkaError> {
-        let mut record_headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 4);
-        let original_length = letter.payload.len().to_string();
-        let payload = if cut {
-            record_headers = record_headers.insert(Header {
-                key: headers::DLQ_ORIGINAL_LENGTH,
-                value: Some(&original_length),
-            });
-            &letter.payload[..letter
-                .payload
-                .len()
-                .min(service::dead_letter::TRUNCATED_BYTES)]
-        } else {
-            for (key, value) in &letter.headers {
-                record_headers = record_headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
-            }
-            &letter.payload[..]
-        };
-        let record_headers = record_headers
-            .insert(Header {
-                key: headers::DLQ_REASON,
-                value: Some(letter.rejection.reason.code()),
-            })
-            .insert(Header {
-                key: headers::DLQ_DETAIL,
-                value: Some(&letter.rejection.detail),
-            })
-            .insert(Header {
-                key: headers::DLQ_SOURCE,
-                value: Some(SERVICE),
-            });
-        let mut record = FutureRecord::to(&self.settings.dlq_topic)
-            .payload(payload)
-            .headers(record_headers);
-        if let Some(key) = &letter.key {
-            record = record.key(key);
-        }
-        loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
-    }
-}
-
-/// Kafka's verdict on one produced record.
-async fn settle(delivery: DeliveryFuture) -> Result<(), KafkaError> {
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e),
-        Err(_) => Err(KafkaError::Canceled),
     }
 }
 

@@ -81,7 +81,10 @@ struct LatestValue {
 }
 
 pub async fn run(global: &Global, args: &WatchArgs) -> Result<Outcome> {
-    let agents = agent_health(global);
+    let mut agents = agent_health(global);
+    // The agents' retained statuses come right after subscribing: give them a moment so
+    // the first screen already counts the agents.
+    let _ = tokio::time::timeout(Duration::from_secs(1), agents.changed()).await;
     let interval = Duration::from_secs(args.interval);
     let tty = std::io::stdout().is_terminal() && !global.json;
     let mut previous: HashMap<&'static str, (Instant, f64)> = HashMap::new();
