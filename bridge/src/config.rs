@@ -187,7 +187,7 @@ pub struct KafkaConfig {
     pub memory_budget: ByteSize,
     /// Extra librdkafka properties, passed through as they are (for TLS, SASL, ...).
     /// Numbers and booleans are taken as their text, as librdkafka wants.
-    #[serde(deserialize_with = "scalars_as_text")]
+    #[serde(deserialize_with = "service::kafka_config::properties_as_text")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -396,13 +396,15 @@ impl BridgeConfig {
             ("kafka.topic", &self.kafka.topic),
             ("kafka.dlq_topic", &self.kafka.dlq_topic),
         ] {
-            if !valid_kafka_topic(topic) {
+            if !service::kafka_config::valid_topic(topic) {
                 problems.push(format!(
                     "{key}: {topic:?} is not a Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
                 ));
             }
         }
-        if !self.kafka.metrics_topic.is_empty() && !valid_kafka_topic(&self.kafka.metrics_topic) {
+        if !self.kafka.metrics_topic.is_empty()
+            && !service::kafka_config::valid_topic(&self.kafka.metrics_topic)
+        {
             problems.push(format!(
                 "kafka.metrics_topic: {:?} is not a Kafka topic name",
                 self.kafka.metrics_topic
@@ -450,13 +452,12 @@ impl BridgeConfig {
     /// MQTT can deliver must fit a Kafka record (with room for the headers), so that no
     /// single message can be refused by Kafka for its size.
     fn check_kafka_properties(&self, problems: &mut Vec<String>) {
-        for key in MANAGED_KAFKA_PROPERTIES {
-            if self.kafka.properties.contains_key(*key) {
-                problems.push(format!(
-                    "kafka.properties.{key}: set by the bridge (its delivery guarantee depends on it)"
-                ));
-            }
-        }
+        service::kafka_config::refuse_managed(
+            &self.kafka.properties,
+            MANAGED_KAFKA_PROPERTIES,
+            "set by the bridge (its delivery guarantee depends on it)",
+            problems,
+        );
         let message_max = match self.kafka.properties.get("message.max.bytes") {
             None => LIBRDKAFKA_MESSAGE_MAX_BYTES,
             Some(value) => match value.parse::<u64>() {
@@ -498,38 +499,6 @@ const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
 
 /// Room for a record's key, headers (topic, reasons) and framing.
 const RECORD_OVERHEAD: u64 = 4096;
-
-fn scalars_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
-    raw.into_iter()
-        .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(text) => text,
-                serde_json::Value::Number(number) => number.to_string(),
-                serde_json::Value::Bool(flag) => flag.to_string(),
-                other => {
-                    return Err(serde::de::Error::custom(format!(
-                        "property {key}: {other} is not a string, number or boolean"
-                    )))
-                }
-            };
-            Ok((key, text))
-        })
-        .collect()
-}
-
-/// Kafka's own rule for topic names.
-fn valid_kafka_topic(name: &str) -> bool {
-    (1..=249).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 #[cfg(test)]
 mod tests {

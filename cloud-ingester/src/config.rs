@@ -108,7 +108,7 @@ pub struct KafkaConfig {
     pub metrics_interval: Duration,
     /// Extra librdkafka properties for the consumer and the producer, passed through as
     /// they are (for TLS, SASL, ...). Numbers and booleans are taken as their text.
-    #[serde(deserialize_with = "scalars_as_text")]
+    #[serde(deserialize_with = "service::kafka_config::properties_as_text")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -325,7 +325,7 @@ impl IngesterConfig {
             ("kafka.metrics_topic", &self.kafka.metrics_topic, true),
         ] {
             let turned_off = optional && topic.is_empty();
-            if !(turned_off || valid_kafka_topic(topic)) {
+            if !(turned_off || service::kafka_config::valid_topic(topic)) {
                 problems.push(format!(
                     "{key}: {topic:?} is not a Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
                 ));
@@ -343,13 +343,12 @@ impl IngesterConfig {
         if self.kafka.metrics_interval < Duration::from_secs(1) {
             problems.push("kafka.metrics_interval: at least 1 s".to_owned());
         }
-        for key in MANAGED_KAFKA_PROPERTIES {
-            if self.kafka.properties.contains_key(*key) {
-                problems.push(format!(
-                    "kafka.properties.{key}: set by the ingester (its delivery guarantee or health depends on it)"
-                ));
-            }
-        }
+        service::kafka_config::refuse_managed(
+            &self.kafka.properties,
+            MANAGED_KAFKA_PROPERTIES,
+            "set by the ingester (its delivery guarantee or health depends on it)",
+            &mut problems,
+        );
         if !(1..=1_000_000).contains(&self.batch.rows) {
             problems.push("batch.rows: between 1 and 1000000".to_owned());
         }
@@ -410,38 +409,6 @@ fn redact_url(url: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
         None => url.to_owned(),
     }
-}
-
-fn scalars_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
-    raw.into_iter()
-        .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(text) => text,
-                serde_json::Value::Number(number) => number.to_string(),
-                serde_json::Value::Bool(flag) => flag.to_string(),
-                other => {
-                    return Err(serde::de::Error::custom(format!(
-                        "property {key}: {other} is not a string, number or boolean"
-                    )))
-                }
-            };
-            Ok((key, text))
-        })
-        .collect()
-}
-
-/// Kafka's own rule for topic names.
-fn valid_kafka_topic(name: &str) -> bool {
-    (1..=249).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! injected ground truth: every anomaly caught once, nothing raised outside them, the
 //! state kept across a restart, and a replay raising nothing again.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,35 +26,12 @@ use edge_agent::sensors::{
     build_source, AnomalyConfig, AnomalyKind, SimModel, SimulatedSourceConfig, SourceConfig,
 };
 use protocol::{BootId, DeviceId, Frame, Quality, Reading};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
+use support::{create_topics, kafka, now_ms, produce};
 use tokio_util::sync::CancellationToken;
-
-fn kafka() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", testkit::kafka_brokers());
-    config
-}
-
-async fn create_topics(names: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = kafka().create().unwrap();
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, 2, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-}
 
 /// One sampling tick of a simulated channel: its device time and reading, if any.
 #[derive(Debug, Clone, Copy)]
@@ -129,8 +108,13 @@ fn episodes(ticks: &[Tick]) -> Vec<Episode> {
     out
 }
 
-/// Frames of up to 50 readings of one device, in time order, as the agent sends them.
-fn frames(device: &str, readings: &mut [(i64, u8, f32, Quality)], first_seq: u64) -> Vec<Vec<u8>> {
+/// Frames of up to 50 readings of one device, in time order, as the agent sends them,
+/// keyed by the device as the bridge keys them.
+fn frames(
+    device: &str,
+    readings: &mut [(i64, u8, f32, Quality)],
+    first_seq: u64,
+) -> Vec<(String, Vec<u8>)> {
     readings.sort_by_key(|r| (r.0, r.1));
     let mut out = Vec::new();
     let mut seq = first_seq;
@@ -155,7 +139,7 @@ fn frames(device: &str, readings: &mut [(i64, u8, f32, Quality)], first_seq: u64
         }
         seq += chunk.len() as u64;
         let mut buf = [0u8; protocol::MAX_FRAME_LEN];
-        out.push(frame.encode(&mut buf).unwrap().to_vec());
+        out.push((device.to_owned(), frame.encode(&mut buf).unwrap().to_vec()));
     }
     out
 }
@@ -165,26 +149,6 @@ fn channel_readings(channel: u8, ticks: &[Tick]) -> Vec<(i64, u8, f32, Quality)>
         .iter()
         .filter_map(|t| t.value.map(|(v, q)| (t.ts_ms, channel, v, q)))
         .collect()
-}
-
-async fn produce(topic: &str, device: &str, frames: &[Vec<u8>]) {
-    let producer: FutureProducer = kafka()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let deliveries: Vec<_> = frames
-        .iter()
-        .map(|payload| {
-            producer
-                .send_result(FutureRecord::to(topic).key(device).payload(payload))
-                .map_err(|(e, _)| e)
-                .unwrap()
-        })
-        .collect();
-    for delivery in deliveries {
-        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
 }
 
 struct Topics {
@@ -361,7 +325,7 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
     };
     create_topics(&[&topics.data, &topics.dlq, &topics.alerts]).await;
     let redis = RedisSink::new(&testkit::redis_url(), &testkit::unique_name("alerts")).unwrap();
-    let now = chrono_now_ms();
+    let now = now_ms() as i64;
     let start_ms = now - 4 * 3600 * 1000;
     let half_hour = Duration::from_secs(1800);
 
@@ -409,8 +373,8 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
     let mut compressor_readings = channel_readings(0, &power);
     compressor_readings.extend(channel_readings(1, &current));
     let compressor_frames = frames("compressor-01", &mut compressor_readings, 0);
-    produce(&topics.data, "press-01", &press_frames).await;
-    produce(&topics.data, "compressor-01", &compressor_frames).await;
+    produce(&topics.data, &press_frames).await;
+    produce(&topics.data, &compressor_frames).await;
     let sent = (press_frames.len() + compressor_frames.len()) as u64;
 
     let group = testkit::unique_name("algroup");
@@ -524,12 +488,7 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
     let mut breach: Vec<_> = (0..25)
         .map(|i| (last_ms + i * 200, 0, 262.0_f32, Quality::empty()))
         .collect();
-    produce(
-        &topics.data,
-        "press-01",
-        &frames("press-01", &mut breach, 1 << 40),
-    )
-    .await;
+    produce(&topics.data, &frames("press-01", &mut breach, 1 << 40)).await;
     let running = start(&pool, &topics, &group, &redis).await;
     running.wait_records(1).await;
     running.stop().await;
@@ -554,12 +513,7 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
     let mut back: Vec<_> = (25..30)
         .map(|i| (last_ms + i * 200, 0, 240.0_f32, Quality::empty()))
         .collect();
-    produce(
-        &topics.data,
-        "press-01",
-        &frames("press-01", &mut back, 1 << 41),
-    )
-    .await;
+    produce(&topics.data, &frames("press-01", &mut back, 1 << 41)).await;
     let running = start(&pool, &topics, &group, &redis).await;
     running.wait_records(1).await;
     running.stop().await;
@@ -591,11 +545,4 @@ async fn open_in_redis(redis: &RedisSink) -> BTreeMap<i64, serde_json::Value> {
         .into_iter()
         .map(|(id, json)| (id, serde_json::from_str(&json).unwrap()))
         .collect()
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

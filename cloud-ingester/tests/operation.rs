@@ -2,76 +2,16 @@
 //! consumer lag to Prometheus, publishes the metrics record on Kafka, logs its start and
 //! stop in `system_events`, and exits 0 on SIGTERM.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use protocol::{BootId, DeviceId, Frame, Quality, Reading};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use sqlx::PgPool;
-
-fn kafka() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", testkit::kafka_brokers());
-    config
-}
-
-async fn create_topics(names: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = kafka().create().unwrap();
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-}
-
-/// A frame of `readings` readings of channel 0 of `device`, starting at `first_seq`.
-fn frame(device: &str, first_seq: u64, readings: usize, base_ms: u64) -> Vec<u8> {
-    let mut frame = Frame::new(
-        DeviceId::new(device).unwrap(),
-        BootId([7; 8]),
-        first_seq,
-        base_ms,
-    );
-    for i in 0..readings {
-        frame
-            .readings
-            .push(Reading {
-                channel: 0,
-                offset_ms: i as u32 * 10,
-                value: 1.0 + i as f32,
-                quality: Quality::empty(),
-            })
-            .unwrap();
-    }
-    let mut buf = [0u8; protocol::MAX_FRAME_LEN];
-    frame.encode(&mut buf).unwrap().to_vec()
-}
-
-async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
-    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
-    for (key, payload) in records {
-        producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-}
+use support::{create_topics, frame, kafka, produce};
 
 /// Status and body of a plain HTTP GET; `None` while nothing listens.
 async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -146,7 +86,7 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
             let device = ["press-01", "furnace-01"][i as usize % 2];
             (
                 device.to_owned(),
-                frame(device, i * 20, 20, now - 60_000 + i * 200),
+                frame(device, &[0], i * 20, 20, now - 60_000 + i * 200),
             )
         })
         .collect();

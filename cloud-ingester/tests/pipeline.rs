@@ -2,6 +2,8 @@
 //! PostgreSQL database: replays and duplicates add no rows and no statistics, and a
 //! poison record goes to the DLQ while its neighbours are stored.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,87 +15,12 @@ use cloud_ingester::redis_sink::RedisSink;
 use cloud_ingester::stats::IngestStats;
 use cloud_ingester::store::Store;
 use cloud_ingester::validate::Catalog;
-use protocol::{BootId, DeviceId, Frame, Quality, Reading};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
+use support::{create_topics, frame, kafka, now_ms, produce};
 use tokio_util::sync::CancellationToken;
-
-fn kafka() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", testkit::kafka_brokers());
-    config
-}
-
-async fn create_topics(names: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = kafka().create().unwrap();
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// A frame of `readings` readings of `channels`, starting at `first_seq`.
-fn frame(device: &str, channels: &[u8], first_seq: u64, readings: usize, base_ms: u64) -> Vec<u8> {
-    let mut frame = Frame::new(
-        DeviceId::new(device).unwrap(),
-        BootId([9; 8]),
-        first_seq,
-        base_ms,
-    );
-    for i in 0..readings {
-        frame
-            .readings
-            .push(Reading {
-                channel: channels[i % channels.len()],
-                offset_ms: i as u32 * 10,
-                value: (first_seq + i as u64) as f32,
-                quality: Quality::empty(),
-            })
-            .unwrap();
-    }
-    let mut buf = [0u8; protocol::MAX_FRAME_LEN];
-    frame.encode(&mut buf).unwrap().to_vec()
-}
-
-async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
-    let producer: FutureProducer = kafka()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    // All in flight at once (the idempotent producer keeps their order per partition).
-    let deliveries: Vec<_> = records
-        .iter()
-        .map(|(key, payload)| {
-            producer
-                .send_result(FutureRecord::to(topic).key(key).payload(payload))
-                .map_err(|(e, _)| e)
-                .unwrap()
-        })
-        .collect();
-    for delivery in deliveries {
-        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
-}
 
 struct Running {
     stats: Arc<IngestStats>,

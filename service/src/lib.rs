@@ -4,12 +4,14 @@
 //! Without features it is only [`shutdown_signal`], which is all the edge agent on the Pi
 //! takes. The cloud services enable `http` (the recorder in [`metrics`] and the endpoint
 //! in [`http`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules in
-//! [`dead_letter`]).
+//! [`dead_letter`], the configuration checks in [`kafka_config`]).
 
 #[cfg(feature = "kafka")]
 pub mod dead_letter;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka_config;
 #[cfg(feature = "http")]
 pub mod metrics;
 #[cfg(feature = "kafka")]
