@@ -86,14 +86,19 @@ pub struct MqttClientConfig {
     #[serde(with = "humantime_serde")]
     pub session_expiry: Duration,
     /// Shared-subscription group: instances with the same group split the devices'
-    /// messages between them (`$share/{group}/...`). Empty subscribes without sharing,
-    /// for brokers that lack shared subscriptions.
+    /// messages between them (`$share/{group}/...`). Empty (the default) subscribes
+    /// without sharing: Mosquitto 2.0 does not restore shared subscriptions when it
+    /// restarts, so a shared group loses what devices publish between the broker's
+    /// restart and the bridge's return (the e2e `broker-outage` scenario found it).
     pub shared_group: String,
     /// Largest message the broker may send; it discards larger ones (MQTT 5 Maximum
     /// Packet Size), so one oversized message cannot wedge the session.
     pub max_packet_size: ByteSize,
     #[serde(with = "humantime_serde")]
     pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts. Short: every reading waits for the
+    /// bridge once the broker is back (the e2e `queue-cap` scenario took 10 s to recover
+    /// from a 15 s broker outage with 30 s), and one client retrying is cheap.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
 }
@@ -107,10 +112,10 @@ impl Default for MqttClientConfig {
             password: None,
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(7 * 24 * 3600),
-            shared_group: "bridge".to_owned(),
+            shared_group: String::new(),
             max_packet_size: ByteSize::kib(256),
             reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(30),
+            reconnect_max: Duration::from_secs(3),
         }
     }
 }

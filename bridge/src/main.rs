@@ -22,8 +22,9 @@ use tracing::error;
 /// * client: the bridge subscribes to an external broker (Mosquitto, EMQX, HiveMQ) with
 ///   a persistent MQTT 5 session and acknowledges each message only after Kafka has
 ///   confirmed it, so nothing the broker held is lost. Use this in production, with a
-///   broker that persists sessions; several bridges share the load through
-///   `$share/{mqtt.shared_group}/...`.
+///   broker that persists sessions. Several bridges can share the load through
+///   `$share/{mqtt.shared_group}/...`, but Mosquitto 2.0 forgets shared subscriptions
+///   when it restarts, losing what arrives before the bridges return (off by default).
 ///
 /// Configuration: built-in defaults, then the TOML file (see bridge/config/*.toml),
 /// then BRIDGE_* environment variables (`__` between levels, e.g.
