@@ -158,6 +158,12 @@ struct DeviceState {
     channels: HashMap<i16, ChannelState>,
     /// Device time of the device's newest reading, any channel.
     last_ts: Option<i64>,
+    /// No channel's dropout can open before the device's time passes this: at most the
+    /// earliest (last reading + silence window) of its channels. The sibling scan runs
+    /// only past it; scanning at every reading cost O(channels) each, which a device with
+    /// hundreds of channels made the ingester's bottleneck (docs/benchmarks.md). 0, the
+    /// default, means "not known yet": any reading time passes it.
+    dropout_check_at: i64,
 }
 
 /// The alert state of every channel, and the rules it applies.
@@ -218,6 +224,10 @@ impl AlertEngine {
     /// New rules (the device catalog was re-read); the state is kept.
     pub fn set_rules(&mut self, rules: RuleBook) {
         self.rules = rules;
+        // Silence windows may have shrunk: every device's next scan bound is stale.
+        for state in self.devices.values_mut() {
+            state.dropout_check_at = 0;
+        }
     }
 
     pub fn rules(&self) -> &RuleBook {
@@ -271,6 +281,9 @@ impl AlertEngine {
         let Some(rules) = self.rules.get(device, row.channel_id) else {
             return;
         };
+        state.dropout_check_at = state
+            .dropout_check_at
+            .min(row.ts_ms.saturating_add(rules.silence_ms));
         let value = f64::from(row.value);
         let key = |rule| AlertKey {
             device_id: device.to_owned(),
@@ -330,8 +343,12 @@ impl AlertEngine {
         let Some(device_last) = device_last else {
             return;
         };
+        if device_last <= state.dropout_check_at {
+            return;
+        }
+        let mut next_check = i64::MAX;
         for (&sibling, sibling_state) in state.channels.iter_mut() {
-            if sibling == row.channel_id || sibling_state.dropout_open {
+            if sibling_state.dropout_open {
                 continue;
             }
             let (Some(last), Some(sibling_rules)) =
@@ -339,8 +356,15 @@ impl AlertEngine {
             else {
                 continue;
             };
+            let deadline = last.saturating_add(sibling_rules.silence_ms);
+            if sibling == row.channel_id {
+                next_check = next_check.min(deadline);
+                continue;
+            }
             let silent = device_last - last;
-            if silent > sibling_rules.silence_ms {
+            if silent <= sibling_rules.silence_ms {
+                next_check = next_check.min(deadline);
+            } else {
                 sibling_state.dropout_open = true;
                 out.push(Transition {
                     key: AlertKey {
@@ -361,6 +385,7 @@ impl AlertEngine {
                 });
             }
         }
+        state.dropout_check_at = next_check;
     }
 }
 
