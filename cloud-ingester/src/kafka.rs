@@ -150,6 +150,11 @@ pub fn consumer(
     let mut client = client_config(config, client_id);
     client
         .set("group.id", &config.group)
+        // A crashed instance's partitions move to the others once its session expires:
+        // 10 s (Kafka's minimum is 6 s) rather than librdkafka's 45 s. Heartbeats come
+        // from librdkafka's own thread, so a busy pipeline does not miss them.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -158,7 +163,7 @@ pub fn consumer(
         // The only buffer besides the batch in hand (see pipeline.rs).
         .set("queued.max.messages.kbytes", "16384")
         // How long a fetch may wait for data: librdkafka's 500 ms default is latency the
-        // batch age (200 ms) does not need; brokers that wait it out (Tansu does) would
+        // batch age (50 ms) does not need; brokers that wait it out (Tansu does) would
         // add it to every reading's way.
         .set("fetch.wait.max.ms", "50")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);

@@ -68,7 +68,7 @@ struct Cli {
     /// A batch closes at this many readings... (overrides batch.rows).
     #[arg(long)]
     batch_rows: Option<usize>,
-    /// ...or this long after its first record, e.g. 200ms (overrides batch.age).
+    /// ...or this long after its first record, e.g. 50ms (overrides batch.age).
     #[arg(long)]
     batch_age: Option<String>,
     /// Drop sensor_readings partitions older than this many days (overrides
