@@ -1,0 +1,535 @@
+//! The whole pipeline on one machine, every part a real process or server of its own:
+//! PostgreSQL, Redis, a Kafka-compatible broker (Tansu) and, in client mode, Mosquitto
+//! (private servers from `testkit`, so a scenario may stop them without touching the
+//! shared stack); the ingester, the bridge and two edge agents as child processes; and
+//! the observer on the broker the agents publish to. Scenarios reach into it to inject
+//! faults; [`Pipeline::finish`] stops the agents cleanly, waits for the pipeline to
+//! settle and hands back what the ledger needs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tempfile::TempDir;
+use testkit::{Mosquitto, Postgres, Redis, Tansu};
+
+use crate::binaries::binary;
+use crate::observer::{Observed, Observer};
+use crate::process::Process;
+use crate::workload::{self, QueueSize, GATEWAYS};
+
+/// Where the agents' broker lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeMode {
+    /// A private Mosquitto with a persistent store; the bridge subscribes to it with a
+    /// persistent session and acknowledges after Kafka. The production setup.
+    Client,
+    /// The bridge's embedded rumqttd: acknowledged on receipt, held in memory.
+    Embedded,
+}
+
+/// A server a scenario stops and starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Server {
+    /// The agents' Mosquitto (client mode).
+    Broker,
+    Postgres,
+    Redis,
+}
+
+impl Server {
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Broker => "broker",
+            Server::Postgres => "PostgreSQL",
+            Server::Redis => "Redis",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub seed: u64,
+    pub bridge: BridgeMode,
+    /// The agents' queue size; `None` keeps the defaults (64 MiB).
+    pub queue: Option<QueueSize>,
+}
+
+/// How long a stopped part may take to exit cleanly.
+const STOP_PATIENCE: Duration = Duration::from_secs(60);
+/// How long the agents keep delivering their queue after SIGTERM.
+const AGENT_GRACE: &str = "30s";
+/// Frames an agent may have queued and still count as caught up: about a second's worth.
+const CAUGHT_UP_BACKLOG: u64 = 10;
+
+// Fields drop in this order: the processes before the servers they talk to.
+pub struct Pipeline {
+    pub options: Options,
+    /// One per gateway of [`GATEWAYS`], in that order.
+    pub agents: Vec<Process>,
+    pub bridge: Process,
+    pub ingesters: Vec<Process>,
+    observer: Option<Observer>,
+    pub db: PgPool,
+    pub postgres: Postgres,
+    pub redis: Redis,
+    pub kafka: Tansu,
+    pub mosquitto: Option<Mosquitto>,
+    queue_dirs: Vec<PathBuf>,
+    /// The `/metrics` address of the bridge, then of each ingester.
+    metrics: Vec<String>,
+    dir: TempDir,
+}
+
+impl Pipeline {
+    /// Starts everything and returns once readings of every device are in PostgreSQL.
+    pub async fn start(options: Options) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-")
+            .tempdir()
+            .context("creating the scenario's directory")?;
+        let postgres = Postgres::start();
+        let redis = Redis::start();
+        let kafka = Tansu::start();
+        create_topics(&kafka.brokers()).await?;
+        let mosquitto = (options.bridge == BridgeMode::Client).then(Mosquitto::start);
+        let mqtt_port = match &mosquitto {
+            Some(broker) => broker.port(),
+            None => testkit::free_port(),
+        };
+
+        let db = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(&postgres.url("postgres"))
+            .context("PostgreSQL URL")?;
+        let bridge_http = format!("127.0.0.1:{}", testkit::free_port());
+        let mut pipeline = Self {
+            options,
+            bridge: bridge_process(
+                options.bridge,
+                mqtt_port,
+                &kafka.brokers(),
+                &bridge_http,
+                dir.path(),
+            )?,
+            metrics: vec![bridge_http],
+            ingesters: Vec::new(),
+            agents: Vec::new(),
+            observer: None,
+            queue_dirs: Vec::new(),
+            postgres,
+            redis,
+            kafka,
+            mosquitto,
+            db,
+            dir,
+        };
+        pipeline.add_ingester()?;
+        pipeline.wait_for_schema().await?;
+        pipeline.bridge.start()?;
+        wait_for_port(mqtt_port, &mut pipeline.bridge)?;
+        pipeline.observer =
+            Some(Observer::start(mqtt_port, "e2e-observer", &workload::devices()).await?);
+
+        let agent = binary("edge-agent")?;
+        for gateway in &GATEWAYS {
+            let config = workload::agent_config(
+                gateway,
+                options.seed,
+                mqtt_port,
+                options.queue,
+                pipeline.dir.path(),
+            )?;
+            pipeline
+                .queue_dirs
+                .push(pipeline.dir.path().join(format!("{}-queue", gateway.id)));
+            let args = vec![
+                "--config".to_owned(),
+                config.display().to_string(),
+                "--shutdown-grace".to_owned(),
+                AGENT_GRACE.to_owned(),
+            ];
+            let mut process = Process::new(gateway.id, &agent, &args, pipeline.dir.path());
+            process.start()?;
+            pipeline.agents.push(process);
+        }
+        pipeline.wait_for_every_device().await?;
+        Ok(pipeline)
+    }
+
+    /// Stops everything, keeping the scenario's directory (every process's log, the
+    /// agents' configs and queues), and returns its path.
+    pub fn keep_logs(self) -> PathBuf {
+        let Self { dir, .. } = self;
+        dir.keep()
+    }
+
+    /// Stops `server`: Mosquitto saves its store and PostgreSQL shuts down fast (open
+    /// connections cut); Redis, which keeps no persistence here, is killed and comes
+    /// back empty, the harder case for the ingester's resync.
+    pub fn stop_server(&mut self, server: Server) -> Result<()> {
+        match server {
+            Server::Broker => self.mosquitto()?.stop(),
+            Server::Postgres => self.postgres.stop(),
+            Server::Redis => self.redis.stop(),
+        }
+        Ok(())
+    }
+
+    /// Starts `server` again on the same port (with the same data, but for Redis).
+    pub fn start_server(&mut self, server: Server) -> Result<()> {
+        match server {
+            Server::Broker => self.mosquitto()?.restart(),
+            Server::Postgres => self.postgres.restart(),
+            Server::Redis => self.redis.restart(),
+        }
+        Ok(())
+    }
+
+    fn mosquitto(&mut self) -> Result<&mut Mosquitto> {
+        self.mosquitto
+            .as_mut()
+            .context("this scenario needs the Mosquitto of client mode")
+    }
+
+    /// Starts another ingester in the same consumer group.
+    pub fn add_ingester(&mut self) -> Result<()> {
+        let n = self.ingesters.len() + 1;
+        let http = format!("127.0.0.1:{}", testkit::free_port());
+        let mut args = vec![
+            "--database-url".to_owned(),
+            self.postgres.url("postgres"),
+            "--redis-url".to_owned(),
+            self.redis.url(),
+            "--kafka-brokers".to_owned(),
+            self.kafka.brokers(),
+            "--group".to_owned(),
+            "e2e".to_owned(),
+            "--id".to_owned(),
+            format!("e2e-ingester-{n}"),
+            "--http-listen".to_owned(),
+            http.clone(),
+        ];
+        if n == 1 {
+            args.push("--migrate".to_owned());
+        }
+        let name = format!("ingester-{n}");
+        let mut process = Process::new(&name, &binary("cloud-ingester")?, &args, self.dir.path());
+        process.start()?;
+        self.ingesters.push(process);
+        self.metrics.push(http);
+        Ok(())
+    }
+
+    /// The devices of agent `index`.
+    pub fn agent_devices(&self, index: usize) -> &'static [&'static str] {
+        GATEWAYS[index].devices
+    }
+
+    /// What the observer has seen so far.
+    pub fn observed(&self) -> Observed {
+        self.observer
+            .as_ref()
+            .map(Observer::snapshot)
+            .unwrap_or_default()
+    }
+
+    /// Fails, quoting its log, if a part that should be running has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.bridge.check_alive()?;
+        for process in self.ingesters.iter_mut().chain(self.agents.iter_mut()) {
+            process.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a reading of one of `devices` sampled at or after `since` is
+    /// committed: the pipeline carries fresh data again. Returns how long that took.
+    pub async fn wait_for_fresh_rows(
+        &mut self,
+        devices: &[&str],
+        since_ms: u64,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+        loop {
+            self.check_alive()?;
+            let fresh: Option<bool> = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM sensor_readings
+                                 WHERE device_id = ANY($1) AND ts >= to_timestamp($2 / 1000.0))",
+            )
+            .bind(&devices)
+            .bind(since_ms as f64)
+            .fetch_one(&self.db)
+            .await
+            .ok();
+            if fresh == Some(true) {
+                return Ok(started.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!("no fresh readings of {devices:?} within 120 s of recovery");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the agents cleanly (their queues drain to the broker), waits until
+    /// PostgreSQL holds every reading the observer saw or stops gaining for
+    /// `quiet`, and returns what the ledger needs.
+    pub async fn finish(mut self) -> Result<Finished> {
+        self.check_alive()?;
+        self.wait_for_agents_caught_up().await?;
+        for agent in &mut self.agents {
+            agent.terminate(STOP_PATIENCE)?;
+        }
+        let observed = match self.observer.take() {
+            // The agents have exited: whatever they published has reached the broker,
+            // and the observer needs a moment to receive the last of it.
+            Some(observer) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                observer.stop().await
+            }
+            None => Observed::default(),
+        };
+        let target = observed.readings();
+        let quiet = Duration::from_secs(30);
+        let mut last = (0i64, Instant::now());
+        loop {
+            self.check_alive()?;
+            let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM sensor_readings")
+                .fetch_one(&self.db)
+                .await
+                .context("counting stored readings")?;
+            if stored as u64 >= target {
+                break;
+            }
+            if stored != last.0 {
+                last = (stored, Instant::now());
+            } else if last.1.elapsed() > quiet {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Let the last batch's Redis update and a straggling duplicate land, then stop
+        // the bridge and the ingesters cleanly: their shutdown is part of what is tested.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.check_alive()?;
+        let confirmed_dead_letters = self.confirmed_dead_letters()?;
+        self.bridge.terminate(STOP_PATIENCE)?;
+        for ingester in self.ingesters.iter_mut().filter(|i| i.is_running()) {
+            ingester.terminate(STOP_PATIENCE)?;
+        }
+        let mut queues = Vec::new();
+        for dir in &self.queue_dirs {
+            queues.push(queue_state(dir)?);
+        }
+        Ok(Finished {
+            observed,
+            queues,
+            confirmed_dead_letters,
+            pipeline: self,
+        })
+    }
+}
+
+/// A pipeline whose agents have stopped and whose backlog has settled.
+pub struct Finished {
+    pub observed: Observed,
+    /// Per agent queue: (records still unacknowledged, records dropped over its life).
+    pub queues: Vec<(u64, u64)>,
+    /// Dead letters Kafka confirmed to the bridge and the running ingesters, by their
+    /// own counters (since each one's last start).
+    pub confirmed_dead_letters: u64,
+    pub pipeline: Pipeline,
+}
+
+impl Finished {
+    /// Keeps the scenario's directory (every process's log, the agents' configs and
+    /// queues) instead of deleting it, and returns its path.
+    pub fn keep_logs(self) -> PathBuf {
+        self.pipeline.keep_logs()
+    }
+}
+
+/// Milliseconds since the Unix epoch, the clock the agents stamp readings with.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn queue_state(dir: &std::path::Path) -> Result<(u64, u64)> {
+    use edge_agent::queue::{DiskQueue, QueueConfig};
+    let (queue, report) = DiskQueue::open(QueueConfig::new(dir))
+        .with_context(|| format!("opening the agent queue {}", dir.display()))?;
+    Ok((report.unacked_records, queue.stats().lost_records_total))
+}
+
+impl Pipeline {
+    async fn wait_for_schema(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_alive()?;
+            let seeded: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM devices")
+                .fetch_one(&self.db)
+                .await;
+            if seeded.is_ok_and(|n| n >= workload::devices().len() as i64) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the ingester did not migrate the database within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the bridge and the ingesters have had `expected` dead letters
+    /// confirmed (the ingester re-reads its catalog before dead-lettering an unknown
+    /// device, so those come a little later), or a minute has passed.
+    pub async fn wait_for_dead_letters(&mut self, expected: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.confirmed_dead_letters()? < expected && Instant::now() < deadline {
+            self.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+
+    /// The running services' own count of dead letters Kafka confirmed to them.
+    fn confirmed_dead_letters(&self) -> Result<u64> {
+        let running = std::iter::once(self.bridge.is_running())
+            .chain(self.ingesters.iter().map(Process::is_running));
+        let mut total = 0.0;
+        for (address, _) in self.metrics.iter().zip(running).filter(|(_, up)| *up) {
+            let url = format!("http://{address}/metrics");
+            let text = ureq::get(&url)
+                .timeout(Duration::from_secs(10))
+                .call()
+                .with_context(|| format!("GET {url}"))?
+                .into_string()
+                .with_context(|| format!("reading {url}"))?;
+            total += text
+                .lines()
+                .filter(|line| {
+                    line.starts_with("bridge_messages_dead_lettered_total")
+                        || line.starts_with("ingester_records_dead_lettered_total")
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        Ok(total as u64)
+    }
+
+    /// Waits until every agent reports itself connected with no more than a second's
+    /// frames queued, so the clean stop measures the pipeline rather than an agent
+    /// still backing off its reconnection. Gives up after two minutes; the ledger then
+    /// shows what stayed in the queues.
+    async fn wait_for_agents_caught_up(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            let observer = self.observer.as_ref().context("no observer")?;
+            if GATEWAYS
+                .iter()
+                .all(|g| observer.caught_up(g.id, CAUGHT_UP_BACKLOG))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_for_every_device(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let wanted = workload::devices().len() as i64;
+        loop {
+            self.check_alive()?;
+            let devices: i64 =
+                sqlx::query_scalar("SELECT count(DISTINCT device_id) FROM sensor_readings")
+                    .fetch_one(&self.db)
+                    .await
+                    .unwrap_or(0);
+            if devices >= wanted {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {devices} of {wanted} devices reached PostgreSQL within 90 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn bridge_process(
+    mode: BridgeMode,
+    mqtt_port: u16,
+    brokers: &str,
+    http: &str,
+    dir: &std::path::Path,
+) -> Result<Process> {
+    let mut args = vec![
+        "--id".to_owned(),
+        "e2e-bridge".to_owned(),
+        "--kafka-brokers".to_owned(),
+        brokers.to_owned(),
+        "--http-listen".to_owned(),
+        http.to_owned(),
+    ];
+    match mode {
+        BridgeMode::Client => args.extend([
+            "--mode".to_owned(),
+            "client".to_owned(),
+            "--mqtt-host".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--mqtt-port".to_owned(),
+            mqtt_port.to_string(),
+        ]),
+        BridgeMode::Embedded => args.extend([
+            "--mode".to_owned(),
+            "embedded".to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{mqtt_port}"),
+        ]),
+    }
+    Ok(Process::new("bridge", &binary("bridge")?, &args, dir))
+}
+
+/// Waits until something accepts connections on `port`, failing early if `process`
+/// (the one meant to listen there) dies.
+pub fn wait_for_port(port: u16, process: &mut Process) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        process.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port} after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+async fn create_topics(brokers: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("Kafka admin client")?;
+    let topics: Vec<NewTopic> = protocol::kafka::ALL_TOPICS
+        .iter()
+        .map(|t| NewTopic::new(t.name, t.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .context("creating the Kafka topics")?
+    {
+        result.map_err(|(topic, e)| anyhow::anyhow!("creating topic {topic}: {e}"))?;
+    }
+    Ok(())
+}

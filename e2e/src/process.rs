@@ -1,0 +1,168 @@
+//! One program of the pipeline as a child process that a scenario can kill, stop and
+//! start again with the same command line, its output kept in a log file that is quoted
+//! when the program dies unexpectedly.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How much of a log is quoted in an error.
+const LOG_TAIL_BYTES: u64 = 4000;
+
+pub struct Process {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Starts so far, including the first.
+    pub starts: u32,
+}
+
+impl Process {
+    /// A program that is not started yet; its output goes to `{log_dir}/{name}.log`.
+    pub fn new(name: &str, program: &Path, args: &[String], log_dir: &Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            envs: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the program (again), appending to its log.
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already running", self.name);
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log handle")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// SIGKILL: the process gets no chance to flush, close or say goodbye.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.take_running()?;
+        child
+            .kill()
+            .with_context(|| format!("killing {}", self.name))?;
+        child
+            .wait()
+            .with_context(|| format!("reaping {}", self.name))?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to `patience` for a clean exit (status 0).
+    pub fn terminate(&mut self, patience: Duration) -> Result<()> {
+        let mut child = self.take_running()?;
+        signal(&child, libc::SIGTERM)?;
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for the exit")? {
+                return self.expect_success(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not exit within {patience:?} of SIGTERM; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fails, quoting the log, if the program exited on its own.
+    pub fn check_alive(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        if let Some(status) = child.try_wait().context("polling the child")? {
+            self.child = None;
+            bail!(
+                "{} exited unexpectedly ({status}); log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// The end of the log.
+    pub fn log_tail(&self) -> String {
+        let Ok(mut file) = File::open(&self.log) else {
+            return format!("(no log at {})", self.log.display());
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+        let mut tail = String::new();
+        let _ = file.read_to_string(&mut tail);
+        tail
+    }
+
+    fn take_running(&mut self) -> Result<Child> {
+        self.child
+            .take()
+            .with_context(|| format!("{} is not running", self.name))
+    }
+
+    fn expect_success(&self, status: ExitStatus) -> Result<()> {
+        if !status.success() {
+            bail!(
+                "{} exited with {status} after SIGTERM; log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) -> Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+    // SAFETY: kill(2) with a pid of our own unreaped child has no memory effects.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}

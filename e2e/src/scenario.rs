@@ -1,0 +1,451 @@
+//! The scenarios: one fault each, injected into the running pipeline on a schedule drawn
+//! from a seed (which agent, when, for how long), so a failing run can be repeated
+//! exactly. Short mode (`scripts/test.sh`) injects each fault a few times; long mode
+//! (`scripts/faults.sh`) injects more of them and holds the outages longer.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use protocol::{BootId, DeviceId, Frame, Quality, Reading, MAX_FRAME_LEN};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::ledger::{Ledger, LossPolicy};
+use crate::pipeline::{now_ms, BridgeMode, Options, Pipeline, Server};
+use crate::workload::{self, QueueSize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Agents SIGKILLed and restarted; their disk queues carry the readings over.
+    AgentKill,
+    /// Mosquitto stopped and started while the agents queue on disk.
+    BrokerOutage,
+    /// A broker outage longer than a small queue holds: drop-oldest, counted.
+    QueueCap,
+    /// The bridge (client mode, persistent session) SIGKILLed and restarted.
+    BridgeKill,
+    /// The bridge in embedded mode SIGKILLed: rumqttd's in-memory hop, counted.
+    EmbeddedBridgeKill,
+    /// The Kafka-compatible broker frozen (SIGSTOP) beyond the clients' timeouts.
+    KafkaPause,
+    /// The ingester SIGKILLed mid-batch and restarted.
+    IngesterKill,
+    /// A second ingester joins the consumer group, then the first leaves.
+    Rebalance,
+    /// PostgreSQL stopped and started.
+    PostgresOutage,
+    /// Redis stopped and started.
+    RedisOutage,
+    /// Malformed and forged frames mixed into the good traffic.
+    BadFrames,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 11] = [
+        Scenario::AgentKill,
+        Scenario::BrokerOutage,
+        Scenario::QueueCap,
+        Scenario::BridgeKill,
+        Scenario::EmbeddedBridgeKill,
+        Scenario::KafkaPause,
+        Scenario::IngesterKill,
+        Scenario::Rebalance,
+        Scenario::PostgresOutage,
+        Scenario::RedisOutage,
+        Scenario::BadFrames,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::AgentKill => "agent-kill",
+            Scenario::BrokerOutage => "broker-outage",
+            Scenario::QueueCap => "queue-cap",
+            Scenario::BridgeKill => "bridge-kill",
+            Scenario::EmbeddedBridgeKill => "embedded-bridge-kill",
+            Scenario::KafkaPause => "kafka-pause",
+            Scenario::IngesterKill => "ingester-kill",
+            Scenario::Rebalance => "rebalance",
+            Scenario::PostgresOutage => "postgres-outage",
+            Scenario::RedisOutage => "redis-outage",
+            Scenario::BadFrames => "bad-frames",
+        }
+    }
+
+    fn policy(self) -> LossPolicy {
+        match self {
+            Scenario::QueueCap => LossPolicy::QueueCap,
+            Scenario::EmbeddedBridgeKill => LossPolicy::EmbeddedBroker,
+            _ => LossPolicy::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Short,
+    Long,
+}
+
+impl Mode {
+    /// How many times a repeated fault is injected.
+    fn repeats(self) -> usize {
+        match self {
+            Mode::Short => 3,
+            Mode::Long => 10,
+        }
+    }
+
+    /// Outages last this long: seconds, drawn between the bounds of the mode.
+    fn outage(self, rng: &mut ChaCha8Rng, short: (u64, u64), long: (u64, u64)) -> Duration {
+        let (low, high) = match self {
+            Mode::Short => short,
+            Mode::Long => long,
+        };
+        Duration::from_millis(rng.random_range(low * 1000..=high * 1000))
+    }
+}
+
+/// A finished scenario: its ledger and the breaches of the design's promise.
+pub struct Outcome {
+    pub ledger: Ledger,
+    pub breaches: Vec<String>,
+}
+
+/// Runs `scenario` from start to ledger.
+pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
+    let options = Options {
+        seed,
+        bridge: match scenario {
+            Scenario::EmbeddedBridgeKill => BridgeMode::Embedded,
+            _ => BridgeMode::Client,
+        },
+        queue: (scenario == Scenario::QueueCap).then_some(QueueSize {
+            segment_bytes: 4096,
+            max_bytes: 16384,
+        }),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut pipeline = Pipeline::start(options)
+        .await
+        .with_context(|| format!("starting the pipeline for {}", scenario.name()))?;
+    let mut faults = Faults {
+        pipeline: &mut pipeline,
+        rng: &mut rng,
+        mode,
+        recoveries: Vec::new(),
+        dead_letters: 0,
+    };
+    let injected = faults.inject(scenario).await;
+    let (recoveries, dead_letters) = (faults.recoveries, faults.dead_letters);
+    if let Err(e) = injected {
+        let logs = pipeline.keep_logs();
+        return Err(e.context(format!(
+            "injecting {} (logs kept in {})",
+            scenario.name(),
+            logs.display()
+        )));
+    }
+    // A stretch of normal running after the last fault, then the clean stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if dead_letters > 0 {
+        pipeline.wait_for_dead_letters(dead_letters).await?;
+    }
+    let finished = pipeline.finish().await?;
+    let mut ledger = Ledger::take(scenario.name(), seed, &finished).await?;
+    ledger.recoveries = recoveries;
+    let mut breaches = ledger.breaches(scenario.policy(), dead_letters);
+    if !breaches.is_empty() {
+        let logs = finished.keep_logs();
+        breaches.push(format!("logs and queues kept in {}", logs.display()));
+    }
+    Ok(Outcome { ledger, breaches })
+}
+
+struct Faults<'a> {
+    pipeline: &'a mut Pipeline,
+    rng: &'a mut ChaCha8Rng,
+    mode: Mode,
+    recoveries: Vec<(String, Duration)>,
+    dead_letters: u64,
+}
+
+impl Faults<'_> {
+    async fn inject(&mut self, scenario: Scenario) -> Result<()> {
+        let repeats = self.mode.repeats();
+        match scenario {
+            Scenario::AgentKill => {
+                for n in 1..=repeats {
+                    self.run_for(1, 4).await?;
+                    let agent = self.rng.random_range(0..self.pipeline.agents.len());
+                    self.pipeline.agents[agent].kill()?;
+                    self.down_for(0.1, 2.0).await;
+                    self.pipeline.agents[agent].start()?;
+                    let name = self.pipeline.agents[agent].name().to_owned();
+                    self.recovered(
+                        format!("SIGKILL {n} of {name}"),
+                        self.pipeline.agent_devices(agent),
+                    )
+                    .await?;
+                }
+            }
+            Scenario::BrokerOutage => {
+                self.outages(Server::Broker).await?;
+            }
+            Scenario::QueueCap => {
+                self.run_for(1, 2).await?;
+                self.pipeline.stop_server(Server::Broker)?;
+                // The workload queues about 2.5 KB/s per agent: both 16 KiB queues
+                // overflow several times.
+                let outage = self.mode.outage(self.rng, (15, 18), (40, 60));
+                tokio::time::sleep(outage).await;
+                self.pipeline.start_server(Server::Broker)?;
+                self.recovered(
+                    format!(
+                        "broker outage of {:.1}s past the queue cap",
+                        outage.as_secs_f64()
+                    ),
+                    &workload::devices(),
+                )
+                .await?;
+            }
+            Scenario::BridgeKill | Scenario::EmbeddedBridgeKill => {
+                let kills = if scenario == Scenario::BridgeKill {
+                    repeats
+                } else {
+                    repeats.div_ceil(3)
+                };
+                for n in 1..=kills {
+                    self.run_for(1, 4).await?;
+                    self.pipeline.bridge.kill()?;
+                    self.down_for(0.2, 2.0).await;
+                    self.pipeline.bridge.start()?;
+                    self.recovered(format!("bridge SIGKILL {n}"), &workload::devices())
+                        .await?;
+                }
+            }
+            Scenario::KafkaPause => {
+                self.run_for(1, 3).await?;
+                self.pipeline.kafka.pause();
+                // Beyond librdkafka's request.timeout.ms (30 s) in short mode and its
+                // socket.timeout.ms (60 s) in long mode.
+                let pause = self.mode.outage(self.rng, (32, 36), (62, 75));
+                tokio::time::sleep(pause).await;
+                self.pipeline.kafka.resume();
+                self.recovered(
+                    format!("Kafka frozen for {:.1}s", pause.as_secs_f64()),
+                    &workload::devices(),
+                )
+                .await?;
+            }
+            Scenario::IngesterKill => {
+                for n in 1..=repeats {
+                    self.run_for(1, 3).await?;
+                    self.pipeline.ingesters[0].kill()?;
+                    // Restarted once the dead member's session (10 s) has expired: Tansu
+                    // gives a member that joins beside a dead one an empty assignment
+                    // and never rebalances again (Apache Kafka rebalances on expiry).
+                    self.down_for(11.0, 13.0).await;
+                    self.pipeline.ingesters[0].start()?;
+                    self.recovered(format!("ingester SIGKILL {n}"), &workload::devices())
+                        .await?;
+                }
+            }
+            Scenario::Rebalance => {
+                for n in 1..=repeats.div_ceil(3) {
+                    self.run_for(1, 2).await?;
+                    // The newest instance joins, the oldest running one leaves.
+                    self.pipeline.add_ingester()?;
+                    self.run_for(3, 6).await?;
+                    let leaving = self
+                        .pipeline
+                        .ingesters
+                        .iter()
+                        .position(|i| i.is_running())
+                        .context("no ingester running")?;
+                    self.pipeline.ingesters[leaving].terminate(Duration::from_secs(60))?;
+                    self.recovered(
+                        format!("rebalance {n}: join, then a leave"),
+                        &workload::devices(),
+                    )
+                    .await?;
+                }
+            }
+            Scenario::PostgresOutage => {
+                self.outages(Server::Postgres).await?;
+            }
+            Scenario::RedisOutage => {
+                self.outages(Server::Redis).await?;
+            }
+            Scenario::BadFrames => {
+                let count = match self.mode {
+                    Mode::Short => 300,
+                    Mode::Long => 3000,
+                };
+                self.dead_letters = self.publish_bad_frames(count).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A server stopped and started again, a few times, each outage as long as the
+    /// mode says; recovery is timed from each start.
+    async fn outages(&mut self, server: Server) -> Result<()> {
+        for n in 1..=self.mode.repeats().div_ceil(2) {
+            self.run_for(1, 3).await?;
+            self.pipeline.stop_server(server)?;
+            let outage = self.mode.outage(self.rng, (3, 6), (10, 30));
+            tokio::time::sleep(outage).await;
+            self.pipeline.start_server(server)?;
+            self.recovered(
+                format!(
+                    "{} outage {n} of {:.1}s",
+                    server.name(),
+                    outage.as_secs_f64()
+                ),
+                &workload::devices(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Normal running for a random time between the bounds (seconds).
+    async fn run_for(&mut self, low: u64, high: u64) -> Result<()> {
+        let pause = Duration::from_millis(self.rng.random_range(low * 1000..=high * 1000));
+        tokio::time::sleep(pause).await;
+        self.pipeline.check_alive()
+    }
+
+    async fn down_for(&mut self, low: f64, high: f64) {
+        let down = Duration::from_secs_f64(self.rng.random_range(low..=high));
+        tokio::time::sleep(down).await;
+    }
+
+    async fn recovered(&mut self, fault: String, devices: &[&str]) -> Result<()> {
+        let took = self
+            .pipeline
+            .wait_for_fresh_rows(devices, now_ms())
+            .await
+            .with_context(|| format!("recovering from {fault}"))?;
+        self.recoveries.push((fault, took));
+        Ok(())
+    }
+
+    /// Publishes `count` bad messages on telemetry topics at random moments while the
+    /// agents run: frames of another device than the topic's, truncated frames, random
+    /// bytes, and well-formed frames of a device the catalog does not know. Each must
+    /// become one dead letter; returns how many were published.
+    async fn publish_bad_frames(&mut self, count: u64) -> Result<u64> {
+        let port = self
+            .pipeline
+            .mosquitto
+            .as_ref()
+            .map(testkit::Mosquitto::port)
+            .context("bad frames go through the client-mode broker")?;
+        let mut options = MqttOptions::new("e2e-forger", "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(options, 100);
+        let acks = tokio::spawn(async move {
+            let mut acked = 0u64;
+            while acked < count {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => return Err(anyhow::anyhow!("forger's connection: {e}")),
+                }
+            }
+            Ok(acked)
+        });
+        let topic = |device: &str| format!("plant/plant1/line-a/{device}/telemetry");
+        let mut kinds = [0u64; 4];
+        for _ in 0..count {
+            let kind = self.rng.random_range(0..4);
+            kinds[kind] += 1;
+            let (topic, payload) = match kind {
+                0 => (topic("furnace-01"), self.frame("press-01")?),
+                1 => {
+                    let frame = self.frame("furnace-01")?;
+                    let cut = self.rng.random_range(1..frame.len());
+                    (topic("furnace-01"), frame[..cut].to_vec())
+                }
+                2 => {
+                    let mut bytes = vec![0u8; self.rng.random_range(1..300)];
+                    self.rng.fill_bytes(&mut bytes);
+                    (topic("press-01"), bytes)
+                }
+                _ => (topic("ghost-01"), self.frame("ghost-01")?),
+            };
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .context("publishing a bad frame")?;
+            tokio::time::sleep(Duration::from_millis(self.rng.random_range(0..40))).await;
+        }
+        let acked = tokio::time::timeout(Duration::from_secs(30), acks)
+            .await
+            .context("the broker did not acknowledge every bad frame in 30 s")?
+            .context("the forger's event loop")??;
+        let _ = client.disconnect().await;
+        self.recoveries.push((
+            format!(
+                "{acked} bad messages: {} of another device than the topic's, {} truncated, \
+                 {} random bytes, {} of an unknown device",
+                kinds[0], kinds[1], kinds[2], kinds[3]
+            ),
+            Duration::ZERO,
+        ));
+        Ok(acked)
+    }
+
+    /// A well-formed frame of `device` under a boot id no agent uses.
+    fn frame(&mut self, device: &str) -> Result<Vec<u8>> {
+        let mut frame = Frame::new(
+            DeviceId::new(device).map_err(|e| anyhow::anyhow!("device id {device:?}: {e:?}"))?,
+            BootId(self.rng.random()),
+            0,
+            now_ms(),
+        );
+        for i in 0..self.rng.random_range(1..50u32) {
+            let reading = Reading {
+                channel: 0,
+                offset_ms: i * 10,
+                value: self.rng.random(),
+                quality: Quality::empty(),
+            };
+            if frame.readings.push(reading).is_err() {
+                break;
+            }
+        }
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let bytes = frame
+            .encode(&mut buf)
+            .map_err(|e| anyhow::anyhow!("encoding a frame of {device}: {e:?}"))?;
+        Ok(bytes.to_vec())
+    }
+}
+
+impl Scenario {
+    /// One line for `faults --list` and the test names.
+    pub fn description(self) -> &'static str {
+        match self {
+            Scenario::AgentKill => {
+                "agents SIGKILLed and restarted; the disk queue carries readings over"
+            }
+            Scenario::BrokerOutage => {
+                "Mosquitto stopped and started; the agents' queues fill and drain"
+            }
+            Scenario::QueueCap => "a broker outage beyond a 16 KiB queue: drop-oldest, counted",
+            Scenario::BridgeKill => "the client-mode bridge SIGKILLed and restarted",
+            Scenario::EmbeddedBridgeKill => {
+                "the embedded-broker bridge SIGKILLed: its in-memory hop, counted"
+            }
+            Scenario::KafkaPause => "Kafka frozen with SIGSTOP beyond the clients' timeouts",
+            Scenario::IngesterKill => "the ingester SIGKILLed mid-batch and restarted",
+            Scenario::Rebalance => "a second ingester joins, then one leaves",
+            Scenario::PostgresOutage => "PostgreSQL stopped and started",
+            Scenario::RedisOutage => "Redis stopped and started",
+            Scenario::BadFrames => "malformed and forged frames mixed into good traffic",
+        }
+    }
+}
