@@ -1,0 +1,168 @@
+//! `bench`: the end-to-end benchmark of the pipeline and the writer of the benchmark
+//! report. `scripts/bench.sh` runs the component benches first and hands their output to
+//! this program, which then runs the real binaries end to end, prints every figure and
+//! how it was measured, and writes `benchmarks.md` and `benchmarks.svg`.
+
+mod chart;
+mod components;
+mod e2e;
+mod machine;
+mod pipeline;
+mod probe;
+mod procstat;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::pipeline::{Binaries, Pipeline, Workload};
+
+/// End-to-end benchmark of the telemetry pipeline, and the report writer.
+///
+/// Runs the release binaries of edge-agent, bridge (embedded broker) and cloud-ingester
+/// against private PostgreSQL, Redis and Tansu servers: throughput with 5 and with 500
+/// simulated devices, then publish → committed-row latency at about 10k readings/s
+/// (ingester defaults, then batch.age 200ms, its default until this bench showed the cost). Reads the component benches' output from
+/// --components and writes <out>/benchmarks.md and <out>/benchmarks.svg.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Directory holding the component benches' output (bridge.log, ingest.log,
+    /// footprint.log and their .cmd files), as scripts/bench.sh writes it.
+    #[arg(long)]
+    components: PathBuf,
+    /// Where benchmarks.md and benchmarks.svg go.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the end-to-end run keeps its configuration files, process logs and
+    /// profile (default: <components>/e2e).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Directory of the release binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Short windows, for a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Profile the whole machine with `perf record` during each throughput window.
+    #[arg(long)]
+    perf: bool,
+    /// When the whole command started (for the report), e.g. from `date -u`.
+    #[arg(long)]
+    started: Option<String>,
+    /// Minutes the component benches took before this program started.
+    #[arg(long, default_value_t = 0.0)]
+    minutes_before: f64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let machine = machine::Machine::detect()?;
+    let started = args
+        .started
+        .clone()
+        .unwrap_or_else(|| machine.date_utc.clone());
+    println!("bench: end-to-end benchmark — {}", machine.date_utc);
+    println!("machine: {}", machine.one_line());
+    println!("commit: {}", machine.commit);
+
+    let components = components::Components::read(&args.components)?;
+    let c = &components;
+    println!();
+    println!("component benches (from {}):", args.components.display());
+    println!(
+        "  bridge: Kafka ceiling {:.0} msgs/s, embedded {:.0} msgs/s, client {}",
+        c.bridge.kafka_ceiling,
+        c.bridge.embedded,
+        match &c.bridge.client {
+            Ok(v) => format!("{v:.0} msgs/s"),
+            Err(why) => format!("not measured ({why})"),
+        }
+    );
+    println!(
+        "  ingest: raw COPY {:.0} readings/s, write_batch {:.0}, pipeline from Kafka {:.0}",
+        c.ingest.copy_ceiling, c.ingest.write_batch, c.ingest.pipeline
+    );
+    println!(
+        "  edge-agent footprint: RSS {:.2} MiB, CPU {:.2} %, {:.2} B a reading",
+        c.footprint.rss_peak_mib, c.footprint.cpu_pct, c.footprint.bytes_per_reading_all
+    );
+
+    let timing = if args.quick {
+        e2e::Timing::quick()
+    } else {
+        e2e::Timing::full()
+    };
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| args.components.join("e2e"));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let bins = Binaries::in_dir(&args.bin_dir)?;
+    let [five, five_hundred, lat] = Workload::standard();
+    let config_dir = tempfile::tempdir().context("temp dir for the configuration files")?;
+    let mut pipeline = Pipeline::start(
+        bins,
+        config_dir.path().to_owned(),
+        work.clone(),
+        &[&five, &five_hundred, &lat],
+    )
+    .await?;
+    let probe = probe::Probe::start(pipeline.mqtt_port, pipeline.pool.clone()).await?;
+
+    let mut throughput = Vec::new();
+    let profile_dir = args.perf.then_some(work.as_path());
+    throughput.push(e2e::throughput(&mut pipeline, &probe, &five, &timing, profile_dir).await?);
+    throughput
+        .push(e2e::throughput(&mut pipeline, &probe, &five_hundred, &timing, profile_dir).await?);
+    let mut latency = vec![e2e::latency(&mut pipeline, &probe, &lat, &timing).await?];
+    pipeline.restart_ingester(Some("200ms")).await?;
+    latency.push(e2e::latency(&mut pipeline, &probe, &lat, &timing).await?);
+    if probe.poll_errors() > 0 {
+        println!("note: {} latency polls failed", probe.poll_errors());
+    }
+
+    let configs = pipeline.configs(&[&five, &five_hundred, &lat]);
+    probe.stop().await;
+    pipeline.stop();
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let svg = args.out.join("benchmarks.svg");
+    chart::draw_report(&svg, &machine, &components, &throughput, &latency)?;
+    let total_minutes = args.minutes_before + began.elapsed().as_secs_f64() / 60.0;
+    let report = report::Report {
+        machine: &machine,
+        quick: args.quick,
+        timing: &timing,
+        components: &components,
+        throughput: &throughput,
+        latency: &latency,
+        configs: &configs,
+        chart_file: "benchmarks.svg",
+        started: &started,
+        total_minutes,
+    };
+    let md_path = args.out.join("benchmarks.md");
+    std::fs::write(&md_path, report.markdown())
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    println!();
+    println!("wrote {} and {}", md_path.display(), svg.display());
+    Ok(())
+}

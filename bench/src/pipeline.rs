@@ -1,0 +1,557 @@
+//! The pipeline under test, as it ships: the release binaries of the edge agent, the
+//! bridge and the ingester, started with generated configuration files against private
+//! servers (PostgreSQL, Redis and Tansu from testkit), on free ports only.
+//!
+//! Measuring the real binaries rather than the libraries in-process is the point: the
+//! figures then include everything a deployment pays for (process boundaries, the
+//! binaries' own runtimes and defaults, their logging) and the CPU of each hop can be
+//! read from /proc per process.
+//!
+//! The bridge runs in embedded mode (rumqttd in-process, the fast path; devices connect
+//! to the bridge). The devices the workloads simulate are registered in `devices` and
+//! `device_channels` first, since the ingester dead-letters readings of unknown ones.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// Where the release binaries are.
+pub struct Binaries {
+    pub edge_agent: PathBuf,
+    pub bridge: PathBuf,
+    pub ingester: PathBuf,
+}
+
+impl Binaries {
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        let find = |name: &str| {
+            let path = dir.join(name);
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(anyhow::anyhow!(
+                    "{} is missing: build it first (cargo build --release --locked -p edge-agent -p bridge -p cloud-ingester)",
+                    path.display()
+                ))
+            }
+        };
+        Ok(Self {
+            edge_agent: find("edge-agent")?,
+            bridge: find("bridge")?,
+            ingester: find("cloud-ingester")?,
+        })
+    }
+}
+
+/// A set of simulated devices, split over several agent processes (each agent is
+/// single-threaded by design, so one process cannot offer 100k readings/s).
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    /// Device ids are `{prefix}-{index}`.
+    pub prefix: String,
+    pub devices: usize,
+    pub channels: usize,
+    pub period_ms: u64,
+    pub agents: usize,
+    pub max_readings: usize,
+    pub max_age_ms: u64,
+}
+
+impl Workload {
+    /// The three workloads of a run: 5 devices and 500 devices offering more than the
+    /// 100k readings/s bar, and about 10k readings/s for latency.
+    pub fn standard() -> [Workload; 3] {
+        [
+            Workload {
+                name: "5 devices".to_owned(),
+                prefix: "t5".to_owned(),
+                devices: 5,
+                channels: 240,
+                period_ms: 10,
+                agents: 5,
+                max_readings: 50,
+                max_age_ms: 1000,
+            },
+            Workload {
+                name: "500 devices".to_owned(),
+                prefix: "t500".to_owned(),
+                devices: 500,
+                channels: 3,
+                period_ms: 12,
+                agents: 4,
+                max_readings: 50,
+                max_age_ms: 1000,
+            },
+            Workload {
+                name: "latency at ~10k readings/s".to_owned(),
+                prefix: "lat".to_owned(),
+                devices: 50,
+                channels: 2,
+                period_ms: 10,
+                agents: 1,
+                max_readings: 50,
+                max_age_ms: 1000,
+            },
+        ]
+    }
+
+    pub fn device_ids(&self) -> Vec<String> {
+        (0..self.devices)
+            .map(|i| format!("{}-{i:03}", self.prefix))
+            .collect()
+    }
+
+    /// Readings per second the configuration asks the agents to sample.
+    pub fn configured_rate(&self) -> f64 {
+        (self.devices * self.channels) as f64 * 1000.0 / self.period_ms as f64
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} devices × {} channels every {} ms = {:.0} readings/s configured, over {} agent process{}; frames sealed at {} readings or {} ms",
+            self.devices,
+            self.channels,
+            self.period_ms,
+            self.configured_rate(),
+            self.agents,
+            if self.agents == 1 { "" } else { "es" },
+            self.max_readings,
+            self.max_age_ms
+        )
+    }
+}
+
+/// A started child process with its log file.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, command: &mut Command, log_dir: &Path) -> anyhow::Result<Self> {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("creating log file {}", log.display()))?;
+        let err = file
+            .try_clone()
+            .with_context(|| format!("log file {}", log.display()))?;
+        let child = command
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited (naming its log).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("waiting on a child")? {
+            bail!(
+                "{} exited ({status}); see {}",
+                self.name,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// The private servers and the two cloud-side binaries.
+pub struct Pipeline {
+    pub bins: Binaries,
+    pub dir: PathBuf,
+    pub log_dir: PathBuf,
+    // The servers stop when these drop.
+    _postgres: testkit::Postgres,
+    _redis: testkit::Redis,
+    _tansu: testkit::Tansu,
+    pub pool: PgPool,
+    pub mqtt_port: u16,
+    pub bridge_http: u16,
+    pub ingester_http: u16,
+    pub bridge: Option<Proc>,
+    pub ingester: Option<Proc>,
+    /// The batch age the running ingester was given (None: its default).
+    pub ingester_batch_age: Option<String>,
+    pub bridge_config: String,
+    pub ingester_config: String,
+    ingester_runs: u32,
+}
+
+impl Pipeline {
+    /// Starts the servers, applies the migrations, registers the workloads' devices, then
+    /// starts the bridge and the ingester and waits until both are ready.
+    pub async fn start(
+        bins: Binaries,
+        dir: PathBuf,
+        log_dir: PathBuf,
+        workloads: &[&Workload],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        println!("starting private PostgreSQL, Redis and Tansu (testkit) ...");
+        let postgres = testkit::Postgres::start();
+        let redis = testkit::Redis::start();
+        let tansu = testkit::Tansu::start();
+        let database_url = postgres.url("postgres");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await
+            .with_context(|| format!("connecting to {database_url}"))?;
+        sqlx::migrate!("../migrations")
+            .run(&pool)
+            .await
+            .context("applying the migrations")?;
+        for w in workloads {
+            register_devices(&pool, w).await?;
+        }
+        let mqtt_port = testkit::free_port();
+        let bridge_http = testkit::free_port();
+        let ingester_http = testkit::free_port();
+        let bridge_config = format!(
+            "# bridge: embedded broker on a free port, Kafka = private Tansu; every other key at its default\n\
+             mode = \"embedded\"\nid = \"bench-bridge\"\n\n[embedded]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\n\
+             [kafka]\nbrokers = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{bridge_http}\"\n",
+            tansu.brokers()
+        );
+        let ingester_config = format!(
+            "# cloud-ingester: private servers; every other key (batch.rows 20000, batch.age 200ms, 4 connections) at its default\n\
+             id = \"bench-ingester\"\n\n[database]\nurl = \"{database_url}\"\n\n[redis]\nurl = \"{}\"\n\n\
+             [kafka]\nbrokers = \"{}\"\ngroup = \"bench-ingester\"\n\n[http]\nlisten = \"127.0.0.1:{ingester_http}\"\n",
+            redis.url(),
+            tansu.brokers()
+        );
+        write(&dir.join("bridge.toml"), &bridge_config)?;
+        write(&dir.join("cloud-ingester.toml"), &ingester_config)?;
+        let mut pipeline = Self {
+            bins,
+            dir,
+            log_dir,
+            _postgres: postgres,
+            _redis: redis,
+            _tansu: tansu,
+            pool,
+            mqtt_port,
+            bridge_http,
+            ingester_http,
+            bridge: None,
+            ingester: None,
+            ingester_batch_age: None,
+            bridge_config,
+            ingester_config,
+            ingester_runs: 0,
+        };
+        println!("starting the bridge (embedded broker on 127.0.0.1:{mqtt_port}) ...");
+        let config = pipeline.dir.join("bridge.toml");
+        let mut bridge = Proc::spawn(
+            "bridge",
+            Command::new(&pipeline.bins.bridge)
+                .arg("--config")
+                .arg(&config),
+            &pipeline.log_dir,
+        )?;
+        wait_ready(&mut bridge, pipeline.bridge_http, Duration::from_secs(60)).await?;
+        pipeline.bridge = Some(bridge);
+        pipeline.restart_ingester(None).await?;
+        Ok(pipeline)
+    }
+
+    /// (Re)starts the ingester, with `batch_age` (e.g. "50ms") or its default.
+    pub async fn restart_ingester(&mut self, batch_age: Option<&str>) -> anyhow::Result<()> {
+        if let Some(mut old) = self.ingester.take() {
+            old.stop(Duration::from_secs(15));
+        }
+        self.ingester_runs += 1;
+        println!(
+            "starting the ingester (batch.age {}) ...",
+            batch_age.unwrap_or("default")
+        );
+        let config = self.dir.join("cloud-ingester.toml");
+        let mut command = Command::new(&self.bins.ingester);
+        command.arg("--config").arg(&config).arg("--migrate");
+        if let Some(age) = batch_age {
+            command.args(["--batch-age", age]);
+        }
+        let mut ingester = Proc::spawn(
+            &format!("cloud-ingester-{}", self.ingester_runs),
+            &mut command,
+            &self.log_dir,
+        )?;
+        wait_ready(&mut ingester, self.ingester_http, Duration::from_secs(60)).await?;
+        self.ingester = Some(ingester);
+        self.ingester_batch_age = batch_age.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Writes the agents' configuration files and starts them.
+    pub fn start_agents(&self, w: &Workload) -> anyhow::Result<Vec<Proc>> {
+        let ids = w.device_ids();
+        let per_agent = ids.len().div_ceil(w.agents.max(1));
+        let mut agents = Vec::new();
+        for (n, chunk) in ids.chunks(per_agent.max(1)).enumerate() {
+            let config = agent_config(w, n, chunk, self.mqtt_port, &self.dir);
+            let path = self.dir.join(format!("{}-agent-{n}.toml", w.prefix));
+            write(&path, &config)?;
+            let name = format!("edge-agent-{}-{n}", w.prefix);
+            agents.push(Proc::spawn(
+                &name,
+                Command::new(&self.bins.edge_agent)
+                    .arg("--config")
+                    .arg(&path),
+                &self.log_dir,
+            )?);
+        }
+        Ok(agents)
+    }
+
+    /// The configuration files, as the report shows them: the bridge's, the ingester's,
+    /// and for each workload its first agent's with one device and two channels.
+    pub fn configs(&self, workloads: &[&Workload]) -> Vec<(String, String)> {
+        let mut out = vec![
+            ("bridge.toml".to_owned(), self.bridge_config.clone()),
+            (
+                "cloud-ingester.toml".to_owned(),
+                self.ingester_config.clone(),
+            ),
+        ];
+        for w in workloads {
+            let ids = w.device_ids();
+            let config = agent_config(w, 0, &ids[..1.min(ids.len())], self.mqtt_port, &self.dir);
+            out.push((
+                format!("edge-agent, {} (first device of the first agent)", w.name),
+                crate::report::truncate_channels(&config, w.channels),
+            ));
+        }
+        out
+    }
+
+    pub fn bridge_metrics(&self) -> anyhow::Result<Metrics> {
+        scrape(self.bridge_http).context("bridge /metrics")
+    }
+
+    pub fn ingester_metrics(&self) -> anyhow::Result<Metrics> {
+        scrape(self.ingester_http).context("ingester /metrics")
+    }
+
+    /// Root pids of each measured part, for procstat.
+    pub async fn parts(&self, agents: &[Proc]) -> Vec<(String, Vec<u32>)> {
+        let me = std::process::id();
+        let mut parts = vec![(
+            "edge-agents".to_owned(),
+            agents.iter().map(Proc::pid).collect::<Vec<_>>(),
+        )];
+        if let Some(b) = &self.bridge {
+            parts.push(("bridge".to_owned(), vec![b.pid()]));
+        }
+        parts.push((
+            "Tansu (Kafka)".to_owned(),
+            crate::procstat::children_named(me, "tansu"),
+        ));
+        if let Some(i) = &self.ingester {
+            parts.push(("cloud-ingester".to_owned(), vec![i.pid()]));
+        }
+        let postmaster = match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(backend) => u32::try_from(backend)
+                .ok()
+                .and_then(crate::procstat::parent_of),
+            Err(_) => None,
+        };
+        parts.push(("PostgreSQL".to_owned(), postmaster.into_iter().collect()));
+        parts.push((
+            "Redis".to_owned(),
+            crate::procstat::children_named(me, "redis-server"),
+        ));
+        parts.push(("bench (probe, poller)".to_owned(), vec![me]));
+        parts
+    }
+
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(b) = &mut self.bridge {
+            b.check_running()?;
+        }
+        if let Some(i) = &mut self.ingester {
+            i.check_running()?;
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut i) = self.ingester.take() {
+            i.stop(Duration::from_secs(15));
+        }
+        if let Some(mut b) = self.bridge.take() {
+            b.stop(Duration::from_secs(15));
+        }
+    }
+}
+
+fn agent_config(w: &Workload, n: usize, devices: &[String], port: u16, dir: &Path) -> String {
+    let queue = dir.join(format!("queue-{}-{n}", w.prefix));
+    let mut out = format!(
+        "# edge-agent {n} of workload {:?}; keys not given are at their defaults\n\
+         [gateway]\nid = \"{}-gw{n}\"\nsite = \"plant1\"\nline = \"bench\"\ntopic_prefix = \"plant\"\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ninflight = 200\n\n\
+         [queue]\ndir = \"{}\"\nmax_bytes = \"256 MiB\"\n\n\
+         [batch]\nmax_readings = {}\nmax_age = \"{}ms\"\n\n[health]\ninterval = \"1s\"\n",
+        w.name,
+        w.prefix,
+        queue.display(),
+        w.max_readings,
+        w.max_age_ms
+    );
+    for id in devices {
+        out.push_str(&format!("\n[[devices]]\nid = \"{id}\"\n"));
+        for c in 0..w.channels {
+            out.push_str(&format!(
+                "[[devices.channels]]\nid = {c}\nname = \"c{c}\"\nunit = \"kW\"\nperiod = \"{}ms\"\nrange = [0.0, 150.0]\nsource = {{ kind = \"simulated\", model = \"compressor_power\" }}\n",
+                w.period_ms
+            ));
+        }
+    }
+    out
+}
+
+async fn register_devices(pool: &PgPool, w: &Workload) -> anyhow::Result<()> {
+    let ids = w.device_ids();
+    sqlx::query(
+        "INSERT INTO devices (device_id, name, kind, site, line, description) \
+         SELECT d, d, 'bench', 'plant1', 'bench', 'synthetic device of the benchmark' FROM unnest($1::text[]) AS d",
+    )
+    .bind(&ids)
+    .execute(pool)
+    .await
+    .with_context(|| format!("registering the devices of {}", w.name))?;
+    let channels = i32::try_from(w.channels).context("channel count")?;
+    let period = i32::try_from(w.period_ms).context("period")?;
+    sqlx::query(
+        "INSERT INTO device_channels (device_id, channel_id, name, unit, sample_period_ms, range_min, range_max) \
+         SELECT d, c::smallint, 'c' || c, 'kW', $3, 0, 150 \
+         FROM unnest($1::text[]) AS d CROSS JOIN generate_series(0, $2 - 1) AS c",
+    )
+    .bind(&ids)
+    .bind(channels)
+    .bind(period)
+    .execute(pool)
+    .await
+    .with_context(|| format!("registering the channels of {}", w.name))?;
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn wait_ready(proc: &mut Proc, http_port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        proc.check_running()?;
+        if let Ok((status, _)) = http_get(http_port, "/readyz") {
+            if status == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} not ready after {timeout:?}; see {}",
+                proc.name,
+                proc.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    Ok((status, body))
+}
+
+/// Prometheus text exposition, summed per metric name (over all label sets).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(std::collections::HashMap<String, f64>);
+
+impl Metrics {
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
+    }
+}
+
+fn scrape(port: u16) -> anyhow::Result<Metrics> {
+    let (status, body) = http_get(port, "/metrics")?;
+    if status != 200 {
+        bail!("HTTP {status}");
+    }
+    let mut map = std::collections::HashMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = key.split('{').next().unwrap_or(key).trim();
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *map.entry(name.to_owned()).or_insert(0.0) += v;
+        }
+    }
+    Ok(Metrics(map))
+}
