@@ -69,6 +69,8 @@ pub struct Ledger {
     pub redis_mismatches: Vec<String>,
     /// Each fault and how long after it ended fresh readings were committed again.
     pub recoveries: Vec<(String, Duration)>,
+    /// Faults without a recovery to time (bad traffic), described.
+    pub injected: Vec<String>,
 }
 
 impl Ledger {
@@ -296,6 +298,9 @@ impl fmt::Display for Ledger {
             self.redis_channels,
             self.redis_mismatches.len()
         )?;
+        for fault in &self.injected {
+            writeln!(f, "  injected     {fault}")?;
+        }
         for (fault, recovery) in &self.recoveries {
             writeln!(
                 f,

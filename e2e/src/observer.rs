@@ -115,7 +115,7 @@ impl Observer {
     }
 
     /// A copy of what was seen so far.
-    pub fn snapshot(&self) -> Observed {
+    fn snapshot(&self) -> Observed {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -132,10 +132,18 @@ impl Observer {
         })
     }
 
+    /// Disconnects and returns what was seen; the task ends when the observer drops.
     pub async fn stop(self) -> Observed {
         let _ = self.client.disconnect().await;
-        self.task.abort();
         self.snapshot()
+    }
+}
+
+impl Drop for Observer {
+    /// A pipeline torn down early (a failed scenario) must not leave the task polling a
+    /// broker that is gone.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

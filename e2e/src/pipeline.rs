@@ -68,7 +68,6 @@ const CAUGHT_UP_BACKLOG: u64 = 10;
 
 // Fields drop in this order: the processes before the servers they talk to.
 pub struct Pipeline {
-    pub options: Options,
     /// One per gateway of [`GATEWAYS`], in that order.
     pub agents: Vec<Process>,
     pub bridge: Process,
@@ -109,7 +108,6 @@ impl Pipeline {
             .context("PostgreSQL URL")?;
         let bridge_http = format!("127.0.0.1:{}", testkit::free_port());
         let mut pipeline = Self {
-            options,
             bridge: bridge_process(
                 options.bridge,
                 mqtt_port,
@@ -231,14 +229,6 @@ impl Pipeline {
         GATEWAYS[index].devices
     }
 
-    /// What the observer has seen so far.
-    pub fn observed(&self) -> Observed {
-        self.observer
-            .as_ref()
-            .map(Observer::snapshot)
-            .unwrap_or_default()
-    }
-
     /// Fails, quoting its log, if a part that should be running has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         self.bridge.check_alive()?;
@@ -279,10 +269,31 @@ impl Pipeline {
         }
     }
 
-    /// Stops the agents cleanly (their queues drain to the broker), waits until
-    /// PostgreSQL holds every reading the observer saw or stops gaining for
-    /// `quiet`, and returns what the ledger needs.
+    /// Stops the agents cleanly once they have caught up (their queues drain to the
+    /// broker), waits until PostgreSQL holds every reading the observer saw or stops
+    /// gaining for 30 s, stops the bridge and the ingesters cleanly, and returns what
+    /// the ledger needs. On failure the scenario's logs are kept.
     pub async fn finish(mut self) -> Result<Finished> {
+        match self.stop_and_settle().await {
+            Ok((observed, queues, confirmed_dead_letters)) => Ok(Finished {
+                observed,
+                queues,
+                confirmed_dead_letters,
+                pipeline: self,
+            }),
+            Err(e) => {
+                let logs = self.keep_logs();
+                Err(e.context(format!(
+                    "stopping the pipeline (logs kept in {})",
+                    logs.display()
+                )))
+            }
+        }
+    }
+
+    /// [`Pipeline::finish`]'s work: (what the observer saw, the agents' queues, the
+    /// dead letters the services had confirmed).
+    async fn stop_and_settle(&mut self) -> Result<(Observed, Vec<(u64, u64)>, u64)> {
         self.check_alive()?;
         self.wait_for_agents_caught_up().await?;
         for agent in &mut self.agents {
@@ -329,16 +340,12 @@ impl Pipeline {
         for dir in &self.queue_dirs {
             queues.push(queue_state(dir)?);
         }
-        Ok(Finished {
-            observed,
-            queues,
-            confirmed_dead_letters,
-            pipeline: self,
-        })
+        Ok((observed, queues, confirmed_dead_letters))
     }
 }
 
-/// A pipeline whose agents have stopped and whose backlog has settled.
+/// A pipeline whose backlog has settled and whose programs have all stopped cleanly; its
+/// servers still run, for the ledger to read.
 pub struct Finished {
     pub observed: Observed,
     /// Per agent queue: (records still unacknowledged, records dropped over its life).

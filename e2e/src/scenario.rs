@@ -134,11 +134,13 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
         rng: &mut rng,
         mode,
         recoveries: Vec::new(),
+        injected: Vec::new(),
         dead_letters: 0,
     };
-    let injected = faults.inject(scenario).await;
-    let (recoveries, dead_letters) = (faults.recoveries, faults.dead_letters);
-    if let Err(e) = injected {
+    let outcome = faults.inject(scenario).await;
+    let (recoveries, injected, dead_letters) =
+        (faults.recoveries, faults.injected, faults.dead_letters);
+    if let Err(e) = outcome {
         let logs = pipeline.keep_logs();
         return Err(e.context(format!(
             "injecting {} (logs kept in {})",
@@ -154,6 +156,7 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
     let finished = pipeline.finish().await?;
     let mut ledger = Ledger::take(scenario.name(), seed, &finished).await?;
     ledger.recoveries = recoveries;
+    ledger.injected = injected;
     let mut breaches = ledger.breaches(scenario.policy(), dead_letters);
     if !breaches.is_empty() {
         let logs = finished.keep_logs();
@@ -167,6 +170,8 @@ struct Faults<'a> {
     rng: &'a mut ChaCha8Rng,
     mode: Mode,
     recoveries: Vec<(String, Duration)>,
+    /// Faults that have no recovery to time, described.
+    injected: Vec<String>,
     dead_letters: u64,
 }
 
@@ -387,13 +392,10 @@ impl Faults<'_> {
             .context("the broker did not acknowledge every bad frame in 30 s")?
             .context("the forger's event loop")??;
         let _ = client.disconnect().await;
-        self.recoveries.push((
-            format!(
-                "{acked} bad messages: {} of another device than the topic's, {} truncated, \
-                 {} random bytes, {} of an unknown device",
-                kinds[0], kinds[1], kinds[2], kinds[3]
-            ),
-            Duration::ZERO,
+        self.injected.push(format!(
+            "{acked} bad messages: {} of another device than the topic's, {} truncated, \
+             {} random bytes, {} of an unknown device",
+            kinds[0], kinds[1], kinds[2], kinds[3]
         ));
         Ok(acked)
     }
