@@ -9,6 +9,13 @@ use anyhow::Context;
 use plotters::prelude::*;
 
 /// One horizontal bar of the rate panel.
+/// A hop of the chart: its name, its rate in a throughput run, and its ceilings.
+type Hop<'a> = (
+    &'a str,
+    fn(&crate::e2e::Throughput) -> f64,
+    Vec<(&'a str, f64)>,
+);
+
 pub struct RateBar {
     pub label: String,
     pub value: f64,
@@ -207,49 +214,45 @@ pub fn draw_report(
     latency: &[crate::e2e::LatencyRun],
 ) -> anyhow::Result<()> {
     let per_frame = crate::components::BRIDGE_READINGS_PER_FRAME;
+    // Per hop: its end-to-end rate in each throughput run, then its ceilings.
+    let hops: [Hop; 3] = [
+        ("agents published", |t| t.agents_rate, vec![]),
+        (
+            "bridge → Kafka",
+            |t| t.bridge_readings_rate,
+            vec![(
+                "ceiling: bridge alone (embedded, 50 a frame)",
+                c.bridge.embedded * per_frame,
+            )],
+        ),
+        (
+            "ingester → PostgreSQL",
+            |t| t.ingest_rate,
+            vec![
+                ("ceiling: ingester pipeline alone", c.ingest.pipeline),
+                ("ceiling: raw binary COPY", c.ingest.copy_ceiling),
+            ],
+        ),
+    ];
     let mut bars = Vec::new();
-    for t in throughput {
-        bars.push(RateBar {
-            label: format!("agents published, {} devices", t.workload.devices),
-            value: t.agents_rate,
-            ceiling: false,
-            hop: 0,
-        });
+    for (hop, (name, rate, ceilings)) in hops.into_iter().enumerate() {
+        for t in throughput {
+            bars.push(RateBar {
+                label: format!("{name}, {} devices", t.workload.devices),
+                value: rate(t),
+                ceiling: false,
+                hop,
+            });
+        }
+        for (label, value) in ceilings {
+            bars.push(RateBar {
+                label: label.to_owned(),
+                value,
+                ceiling: true,
+                hop,
+            });
+        }
     }
-    for t in throughput {
-        bars.push(RateBar {
-            label: format!("bridge → Kafka, {} devices", t.workload.devices),
-            value: t.bridge_readings_rate,
-            ceiling: false,
-            hop: 1,
-        });
-    }
-    bars.push(RateBar {
-        label: "ceiling: bridge alone (embedded, 50 a frame)".to_owned(),
-        value: c.bridge.embedded * per_frame,
-        ceiling: true,
-        hop: 1,
-    });
-    for t in throughput {
-        bars.push(RateBar {
-            label: format!("ingester → PostgreSQL, {} devices", t.workload.devices),
-            value: t.ingest_rate,
-            ceiling: false,
-            hop: 2,
-        });
-    }
-    bars.push(RateBar {
-        label: "ceiling: ingester pipeline alone".to_owned(),
-        value: c.ingest.pipeline,
-        ceiling: true,
-        hop: 2,
-    });
-    bars.push(RateBar {
-        label: "ceiling: raw binary COPY".to_owned(),
-        value: c.ingest.copy_ceiling,
-        ceiling: true,
-        hop: 2,
-    });
     let groups: Vec<LatencyGroup> = latency
         .iter()
         .map(|l| LatencyGroup {
