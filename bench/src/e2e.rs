@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::pipeline::{Pipeline, Proc, Workload};
+use crate::pipeline::{stop, Pipeline, Workload};
 use crate::probe::{Counts, Latency, Probe};
 use crate::procstat::{self, CpuWindow, Snapshot};
+use e2e::process::Process;
 
 /// Timings of a run.
 #[derive(Debug, Clone)]
@@ -114,9 +115,9 @@ fn sample(p: &Pipeline, probe: &Probe) -> anyhow::Result<Sample> {
     })
 }
 
-fn check_agents(agents: &mut [Proc]) -> anyhow::Result<()> {
+fn check_agents(agents: &mut [Process]) -> anyhow::Result<()> {
     for a in agents.iter_mut() {
-        a.check_running()?;
+        a.check_alive()?;
     }
     Ok(())
 }
@@ -145,7 +146,7 @@ pub async fn throughput(
     let end = sample(p, probe)?;
     let agent_rss_kib = agents
         .iter()
-        .filter_map(|a| procstat::rss_kib(a.pid()))
+        .filter_map(|a| a.pid().and_then(procstat::rss_kib))
         .max()
         .unwrap_or(0);
     check_agents(&mut agents)?;
@@ -199,7 +200,7 @@ pub async fn throughput(
 
     // Stop the agents and let the pipeline drain.
     for a in agents.iter_mut() {
-        a.stop(Duration::from_secs(5));
+        stop(a, Duration::from_secs(5));
     }
     let stopped = Instant::now();
     let mut last = sample(p, probe)?;
@@ -282,7 +283,7 @@ pub async fn latency(
     check_agents(&mut agents)?;
     p.check_running()?;
     for a in agents.iter_mut() {
-        a.stop(Duration::from_secs(5));
+        stop(a, Duration::from_secs(5));
     }
     let cpu = procstat::window(&start.procs, &end.procs, &parts);
     let offered_rate = (end.probe.readings - start.probe.readings) as f64 / cpu.seconds;

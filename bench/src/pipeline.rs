@@ -11,13 +11,12 @@
 //! to the bridge). The devices the workloads simulate are registered in `devices` and
 //! `device_channels` first, since the ingester dead-letters readings of unknown ones.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+pub use e2e::endpoints::Metrics;
+use e2e::process::Process;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 /// Where the release binaries are.
@@ -127,77 +126,13 @@ impl Workload {
     }
 }
 
-/// A started child process with its log file.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, command: &mut Command, log_dir: &Path) -> anyhow::Result<Self> {
-        let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("creating log file {}", log.display()))?;
-        let err = file
-            .try_clone()
-            .with_context(|| format!("log file {}", log.display()))?;
-        let child = command
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("KAFKA_BROKERS")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails if the process has exited (naming its log).
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait().context("waiting on a child")? {
-            bail!(
-                "{} exited ({status}); see {}",
-                self.name,
-                self.log.display()
-            );
+/// Stops a part best-effort (SIGTERM, SIGKILL after `grace`), saying so if it did not
+/// exit cleanly: a measurement is not the place to fail on it.
+pub fn stop(process: &mut Process, grace: Duration) {
+    if process.is_running() {
+        if let Err(e) = process.terminate(grace) {
+            println!("note: {e:#}");
         }
-        Ok(())
-    }
-
-    /// SIGTERM, then SIGKILL after `grace`.
-    pub fn stop(&mut self, grace: Duration) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(3));
     }
 }
 
@@ -214,8 +149,8 @@ pub struct Pipeline {
     pub mqtt_port: u16,
     pub bridge_http: u16,
     pub ingester_http: u16,
-    pub bridge: Option<Proc>,
-    pub ingester: Option<Proc>,
+    pub bridge: Option<Process>,
+    pub ingester: Option<Process>,
     /// The batch age the running ingester was given (None: its default).
     pub ingester_batch_age: Option<String>,
     pub bridge_config: String,
@@ -261,7 +196,7 @@ impl Pipeline {
             tansu.brokers()
         );
         let ingester_config = format!(
-            "# cloud-ingester: private servers; every other key (batch.rows 20000, batch.age 200ms, 4 connections) at its default\n\
+            "# cloud-ingester: private servers; every other key (batch.rows 20000, batch.age 50ms, 4 connections) at its default\n\
              id = \"bench-ingester\"\n\n[database]\nurl = \"{database_url}\"\n\n[redis]\nurl = \"{}\"\n\n\
              [kafka]\nbrokers = \"{}\"\ngroup = \"bench-ingester\"\n\n[http]\nlisten = \"127.0.0.1:{ingester_http}\"\n",
             redis.url(),
@@ -289,13 +224,13 @@ impl Pipeline {
         };
         println!("starting the bridge (embedded broker on 127.0.0.1:{mqtt_port}) ...");
         let config = pipeline.dir.join("bridge.toml");
-        let mut bridge = Proc::spawn(
+        let mut bridge = Process::new(
             "bridge",
-            Command::new(&pipeline.bins.bridge)
-                .arg("--config")
-                .arg(&config),
+            &pipeline.bins.bridge,
+            &["--config".to_owned(), config.display().to_string()],
             &pipeline.log_dir,
-        )?;
+        );
+        bridge.start()?;
         wait_ready(&mut bridge, pipeline.bridge_http, Duration::from_secs(60)).await?;
         pipeline.bridge = Some(bridge);
         pipeline.restart_ingester(None).await?;
@@ -305,7 +240,7 @@ impl Pipeline {
     /// (Re)starts the ingester, with `batch_age` (e.g. "50ms") or its default.
     pub async fn restart_ingester(&mut self, batch_age: Option<&str>) -> anyhow::Result<()> {
         if let Some(mut old) = self.ingester.take() {
-            old.stop(Duration::from_secs(15));
+            stop(&mut old, Duration::from_secs(15));
         }
         self.ingester_runs += 1;
         println!(
@@ -313,16 +248,21 @@ impl Pipeline {
             batch_age.unwrap_or("default")
         );
         let config = self.dir.join("cloud-ingester.toml");
-        let mut command = Command::new(&self.bins.ingester);
-        command.arg("--config").arg(&config).arg("--migrate");
+        let mut args = vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--migrate".to_owned(),
+        ];
         if let Some(age) = batch_age {
-            command.args(["--batch-age", age]);
+            args.extend(["--batch-age".to_owned(), age.to_owned()]);
         }
-        let mut ingester = Proc::spawn(
+        let mut ingester = Process::new(
             &format!("cloud-ingester-{}", self.ingester_runs),
-            &mut command,
+            &self.bins.ingester,
+            &args,
             &self.log_dir,
-        )?;
+        );
+        ingester.start()?;
         wait_ready(&mut ingester, self.ingester_http, Duration::from_secs(60)).await?;
         self.ingester = Some(ingester);
         self.ingester_batch_age = batch_age.map(str::to_owned);
@@ -330,7 +270,7 @@ impl Pipeline {
     }
 
     /// Writes the agents' configuration files and starts them.
-    pub fn start_agents(&self, w: &Workload) -> anyhow::Result<Vec<Proc>> {
+    pub fn start_agents(&self, w: &Workload) -> anyhow::Result<Vec<Process>> {
         let ids = w.device_ids();
         let per_agent = ids.len().div_ceil(w.agents.max(1));
         let mut agents = Vec::new();
@@ -339,13 +279,14 @@ impl Pipeline {
             let path = self.dir.join(format!("{}-agent-{n}.toml", w.prefix));
             write(&path, &config)?;
             let name = format!("edge-agent-{}-{n}", w.prefix);
-            agents.push(Proc::spawn(
+            let mut agent = Process::new(
                 &name,
-                Command::new(&self.bins.edge_agent)
-                    .arg("--config")
-                    .arg(&path),
+                &self.bins.edge_agent,
+                &["--config".to_owned(), path.display().to_string()],
                 &self.log_dir,
-            )?);
+            );
+            agent.start()?;
+            agents.push(agent);
         }
         Ok(agents)
     }
@@ -372,29 +313,29 @@ impl Pipeline {
     }
 
     pub fn bridge_metrics(&self) -> anyhow::Result<Metrics> {
-        scrape(self.bridge_http).context("bridge /metrics")
+        Metrics::scrape(&format!("127.0.0.1:{}", self.bridge_http)).context("bridge /metrics")
     }
 
     pub fn ingester_metrics(&self) -> anyhow::Result<Metrics> {
-        scrape(self.ingester_http).context("ingester /metrics")
+        Metrics::scrape(&format!("127.0.0.1:{}", self.ingester_http)).context("ingester /metrics")
     }
 
     /// Root pids of each measured part, for procstat.
-    pub async fn parts(&self, agents: &[Proc]) -> Vec<(String, Vec<u32>)> {
+    pub async fn parts(&self, agents: &[Process]) -> Vec<(String, Vec<u32>)> {
         let me = std::process::id();
         let mut parts = vec![(
             "edge-agents".to_owned(),
-            agents.iter().map(Proc::pid).collect::<Vec<_>>(),
+            agents.iter().filter_map(Process::pid).collect::<Vec<_>>(),
         )];
         if let Some(b) = &self.bridge {
-            parts.push(("bridge".to_owned(), vec![b.pid()]));
+            parts.push(("bridge".to_owned(), b.pid().into_iter().collect()));
         }
         parts.push((
             "Tansu (Kafka)".to_owned(),
             crate::procstat::children_named(me, "tansu"),
         ));
         if let Some(i) = &self.ingester {
-            parts.push(("cloud-ingester".to_owned(), vec![i.pid()]));
+            parts.push(("cloud-ingester".to_owned(), i.pid().into_iter().collect()));
         }
         let postmaster = match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
             .fetch_one(&self.pool)
@@ -416,20 +357,20 @@ impl Pipeline {
 
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(b) = &mut self.bridge {
-            b.check_running()?;
+            b.check_alive()?;
         }
         if let Some(i) = &mut self.ingester {
-            i.check_running()?;
+            i.check_alive()?;
         }
         Ok(())
     }
 
     pub fn stop(&mut self) {
         if let Some(mut i) = self.ingester.take() {
-            i.stop(Duration::from_secs(15));
+            stop(&mut i, Duration::from_secs(15));
         }
         if let Some(mut b) = self.bridge.take() {
-            b.stop(Duration::from_secs(15));
+            stop(&mut b, Duration::from_secs(15));
         }
     }
 }
@@ -490,68 +431,25 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-async fn wait_ready(proc: &mut Proc, http_port: u16, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_ready(
+    process: &mut Process,
+    http_port: u16,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    let address = format!("127.0.0.1:{http_port}");
     loop {
-        proc.check_running()?;
-        if let Ok((status, _)) = http_get(http_port, "/readyz") {
-            if status == 200 {
-                return Ok(());
-            }
+        process.check_alive()?;
+        if e2e::endpoints::is_ready(&address) {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "{} not ready after {timeout:?}; see {}",
-                proc.name,
-                proc.log.display()
+                "{} not ready after {timeout:?}; log:\n{}",
+                process.name(),
+                process.log_tail()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// A plain HTTP/1.0 GET on loopback: (status, body).
-fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned());
-    Ok((status, body))
-}
-
-/// Prometheus text exposition, summed per metric name (over all label sets).
-#[derive(Debug, Clone, Default)]
-pub struct Metrics(std::collections::HashMap<String, f64>);
-
-impl Metrics {
-    pub fn get(&self, name: &str) -> f64 {
-        self.0.get(name).copied().unwrap_or(0.0)
-    }
-}
-
-fn scrape(port: u16) -> anyhow::Result<Metrics> {
-    let (status, body) = http_get(port, "/metrics")?;
-    if status != 200 {
-        bail!("HTTP {status}");
-    }
-    let mut map = std::collections::HashMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((key, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let name = key.split('{').next().unwrap_or(key).trim();
-        if let Ok(v) = value.trim().parse::<f64>() {
-            *map.entry(name.to_owned()).or_insert(0.0) += v;
-        }
-    }
-    Ok(Metrics(map))
 }

@@ -5,7 +5,7 @@
 //!
 //! - [`workload`]: what the agents simulate, and their configuration files.
 //! - [`pipeline`]: the running pipeline, its servers and processes ([`process`],
-//!   [`binaries`]).
+//!   [`binaries`]), watched through their HTTP [`endpoints`].
 //! - [`observer`]: the independent witness of what the agents produced.
 //! - [`scenario`]: the faults and their seeded schedules.
 //! - [`ledger`]: the accounting and the design's promise per scenario.
@@ -14,6 +14,7 @@
 //! the `faults` binary (`scripts/faults.sh`) runs them in long mode.
 
 pub mod binaries;
+pub mod endpoints;
 pub mod ledger;
 pub mod observer;
 pub mod pipeline;

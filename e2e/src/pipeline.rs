@@ -18,6 +18,7 @@ use tempfile::TempDir;
 use testkit::{Mosquitto, Postgres, Redis, Tansu};
 
 use crate::binaries::binary;
+use crate::endpoints::Metrics;
 use crate::observer::{Observed, Observer};
 use crate::process::Process;
 use crate::workload::{self, QueueSize, GATEWAYS};
@@ -414,21 +415,9 @@ impl Pipeline {
             .chain(self.ingesters.iter().map(Process::is_running));
         let mut total = 0.0;
         for (address, _) in self.metrics.iter().zip(running).filter(|(_, up)| *up) {
-            let url = format!("http://{address}/metrics");
-            let text = ureq::get(&url)
-                .timeout(Duration::from_secs(10))
-                .call()
-                .with_context(|| format!("GET {url}"))?
-                .into_string()
-                .with_context(|| format!("reading {url}"))?;
-            total += text
-                .lines()
-                .filter(|line| {
-                    line.starts_with("bridge_messages_dead_lettered_total")
-                        || line.starts_with("ingester_records_dead_lettered_total")
-                })
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+            let metrics = Metrics::scrape(address)?;
+            total += metrics.get("bridge_messages_dead_lettered_total")
+                + metrics.get("ingester_records_dead_lettered_total");
         }
         Ok(total as u64)
     }

@@ -46,6 +46,11 @@ impl Process {
         self.child.is_some()
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the program (again), appending to its log.
     pub fn start(&mut self) -> Result<()> {
         if self.child.is_some() {
@@ -58,6 +63,11 @@ impl Process {
             .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            // Addresses come from the command line, never from the stack's environment
+            // the suite itself runs in.
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("KAFKA_BROKERS")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log handle")?)
