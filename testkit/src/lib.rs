@@ -9,11 +9,16 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod process;
+
+pub use process::ChildGuard;
 
 /// Reads a variable the stack exports, or panics with instructions. Panicking is right
 /// here: this is test set-up, and the message is the useful part.
@@ -59,11 +64,16 @@ pub fn kafka_brokers() -> String {
 /// prefixes, consumer groups and client ids. `{purpose}-{16 hex digits}`, at most 24
 /// characters, so it is also a valid device id, MQTT topic segment and Kafka topic.
 pub fn unique_name(purpose: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     assert!(
         purpose.len() <= 7 && purpose.bytes().all(|b| b.is_ascii_lowercase()),
         "unique_name purpose {purpose:?}: up to 7 lowercase letters"
     );
+    format!("{purpose}-{}", unique_hex())
+}
+
+/// 16 hex digits no other call in any process is likely to get.
+fn unique_hex() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -74,7 +84,7 @@ pub fn unique_name(purpose: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed),
     )
         .hash(&mut hasher);
-    format!("{purpose}-{:016x}", hasher.finish())
+    format!("{:016x}", hasher.finish())
 }
 
 /// A private Mosquitto broker for tests that must stop and start the broker (outages),
@@ -84,7 +94,7 @@ pub fn unique_name(purpose: &str) -> String {
 pub struct Mosquitto {
     port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
 }
 
 impl Mosquitto {
@@ -132,44 +142,53 @@ impl Mosquitto {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("mosquitto is not installed: run scripts/stack.sh up, which installs it");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(self.dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting mosquitto");
+        let mut child = ChildGuard::spawn(
+            "mosquitto",
+            Command::new(binary)
+                .arg("-c")
+                .arg(self.dir.join("mosquitto.conf")),
+        );
+        wait_listening(&mut child, self.port, Duration::from_secs(10));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Stops the broker gracefully (SIGTERM, so it saves its store) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+            child.terminate(Duration::from_secs(30));
         }
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Killed with the guard, before its directory goes.
+        drop(self.child.take());
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until `child` accepts connections on `port`; panics, quoting its log, if it
+/// exits or `within` passes first.
+fn wait_listening(child: &mut ChildGuard, port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait() {
+            panic!(
+                "{} exited ({status}) before listening on port {port}; log {}:\n{}",
+                child.name(),
+                child.log_path().display(),
+                child.log_tail()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on port {port} within {within:?}; log {}:\n{}",
+            child.name(),
+            child.log_path().display(),
+            child.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -177,7 +196,7 @@ impl Drop for Mosquitto {
 /// shared stack server cannot do without disturbing other tests.
 pub struct Redis {
     port: u16,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
 }
 
 impl Redis {
@@ -202,30 +221,20 @@ impl Redis {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("redis-server is not installed: run scripts/stack.sh up, which installs it");
-        let child = Command::new(binary)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server");
+        let mut child = ChildGuard::spawn(
+            "redis",
+            Command::new(binary)
+                .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"]),
+        );
+        wait_listening(&mut child, self.port, Duration::from_secs(10));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Kills the server and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 }
@@ -277,8 +286,7 @@ fn whoami() -> String {
 /// It starts empty: create topics with rdkafka's admin client (the bridge creates its own).
 pub struct Tansu {
     port: u16,
-    child: Child,
-    log: PathBuf,
+    child: ChildGuard,
 }
 
 impl Tansu {
@@ -298,31 +306,21 @@ impl Tansu {
             .map(|dir| dir.join("tansu"))
             .find(|p| p.exists())
             .expect("tansu is not installed: run scripts/stack.sh up, which installs it");
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("tansu")));
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("tansu log file"))
-            .spawn()
-            .expect("starting tansu");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start on port {port}; see {}",
-                log.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, child, log }
+        let mut child = ChildGuard::spawn(
+            "tansu",
+            Command::new(binary)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"]),
+        );
+        wait_listening(&mut child, port, Duration::from_secs(20));
+        Self { port, child }
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -333,40 +331,27 @@ impl Tansu {
     /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered,
     /// the nastiest way for Kafka to be slow.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.child.signal(libc::SIGSTOP);
     }
 
     /// Thaws a paused broker (SIGCONT).
     pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill {signal} tansu failed");
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        self.child.signal(libc::SIGCONT);
     }
 }
 
 /// A private PostgreSQL server for tests that stop and start the database (outages),
 /// which the shared stack's server must never suffer. Trust authentication on loopback,
-/// superuser `postgres`, data in a temporary directory removed on drop.
+/// superuser `postgres`, data in a temporary directory removed on drop. The server
+/// (`postgres` itself, not `pg_ctl`, which would daemonise it) is a [`ChildGuard`]
+/// child, so it dies with the test.
 pub struct Postgres {
     port: u16,
     dir: PathBuf,
     bin: PathBuf,
-    running: bool,
+    /// As root, the `postgres` account's uid and gid, which the server runs as.
+    owner: Option<(u32, u32)>,
+    server: Option<ChildGuard>,
 }
 
 impl Postgres {
@@ -378,15 +363,17 @@ impl Postgres {
             .flatten()
             .flatten()
             .map(|entry| entry.path().join("bin"))
-            .find(|bin| bin.join("pg_ctl").exists())
+            .find(|bin| bin.join("postgres").exists() && bin.join("initdb").exists())
             .expect("PostgreSQL is not installed: run scripts/stack.sh up, which installs it");
         let dir = std::env::temp_dir().join(unique_name("pgtest"));
         std::fs::create_dir_all(&dir).expect("temp dir for postgres");
+        let owner = is_root().then(|| (account_id("-u"), account_id("-g")));
         let mut postgres = Self {
             port: free_port(),
             dir,
             bin,
-            running: false,
+            owner,
+            server: None,
         };
         if is_root() {
             let _ = Command::new("chown")
@@ -395,17 +382,23 @@ impl Postgres {
                 .status();
         }
         let data = postgres.dir.join("data");
-        postgres.run_as_owner(
-            "initdb",
-            &[
-                "-D",
-                &data.display().to_string(),
+        let status = postgres
+            .as_owner("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
                 "-U",
                 "postgres",
                 "--auth=trust",
                 "--no-locale",
                 "--encoding=UTF8",
-            ],
+            ])
+            .stdout(Stdio::null())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "initdb failed in {}",
+            postgres.dir.display()
         );
         postgres.restart();
         postgres
@@ -418,57 +411,90 @@ impl Postgres {
 
     /// (Re)starts the server on the same port and data, and waits until it answers.
     pub fn restart(&mut self) {
-        let data = self.dir.join("data").display().to_string();
-        let log = self.dir.join("postgres.log").display().to_string();
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.display()
+        assert!(self.server.is_none(), "postgres already running");
+        let data = self.dir.join("data");
+        let mut server = ChildGuard::spawn(
+            "postgres",
+            self.as_owner("postgres")
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &self.port.to_string(), "-k"])
+                .arg(&self.dir)
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]),
         );
-        self.run_as_owner(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
-        );
-        self.running = true;
+        // What `pg_ctl -w` waits for: the status line of postmaster.pid says "ready".
+        let pid_file = data.join("postmaster.pid");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status_line = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|pid| pid.lines().nth(7).map(|l| l.trim().to_owned()));
+            if status_line.as_deref() == Some("ready") {
+                break;
+            }
+            if let Some(status) = server.try_wait() {
+                panic!(
+                    "postgres exited ({status}) while starting; log {}:\n{}",
+                    server.log_path().display(),
+                    server.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres not ready within 60 s; log {}:\n{}",
+                server.log_path().display(),
+                server.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.server = Some(server);
     }
 
-    /// Stops the server (fast shutdown: open connections are cut).
+    /// Stops the server (fast shutdown, SIGINT: open connections are cut) and waits.
     pub fn stop(&mut self) {
-        let data = self.dir.join("data").display().to_string();
-        self.run_as_owner("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
-        self.running = false;
+        if let Some(mut server) = self.server.take() {
+            server.signal(libc::SIGINT);
+            if server.wait_timeout(Duration::from_secs(60)).is_none() {
+                panic!(
+                    "postgres did not stop within 60 s of SIGINT; log {}:\n{}",
+                    server.log_path().display(),
+                    server.log_tail()
+                );
+            }
+        }
     }
 
-    fn run_as_owner(&self, program: &str, args: &[&str]) {
-        let program = self.bin.join(program);
-        let status = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .current_dir("/")
-                .stdout(Stdio::null())
-                .status()
-        } else {
-            Command::new(&program)
-                .args(args)
-                .stdout(Stdio::null())
-                .status()
-        };
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "{} {args:?} failed; see {}",
-            program.display(),
-            self.dir.display()
-        );
+    /// A command for one of the server's programs, run as the cluster's owner.
+    fn as_owner(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        command.current_dir("/");
+        if let Some((uid, gid)) = self.owner {
+            command.uid(uid).gid(gid);
+        }
+        command
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if self.running {
-            self.stop();
+        if let Some(mut server) = self.server.take() {
+            // A clean stop if it comes quickly (it releases its shared memory); the
+            // guard SIGKILLs it otherwise.
+            server.signal(libc::SIGINT);
+            let _ = server.wait_timeout(Duration::from_secs(30));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `id -u postgres` or `id -g postgres`.
+fn account_id(which: &str) -> u32 {
+    let output = Command::new("id")
+        .args([which, "postgres"])
+        .output()
+        .expect("running id");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no postgres account (`id {which} postgres` failed)"))
 }
