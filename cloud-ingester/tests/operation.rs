@@ -5,13 +5,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use sqlx::PgPool;
 use support::{create_topics, frame, kafka, produce};
+use testkit::ChildGuard;
 
 /// Status and body of a plain HTTP GET; `None` while nothing listens.
 async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -39,18 +40,6 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
         }
         assert!(Instant::now() < deadline, "{what} within {within:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Kills the ingester if the test fails before stopping it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }
 
@@ -104,7 +93,8 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
         testkit::unique_name("group"),
     );
     let http = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
-    let mut running = Running(
+    let mut running = ChildGuard::spawn(
+        "cloud-ingester",
         Command::new(env!("CARGO_BIN_EXE_cloud-ingester"))
             .args(["--topic", &topic, "--dlq-topic", &dlq, "--group", &group])
             .args(["--id", &id, "--http-listen", &http.to_string()])
@@ -114,9 +104,7 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
             .env("INGESTER_KAFKA__METRICS_TOPIC", &metrics_topic)
             .env("INGESTER_KAFKA__METRICS_INTERVAL", "1s")
             .env("INGESTER_KAFKA__ALERTS_TOPIC", "")
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("spawn cloud-ingester"),
+            .env("RUST_LOG", "warn"),
     );
 
     let ready = eventually("/readyz 200", Duration::from_secs(30), || async {
@@ -181,21 +169,8 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
     assert_eq!(started[0]["group"], group.as_str());
     assert_eq!(started[0]["topic"], topic.as_str());
 
-    Command::new("kill")
-        .args(["-TERM", &running.0.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = running.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running 30 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // SIGTERM; a panic quoting the ingester's log if it still runs 30 s later.
+    let status = running.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     let stopped = events(&pool, &id, "stop").await;
     assert_eq!(stopped.len(), 1, "{stopped:?}");

@@ -1,14 +1,16 @@
 //! One program of the pipeline as a child process that a scenario can kill, stop and
 //! start again with the same command line, its output kept in a log file that is quoted
-//! when the program dies unexpectedly.
+//! when the program dies unexpectedly. The child is a [`ChildGuard`]: its own process
+//! group, killed when the `Process` is dropped and when the suite's process dies.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use testkit::ChildGuard;
 
 /// How much of a log is quoted in an error.
 const LOG_TAIL_BYTES: u64 = 4000;
@@ -19,7 +21,7 @@ pub struct Process {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     log: PathBuf,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     /// Starts so far, including the first.
     pub starts: u32,
 }
@@ -48,7 +50,7 @@ impl Process {
 
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(ChildGuard::id)
     }
 
     /// Starts the program (again), appending to its log.
@@ -56,24 +58,23 @@ impl Process {
         if self.child.is_some() {
             bail!("{} is already running", self.name);
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(&self.args)
             // Addresses come from the command line, never from the stack's environment
             // the suite itself runs in.
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env_remove("KAFKA_BROKERS")
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the log handle")?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.program.display()))?;
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        let child = ChildGuard::spawn_logging_to(&self.name, &mut command, &self.log)
+            .with_context(|| {
+                format!(
+                    "starting {} (log {})",
+                    self.program.display(),
+                    self.log.display()
+                )
+            })?;
         self.child = Some(child);
         self.starts += 1;
         Ok(())
@@ -81,35 +82,24 @@ impl Process {
 
     /// SIGKILL: the process gets no chance to flush, close or say goodbye.
     pub fn kill(&mut self) -> Result<()> {
-        let mut child = self.take_running()?;
-        child
-            .kill()
-            .with_context(|| format!("killing {}", self.name))?;
-        child
-            .wait()
-            .with_context(|| format!("reaping {}", self.name))?;
+        self.take_running()?.kill();
         Ok(())
     }
 
     /// SIGTERM, then waits up to `patience` for a clean exit (status 0).
     pub fn terminate(&mut self, patience: Duration) -> Result<()> {
         let mut child = self.take_running()?;
-        signal(&child, libc::SIGTERM)?;
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(status) = child.try_wait().context("waiting for the exit")? {
-                return self.expect_success(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        child.signal(libc::SIGTERM);
+        match child.wait_timeout(patience) {
+            Some(status) => self.expect_success(status),
+            None => {
+                child.kill();
                 bail!(
                     "{} did not exit within {patience:?} of SIGTERM; log:\n{}",
                     self.name,
                     self.log_tail()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -118,7 +108,7 @@ impl Process {
         let Some(child) = self.child.as_mut() else {
             return Ok(());
         };
-        if let Some(status) = child.try_wait().context("polling the child")? {
+        if let Some(status) = child.try_wait() {
             self.child = None;
             bail!(
                 "{} exited unexpectedly ({status}); log:\n{}",
@@ -141,7 +131,7 @@ impl Process {
         tail
     }
 
-    fn take_running(&mut self) -> Result<Child> {
+    fn take_running(&mut self) -> Result<ChildGuard> {
         self.child
             .take()
             .with_context(|| format!("{} is not running", self.name))
@@ -157,22 +147,4 @@ impl Process {
         }
         Ok(())
     }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn signal(child: &Child, signal: libc::c_int) -> Result<()> {
-    let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
-    // SAFETY: kill(2) with a pid of our own unreaped child has no memory effects.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -4,14 +4,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use edge_agent::delivery::decode_record;
 use edge_agent::queue::{DiskQueue, QueueConfig};
 use protocol::{BootId, Frame};
 use support::{Setup, Subscriber};
-use testkit::Mosquitto;
+use testkit::{ChildGuard, Mosquitto};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edge-agent");
 
@@ -144,22 +144,14 @@ fn an_unusable_queue_directory_is_reported_clearly() {
     );
 }
 
-fn start_agent(config: &std::path::Path) -> Child {
-    Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start edge-agent")
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+/// The agent as a child that dies with the test; its log is quoted if the test fails.
+fn start_agent(config: &std::path::Path) -> ChildGuard {
+    ChildGuard::spawn(
+        "edge-agent",
+        Command::new(BIN)
+            .args(["--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn"),
+    )
 }
 
 /// Reading identities still in the queue, per (device, boot): what must still arrive.
@@ -190,8 +182,8 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
 
     let mut first = start_agent(&config);
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    signal(&first, "-KILL");
-    first.wait().unwrap();
+    first.signal(libc::SIGKILL);
+    first.wait();
     let seen_before_kill = support::Ledger::of(&subscriber.frames());
     let first_boot = *seen_before_kill
         .boots("furnace-01")
@@ -203,8 +195,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
 
     let mut second = start_agent(&config);
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    signal(&second, "-TERM");
-    let status = second.wait().unwrap();
+    let status = second.terminate(Duration::from_secs(60));
     assert!(status.success(), "clean exit after SIGTERM: {status}");
 
     for device in ["furnace-01", "press-01"] {

@@ -2,8 +2,8 @@
 //! (`#[sqlx::test]`), and its own Kafka topic and Redis key prefix (testkit names), so the
 //! tests run in parallel and never touch operator data.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Output, Stdio};
+use std::io::Read;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use protocol::{BootId, DeviceId, Frame, Quality, Reading};
@@ -15,6 +15,7 @@ use rdkafka::{ClientConfig, Message};
 use redis::AsyncCommands;
 use serde_json::Value;
 use sqlx::PgPool;
+use testkit::ChildGuard;
 
 /// The URL of the test's own database: the stack's URL with its database name.
 fn database_url(pool: &PgPool) -> String {
@@ -467,56 +468,43 @@ async fn latest_values_and_devices_come_from_redis_with_names_from_postgres(pool
     let _: () = redis.del(&[latest_key, seen_key]).await.unwrap();
 }
 
-/// Spawns `iotctl tail` and waits for its "listening" line on stderr.
-fn spawn_tail(
-    pool: &PgPool,
-    args: &[&str],
-) -> (std::process::Child, std::thread::JoinHandle<String>) {
-    let mut child = iotctl(pool, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn iotctl tail");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("tail ended before listening: {seen}");
+/// Spawns `iotctl tail` (its stdout a pipe, its stderr in a log) and waits at most 30 s
+/// for its "listening" line.
+fn spawn_tail(pool: &PgPool, args: &[&str]) -> ChildGuard {
+    let mut child = ChildGuard::spawn_capturing_stdout("iotctl-tail", &mut iotctl(pool, args));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !child.log_tail().contains("listening") {
+        if let Some(status) = child.try_wait() {
+            panic!(
+                "tail ended ({status}) before listening: {}",
+                child.log_tail()
+            );
         }
-        seen.push_str(&line);
-        if line.contains("listening") {
-            break;
-        }
+        assert!(
+            Instant::now() < deadline,
+            "tail not listening within 30 s: {}",
+            child.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let rest = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
-    (child, rest)
+    child
 }
 
 /// Waits (at most 30 s) for the child to end and returns its stdout.
-fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            return (status.code(), out);
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("tail did not stop after --count frames");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn finish(mut child: ChildGuard) -> (Option<i32>, String) {
+    let Some(status) = child.wait_timeout(Duration::from_secs(30)) else {
+        panic!(
+            "tail did not stop after --count frames: {}",
+            child.log_tail()
+        );
+    };
+    let mut out = String::new();
+    child
+        .take_stdout()
+        .expect("tail's stdout is a pipe")
+        .read_to_string(&mut out)
+        .unwrap();
+    (status.code(), out)
 }
 
 async fn produce(topic: &str, records: &[(&str, Vec<u8>)]) {
@@ -536,7 +524,7 @@ async fn produce(topic: &str, records: &[(&str, Vec<u8>)]) {
 async fn tail_decodes_frames_from_kafka(pool: PgPool) {
     let topic = testkit::unique_name("data");
     create_topic(&topic, 3).await;
-    let (child, _stderr) = spawn_tail(
+    let child = spawn_tail(
         &pool,
         &[
             "--json",
@@ -584,7 +572,7 @@ async fn tail_decodes_frames_from_kafka(pool: PgPool) {
 async fn tail_says_why_a_record_does_not_decode_and_filters_by_device(pool: PgPool) {
     let topic = testkit::unique_name("data");
     create_topic(&topic, 3).await;
-    let (child, _stderr) = spawn_tail(
+    let child = spawn_tail(
         &pool,
         &[
             "--data-topic",

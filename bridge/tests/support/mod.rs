@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bridge::{Bridge, BridgeConfig, Mode};
@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use testkit::ChildGuard;
 
 pub const SITE: &str = "plant1";
 pub const LINE: &str = "line-a";
@@ -242,9 +243,10 @@ impl InProcess {
 }
 
 /// The bridge binary, configured by a TOML file, for tests that kill it or measure
-/// its memory.
+/// its memory. Its output goes to a log under `target/test-logs/`, quoted if the test
+/// panics.
 pub struct Process {
-    pub child: Child,
+    child: ChildGuard,
     pub http_port: u16,
     config_file: PathBuf,
 }
@@ -258,14 +260,13 @@ impl Process {
             std::env::temp_dir().join(format!("{}.toml", testkit::unique_name("bridge")));
         let toml = toml::to_string(&config).expect("config serializes to TOML");
         std::fs::write(&config_file, toml).expect("write bridge config");
-        let child = Command::new(env!("CARGO_BIN_EXE_bridge"))
-            .arg("--config")
-            .arg(&config_file)
-            .env("RUST_LOG", "info,rumqttd=off")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bridge");
+        let child = ChildGuard::spawn(
+            "bridge",
+            Command::new(env!("CARGO_BIN_EXE_bridge"))
+                .arg("--config")
+                .arg(&config_file)
+                .env("RUST_LOG", "info,rumqttd=off"),
+        );
         let process = Self {
             child,
             http_port,
@@ -343,24 +344,20 @@ impl Process {
             .map_or(0, |kib| kib * 1024)
     }
 
+    /// SIGKILL, and reaped.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
-    /// SIGTERM, and the exit status.
+    /// SIGTERM, and the exit status (a panic quoting the log if it takes over 60 s).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().expect("wait for bridge")
+        self.child.terminate(Duration::from_secs(60))
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.kill();
+        // The child goes with its guard.
         let _ = std::fs::remove_file(&self.config_file);
     }
 }
