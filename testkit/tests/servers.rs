@@ -50,3 +50,14 @@ fn redis_stops_restarts_and_goes() {
     drop(redis);
     assert!(!listening(port));
 }
+
+#[test]
+fn tansu_pauses_resumes_and_goes() {
+    let tansu = testkit::Tansu::start();
+    let port: u16 = tansu.brokers().rsplit(':').next().unwrap().parse().unwrap();
+    assert!(listening(port));
+    tansu.pause();
+    tansu.resume();
+    drop(tansu);
+    assert!(!listening(port));
+}
