@@ -688,10 +688,7 @@ async fn readiness(check: &'static str, url: &HttpUrl, start_fix: &str) -> Check
                 Check::fail(
                     check,
                     format!("not ready (HTTP {}) at {url}: {report}", response.status),
-                    format!(
-                        "the {check} runs but a dependency is down: bring back what the report \
-                         names \"down\" and see the {check}'s log"
-                    ),
+                    not_ready_fix(check, &response.body),
                 )
             }
         }
@@ -706,9 +703,44 @@ async fn readiness(check: &'static str, url: &HttpUrl, start_fix: &str) -> Check
     }
 }
 
+/// What to do about a service that answers but is not ready: a stall it reports
+/// (`not ready: …`) is named as such, otherwise a dependency is down.
+fn not_ready_fix(check: &str, body: &str) -> String {
+    let stalls: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("not ready: "))
+        .collect();
+    if stalls.is_empty() {
+        format!(
+            "the {check} runs but a dependency is down: bring back what the report names \
+             \"down\" and see the {check}'s log"
+        )
+    } else {
+        format!(
+            "the {check} is not making progress ({}): see its `stalled` system events and its \
+             log; it re-reads its work by itself every 30 s, restart it if that does not help",
+            stalls.join("; ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_service_is_told_apart_from_a_missing_dependency() {
+        let stalled = not_ready_fix(
+            "ingester",
+            "kafka connected\npostgresql connected\nnot ready: 500 records wait\n",
+        );
+        assert!(
+            stalled.starts_with("the ingester is not making progress (500 records wait)"),
+            "{stalled}"
+        );
+        let down = not_ready_fix("ingester", "kafka down\npostgresql connected\n");
+        assert!(down.contains("a dependency is down"), "{down}");
+    }
 
     #[test]
     fn memory_sizes() {

@@ -15,10 +15,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// What `/readyz` reports: each dependency's name and whether it is usable now. Ready
-/// when all are.
+/// What `/readyz` reports: each dependency's name and whether it is usable now, and
+/// why the service is not doing its work although its dependencies are (a stall). Ready
+/// when every dependency is usable and there is no problem.
 pub trait Readiness: Send + Sync + 'static {
     fn checks(&self) -> Vec<(&'static str, bool)>;
+
+    /// Sentences saying why the service is not making progress; none by default.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Binds the listener now (so a taken port is a start-up error) and serves `/metrics`,
@@ -50,15 +56,20 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-/// 200 when every dependency is up, else 503; the body has one `name connected|down`
-/// line per dependency, so a person can see which one is missing.
+/// 200 when every dependency is up and nothing stalls, else 503; the body has one
+/// `name connected|down` line per dependency and a `not ready: …` line per problem, so a
+/// person can see what is missing.
 async fn readyz(State(readiness): State<Arc<dyn Readiness>>) -> (StatusCode, String) {
     let checks = readiness.checks();
-    let body: String = checks
+    let problems = readiness.problems();
+    let mut body: String = checks
         .iter()
         .map(|(name, up)| format!("{name} {}\n", if *up { "connected" } else { "down" }))
         .collect();
-    if checks.iter().all(|(_, up)| *up) {
+    for problem in &problems {
+        body.push_str(&format!("not ready: {problem}\n"));
+    }
+    if checks.iter().all(|(_, up)| *up) && problems.is_empty() {
         (StatusCode::OK, body)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body)
@@ -78,6 +89,19 @@ mod tests {
     impl Readiness for Flags {
         fn checks(&self) -> Vec<(&'static str, bool)> {
             vec![("always", true), ("flag", self.0.load(Ordering::Relaxed))]
+        }
+    }
+
+    /// Every dependency up, but stuck.
+    struct Stalled;
+
+    impl Readiness for Stalled {
+        fn checks(&self) -> Vec<(&'static str, bool)> {
+            vec![("always", true)]
+        }
+
+        fn problems(&self) -> Vec<String> {
+            vec!["500 records wait".to_owned()]
         }
     }
 
@@ -111,6 +135,23 @@ mod tests {
         );
         assert_eq!(get(addr, "/livez").await, (200, "ok\n".to_owned()));
         assert_eq!(get(addr, "/metrics").await.0, 200);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_problem_makes_it_not_ready_and_says_why() {
+        let stop = CancellationToken::new();
+        let (addr, task) = serve(([127, 0, 0, 1], 0).into(), Arc::new(Stalled), stop.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            get(addr, "/readyz").await,
+            (
+                503,
+                "always connected\nnot ready: 500 records wait\n".to_owned()
+            )
+        );
         stop.cancel();
         task.await.unwrap();
     }
