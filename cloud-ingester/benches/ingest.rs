@@ -461,16 +461,17 @@ async fn pipeline_rate(
         ..KafkaConfig::default()
     };
     let pipeline = Pipeline {
-        consumer: cloud_ingester::kafka::consumer(
+        consumer: Arc::new(cloud_ingester::kafka::consumer(
             &kafka,
             "bench",
-            IngestContext::new(stats.clone(), health.clone()),
-        )?,
+            IngestContext::new(health.clone()),
+        )?),
         producer: producer.clone(),
         store: Store::new(pool.clone()),
         redis: Some(redis),
         catalog: cloud_ingester::validate::Catalog::load(pool).await?,
         settings: PipelineSettings {
+            group: kafka.group.clone(),
             topic: topic.clone(),
             dlq_topic: dlq.clone(),
             alerts_topic: alerts.clone(),

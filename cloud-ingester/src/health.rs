@@ -1,17 +1,48 @@
 //! Readiness of the ingester, served with the metrics by `service::http::serve`.
 //!
-//! Ready means it can ingest: a Kafka broker is up and the last PostgreSQL write
-//! succeeded. A load balancer or Kubernetes then alerts on an instance that cannot
-//! store, instead of taking its silence for a quiet plant.
+//! Ready means it is ingesting, or could: a Kafka broker is up, the last PostgreSQL
+//! write succeeded, and no partition it holds has records waiting while its stored
+//! offset has not moved for [`STALL_AFTER`]. A load balancer or Kubernetes then alerts
+//! on an instance that cannot store, or does not, instead of taking its silence for a
+//! quiet plant. The stall is judged when `/readyz` is asked, so a loop that is itself
+//! stuck cannot keep reporting ready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use service::http::Readiness;
 
-#[derive(Debug, Default)]
+/// How long records may wait on a held partition without its offset moving before the
+/// instance is not ready (and the pipeline re-reads its partitions from their offsets).
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
 pub struct Health {
     kafka: AtomicBool,
     postgres: AtomicBool,
+    progress: Mutex<Progress>,
+}
+
+#[derive(Debug)]
+struct Progress {
+    /// Records in the held partitions beyond the stored offsets, as last seen.
+    waiting: u64,
+    /// The last commit, or the last time nothing waited.
+    moved: Instant,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            kafka: AtomicBool::new(false),
+            postgres: AtomicBool::new(false),
+            progress: Mutex::new(Progress {
+                waiting: 0,
+                moved: Instant::now(),
+            }),
+        }
+    }
 }
 
 impl Health {
@@ -33,13 +64,74 @@ impl Health {
         self.postgres.load(Ordering::Relaxed)
     }
 
+    /// A batch's offsets were committed.
+    pub fn progressed(&self) {
+        self.progress().moved = Instant::now();
+    }
+
+    /// How many records wait in the held partitions beyond their stored offsets.
+    pub fn set_waiting(&self, waiting: u64) {
+        let mut progress = self.progress();
+        progress.waiting = waiting;
+        if waiting == 0 {
+            progress.moved = Instant::now();
+        }
+    }
+
+    /// Why the instance is stalled, if it is: records wait and nothing was committed for
+    /// [`STALL_AFTER`].
+    pub fn stall(&self) -> Option<String> {
+        let progress = self.progress();
+        let still = progress.moved.elapsed();
+        (progress.waiting > 0 && still >= STALL_AFTER).then(|| {
+            format!(
+                "{} records wait in the partitions this instance holds and nothing was stored \
+                 for {} s",
+                progress.waiting,
+                still.as_secs()
+            )
+        })
+    }
+
     pub fn ready(&self) -> bool {
-        self.kafka() && self.postgres()
+        self.kafka() && self.postgres() && self.stall().is_none()
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Readiness for Health {
     fn checks(&self) -> Vec<(&'static str, bool)> {
         vec![("kafka", self.kafka()), ("postgresql", self.postgres())]
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.stall().into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_records_with_no_commit_for_long_enough_make_it_not_ready() {
+        let health = Health::default();
+        health.set_kafka(true);
+        health.set_postgres(true);
+        health.set_waiting(500);
+        assert!(health.ready(), "a fresh backlog is not a stall");
+        health.progress().moved = Instant::now() - STALL_AFTER;
+        let stall = health.stall().expect("stalled");
+        assert!(stall.starts_with("500 records wait"), "{stall}");
+        assert!(!health.ready());
+        assert_eq!(health.problems().len(), 1);
+        health.progressed();
+        assert!(health.ready(), "a commit ends the stall");
+        health.progress().moved = Instant::now() - STALL_AFTER;
+        health.set_waiting(0);
+        assert!(health.ready(), "nothing waiting is never a stall");
     }
 }

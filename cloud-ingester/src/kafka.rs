@@ -1,71 +1,51 @@
-//! The Kafka side of the ingester: consumer and producer settings under which offsets
-//! follow commits, and the consumer's context, which turns librdkafka's statistics into
-//! consumer lag and the Kafka health flag and keeps the rebalances for the pipeline.
+//! The Kafka side of the ingester: consumer and producer settings, and the consumer's
+//! context, which turns librdkafka's statistics into each partition's high watermark
+//! and the Kafka health flag.
+//!
+//! The consumer never joins a group: the pipeline assigns it the partitions this
+//! instance leases in PostgreSQL (`ownership`), from the offsets stored there. The group
+//! id is kept for the offsets it commits as well, so Kafka UI and
+//! `kafka-consumer-groups` still show progress, but nothing is read back from Kafka.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::ClientContext;
 use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
 use crate::health::Health;
-use crate::stats::IngestStats;
 
 /// How often librdkafka reports statistics: the refresh of the lag gauges and of the
 /// Kafka health flag.
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// Partitions this instance was given or lost, in the order it happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RebalanceEvent {
-    /// "assigned" or "revoked".
-    pub kind: &'static str,
-    pub partitions: Vec<i32>,
-}
-
-/// The consumer's context: statistics, errors and rebalances.
+/// The consumer's context: statistics and errors.
 pub struct IngestContext {
-    stats: Arc<IngestStats>,
     health: Arc<Health>,
-    rebalances: Mutex<Vec<RebalanceEvent>>,
+    high_watermarks: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl IngestContext {
-    pub fn new(stats: Arc<IngestStats>, health: Arc<Health>) -> Self {
+    pub fn new(health: Arc<Health>) -> Self {
         Self {
-            stats,
             health,
-            rebalances: Mutex::new(Vec::new()),
+            high_watermarks: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The rebalances since the last call, oldest first.
-    pub fn take_rebalances(&self) -> Vec<RebalanceEvent> {
-        std::mem::take(
-            &mut *self
-                .rebalances
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
-    }
-
-    fn record(&self, kind: &'static str, partitions: &TopicPartitionList) {
-        let partitions: Vec<i32> = partitions
-            .elements()
-            .iter()
-            .map(|p| p.partition())
-            .collect();
-        info!(?partitions, "partitions {kind}");
-        self.rebalances
+    /// The end of each assigned partition's log as of the last statistics (every 5 s).
+    pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
+        self.high_watermarks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(RebalanceEvent { kind, partitions });
+            .clone()
     }
 
     fn set_kafka(&self, up: bool) {
@@ -80,15 +60,20 @@ impl IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
+        let mut marks = BTreeMap::new();
         for topic in statistics.topics.values() {
             for (&partition, state) in &topic.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 means
-                // not known yet (or not consumed by this instance).
-                if partition != -1 && state.consumer_lag != -1 {
-                    self.stats.set_consumer_lag(partition, state.consumer_lag);
+                // -1 is librdkafka's internal "unassigned" partition; a watermark of -1
+                // means not known yet.
+                if partition != -1 && state.hi_offset >= 0 {
+                    marks.insert(partition, state.hi_offset);
                 }
             }
         }
+        *self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = marks;
         self.set_kafka(statistics.brokers.values().any(|b| b.state == "UP"));
     }
 
@@ -100,26 +85,7 @@ impl ClientContext for IngestContext {
     }
 }
 
-impl ConsumerContext for IngestContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            // Their lag is the new owner's to report now; librdkafka stops reporting it
-            // here, so it would stay frozen at its last value.
-            for partition in partitions.elements() {
-                self.stats.set_consumer_lag(partition.partition(), 0);
-            }
-            self.record("revoked", partitions);
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => self.record("assigned", partitions),
-            Rebalance::Error(e) => warn!("Kafka rebalance failed: {e}"),
-            Rebalance::Revoke(_) => {}
-        }
-    }
-}
+impl ConsumerContext for IngestContext {}
 
 /// The settings both clients share.
 fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
@@ -139,9 +105,9 @@ fn with_properties<'a>(client: &'a mut ClientConfig, config: &KafkaConfig) -> &'
     client
 }
 
-/// The consumer of `config.topic` in `config.group`. Offsets are stored by the pipeline
-/// after the PostgreSQL commit, and committed from there every second and on rebalance
-/// or close.
+/// The consumer of `config.topic`, assigned its partitions by the pipeline. Offsets are
+/// stored by the pipeline after the PostgreSQL commit and committed to `config.group`
+/// every second and at close, for the tools that show a group's progress.
 pub fn consumer(
     config: &KafkaConfig,
     client_id: &str,
@@ -150,15 +116,11 @@ pub fn consumer(
     let mut client = client_config(config, client_id);
     client
         .set("group.id", &config.group)
-        // A crashed instance's partitions move to the others once its session expires:
-        // 10 s (Kafka's minimum is 6 s) rather than librdkafka's 45 s. Heartbeats come
-        // from librdkafka's own thread, so a busy pipeline does not miss them.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "3000")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
-        // A new group starts from the oldest record: nothing is skipped.
+        // An offset the log no longer has (it was reset, or retention passed it) reads
+        // from the oldest record: nothing is skipped, a replay is harmless.
         .set("auto.offset.reset", "earliest")
         // The only buffer besides the batch in hand (see pipeline.rs).
         .set("queued.max.messages.kbytes", "16384")

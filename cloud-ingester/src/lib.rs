@@ -19,6 +19,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod health;
 pub mod kafka;
+pub mod ownership;
 pub mod pipeline;
 pub mod redis_sink;
 pub mod rows;

@@ -192,7 +192,7 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
     let consumer = kafka::consumer(
         &config.kafka,
         &config.id,
-        IngestContext::new(stats.clone(), health.clone()),
+        IngestContext::new(health.clone()),
     )
     .context("creating the Kafka consumer (check kafka.properties)")?;
     let producer = kafka::producer(&config.kafka, &config.id)
@@ -250,12 +250,13 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
     .await;
 
     let pipeline = Pipeline {
-        consumer,
+        consumer: Arc::new(consumer),
         producer: producer.clone(),
         store: Store::new(pool.clone()),
         redis,
         catalog,
         settings: PipelineSettings {
+            group: config.kafka.group.clone(),
             topic: config.kafka.topic.clone(),
             dlq_topic: config.kafka.dlq_topic.clone(),
             alerts_topic: config.kafka.alerts_topic.clone(),

@@ -1,11 +1,18 @@
 //! The ingest loop: Kafka records into batches, batches into one PostgreSQL transaction
-//! each, then Kafka offsets, then Redis.
+//! each (rows, statistics, alert transitions and the partitions' next offsets), then
+//! Redis.
 //!
 //! Order is the guarantee. A batch's dead letters are confirmed by Kafka first, then its
-//! rows are committed in PostgreSQL, and only then are its offsets stored (librdkafka
-//! commits stored offsets every second and on rebalance or close). A crash or a
-//! rebalance anywhere before that replays the batch, which the store's dedup key makes
-//! harmless; nothing is ever skipped. Redis comes last and is best effort: when it is
+//! rows are committed in PostgreSQL together with the offsets they reach, fenced by this
+//! instance's partition leases (`ownership`). Every assignment starts from the offsets
+//! stored there, so a crash, a lost lease or a broker that forgets its consumer groups
+//! replays what was not committed, which the store's dedup key makes harmless; nothing
+//! is ever skipped. Kafka's own committed offsets follow, for the tools that show them.
+//!
+//! The loop never sits still while data waits: between batches it renews its leases and
+//! balances the partitions with the other instances, and when records wait on a held
+//! partition while nothing is committed for `health::STALL_AFTER` it says so (readiness,
+//! a `stalled` system event) and re-reads its partitions from the stored offsets. Redis comes last and is best effort: when it is
 //! down, ingestion goes on and the newest value per device and channel waits in memory
 //! (one row each, so bounded) until it is back.
 //!
@@ -25,6 +32,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -35,6 +43,9 @@ use crate::alerts::store::Applied;
 use crate::alerts::Evaluation;
 use crate::alerts::{self, AlertEngine};
 use crate::dead_letters::{self, BurstWindow, DeadLetter};
+use crate::health::STALL_AFTER;
+use crate::kafka::IngestContext;
+use crate::ownership::{Change, Ownership, Progress, RENEW_EVERY};
 use crate::redis_sink::RedisSink;
 use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
@@ -51,11 +62,24 @@ const CATALOG_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 /// Days of `sensor_readings` partitions kept ready ahead of today.
 const PARTITIONS_AHEAD: i32 = 8;
+/// How long one renewal and balancing step may take before it is tried again later.
+const BALANCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How far before its stored offset a partition is read again when it is assigned; the
+/// records before the stored offset are passed over here. A broker must return the record
+/// batch that holds the offset asked for, but Tansu returns the first batch that *starts*
+/// at or after it, which would silently skip the rest of a batch the last owner stopped
+/// in the middle of. Starting a batch's length earlier (librdkafka's producers put at most
+/// 10 000 records in a batch: `batch.num.messages`) makes every broker deliver it.
+const REWIND_RECORDS: i64 = 10_000;
+/// How long to wait for the topic's metadata in one attempt.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `system_events.service` of this program.
 pub const SERVICE: &str = "cloud-ingester";
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
+    /// Instances with the same group share the topic's partitions.
+    pub group: String,
     pub topic: String,
     pub dlq_topic: String,
     /// Where alert transitions are published as JSON; empty: not published.
@@ -71,8 +95,8 @@ pub struct PipelineSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot subscribe to {topic}: {error}")]
-    Subscribe { topic: String, error: KafkaError },
+    #[error("cannot record the partitions of {topic} in PostgreSQL: {error}")]
+    Partitions { topic: String, error: sqlx::Error },
     #[error("Kafka refused a dead-letter record: {0}")]
     DeadLetter(KafkaError),
     #[error("PostgreSQL: {0}")]
@@ -93,6 +117,15 @@ struct LoopState {
     reload_alerts: bool,
     /// When the device catalog and the alert rules were last read.
     catalog_loaded: Instant,
+    /// The partitions this instance leases, and where their stored progress ends.
+    ownership: Ownership,
+    /// When the leases were last renewed and balanced (`None`: not yet).
+    balanced: Option<Instant>,
+    /// When a stall was last acted on, while it lasts.
+    stall_handled: Option<Instant>,
+    /// Per assigned partition, the stored offset: records below it were read again only
+    /// because of [`REWIND_RECORDS`] and are passed over.
+    skip_below: HashMap<i32, i64>,
 }
 
 #[derive(Default)]
@@ -143,11 +176,14 @@ impl Batch {
 enum Fill {
     Full,
     Aged,
+    /// Nothing arrived before the leases were due for renewal.
+    Idle,
     Stopped,
 }
 
 pub struct Pipeline {
-    pub consumer: StreamConsumer<crate::kafka::IngestContext>,
+    /// Shared with the blocking metadata calls (`spawn_blocking`).
+    pub consumer: Arc<StreamConsumer<IngestContext>>,
     pub producer: FutureProducer,
     pub store: Store,
     pub redis: Option<RedisSink>,
@@ -161,13 +197,23 @@ impl Pipeline {
     /// Consumes until `stop`; then writes the batch in hand, stores and commits its
     /// offsets, and returns.
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
-        self.consumer
-            .subscribe(&[&self.settings.topic])
-            .map_err(|error| PipelineError::Subscribe {
+        self.upkeep().await;
+        let Some(partitions) = self.partition_count(&stop).await else {
+            return Ok(());
+        };
+        let ownership = Ownership::new(
+            self.store.pool().clone(),
+            &self.settings.group,
+            &self.settings.topic,
+            &member_id(&self.settings.instance),
+        );
+        ownership
+            .register_partitions(partitions)
+            .await
+            .map_err(|error| PipelineError::Partitions {
                 topic: self.settings.topic.clone(),
                 error,
             })?;
-        self.upkeep().await;
         let mut state = LoopState {
             alerts: self.load_alerts().await?,
             redis_backlog: HashMap::new(),
@@ -175,6 +221,10 @@ impl Pipeline {
             dead_letters: BurstWindow::default(),
             reload_alerts: false,
             catalog_loaded: Instant::now(),
+            ownership,
+            balanced: None,
+            stall_handled: None,
+            skip_below: HashMap::new(),
         };
         if let Some(redis) = &self.redis {
             if let Err(e) = alert_publish::resync_redis(self.store.pool(), redis).await {
@@ -184,9 +234,11 @@ impl Pipeline {
         }
         let mut last_upkeep = Instant::now();
         loop {
+            if state.balanced.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
+                self.balance(&mut state, false).await;
+            }
             let mut batch = Batch::default();
             let fill = self.fill(&mut batch, &stop, &mut state).await;
-            self.after_rebalance(&mut state).await;
             // `false`: stopped while PostgreSQL was away; the batch will be replayed.
             if !batch.is_empty() && !self.flush(batch, &stop, &mut state).await? {
                 break;
@@ -205,8 +257,13 @@ impl Pipeline {
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last automatic commit is not an error.
             if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                warn!("final offset commit failed (the last batch may be replayed): {e}");
+                warn!("final offset commit to Kafka failed (informational only): {e}");
             }
+        }
+        match tokio::time::timeout(BALANCE_TIMEOUT, state.ownership.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("partition leases not released (they expire by themselves): {e}"),
+            Err(_) => warn!("partition leases not released in time (they expire by themselves)"),
         }
         // Alert records are sent without waiting for Kafka; see them out.
         let producer = self.producer.clone();
@@ -237,31 +294,224 @@ impl Pipeline {
         Ok(engine)
     }
 
-    /// Logs each rebalance since the last batch as a system event and, if there was one,
-    /// has the alert state reloaded before the next evaluation: another instance may have
-    /// moved the alerts of the devices this one just got.
-    async fn after_rebalance(&self, state: &mut LoopState) {
-        let rebalances = self.consumer.context().take_rebalances();
-        if rebalances.is_empty() {
-            return;
+    /// The topic's partition count, from Kafka's metadata; waits for Kafka and the topic
+    /// (`None`: stopped meanwhile).
+    async fn partition_count(&self, stop: &CancellationToken) -> Option<i32> {
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            let consumer = self.consumer.clone();
+            let topic = self.settings.topic.clone();
+            let counted = tokio::task::spawn_blocking(move || -> Result<i32, String> {
+                let metadata = consumer
+                    .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+                    .map_err(|e| e.to_string())?;
+                let found = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .ok_or_else(|| "it is not in the metadata".to_owned())?;
+                if let Some(error) = found.error() {
+                    return Err(format!("{error:?}"));
+                }
+                match i32::try_from(found.partitions().len()) {
+                    Ok(0) | Err(_) => Err("it has no partitions".to_owned()),
+                    Ok(count) => Ok(count),
+                }
+            })
+            .await;
+            let problem = match counted {
+                Ok(Ok(count)) => return Some(count),
+                Ok(Err(problem)) => problem,
+                Err(e) => e.to_string(),
+            };
+            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                warn!(
+                    "cannot read the partitions of {} ({problem}); trying again",
+                    self.settings.topic
+                );
+                last_warning = Some(Instant::now());
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
-        for rebalance in &rebalances {
+    }
+
+    /// Between batches: renews the leases, balances the partitions with the other
+    /// instances, measures what waits, acts on a stall or a reset log, and re-assigns
+    /// the consumer if anything changed (or `force`: a batch was rolled back).
+    async fn balance(&self, state: &mut LoopState, force: bool) {
+        state.balanced = Some(Instant::now());
+        let change = match tokio::time::timeout(BALANCE_TIMEOUT, state.ownership.balance()).await {
+            Ok(Ok(change)) => change,
+            Ok(Err(e)) => {
+                warn!("cannot renew the partition leases in PostgreSQL: {e}");
+                Change::default()
+            }
+            Err(_) => {
+                warn!("cannot renew the partition leases: PostgreSQL did not answer");
+                Change::default()
+            }
+        };
+        let mut reassign = force || !change.is_empty();
+        for partition in change.released.iter().chain(&change.lost) {
+            // Their lag is the new owner's to report now.
+            self.stats.set_consumer_lag(*partition, 0);
+        }
+        if !change.is_empty() {
+            self.ownership_changed(&change).await;
+            state.reload_alerts = true;
+        }
+        reassign |= self.restart_reset_logs(state).await;
+        let marks = self.consumer.context().high_watermarks();
+        let mut waiting = 0;
+        for (partition, lease) in state.ownership.held() {
+            if let Some(&high) = marks.get(partition) {
+                let lag = (high - lease.next_offset.unwrap_or(0)).max(0);
+                self.stats.set_consumer_lag(*partition, lag);
+                waiting += lag as u64;
+            }
+        }
+        self.health.set_waiting(waiting);
+        match self.health.stall() {
+            Some(stall)
+                if state
+                    .stall_handled
+                    .is_none_or(|at| at.elapsed() >= STALL_AFTER) =>
+            {
+                warn!("stalled: {stall}; reading the partitions again from the stored offsets");
+                self.event(
+                    EventLevel::Warning,
+                    "stalled",
+                    format!("{stall}; reading the partitions again from the stored offsets"),
+                    serde_json::json!({ "waiting": waiting, "topic": self.settings.topic }),
+                )
+                .await;
+                state.stall_handled = Some(Instant::now());
+                reassign = true;
+            }
+            Some(_) => {}
+            None => state.stall_handled = None,
+        }
+        if reassign {
+            self.assign(state);
+        }
+    }
+
+    /// A held partition whose log ends before the stored offset was reset (a broker that
+    /// lost its storage, a topic made again): it is read from its beginning, since
+    /// skipping to the old offset would skip every record written since. Returns whether
+    /// any was. Tansu reports the high watermark as the last batch's first offset + 1, so
+    /// only a log shorter by more than a batch ([`REWIND_RECORDS`]) counts as reset.
+    async fn restart_reset_logs(&self, state: &mut LoopState) -> bool {
+        let marks = self.consumer.context().high_watermarks();
+        let suspects: Vec<(i32, i64)> = state
+            .ownership
+            .held()
+            .iter()
+            .filter_map(|(&partition, lease)| {
+                let next = lease.next_offset?;
+                marks
+                    .get(&partition)
+                    .is_some_and(|&high| high + REWIND_RECORDS < next)
+                    .then_some((partition, next))
+            })
+            .collect();
+        let mut any = false;
+        for (partition, next) in suspects {
+            // The statistics may be seconds old: ask the broker before believing them.
+            let consumer = self.consumer.clone();
+            let topic = self.settings.topic.clone();
+            let fresh = tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+            })
+            .await;
+            let Ok(Ok((low, high))) = fresh else {
+                continue;
+            };
+            if high + REWIND_RECORDS >= next {
+                continue;
+            }
+            warn!(
+                partition,
+                stored = next,
+                high,
+                "the partition's log ends before the stored offset (it was reset); reading it \
+                 from the beginning"
+            );
             self.event(
-                EventLevel::Info,
-                "rebalance",
+                EventLevel::Warning,
+                "offset_reset",
                 format!(
-                    "partitions {} of {}: {:?}",
-                    rebalance.kind, self.settings.topic, rebalance.partitions
+                    "partition {partition} of {} ends at {high}, before the stored offset {next}: \
+                     the log was reset; reading it again from {low}",
+                    self.settings.topic
                 ),
                 serde_json::json!({
-                    "change": rebalance.kind,
                     "topic": self.settings.topic,
-                    "partitions": rebalance.partitions,
+                    "partition": partition,
+                    "stored": next,
+                    "low": low,
+                    "high": high,
                 }),
             )
             .await;
+            state.ownership.restart_from_beginning(partition);
+            any = true;
         }
-        state.reload_alerts = true;
+        any
+    }
+
+    /// Assigns the consumer exactly the held partitions, each from a little before its
+    /// stored offset ([`REWIND_RECORDS`]).
+    fn assign(&self, state: &mut LoopState) {
+        let mut list = TopicPartitionList::new();
+        state.skip_below.clear();
+        for (&partition, lease) in state.ownership.held() {
+            let offset = match lease.next_offset {
+                Some(next) => {
+                    state.skip_below.insert(partition, next);
+                    Offset::Offset((next - REWIND_RECORDS).max(0))
+                }
+                None => Offset::Beginning,
+            };
+            if let Err(e) = list.add_partition_offset(&self.settings.topic, partition, offset) {
+                warn!(partition, "cannot assign the partition: {e}");
+            }
+        }
+        let partitions: Vec<i32> = state.ownership.held().keys().copied().collect();
+        info!(?partitions, "consuming");
+        if let Err(e) = self.consumer.assign(&list) {
+            warn!("Kafka refused the assignment (tried again at the next renewal): {e}");
+        }
+    }
+
+    /// The partitions this instance took, gave back or lost, as a system event; the
+    /// alert state is reloaded before the next evaluation, since another instance may
+    /// have moved the alerts of the devices this one just got.
+    async fn ownership_changed(&self, change: &Change) {
+        info!(
+            claimed = ?change.claimed,
+            released = ?change.released,
+            lost = ?change.lost,
+            "partition ownership changed"
+        );
+        self.event(
+            EventLevel::Info,
+            "rebalance",
+            format!(
+                "partitions of {}: claimed {:?}, released {:?}, lost {:?}",
+                self.settings.topic, change.claimed, change.released, change.lost
+            ),
+            serde_json::json!({
+                "topic": self.settings.topic,
+                "claimed": change.claimed,
+                "released": change.released,
+                "lost": change.lost,
+            }),
+        )
+        .await;
     }
 
     /// One attempt at the batch's transaction: reloads the alert state first if a
@@ -269,6 +519,7 @@ impl Pipeline {
     async fn try_write(
         &self,
         rows: &[Row],
+        progress: &Progress,
         state: &mut LoopState,
     ) -> Result<(BatchOutcome, Vec<Applied>, Evaluation), PipelineError> {
         if state.reload_alerts {
@@ -278,7 +529,7 @@ impl Pipeline {
         let evaluation = state.alerts.evaluate(rows);
         let (outcome, applied) = self
             .store
-            .write_batch_with_alerts(rows, &evaluation.transitions)
+            .write_batch_with_alerts(rows, &evaluation.transitions, progress)
             .await?;
         Ok((outcome, applied, evaluation))
     }
@@ -342,17 +593,25 @@ impl Pipeline {
         stop: &CancellationToken,
         state: &mut LoopState,
     ) -> Fill {
-        let far = Instant::now() + Duration::from_secs(3600);
+        let renew_at = state
+            .balanced
+            .map_or_else(Instant::now, |at| at + RENEW_EVERY);
         loop {
             let closes_at = batch
                 .opened
-                .map_or(far, |opened| opened + self.settings.batch_age);
+                .map_or(renew_at, |opened| opened + self.settings.batch_age);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Fill::Stopped,
-                _ = tokio::time::sleep_until(closes_at), if batch.opened.is_some() => return Fill::Aged,
+                _ = tokio::time::sleep_until(closes_at) => {
+                    return if batch.opened.is_some() { Fill::Aged } else { Fill::Idle };
+                }
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
+                        let stored = state.skip_below.get(&message.partition());
+                        if stored.is_some_and(|&stored| message.offset() < stored) {
+                            continue;
+                        }
                         add(&self.catalog, batch, &message);
                         if batch.last_is_unknown_to_catalog()
                             && state.catalog_loaded.elapsed() >= CATALOG_RECHECK
@@ -406,16 +665,29 @@ impl Pipeline {
             )
             .await;
         }
+        let progress = state.ownership.progress(&batch.offsets);
         let mut backoff = Duration::from_millis(200);
         let mut failing: Option<(std::time::Instant, u32, String)> = None;
         let (outcome, applied, evaluation) = loop {
-            match self.try_write(&batch.rows, state).await {
+            match self.try_write(&batch.rows, &progress, state).await {
                 Ok(done) => {
                     self.health.set_postgres(true);
                     break done;
                 }
                 // A row the decoder should never have produced: retrying cannot help.
                 Err(e @ PipelineError::Store(StoreError::InvalidRow { .. })) => return Err(e),
+                // Another instance owns some of these partitions now: nothing of the batch
+                // was stored; its records are read again by whoever owns them.
+                Err(PipelineError::Store(StoreError::LeaseLost { partitions })) => {
+                    self.health.set_postgres(true);
+                    warn!(
+                        ?partitions,
+                        "lost the lease on partitions while writing; the batch was rolled \
+                         back and is read again from the stored offsets"
+                    );
+                    self.balance(state, true).await;
+                    return Ok(true);
+                }
                 Err(e) => {
                     self.stats.store_error();
                     self.health.set_postgres(false);
@@ -437,6 +709,8 @@ impl Pipeline {
             }
         };
         state.alerts.adopt(evaluation);
+        state.ownership.committed(&progress);
+        self.health.progressed();
         if let Some((since, attempts, last_error)) = failing {
             let seconds = since.elapsed().as_secs_f64();
             self.event(
@@ -451,12 +725,15 @@ impl Pipeline {
             .await;
         }
         for (partition, offset) in &batch.offsets {
-            // Fails only for a partition revoked meanwhile; its new owner replays.
+            // For the tools that show the group's progress; nothing reads it back.
             if let Err(e) = self
                 .consumer
                 .store_offset(&self.settings.topic, *partition, *offset)
             {
-                warn!(partition, "offset not stored (partition revoked?): {e}");
+                warn!(
+                    partition,
+                    "offset not stored in Kafka (informational only): {e}"
+                );
             }
         }
         self.stats.batch(
@@ -594,6 +871,14 @@ fn add(catalog: &Catalog, batch: &mut Batch, message: &BorrowedMessage<'_>) {
             rejection,
         }),
     }
+}
+
+/// The lease owner's name: the instance name made unique to this process, so a restarted
+/// instance never takes its predecessor's leases (or that one's late writes) for its own.
+fn member_id(instance: &str) -> String {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{instance}-{}-{:x}-{n}", std::process::id(), now_ms())
 }
 
 pub fn now_ms() -> i64 {

@@ -9,6 +9,7 @@ use sqlx::types::chrono::NaiveDate;
 
 use crate::alerts::store::Applied;
 use crate::alerts::Transition;
+use crate::ownership::{self, Progress};
 use crate::rows::Row;
 
 /// The ingester's only way into PostgreSQL.
@@ -135,6 +136,10 @@ pub enum StoreError {
     /// The server's row count contradicts what was sent: a bug, not bad luck.
     #[error("COPY reported {reported} rows, {sent} were sent")]
     CopyCount { sent: u64, reported: u64 },
+    /// Another instance holds these partitions now (this one's lease expired while it
+    /// was stalled): the transaction was rolled back, and their new owner replays them.
+    #[error("the lease on partitions {partitions:?} passed to another instance; the batch was rolled back")]
+    LeaseLost { partitions: Vec<i32> },
 }
 
 impl StoreError {
@@ -255,17 +260,26 @@ impl Store {
     /// the transaction has committed; on error nothing of the batch is stored and the
     /// batch may be retried as a whole. An empty batch does nothing.
     pub async fn write_batch(&self, rows: &[Row]) -> Result<BatchOutcome, StoreError> {
-        Ok(self.write_batch_with_alerts(rows, &[]).await?.0)
+        Ok(self
+            .write_batch_with_alerts(rows, &[], &Progress::default())
+            .await?
+            .0)
     }
 
-    /// [`Store::write_batch`], with the alert transitions the batch caused written in the
-    /// same transaction (see [`crate::alerts`]); returns them as the database took them.
+    /// [`Store::write_batch`], with the alert transitions the batch caused and the Kafka
+    /// offsets it read up to written in the same transaction (see [`crate::alerts`] and
+    /// [`crate::ownership`]); returns the transitions as the database took them. A batch
+    /// of dead letters alone (no rows) still advances its offsets.
     pub async fn write_batch_with_alerts(
         &self,
         rows: &[Row],
         transitions: &[Transition],
+        progress: &Progress,
     ) -> Result<(BatchOutcome, Vec<Applied>), StoreError> {
         if rows.is_empty() {
+            if !progress.is_empty() {
+                self.advance_only(progress).await?;
+            }
             return Ok((BatchOutcome::default(), Vec::new()));
         }
         for (index, row) in rows.iter().enumerate() {
@@ -273,7 +287,9 @@ impl Store {
         }
         let mut buf =
             std::mem::take(&mut *self.spare.lock().unwrap_or_else(PoisonError::into_inner));
-        let result = self.write_validated(rows, transitions, &mut buf).await;
+        let result = self
+            .write_validated(rows, transitions, progress, &mut buf)
+            .await;
         buf.clear();
         *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = buf;
         result
@@ -283,12 +299,16 @@ impl Store {
         &self,
         rows: &[Row],
         transitions: &[Transition],
+        progress: &Progress,
         buf: &mut Vec<u8>,
     ) -> Result<(BatchOutcome, Vec<Applied>), StoreError> {
         let sent = rows.len() as u64;
         let mut path = WritePath::Dedup;
         if self.dedup_left.load(Ordering::Relaxed) == 0 {
-            match self.attempt(rows, transitions, buf, false).await? {
+            match self
+                .attempt(rows, transitions, progress, buf, false)
+                .await?
+            {
                 Some((inserted, applied)) => {
                     let outcome = BatchOutcome {
                         inserted,
@@ -301,7 +321,7 @@ impl Store {
             }
         }
         let (inserted, applied) = self
-            .attempt(rows, transitions, buf, true)
+            .attempt(rows, transitions, progress, buf, true)
             .await?
             .unwrap_or_default();
         let duplicates = sent.saturating_sub(inserted);
@@ -329,6 +349,7 @@ impl Store {
         &self,
         rows: &[Row],
         transitions: &[Transition],
+        progress: &Progress,
         buf: &mut Vec<u8>,
         dedup: bool,
     ) -> Result<Option<(u64, Vec<Applied>)>, StoreError> {
@@ -398,10 +419,24 @@ impl Store {
         let applied = crate::alerts::store::apply(&mut tx, transitions)
             .await
             .map_err(StoreError::db("writing alert transitions"))?;
+        fence(&mut tx, progress).await?;
         tx.commit()
             .await
             .map_err(StoreError::db("committing the batch"))?;
         Ok(Some((inserted, applied)))
+    }
+
+    /// The offsets of a batch that had no rows, in a transaction of their own.
+    async fn advance_only(&self, progress: &Progress) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::db("beginning the transaction"))?;
+        fence(&mut tx, progress).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the offsets"))
     }
 
     /// Makes sure the day partitions `from ..= from + days - 1` (UTC days) exist; returns
@@ -469,6 +504,19 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::db("recording a system event"))
+    }
+}
+
+/// Advances the batch's offsets in its transaction, or fails if a lease was lost (the
+/// transaction is dropped, so rolled back).
+async fn fence(tx: &mut sqlx::PgConnection, progress: &Progress) -> Result<(), StoreError> {
+    let lost = ownership::advance(tx, progress)
+        .await
+        .map_err(StoreError::db("advancing the partition offsets"))?;
+    if lost.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost { partitions: lost })
     }
 }
 

@@ -174,17 +174,18 @@ async fn start(pool: &PgPool, topics: &Topics, group: &str, redis: &RedisSink) -
     let consumer = cloud_ingester::kafka::consumer(
         &kafka_config,
         "alerts-test",
-        IngestContext::new(stats.clone(), health.clone()),
+        IngestContext::new(health.clone()),
     )
     .unwrap();
     let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
     let pipeline = Pipeline {
-        consumer,
+        consumer: Arc::new(consumer),
         producer,
         store: Store::new(pool.clone()),
         redis: Some(redis.clone()),
         catalog: Catalog::load(pool).await.unwrap(),
         settings: PipelineSettings {
+            group: group.to_owned(),
             topic: topics.data.clone(),
             dlq_topic: topics.dlq.clone(),
             alerts_topic: topics.alerts.clone(),

@@ -67,27 +67,39 @@ async fn start_with_producer(
     group: &str,
     producer: FutureProducer,
 ) -> Running {
+    let brokers = testkit::kafka_brokers();
+    start_on(&brokers, pool, redis, topic, dlq_topic, group, producer).await
+}
+
+/// The pipeline in this process against the Kafka at `brokers`.
+async fn start_on(
+    brokers: &str,
+    pool: &PgPool,
+    redis: Option<RedisSink>,
+    topic: &str,
+    dlq_topic: &str,
+    group: &str,
+    producer: FutureProducer,
+) -> Running {
     let catalog = Catalog::load(pool).await.unwrap();
     let stats = Arc::new(IngestStats::default());
     let health = Arc::new(Health::default());
     let kafka_config = KafkaConfig {
-        brokers: testkit::kafka_brokers(),
+        brokers: brokers.to_owned(),
         group: group.to_owned(),
         ..KafkaConfig::default()
     };
-    let consumer = cloud_ingester::kafka::consumer(
-        &kafka_config,
-        "test",
-        IngestContext::new(stats.clone(), health.clone()),
-    )
-    .unwrap();
+    let consumer =
+        cloud_ingester::kafka::consumer(&kafka_config, "test", IngestContext::new(health.clone()))
+            .unwrap();
     let pipeline = Pipeline {
-        consumer,
+        consumer: Arc::new(consumer),
         producer,
         store: Store::new(pool.clone()),
         redis,
         catalog,
         settings: PipelineSettings {
+            group: group.to_owned(),
             topic: topic.to_owned(),
             dlq_topic: dlq_topic.to_owned(),
             alerts_topic: String::new(),
@@ -246,26 +258,27 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_neighbours_are_store
     assert_eq!(reasons.len(), 4, "{reasons:?}");
 }
 
-/// The binary, against the database of `pool` and the given topics.
-fn spawn_binary(pool_db: &str, topic: &str, dlq: &str, group: &str) -> std::process::Child {
+/// The binary, against the database of `pool` and the given topics; it dies with the
+/// test, and its log is quoted if the test fails.
+fn spawn_binary(pool_db: &str, topic: &str, dlq: &str, group: &str) -> testkit::ChildGuard {
     let base = testkit::database_url();
     let url = match base.rfind('/') {
         Some(slash) => format!("{}/{pool_db}", &base[..slash]),
         None => panic!("DATABASE_URL {base:?} has no database path"),
     };
-    std::process::Command::new(env!("CARGO_BIN_EXE_cloud-ingester"))
-        .args(["--topic", topic, "--dlq-topic", dlq, "--group", group])
-        .args(["--batch-rows", "20000", "--batch-age", "200ms"])
-        .args(["--http-listen", "127.0.0.1:0"])
-        .env("INGESTER_KAFKA__ALERTS_TOPIC", "")
-        .env("INGESTER_KAFKA__METRICS_TOPIC", "")
-        .env("DATABASE_URL", url)
-        .env("REDIS_URL", "")
-        .env("KAFKA_BROKERS", testkit::kafka_brokers())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn cloud-ingester")
+    testkit::ChildGuard::spawn(
+        "cloud-ingester",
+        std::process::Command::new(env!("CARGO_BIN_EXE_cloud-ingester"))
+            .args(["--topic", topic, "--dlq-topic", dlq, "--group", group])
+            .args(["--batch-rows", "20000", "--batch-age", "200ms"])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .env("INGESTER_KAFKA__ALERTS_TOPIC", "")
+            .env("INGESTER_KAFKA__METRICS_TOPIC", "")
+            .env("DATABASE_URL", url)
+            .env("REDIS_URL", "")
+            .env("KAFKA_BROKERS", testkit::kafka_brokers())
+            .env("RUST_LOG", "info"),
+    )
 }
 
 /// Readings counted in `device_stats_hourly`, over all devices and hours.
@@ -315,8 +328,7 @@ async fn killed_mid_batch_and_restarted_it_ends_with_exactly_the_readings_produc
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     let at_kill = count_rows(&pool).await;
 
     let mut second = spawn_binary(&db, &topic, &dlq, &group);
@@ -329,13 +341,10 @@ async fn killed_mid_batch_and_restarted_it_ends_with_exactly_the_readings_produc
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let any replay of the killed batch finish, then stop cleanly.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    std::process::Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(second.wait().unwrap().success(), "clean stop");
+    assert!(
+        second.terminate(Duration::from_secs(30)).success(),
+        "clean stop"
+    );
 
     assert_eq!(
         count_rows(&pool).await,
@@ -597,17 +606,39 @@ async fn redis_gets_the_newest_values_after_the_commit_and_an_outage_blocks_noth
             })
         }
     };
+    // Redis is written after the commit that the record counter follows: wait for Redis.
+    let wait_latest = |channel: &'static str, seq: u64| {
+        let latest_seq = &latest_seq;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let latest = latest_seq(channel).await;
+                if latest == Some(serde_json::json!(seq)) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "channel {channel}'s latest seq is {latest:?}, not {seq}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     let running = start_with_redis(&pool, Some(sink), &topic, &dlq).await;
     produce(&topic, &frames(0, 10, &[0])).await;
     running.wait_records(10, Duration::from_secs(60)).await;
-    assert_eq!(latest_seq("0").await, Some(serde_json::json!(499)));
+    wait_latest("0", 499).await;
 
     // Redis down: both channels keep arriving and PostgreSQL keeps ingesting.
     redis.stop();
     produce(&topic, &frames(10, 20, &[0, 1])).await;
     running.wait_records(20, Duration::from_secs(60)).await;
     assert_eq!(count_rows(&pool).await, 1000);
-    assert!(running.stats.snapshot().redis_errors > 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running.stats.snapshot().redis_errors == 0 {
+        assert!(Instant::now() < deadline, "no Redis error counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Back, empty: the next batch brings the newest value of every channel.
     redis.restart();
@@ -695,4 +726,131 @@ async fn a_second_ingester_joining_and_the_first_leaving_skips_and_doubles_nothi
     .await
     .unwrap();
     assert!(rebalances >= 3, "{rebalances} rebalance events");
+}
+
+/// An instance that takes over a partition whose stored offset lies inside a producer's
+/// record batch stores the rest of that batch, and nothing before the offset: Tansu
+/// answers a fetch with the first batch that *starts* at or after the offset asked for,
+/// so reading from the stored offset itself would skip the batch's remaining records.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_partition_taken_over_inside_a_producer_batch_is_read_from_its_stored_offset(
+    pool: PgPool,
+) {
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    create_topics(&[&topic, &dlq]).await;
+    let base = now_ms() - 60_000;
+    // One produce call: the records leave in as few batches as the producer can make.
+    let records: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| {
+            (
+                "press-01".to_owned(),
+                frame("press-01", &[0], i * 10, 10, base + i * 100),
+            )
+        })
+        .collect();
+    produce(&topic, &records).await;
+    let group = testkit::unique_name("ingest");
+    // An earlier owner stored the first 30 records of every partition and died.
+    sqlx::query(
+        "INSERT INTO ingest_partitions (consumer_group, topic, partition, next_offset) \
+         SELECT $1, $2, p, 30 FROM generate_series(0, 2) AS p",
+    )
+    .bind(&group)
+    .bind(&topic)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let running = start_in_group(&pool, None, &topic, &dlq, &group).await;
+    running.wait_records(70, Duration::from_secs(60)).await;
+    let stats = running.stats.snapshot();
+    running.stop().await;
+    assert_eq!(count_rows(&pool).await, 70 * 10, "{stats:?}");
+    let lowest: i64 = sqlx::query_scalar("SELECT min(seq) FROM sensor_readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        lowest, 300,
+        "nothing before the stored offset was read again"
+    );
+    let next: Vec<i64> = sqlx::query_scalar(
+        "SELECT next_offset FROM ingest_partitions WHERE topic = $1 AND next_offset > 30",
+    )
+    .bind(&topic)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(next, vec![100], "the offset stored with the rows");
+}
+
+/// Kafka frozen for longer than a consumer group's session lasts (the stall that once
+/// left the ingester with no partitions for good): the instance holds its partitions in
+/// PostgreSQL, not in the group, and goes on by itself when Kafka thaws.
+#[sqlx::test(migrations = "../migrations")]
+async fn kafka_frozen_past_a_session_timeout_then_thawed_ingestion_resumes_by_itself(pool: PgPool) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::FutureRecord;
+
+    let tansu = testkit::Tansu::start();
+    let client = || {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", tansu.brokers());
+        config
+    };
+    let (topic, dlq) = (testkit::unique_name("data"), testkit::unique_name("dlq"));
+    let admin: AdminClient<DefaultClientContext> = client().create().unwrap();
+    let topics = [&topic, &dlq].map(|name| NewTopic::new(name, 3, TopicReplication::Fixed(1)));
+    for created in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        created.unwrap();
+    }
+    let producer: FutureProducer = client()
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .unwrap();
+    let base = now_ms() - 60_000;
+    let send = |from: u64| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            for i in from..from + 100 {
+                let device = ["press-01", "furnace-01", "compressor-01"][(i % 3) as usize];
+                let payload = frame(device, &[0], i * 10, 10, base + i * 100);
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(device).payload(&payload),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        }
+    };
+    let group = testkit::unique_name("ingest");
+    let running = start_on(
+        &tansu.brokers(),
+        &pool,
+        None,
+        &topic,
+        &dlq,
+        &group,
+        producer.clone(),
+    )
+    .await;
+    send(0).await;
+    running.wait_records(100, Duration::from_secs(60)).await;
+
+    tansu.pause();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    tansu.resume();
+    send(100).await;
+    running.wait_records(200, Duration::from_secs(60)).await;
+    running.stop().await;
+    assert_eq!(count_rows(&pool).await, 200 * 10, "every reading, once");
 }

@@ -666,12 +666,14 @@ impl Pipeline {
             ..Default::default()
         };
         let pipeline = Ingest {
-            consumer: cloud_ingester::kafka::consumer(
-                &kafka_config,
-                "iotctl-test",
-                cloud_ingester::kafka::IngestContext::new(stats.clone(), health.clone()),
-            )
-            .unwrap(),
+            consumer: std::sync::Arc::new(
+                cloud_ingester::kafka::consumer(
+                    &kafka_config,
+                    "iotctl-test",
+                    cloud_ingester::kafka::IngestContext::new(health.clone()),
+                )
+                .unwrap(),
+            ),
             producer: kafka().create().unwrap(),
             store: cloud_ingester::store::Store::new(pool.clone()),
             redis: Some(
@@ -682,6 +684,7 @@ impl Pipeline {
             // Read now, as the ingester does at start: the probe device must exist by then.
             catalog: cloud_ingester::validate::Catalog::load(pool).await.unwrap(),
             settings: PipelineSettings {
+                group: kafka_config.group.clone(),
                 topic,
                 dlq_topic,
                 alerts_topic: String::new(),
