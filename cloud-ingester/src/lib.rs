@@ -16,6 +16,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod coverage;
 pub mod dead_letters;
 pub mod health;
 pub mod kafka;

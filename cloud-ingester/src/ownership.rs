@@ -191,6 +191,15 @@ impl Ownership {
             }
         }
 
+        // Killed instances leave their heartbeat behind; an hour later it is only noise.
+        sqlx::query(
+            "DELETE FROM ingest_members WHERE consumer_group = $1 AND topic = $2 \
+               AND seen_at < now() - interval '1 hour'",
+        )
+        .bind(&self.group)
+        .bind(&self.topic)
+        .execute(&mut *tx)
+        .await?;
         let (partitions, members): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM ingest_partitions \
                       WHERE consumer_group = $1 AND topic = $2), \

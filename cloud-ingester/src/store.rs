@@ -9,6 +9,7 @@ use sqlx::types::chrono::NaiveDate;
 
 use crate::alerts::store::Applied;
 use crate::alerts::Transition;
+use crate::coverage;
 use crate::ownership::{self, Progress};
 use crate::rows::Row;
 
@@ -419,6 +420,9 @@ impl Store {
         let applied = crate::alerts::store::apply(&mut tx, transitions)
             .await
             .map_err(StoreError::db("writing alert transitions"))?;
+        coverage::record(&mut tx, rows)
+            .await
+            .map_err(StoreError::db("recording the readings' coverage"))?;
         fence(&mut tx, progress).await?;
         tx.commit()
             .await

@@ -96,6 +96,11 @@ async fn a_dead_members_partitions_are_taken_once_its_lease_expires(pool: PgPool
     );
     expire(&pool, "dead").await;
     assert_eq!(heir.balance().await.unwrap().claimed, vec![0, 1]);
+    let members: Vec<String> = sqlx::query_scalar("SELECT member FROM ingest_members")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(members, vec!["heir"], "a heartbeat an hour old is cleared");
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -133,6 +138,11 @@ async fn a_write_under_a_lost_lease_stores_nothing_and_moves_no_offset(pool: PgP
         .await
         .unwrap();
     assert_eq!(rows, 1, "the fenced batch's row was rolled back");
+    let coverage: String = sqlx::query_scalar("SELECT seqs::text FROM reading_coverage")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(coverage, "{[0,1)}", "and so was its coverage");
     assert_eq!(table(&pool).await[0].2, Some(10));
     let change = old.balance().await.unwrap();
     assert_eq!(

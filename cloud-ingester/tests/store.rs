@@ -851,3 +851,46 @@ async fn record_event_appends_to_system_events(pool: PgPool) {
         Err(StoreError::Database { .. })
     ));
 }
+
+/// `reading_coverage` as text per device: which sequence numbers are committed.
+async fn coverage(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT device_id, seqs::text FROM reading_coverage ORDER BY 1, boot_id")
+        .fetch_all(pool)
+        .await
+        .expect("reading_coverage")
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_coverage_holds_exactly_the_committed_sequence_numbers(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let first = series("furnace-01", 0, T0, 200, 100);
+    store.write_batch(&first).await.expect("first batch");
+    let mut second = series("furnace-01", 300, T0 + 30_000, 50, 100);
+    second.extend(series("press-01", 1000, T0, 120, 250));
+    store.write_batch(&second).await.expect("second batch");
+    let expected = vec![
+        ("furnace-01".to_owned(), "{[0,200),[300,350)}".to_owned()),
+        ("press-01".to_owned(), "{[1000,1120)}".to_owned()),
+    ];
+    assert_eq!(coverage(&pool).await, expected, "a hole stays a hole");
+    let touched: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT updated_at FROM reading_coverage ORDER BY device_id")
+            .fetch_all(&pool)
+            .await
+            .expect("updated_at");
+
+    store.write_batch(&first).await.expect("replay");
+    assert_eq!(coverage(&pool).await, expected);
+    let untouched: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT updated_at FROM reading_coverage ORDER BY device_id")
+            .fetch_all(&pool)
+            .await
+            .expect("updated_at");
+    assert_eq!(untouched, touched, "a replay does not rewrite the coverage");
+
+    store
+        .write_batch(&series("furnace-01", 200, T0 + 20_000, 100, 100))
+        .await
+        .expect("the hole, filled");
+    assert_eq!(coverage(&pool).await[0].1, "{[0,350)}");
+}

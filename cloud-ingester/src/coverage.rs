@@ -1,0 +1,112 @@
+//! Which readings PostgreSQL holds: per device and boot, the sequence numbers committed,
+//! as ranges in `reading_coverage` (see the migration).
+//!
+//! A batch's rows are folded into runs of consecutive sequence numbers here, so the
+//! database merges a handful of ranges per device rather than one per reading.
+
+use crate::rows::Row;
+
+/// Runs of consecutive sequence numbers, `(device, boot, first, last)` inclusive, in
+/// (device, boot, first) order. One pass extends a run while the rows go on where it
+/// ends (a frame's readings do), then the runs are sorted and joined: far cheaper than
+/// sorting the rows, which a batch has thousands of.
+pub fn runs(rows: &[Row]) -> Vec<(&str, i64, i64, i64)> {
+    let mut runs: Vec<(&str, i64, i64, i64)> = Vec::new();
+    for row in rows {
+        match runs.last_mut() {
+            Some((device, boot, _, last))
+                if *device == row.device_id && *boot == row.boot_id && row.seq == *last + 1 =>
+            {
+                *last = row.seq;
+            }
+            _ => runs.push((&row.device_id, row.boot_id, row.seq, row.seq)),
+        }
+    }
+    runs.sort_unstable();
+    let mut joined: Vec<(&str, i64, i64, i64)> = Vec::with_capacity(runs.len());
+    for run in runs {
+        match joined.last_mut() {
+            Some((device, boot, _, last))
+                if *device == run.0 && *boot == run.1 && run.2 <= *last + 1 =>
+            {
+                *last = (*last).max(run.3);
+            }
+            _ => joined.push(run),
+        }
+    }
+    joined
+}
+
+/// Unites the batch's sequence numbers into the coverage, inside the batch's
+/// transaction; a replay that adds nothing leaves the row untouched. Rows are locked in
+/// (device, boot) order, so two instances briefly writing the same devices (a lease
+/// hand-over) cannot deadlock.
+pub async fn record(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<(), sqlx::Error> {
+    let runs = runs(rows);
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let devices: Vec<&str> = runs.iter().map(|r| r.0).collect();
+    let boots: Vec<i64> = runs.iter().map(|r| r.1).collect();
+    let firsts: Vec<i64> = runs.iter().map(|r| r.2).collect();
+    let lasts: Vec<i64> = runs.iter().map(|r| r.3).collect();
+    sqlx::query(
+        "INSERT INTO reading_coverage AS c (device_id, boot_id, seqs) \
+         SELECT device_id, boot_id, range_agg(int8range(first, last, '[]')) \
+           FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) \
+                AS v(device_id, boot_id, first, last) \
+          GROUP BY device_id, boot_id \
+          ORDER BY device_id, boot_id \
+         ON CONFLICT (device_id, boot_id) DO UPDATE \
+            SET seqs = c.seqs + EXCLUDED.seqs, updated_at = now() \
+          WHERE NOT c.seqs @> EXCLUDED.seqs",
+    )
+    .bind(&devices)
+    .bind(&boots)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(device: &str, boot: i64, seq: i64) -> Row {
+        Row {
+            device_id: device.to_owned(),
+            boot_id: boot,
+            seq,
+            ts_ms: 0,
+            value: 0.0,
+            channel_id: 0,
+            quality: 0,
+            clock_synced: true,
+        }
+    }
+
+    #[test]
+    fn consecutive_sequence_numbers_fold_into_runs_per_device_and_boot() {
+        let rows = [
+            row("b", 1, 7),
+            row("a", 2, 3),
+            row("a", 2, 1),
+            row("a", 2, 2),
+            row("a", 2, 2),
+            row("a", 2, 9),
+            row("a", 1, 0),
+        ];
+        assert_eq!(
+            runs(&rows),
+            vec![
+                ("a", 1, 0, 0),
+                ("a", 2, 1, 3),
+                ("a", 2, 9, 9),
+                ("b", 1, 7, 7)
+            ]
+        );
+        assert!(runs(&[]).is_empty());
+    }
+}
