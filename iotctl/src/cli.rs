@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::http::HttpUrl;
 use crate::services::MqttAddr;
-use crate::{alerts, health, latest, stats, tail, watch};
+use crate::{alerts, completeness, health, latest, stats, tail, watch};
 
 /// Operator's tool for the plant telemetry pipeline: health checks, live frames, devices,
 /// latest values, alerts and hourly statistics.
@@ -114,6 +114,8 @@ pub enum Command {
     Alerts(alerts::AlertsCommand),
     /// Hourly statistics per device and channel.
     Stats(stats::StatsArgs),
+    /// Per device and boot: readings made, stored, and the sequence numbers missing.
+    Completeness(completeness::CompletenessArgs),
     /// A live one-screen summary: readings per second at each hop, Kafka lag, open
     /// alerts, the last value of every channel (Ctrl-C stops).
     Watch(watch::WatchArgs),

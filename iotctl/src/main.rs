@@ -7,6 +7,7 @@
 
 mod alerts;
 mod cli;
+mod completeness;
 mod devices;
 mod health;
 mod http;
@@ -33,6 +34,7 @@ async fn main() -> ExitCode {
         Command::Latest(args) => latest::run(&cli.global, &args).await,
         Command::Alerts(command) => alerts::run(&cli.global, &command).await,
         Command::Stats(args) => stats::run(&cli.global, &args).await,
+        Command::Completeness(args) => completeness::run(&cli.global, &args).await,
         Command::Watch(args) => watch::run(&cli.global, &args).await,
     };
     match result {

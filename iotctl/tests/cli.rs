@@ -404,6 +404,102 @@ async fn stats_derive_mean_and_stddev_per_hour(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn completeness_counts_made_stored_and_missing_readings_per_boot(pool: PgPool) {
+    let rows = |device: &str, boot: i64, seqs: std::ops::Range<i64>| {
+        seqs.map(|seq| cloud_ingester::rows::Row {
+            device_id: device.to_owned(),
+            boot_id: boot,
+            seq,
+            ts_ms: now_ms() as i64 - 60_000 + seq,
+            value: 1.0,
+            channel_id: 0,
+            quality: 0,
+            clock_synced: true,
+        })
+        .collect::<Vec<_>>()
+    };
+    let store = cloud_ingester::store::Store::new(pool.clone());
+    let mut batch = rows("furnace-01", 1, 0..100);
+    batch.extend(rows("furnace-01", 1, 150..200));
+    batch.extend(rows("press-01", 3, 5..10));
+    store.write_batch(&batch).await.unwrap();
+    store
+        .write_batch(&rows("furnace-01", 2, 0..10))
+        .await
+        .unwrap();
+    // A boot that stored nothing for three days.
+    store
+        .write_batch(&rows("compressor-01", 4, 0..10))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE reading_coverage SET updated_at = now() - interval '3 days' \
+          WHERE device_id = 'compressor-01'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let report = json(&run(&pool, &["--json", "completeness"]));
+    let summary: Vec<(String, i64, i64, i64, Value)> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["device_id"].as_str().unwrap().to_owned(),
+                b["expected"].as_i64().unwrap(),
+                b["stored"].as_i64().unwrap(),
+                b["missing"].as_i64().unwrap(),
+                b["missing_ranges"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "furnace-01".to_owned(),
+                200,
+                150,
+                50,
+                serde_json::json!([[100, 150]])
+            ),
+            ("furnace-01".to_owned(), 10, 10, 0, serde_json::json!([])),
+            ("press-01".to_owned(), 10, 5, 5, serde_json::json!([[0, 5]])),
+        ],
+        "{report:#}"
+    );
+    assert_eq!(report[0]["boot_id"], "0000000000000001");
+
+    let older = json(&run(
+        &pool,
+        &[
+            "--json",
+            "completeness",
+            "--since",
+            "4d",
+            "--device",
+            "compressor-01",
+        ],
+    ));
+    assert_eq!(older.as_array().unwrap().len(), 1, "{older:#}");
+
+    let table = stdout(&run(&pool, &["completeness", "--device", "press-01"]));
+    assert!(
+        table.contains("MISSING SEQS") && table.contains("0-4"),
+        "{table}"
+    );
+    let refused = run(&pool, &["completeness", "--since", "soon"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("not a duration"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn latest_values_and_devices_come_from_redis_with_names_from_postgres(pool: PgPool) {
     let prefix = testkit::unique_name("iotctl");
     let mut redis = redis::Client::open(testkit::redis_url())
