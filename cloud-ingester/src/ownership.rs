@@ -17,6 +17,9 @@
 //!
 //! A dead instance's partitions are claimed once its lease expires ([`LEASE_TTL`]); a
 //! clean stop releases them at once. Only PostgreSQL's clock is read.
+//!
+//! The topic's partitions are registered when an instance starts: partitions added to
+//! the topic later are consumed once an instance restarts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -110,7 +110,8 @@ impl IngestStats {
             .add(1);
     }
 
-    /// Records behind the newest in `partition`, as librdkafka last reported it.
+    /// Records in `partition` beyond the offset stored in PostgreSQL (its high watermark
+    /// in librdkafka's last statistics, less the stored offset).
     pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
         let mut lags = self
             .consumer_lag
