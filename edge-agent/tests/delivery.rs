@@ -4,11 +4,14 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use edge_agent::agent::{self, RunReport};
 use edge_agent::config::AgentConfig;
-use support::{segments, Ledger, Setup, Subscriber};
+use protocol::BootId;
+use rumqttc::{TlsConfiguration, Transport};
+use support::{frames_on_disk, segments, wait_until, Ledger, Setup, Subscriber, DEVICES, PATIENCE};
 use testkit::Mosquitto;
 use tokio::sync::oneshot;
 
@@ -29,10 +32,10 @@ fn spawn_agent(config: AgentConfig) -> (oneshot::Sender<()>, tokio::task::JoinHa
     (stop_tx, task)
 }
 
-/// Waits (up to 10 s) until the subscriber holds every reading the run sealed.
+/// Waits (up to [`PATIENCE`]) until the subscriber holds every reading the run sealed.
 async fn wait_for_every_reading(subscriber: &Subscriber, report: &RunReport) -> Ledger {
     subscriber
-        .wait_for(Duration::from_secs(10), |l| {
+        .wait_for(PATIENCE, |l| {
             report
                 .sealed
                 .iter()
@@ -41,12 +44,75 @@ async fn wait_for_every_reading(subscriber: &Subscriber, report: &RunReport) -> 
         .await
 }
 
-/// Runs the agent for `duration`, then stops it cleanly and returns its report.
-async fn run_agent_for(config: AgentConfig, duration: Duration) -> RunReport {
-    let (stop, agent) = spawn_agent(config);
-    tokio::time::sleep(duration).await;
+/// Stops an agent from [`spawn_agent`] cleanly and returns its report.
+async fn stop_agent(
+    stop: oneshot::Sender<()>,
+    agent: tokio::task::JoinHandle<RunReport>,
+) -> RunReport {
     stop.send(()).expect("agent still running");
     agent.await.expect("agent task")
+}
+
+/// Waits until the backlog of an outage is delivered and live frames flow again: every
+/// device has a frame sealed after `live_after` (ms since the epoch) and no reading of
+/// the run is missing before its newest one.
+async fn wait_caught_up(subscriber: &Subscriber, live_after: u64) {
+    wait_until(
+        PATIENCE,
+        "the backlog delivered and live frames arriving after the outage",
+        || {
+            let frames = subscriber.frames();
+            let ledger = Ledger::of(&frames);
+            let lagging: Vec<String> = DEVICES
+                .iter()
+                .filter_map(|device| {
+                    let live = frames.iter().any(|r| {
+                        r.frame.device.as_str() == *device && r.frame.base_ts_ms > live_after
+                    });
+                    let boots = ledger.boots(device);
+                    let received = boots
+                        .first()
+                        .map(|boot| ledger.received(device, *boot))
+                        .unwrap_or_default();
+                    let gapless = boots.len() == 1
+                        && received
+                            .last()
+                            .is_some_and(|last| received.len() as u64 == last + 1);
+                    (!(live && gapless)).then(|| {
+                        format!(
+                            "{device}: live frame {live}, {} readings up to {:?}",
+                            received.len(),
+                            received.last()
+                        )
+                    })
+                })
+                .collect();
+            if lagging.is_empty() {
+                Ok(())
+            } else {
+                Err(lagging.join("; "))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until frames of a run other than `earlier` are on disk in `setup`'s queue: the
+/// agent is sampling and queueing.
+async fn wait_for_queued_frames(setup: &Setup, earlier: BootId) {
+    wait_until(PATIENCE, "frames of the new run queued on disk", || {
+        let frames = frames_on_disk(&setup.queue_dir());
+        let new = frames.iter().filter(|f| f.boot_id != earlier).count();
+        if new > 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} frames on disk, none of a new run",
+                frames.len()
+            ))
+        }
+    })
+    .await
 }
 
 fn assert_every_reading_once(ledger: &Ledger, report: &RunReport) {
@@ -75,15 +141,19 @@ async fn every_reading_arrives_through_a_broker_outage() {
     let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
     let (stop, agent) = spawn_agent(setup.config(broker.port(), "16 MiB"));
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The outage begins once frames of every device flow, and lasts 2 s.
+    subscriber
+        .wait_for_every_device("frames flowed before the outage")
+        .await;
     broker.stop();
     let before_outage = subscriber.frames().len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let queued_during_outage = segments(&setup.queue_dir()).len();
+    let back_at = now_ms();
     broker.restart();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
+    // Frames sealed after the outage arriving means the agent noticed it and reconnected.
+    wait_caught_up(&subscriber, back_at).await;
+    let report = stop_agent(stop, agent).await;
 
     let ledger = wait_for_every_reading(&subscriber, &report).await;
     println!(
@@ -111,11 +181,30 @@ async fn a_full_queue_drops_the_oldest_frames_and_counts_them() {
     let setup = Setup::new();
     // Nobody listens on this port: every frame stays queued, and the cap must bite.
     let dead_port = testkit::free_port();
-    let first = run_agent_for(
-        setup.config_small_segments(dead_port, "8 KiB"),
-        Duration::from_secs(5),
+    let (stop, agent) = spawn_agent(setup.config_small_segments(dead_port, "8 KiB"));
+    // Nothing is acknowledged, so a segment leaves only when the cap drops it: wait until
+    // the first one is gone.
+    let oldest = wait_until(PATIENCE, "a first queue segment written", || {
+        segments(&setup.queue_dir())
+            .first()
+            .cloned()
+            .ok_or_else(|| "no segment yet".to_owned())
+    })
+    .await;
+    wait_until(
+        PATIENCE,
+        "the queue reached its cap and dropped its oldest segment",
+        || {
+            let files = segments(&setup.queue_dir());
+            if files.contains(&oldest) {
+                Err(format!("segments {files:?}"))
+            } else {
+                Ok(())
+            }
+        },
     )
     .await;
+    let first = stop_agent(stop, agent).await;
     let disk: u64 = segments(&setup.queue_dir())
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
@@ -135,7 +224,7 @@ async fn a_full_queue_drops_the_oldest_frames_and_counts_them() {
     let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
     let (stop, agent) = spawn_agent(setup.config_small_segments(broker.port(), "8 KiB"));
     let ledger = subscriber
-        .wait_for(Duration::from_secs(15), |l| {
+        .wait_for(PATIENCE, |l| {
             first
                 .sealed
                 .iter()
@@ -162,11 +251,33 @@ async fn a_full_queue_drops_the_oldest_frames_and_counts_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_queue_tail_is_cut_off_and_the_rest_delivered() {
     let setup = Setup::new();
-    let first = run_agent_for(
-        setup.config(testkit::free_port(), "16 MiB"),
-        Duration::from_secs(1),
-    )
+    let (stop, agent) = spawn_agent(setup.config(testkit::free_port(), "16 MiB"));
+    wait_until(PATIENCE, "frames of every device queued on disk", || {
+        let frames = frames_on_disk(&setup.queue_dir());
+        let missing: Vec<&str> = DEVICES
+            .iter()
+            .copied()
+            .filter(|d| frames.iter().all(|f| f.device.as_str() != *d))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} frames, none of {missing:?}", frames.len()))
+        }
+    })
     .await;
+    let first = stop_agent(stop, agent).await;
+    // The frame the tear destroys: the last one queued. Every other one must arrive.
+    let torn_frame = frames_on_disk(&setup.queue_dir())
+        .pop()
+        .expect("queued frames");
+    let torn_device = torn_frame.device.to_string();
+    let torn_seqs: BTreeSet<u64> = torn_frame.iter().map(|(seq, _, _)| seq).collect();
+    let intact = |device: &str, sealed: u64| -> BTreeSet<u64> {
+        (0..sealed)
+            .filter(|seq| device != torn_device || !torn_seqs.contains(seq))
+            .collect()
+    };
 
     // A power cut mid-write: the last record is half there, followed by garbage.
     let last = segments(&setup.queue_dir()).pop().expect("a queue segment");
@@ -179,15 +290,22 @@ async fn a_torn_queue_tail_is_cut_off_and_the_rest_delivered() {
     let broker = Mosquitto::start();
     let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
     let (stop, agent) = spawn_agent(setup.config(broker.port(), "16 MiB"));
-    subscriber
-        .wait_for(Duration::from_secs(10), |l| {
+    let delivered = subscriber
+        .wait_for(PATIENCE, |l| {
             first
                 .sealed
                 .iter()
-                .all(|(d, _)| !l.received(d, first.boot_id).is_empty())
+                .all(|(d, n)| l.received(d, first.boot_id) == intact(d, *n))
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (device, sealed) in &first.sealed {
+        assert_eq!(
+            delivered.received(device, first.boot_id),
+            intact(device, *sealed),
+            "{device}: every frame but the torn one ({torn_device} {torn_seqs:?}) arrives \
+             within {PATIENCE:?}"
+        );
+    }
     stop.send(()).expect("agent started despite the torn tail");
     agent.await.expect("agent task");
     let ledger = Ledger::of(&subscriber.frames());
@@ -213,12 +331,18 @@ async fn birth_meta_health_and_goodbye_are_retained_json() {
     let broker = Mosquitto::start();
     let subscriber = Subscriber::start(broker.port(), &setup.prefix).await;
     let (stop, agent) = spawn_agent(setup.config(broker.port(), "16 MiB"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let p = &setup.prefix;
+    let gateway_status = format!("{p}/plant1/line-a/{p}/status");
+    let press_status = format!("{p}/plant1/line-b/press-01/status");
+    let furnace_meta = format!("{p}/plant1/line-a/furnace-01/meta");
     let gateway = subscriber
-        .retained(&format!("{p}/plant1/line-a/{p}/status"))
-        .expect("gateway status");
+        .wait_retained(
+            &gateway_status,
+            "online, with readings in its health",
+            |g| g["state"] == "online" && g["health"]["readings"].as_u64().unwrap_or(0) > 0,
+        )
+        .await;
     assert_eq!(gateway["state"], "online");
     assert!(
         gateway["health"]["readings"].as_u64().unwrap_or(0) > 0,
@@ -229,29 +353,35 @@ async fn birth_meta_health_and_goodbye_are_retained_json() {
         "{gateway}"
     );
     let press = subscriber
-        .retained(&format!("{p}/plant1/line-b/press-01/status"))
-        .expect("device status on the device's own line");
+        .wait_retained(
+            &press_status,
+            "device status on the device's own line",
+            |_| true,
+        )
+        .await;
     assert_eq!(press["state"], "online");
     assert_eq!(press["gateway"], p.as_str());
     assert_eq!(press["channels"][0]["name"], "pressure");
     let meta = subscriber
-        .retained(&format!("{p}/plant1/line-a/furnace-01/meta"))
-        .expect("device meta");
+        .wait_retained(&furnace_meta, "device meta", |_| true)
+        .await;
     assert_eq!(meta["channels"][0]["unit"], "°C");
     assert_eq!(meta["channels"][0]["range"][1], 1400.0);
 
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = stop_agent(stop, agent).await;
     let gateway = subscriber
-        .retained(&format!("{p}/plant1/line-a/{p}/status"))
-        .expect("gateway status");
+        .wait_retained(&gateway_status, "offline after the shutdown", |g| {
+            g["state"] == "offline"
+        })
+        .await;
     assert_eq!(gateway["state"], "offline");
     assert_eq!(gateway["reason"], "shutdown");
     assert_eq!(gateway["boot_id"], report.boot_id.to_string());
     let press = subscriber
-        .retained(&format!("{p}/plant1/line-b/press-01/status"))
-        .expect("device status");
+        .wait_retained(&press_status, "offline after the shutdown", |s| {
+            s["state"] == "offline"
+        })
+        .await;
     assert_eq!(press["state"], "offline");
 }
 
@@ -297,12 +427,19 @@ async fn delivers_over_tls_and_refuses_a_broker_it_cannot_verify() {
     let setup = Setup::new();
     let (ca, listener) = tls_files(setup.dir.path());
     let broker = Mosquitto::start_with(&listener);
-
-    let report = run_agent_for(
-        with_tls(setup.config(broker.port(), "16 MiB"), ca),
-        Duration::from_millis(1500),
-    )
+    let trusted = std::fs::read(&ca).expect("read CA");
+    let subscriber = Subscriber::start_with(broker.port(), &setup.prefix, |options| {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca: trusted,
+            alpn: None,
+            client_auth: None,
+        }));
+    })
     .await;
+
+    let (stop, agent) = spawn_agent(with_tls(setup.config(broker.port(), "16 MiB"), ca));
+    wait_for_puback_in_health(&subscriber, &setup.prefix).await;
+    let report = stop_agent(stop, agent).await;
     assert!(report.health.frames > 0);
     assert!(
         report.health.last_puback_age_ms.is_some(),
@@ -313,11 +450,12 @@ async fn delivers_over_tls_and_refuses_a_broker_it_cannot_verify() {
     // A CA that did not sign the broker's certificate: no connection, frames stay queued.
     let other = tempfile::tempdir().unwrap();
     let (wrong_ca, _) = tls_files(other.path());
-    let report = run_agent_for(
-        with_tls(setup.config(broker.port(), "16 MiB"), wrong_ca),
-        Duration::from_millis(1500),
-    )
-    .await;
+    let trusted_run = report.boot_id;
+    let (stop, agent) = spawn_agent(with_tls(setup.config(broker.port(), "16 MiB"), wrong_ca));
+    wait_for_queued_frames(&setup, trusted_run).await;
+    // A negative check: 1.5 s more to (fail to) connect, from when it is surely running.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = stop_agent(stop, agent).await;
     assert!(
         report.health.last_puback_age_ms.is_none(),
         "{:?}",
@@ -327,6 +465,18 @@ async fn delivers_over_tls_and_refuses_a_broker_it_cannot_verify() {
         report.health.queue_records > 0,
         "frames wait on disk for a broker it trusts"
     );
+}
+
+/// Waits until the agent's retained health report on `prefix`'s gateway status says a
+/// PUBACK arrived: the broker acknowledged its frames.
+async fn wait_for_puback_in_health(subscriber: &Subscriber, prefix: &str) {
+    subscriber
+        .wait_retained(
+            &format!("{prefix}/plant1/line-a/{prefix}/status"),
+            "a health report with a PUBACK",
+            |g| g["health"]["last_puback_age_ms"].is_u64(),
+        )
+        .await;
 }
 
 fn now_ms() -> u64 {
@@ -346,14 +496,16 @@ async fn live_frames_overtake_a_rate_limited_backlog() {
     config.delivery.catch_up_rate = 10;
     let (stop, agent) = spawn_agent(config);
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The outage begins once frames of every device flow, and lasts 2 s.
+    subscriber
+        .wait_for_every_device("frames flowed before the outage")
+        .await;
     broker.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let back_at = now_ms();
     broker.restart();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.send(()).expect("agent still running");
-    let report = agent.await.expect("agent task");
+    wait_caught_up(&subscriber, back_at + 500).await;
+    let report = stop_agent(stop, agent).await;
 
     let ledger = wait_for_every_reading(&subscriber, &report).await;
     assert_every_reading_once(&ledger, &report);
@@ -398,9 +550,20 @@ async fn a_device_with_many_channels_still_gets_its_meta_and_telemetry_through()
     let path = setup.dir.path().join("many.toml");
     std::fs::write(&path, toml).unwrap();
     let config = AgentConfig::load(&path, &Default::default()).expect("valid config");
-    let report = run_agent_for(config, Duration::from_millis(2000)).await;
-
+    let (stop, agent) = spawn_agent(config);
     let p = &setup.prefix;
+    subscriber
+        .wait_retained(
+            &format!("{p}/plant1/line-b/press-01/meta"),
+            "the large meta message arrived",
+            |_| true,
+        )
+        .await;
+    subscriber
+        .wait_for_every_device("telemetry flowed beside the large meta")
+        .await;
+    let report = stop_agent(stop, agent).await;
+
     let meta = subscriber
         .retained(&format!("{p}/plant1/line-b/press-01/meta"))
         .expect("the large meta message arrived");
@@ -429,7 +592,13 @@ async fn credentials_are_presented_and_a_wrong_password_is_refused() {
         config
     };
 
-    let report = run_agent_for(with_password("s3cret"), Duration::from_millis(1500)).await;
+    let subscriber = Subscriber::start_with(broker.port(), &setup.prefix, |options| {
+        options.set_credentials("pi-line-a-01", "s3cret");
+    })
+    .await;
+    let (stop, agent) = spawn_agent(with_password("s3cret"));
+    wait_for_puback_in_health(&subscriber, &setup.prefix).await;
+    let report = stop_agent(stop, agent).await;
     assert!(
         report.health.last_puback_age_ms.is_some(),
         "{:?}",
@@ -437,7 +606,12 @@ async fn credentials_are_presented_and_a_wrong_password_is_refused() {
     );
     assert_eq!(report.health.queue_records, 0);
 
-    let report = run_agent_for(with_password("wrong"), Duration::from_millis(1500)).await;
+    let accepted_run = report.boot_id;
+    let (stop, agent) = spawn_agent(with_password("wrong"));
+    wait_for_queued_frames(&setup, accepted_run).await;
+    // A negative check: 1.5 s more to (fail to) connect, from when it is surely running.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = stop_agent(stop, agent).await;
     assert!(
         report.health.last_puback_age_ms.is_none(),
         "{:?}",

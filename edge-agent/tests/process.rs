@@ -10,7 +10,7 @@ use std::time::Duration;
 use edge_agent::delivery::decode_record;
 use edge_agent::queue::{DiskQueue, QueueConfig};
 use protocol::{BootId, Frame};
-use support::{Setup, Subscriber};
+use support::{Ledger, Setup, Subscriber, DEVICES, PATIENCE};
 use testkit::{ChildGuard, Mosquitto};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edge-agent");
@@ -181,42 +181,78 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     let config = setup.write_config(broker.port(), "16 MiB");
 
     let mut first = start_agent(&config);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let started = tokio::time::Instant::now();
+    // Killed mid-stream: once frames of every device flow, and no sooner than 2 s after
+    // the start (a schedule, so that there is a stream to interrupt).
+    let flowing = subscriber
+        .wait_for_every_device("frames arrived before the kill")
+        .await;
+    tokio::time::sleep_until(started + Duration::from_secs(2)).await;
     first.signal(libc::SIGKILL);
     first.wait();
-    let seen_before_kill = support::Ledger::of(&subscriber.frames());
-    let first_boot = *seen_before_kill
+    let first_boot = *flowing
         .boots("furnace-01")
         .iter()
         .next()
         .expect("frames arrived before the kill");
     // Everything sealed before the kill is either delivered already or still queued.
     let queued = queued_seqs(&setup);
-
-    let mut second = start_agent(&config);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let status = second.terminate(Duration::from_secs(60));
-    assert!(status.success(), "clean exit after SIGTERM: {status}");
-
-    for device in ["furnace-01", "press-01"] {
-        let mut expected: BTreeSet<u64> = seen_before_kill.received(device, first_boot);
-        expected.extend(
+    let covered = |ledger: &Ledger, device: &str| -> BTreeSet<u64> {
+        let mut all = ledger.received(device, first_boot);
+        all.extend(
             queued
                 .iter()
                 .filter(|(d, b, _)| d == device && *b == first_boot)
                 .map(|(_, _, s)| *s),
         );
-        let last = *expected.last().expect("readings of the first boot");
-        assert_eq!(
-            expected,
-            (0..=last).collect(),
-            "{device}: delivered + queued at the kill covers every sealed reading"
-        );
-        let ledger = subscriber
-            .wait_for(Duration::from_secs(10), |l| {
-                l.received(device, first_boot) == expected
+        all
+    };
+    // What the broker took before the kill may still be on its way to the subscriber.
+    let seen_before_kill = subscriber
+        .wait_for(PATIENCE, |l| {
+            DEVICES.iter().all(|d| {
+                let all = covered(l, d);
+                all.last().is_some_and(|last| all.len() as u64 == last + 1)
             })
-            .await;
+        })
+        .await;
+    let expected: Vec<BTreeSet<u64>> = DEVICES
+        .iter()
+        .map(|device| {
+            let expected = covered(&seen_before_kill, device);
+            let last = *expected.last().expect("readings of the first boot");
+            assert_eq!(
+                expected,
+                (0..=last).collect(),
+                "{device}: delivered + queued at the kill covers every sealed reading"
+            );
+            expected
+        })
+        .collect();
+
+    // The second run resends the first boot's queue and delivers its own frames.
+    let done = |l: &Ledger| {
+        DEVICES.iter().zip(&expected).all(|(device, expected)| {
+            let after = l
+                .boots(device)
+                .into_iter()
+                .find(|b| *b != first_boot)
+                .map(|b| l.received(device, b))
+                .unwrap_or_default();
+            l.received(device, first_boot) == *expected
+                && after
+                    .last()
+                    .is_some_and(|last| after.len() as u64 == last + 1)
+        })
+    };
+    let mut second = start_agent(&config);
+    subscriber.wait_for(PATIENCE, done).await;
+    let status = second.terminate(Duration::from_secs(60));
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    // What the second run sent just before it stopped may still be on its way.
+    let ledger = subscriber.wait_for(PATIENCE, done).await;
+
+    for (device, expected) in DEVICES.iter().zip(expected) {
         assert_eq!(
             ledger.received(device, first_boot),
             expected,

@@ -9,8 +9,36 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_agent::config::{AgentConfig, CliOverrides};
+use edge_agent::delivery::decode_record;
 use protocol::{BootId, Frame};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// The devices of [`Setup::config_toml`].
+pub const DEVICES: [&str; 2] = ["furnace-01", "press-01"];
+
+/// How long a test waits for an effect it needs before declaring that it did not happen:
+/// generous, because a loaded machine is slow, and free when the effect comes sooner.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 50 ms until it returns `Ok`, and returns its value; panics naming
+/// `what` and the last state `check` reported if `within` passes first.
+pub async fn wait_until<T>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(state) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: did not happen within {within:?}; last seen: {state}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 pub struct Setup {
     pub prefix: String,
@@ -131,11 +159,22 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub async fn start(port: u16, prefix: &str) -> Self {
+        Self::start_with(port, prefix, |_| {}).await
+    }
+
+    /// Like [`Subscriber::start`], with `configure` applied to the connection options
+    /// (TLS, credentials).
+    pub async fn start_with(
+        port: u16,
+        prefix: &str,
+        configure: impl FnOnce(&mut MqttOptions),
+    ) -> Self {
         let mut options = MqttOptions::new(format!("{prefix}-sub"), "127.0.0.1", port);
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(5))
             .set_max_packet_size(1 << 20, 1 << 20);
+        configure(&mut options);
         let (client, mut events) = AsyncClient::new(options, 100);
         client
             .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
@@ -199,6 +238,42 @@ impl Subscriber {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits (up to [`PATIENCE`]) until a frame of every device in [`DEVICES`] has
+    /// arrived; panics otherwise, naming `what` the frames were needed for.
+    pub async fn wait_for_every_device(&self, what: &str) -> Ledger {
+        let ledger = self
+            .wait_for(PATIENCE, |l| DEVICES.iter().all(|d| !l.boots(d).is_empty()))
+            .await;
+        let silent: Vec<&str> = DEVICES
+            .iter()
+            .copied()
+            .filter(|d| ledger.boots(d).is_empty())
+            .collect();
+        assert!(
+            silent.is_empty(),
+            "no frame of {silent:?} arrived within {PATIENCE:?} ({what})"
+        );
+        ledger
+    }
+
+    /// Waits (up to [`PATIENCE`]) until the retained message on `topic` satisfies `done`
+    /// and returns it; panics naming `what` and the last message seen otherwise.
+    pub async fn wait_retained(
+        &self,
+        topic: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_until(PATIENCE, &format!("{topic}: {what}"), || {
+            match self.retained(topic) {
+                Some(value) if done(&value) => Ok(value),
+                Some(value) => Err(value.to_string()),
+                None => Err("nothing retained".to_owned()),
+            }
+        })
+        .await
     }
 }
 
@@ -277,4 +352,27 @@ pub fn segments(queue_dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     files.sort();
     files
+}
+
+/// The frames in the queue's segment files, in queue order, read without opening the
+/// queue (whose lock a running agent holds); a record still being written is left out.
+/// Layout: see `edge_agent::queue` (a 16-byte segment header, then records of payload
+/// length u32 LE, CRC u32 LE, payload).
+pub fn frames_on_disk(queue_dir: &Path) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    for segment in segments(queue_dir) {
+        let bytes = std::fs::read(&segment).unwrap_or_default();
+        let mut at = 16;
+        while let Some(header) = bytes.get(at..at + 8) {
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+            let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
+                break;
+            };
+            at += 8 + len;
+            if let Some(frame) = decode_record(payload).and_then(|(_, f)| Frame::decode(f).ok()) {
+                frames.push(frame);
+            }
+        }
+    }
+    frames
 }
