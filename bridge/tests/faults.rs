@@ -94,8 +94,20 @@ fn kafka_frozen_then_thawed_loses_nothing_and_holds_memory_within_budget() {
         }
     });
     let mut rss_peak = rss_before;
+    // Kafka stays frozen for 10 s (a schedule), and then until the bridge shows it felt
+    // the pressure: its producer's memory budget pushed back.
     let frozen_for = Instant::now();
-    while frozen_for.elapsed() < Duration::from_secs(10) {
+    let pressure_within = Duration::from_secs(70);
+    let pushed_back = |bridge: &Process| bridge.metric("bridge_producer_queue_full_total") > 0.0;
+    while frozen_for.elapsed() < Duration::from_secs(10) || !pushed_back(&bridge) {
+        assert!(
+            frozen_for.elapsed() < pressure_within,
+            "the producer's memory budget did not push back within {pressure_within:?} of \
+             Kafka freezing; received {}, in flight {}, Kafka queue {} messages",
+            bridge.metric("bridge_messages_received_total"),
+            bridge.metric("bridge_messages_in_flight"),
+            bridge.metric("bridge_kafka_queue_messages"),
+        );
         rss_peak = rss_peak.max(bridge.rss_bytes());
         assert!(
             bridge.readiness().contains("mqtt connected"),
@@ -343,6 +355,8 @@ async fn a_bridge_started_before_its_brokers_waits_for_them_then_forwards() {
     let running = tokio::spawn(bridge.run_until(async {
         let _ = stopped.await;
     }));
+    // A negative check over a fixed window: with neither broker there, nothing can show
+    // the bridge trying; it must neither claim a connection nor give up.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!health.mqtt() && !health.kafka() && !running.is_finished());
 

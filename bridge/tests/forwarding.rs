@@ -41,9 +41,9 @@ async fn embedded_mode_forwards_frames_unchanged_keyed_by_device_in_order() {
     for publisher in publishers {
         publisher.await.unwrap();
     }
-    bridge.wait_settled(150, Duration::from_secs(30)).await;
+    bridge.wait_settled(150, Duration::from_secs(60)).await;
 
-    let records = read_topic(&brokers, &data_topic, 150, Duration::from_secs(20));
+    let records = read_topic(&brokers, &data_topic, 150, Duration::from_secs(60));
     assert_eq!(records.len(), 150);
     let mut partitions: HashMap<String, HashSet<i32>> = HashMap::new();
     for record in &records {
@@ -85,9 +85,9 @@ async fn embedded_mode_forwards_frames_unchanged_keyed_by_device_in_order() {
         assert_eq!(seqs, expected, "{device}'s frames out of order or missing");
     }
 
-    // The readable `latest` value, retained: the newest reading of each device.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let latest = read_retained(port, &format!("{prefix}/+/+/+/latest"), devices.len()).await;
+    // The readable `latest` value, retained: the newest reading of each device. It is
+    // throttled to one message per device per interval, so the newest goes out later.
+    let latest = wait_for_latest(port, &format!("{prefix}/+/+/+/latest"), &devices, 499).await;
     for device in devices {
         let json = &latest[device];
         assert_eq!(json["device"], device);
@@ -103,28 +103,60 @@ async fn embedded_mode_forwards_frames_unchanged_keyed_by_device_in_order() {
     assert!(stats.latest_published >= 3);
 }
 
-/// Subscribes and collects `count` retained messages, as JSON keyed by device.
+/// Reads the retained messages under `filter` with a fresh subscription each time until
+/// every one of `devices` has one with sequence number `seq`, and returns them; panics,
+/// quoting the last ones read, if that takes over 60 s.
+async fn wait_for_latest(
+    port: u16,
+    filter: &str,
+    devices: &[&str],
+    seq: u64,
+) -> HashMap<String, serde_json::Value> {
+    let within = Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let latest = read_retained(port, filter, devices.len(), Duration::from_secs(5)).await;
+        if devices
+            .iter()
+            .all(|d| latest.get(*d).is_some_and(|json| json["seq"] == seq))
+        {
+            return latest;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retained latest messages with seq {seq} for every one of {devices:?} within \
+             {within:?}; last read: {latest:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Subscribes and collects up to `count` retained messages within `within`, as JSON
+/// keyed by device. Messages published after the subscription (not retained ones) are
+/// left out: they do not show what a newcomer would see.
 async fn read_retained(
     port: u16,
     filter: &str,
     count: usize,
+    within: Duration,
 ) -> HashMap<String, serde_json::Value> {
     let mut options = MqttOptions::new(testkit::unique_name("viewer"), "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(10));
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     client.subscribe(filter, QoS::AtMostOnce).await.unwrap();
     let mut seen = HashMap::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
+    let _ = tokio::time::timeout(within, async {
         while seen.len() < count {
             if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await.unwrap() {
-                assert!(p.retain, "latest is retained");
+                if !p.retain {
+                    continue;
+                }
                 let json: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
                 seen.insert(json["device"].as_str().unwrap().to_owned(), json);
             }
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("only {} retained latest messages: {seen:?}", seen.len()));
+    .await;
     seen
 }
 
@@ -176,14 +208,14 @@ async fn client_mode_dead_letters_bad_messages_with_their_reason_and_keeps_the_r
     }
     assert!(bad_iter.next().is_none(), "every bad message is sent");
     publish_all(mqtt_port, &testkit::unique_name("pub"), &messages).await;
-    bridge.wait_settled(45, Duration::from_secs(30)).await;
+    bridge.wait_settled(45, Duration::from_secs(60)).await;
 
-    let data = read_topic(&brokers, &data_topic, 40, Duration::from_secs(20));
+    let data = read_topic(&brokers, &data_topic, 40, Duration::from_secs(60));
     let expected: Vec<u64> = (0..40).map(|i| i * 50).collect();
     assert_eq!(sequences_by_device(&data)["dev-a"], expected);
     assert_eq!(data.len(), 40);
 
-    let dlq = read_topic(&brokers, &dlq_topic, 5, Duration::from_secs(20));
+    let dlq = read_topic(&brokers, &dlq_topic, 5, Duration::from_secs(60));
     assert_eq!(dlq.len(), 5);
     for (topic, payload, reason) in &bad {
         let record = dlq
@@ -205,7 +237,8 @@ async fn client_mode_dead_letters_bad_messages_with_their_reason_and_keeps_the_r
     assert_eq!(stats.dead_lettered_for(RejectReason::Topic), 1);
 
     // A clean stop acknowledged everything it forwarded: the same session, resumed,
-    // gets nothing redelivered.
+    // gets nothing redelivered. `start` waits until the bridge is ready, i.e. subscribed
+    // on the resumed session, so anything redelivered would come within this window.
     let again = InProcess::start(config).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = again.stop().await;
@@ -266,7 +299,7 @@ async fn an_embedded_bridge_stopped_right_after_devices_publish_forwards_what_it
     let stats = bridge.stop().await;
     assert_eq!(stats.dropped_at_shutdown, 0);
     assert_eq!(stats.produced, 1000, "{stats:?}");
-    let records = read_topic(&brokers, &data_topic, 1000, Duration::from_secs(20));
+    let records = read_topic(&brokers, &data_topic, 1000, Duration::from_secs(60));
     assert_eq!(records.len(), 1000);
 }
 
@@ -309,7 +342,7 @@ async fn two_client_mode_bridges_share_the_load_and_lose_nothing() {
     );
     assert_eq!(a.produced + b.produced, 2000);
 
-    let records = read_topic(&brokers, &data_topic, 2000, Duration::from_secs(20));
+    let records = read_topic(&brokers, &data_topic, 2000, Duration::from_secs(60));
     let sent: HashSet<(String, u64)> = devices
         .iter()
         .flat_map(|d| (0..500).map(move |i| (d.to_string(), i * 50)))
@@ -344,7 +377,7 @@ async fn metrics_reach_prometheus_and_the_kafka_metrics_topic() {
         ],
     )
     .await;
-    bridge.wait_settled(2, Duration::from_secs(20)).await;
+    bridge.wait_settled(2, Duration::from_secs(60)).await;
 
     let (ready, body) = http_get(bridge.http, "/readyz").await;
     assert_eq!(ready, 200, "{body}");
@@ -362,7 +395,7 @@ async fn metrics_reach_prometheus_and_the_kafka_metrics_topic() {
     }
 
     // Records come every second; the newest one counts both messages.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut seen = 0;
     let record = loop {
         // One more record than last time (they keep coming, so "until quiet" never ends).

@@ -279,7 +279,10 @@ impl Process {
     fn get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        // Generous: a loaded machine answers slowly, and no answer reads as "not ready".
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .ok()?;
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
