@@ -45,6 +45,9 @@ pub fn devices() -> Vec<&'static str> {
         .collect()
 }
 
+/// The agents' in-flight window when their queue is capped (see [`agent_config`]).
+pub const QUEUE_CAP_INFLIGHT: u16 = 1;
+
 /// How an agent's disk queue is sized.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSize {
@@ -82,6 +85,14 @@ pub fn agent_config(
             &mut config,
             &["queue", "max_bytes"],
             format!("{} B", size.max_bytes).into(),
+        )?;
+        // One frame in flight: a frame the broker took just before it stopped, whose
+        // PUBACK the outage swallowed, is later dropped at the cap yet stored. One window
+        // per gateway bounds how many such frames the ledger has to allow.
+        set(
+            &mut config,
+            &["mqtt", "inflight"],
+            Value::Integer(i64::from(QUEUE_CAP_INFLIGHT)),
         )?;
     }
     set(
