@@ -216,9 +216,7 @@ impl Ledger {
                 // gateway, and whole frames either way.
                 let given_up = self.queue_dropped_frames * FRAME_READINGS;
                 let delivered_anyway = given_up.saturating_sub(self.lost);
-                let window = GATEWAYS.len() as u64
-                    * u64::from(QUEUE_CAP_INFLIGHT)
-                    * FRAME_READINGS;
+                let window = GATEWAYS.len() as u64 * u64::from(QUEUE_CAP_INFLIGHT) * FRAME_READINGS;
                 expect(
                     self.lost <= given_up
                         && delivered_anyway <= window
