@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the protocol decoders with cargo-fuzz (libFuzzer): the frame decoder and the
-# topic parser must return on any input, never panic, and what they accept must
-# round-trip. Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
+# Fuzzes the protocol decoders with cargo-fuzz (libFuzzer): the frame and confirmation
+# decoders and the topic parser must return on any input, never panic, and what they
+# accept must round-trip. Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
 #
 # Runs on the stable toolchain with `--sanitizer none`: the protocol crate has no unsafe
 # code, so AddressSanitizer (nightly-only) would add nothing; panics, overflows (debug
@@ -17,7 +17,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
 
-for target in decode_frame parse_topic; do
+for target in decode_frame decode_confirm parse_topic; do
   mkdir -p "corpus/$target" artifacts
   log="artifacts/$target.log"
   echo "fuzz: $target for ${seconds}s (log: fuzz/$log)"

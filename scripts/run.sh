@@ -190,7 +190,7 @@ The pipeline is running: five simulated machines -> MQTT -> bridge -> Kafka -> i
   MQTT (devices, MQTT Explorer)  127.0.0.1:1883   (topics plant/#; 'latest' is readable JSON)
   bridge metrics and health      http://127.0.0.1:$BRIDGE_PORT/metrics   /readyz
   ingester metrics and health    http://127.0.0.1:$INGESTER_PORT/metrics   /readyz
-  Kafka                          $KAFKA_BROKERS   (sensors-data, alerts, metrics, sensors-dlq)
+  Kafka                          $KAFKA_BROKERS   (sensors-data, alerts, metrics, sensors-dlq, sensors-confirm)
   PostgreSQL                     $DATABASE_URL
   Redis                          $REDIS_URL   (plant:latest:<device>, plant:alerts:open)
   logs                           $RUN_DIR/*.log

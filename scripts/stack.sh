@@ -61,7 +61,7 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 STACK_TIMEOUT=${STACK_TIMEOUT:-60}
 
 # Topics are not auto-created by Tansu. name:partitions
-KAFKA_TOPICS=(sensors-data:3 alerts:2 metrics:2 sensors-dlq:3)
+KAFKA_TOPICS=(sensors-data:3 alerts:2 metrics:2 sensors-dlq:3 sensors-confirm:1)
 TANSU_INSTALL=(cargo install --locked tansu --features dynostore)
 
 PG_DIR=$STACK_DIR/postgres

@@ -178,6 +178,8 @@ pub enum EncodeError {
 pub enum Field {
     Header,
     Reading(usize),
+    /// A range of a [`crate::confirm::Confirmation`].
+    Range(usize),
 }
 
 impl fmt::Display for Field {
@@ -185,6 +187,7 @@ impl fmt::Display for Field {
         match self {
             Field::Header => f.write_str("frame header"),
             Field::Reading(index) => write!(f, "reading {index}"),
+            Field::Range(index) => write!(f, "range {index}"),
         }
     }
 }

@@ -30,7 +30,19 @@ pub const SENSORS_DLQ: KafkaTopic = KafkaTopic {
     partitions: 3,
 };
 
-pub const ALL_TOPICS: [KafkaTopic; 4] = [SENSORS_DATA, ALERTS, METRICS, SENSORS_DLQ];
+/// Confirmations from the ingester to the devices, keyed by device id, with the MQTT
+/// topic to relay each to in the `mqtt-topic` header. Loss costs nothing (the next one
+/// says the same), so one partition per bridge reader is plenty.
+pub const SENSORS_CONFIRM: KafkaTopic = KafkaTopic {
+    name: "sensors-confirm",
+    partitions: 1,
+};
+
+pub const ALL_TOPICS: [KafkaTopic; 5] =
+    [SENSORS_DATA, ALERTS, METRICS, SENSORS_DLQ, SENSORS_CONFIRM];
+
+/// Content type of a `sensors-confirm` record: one postcard confirmation, version 1.
+pub const CONFIRM_CONTENT_TYPE: &str = "application/vnd.plant-telemetry.confirm; v=1";
 
 /// Content type of a `sensors-data` record: one postcard frame, wire version 1.
 pub const FRAME_CONTENT_TYPE: &str = "application/vnd.plant-telemetry.frame; v=1";

@@ -1,5 +1,6 @@
 //! The wire protocol of the plant-telemetry pipeline, shared by the edge agent, the bridge
-//! and the cloud ingester: the telemetry [`Frame`] with its compact postcard encoding, and
+//! and the cloud ingester: the telemetry [`Frame`] with its compact postcard encoding, the
+//! [`Confirmation`] the cloud sends back once PostgreSQL holds a device's readings, and
 //! the MQTT [`topic`] scheme.
 //!
 //! It is `no_std` and allocation-free (fixed-capacity `heapless` containers) so the same
@@ -8,11 +9,13 @@
 //! panic (proptest and a `cargo fuzz` target check this).
 #![cfg_attr(not(test), no_std)]
 
+pub mod confirm;
 pub mod frame;
 pub mod id;
 pub mod kafka;
 pub mod topic;
 
+pub use confirm::{Confirmation, SeqRange, Verdict, MAX_CONFIRM_LEN};
 pub use frame::{
     BootId, DecodeError, EncodeError, Field, Frame, InvalidFrame, Quality, Reading, MAX_FRAME_LEN,
     MAX_READINGS, MAX_SEQ, MAX_TIMESTAMP_MS, WIRE_VERSION,

@@ -4,7 +4,8 @@
 //! `{prefix}/{site}/{line}/{device}/{kind}`, for example
 //! `plant/plant1/line-a/furnace-01/telemetry`. Browsing the broker in MQTT Explorer then
 //! shows the plant as a tree: site, line, device, and under each device its binary
-//! `telemetry`, its retained JSON `status`, `meta` and `latest`, and `cmd` for commands.
+//! `telemetry`, its retained JSON `status`, `meta` and `latest`, `cmd` for commands and
+//! the binary `confirm` the cloud sends back.
 //! Every segment follows the naming rule of [`crate::id`], so topics never contain
 //! wildcards, separators or the broker-reserved `$`.
 
@@ -31,15 +32,19 @@ pub enum TopicKind {
     Latest,
     /// Commands to the device.
     Cmd,
+    /// Binary [`crate::Confirmation`]s to the device: what PostgreSQL holds of its
+    /// readings, so the agent can delete them from its disk queue.
+    Confirm,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 5] = [
+    pub const ALL: [TopicKind; 6] = [
         TopicKind::Telemetry,
         TopicKind::Status,
         TopicKind::Meta,
         TopicKind::Latest,
         TopicKind::Cmd,
+        TopicKind::Confirm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +54,7 @@ impl TopicKind {
             TopicKind::Meta => "meta",
             TopicKind::Latest => "latest",
             TopicKind::Cmd => "cmd",
+            TopicKind::Confirm => "confirm",
         }
     }
 
@@ -92,7 +98,7 @@ pub enum TopicError {
     WrongDepth { found: usize },
     #[error("topic {segment} {error}")]
     Segment { segment: Segment, error: IdError },
-    #[error("last topic level is not one of telemetry, status, meta, latest, cmd")]
+    #[error("last topic level is not one of telemetry, status, meta, latest, cmd, confirm")]
     UnknownKind,
 }
 
