@@ -153,6 +153,17 @@ pub enum CatchUp {
     Interleave,
 }
 
+/// When a frame may leave the disk queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfirmMode {
+    /// Once the ingester confirms PostgreSQL committed its readings: nothing the broker,
+    /// the bridge or Kafka loses is lost for good.
+    Pipeline,
+    /// On the broker's PUBACK, for a cloud side without an ingester to confirm.
+    Broker,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
@@ -160,6 +171,14 @@ pub struct DeliveryConfig {
     /// Most backlog frames sent per second while catching up, so an outage's backlog
     /// does not saturate a thin uplink or the broker.
     pub catch_up_rate: u32,
+    pub confirm: ConfirmMode,
+    /// A frame not confirmed while a later one of its device is, is sent again after
+    /// this long (it was lost after the broker).
+    #[serde(with = "humantime_serde")]
+    pub confirm_grace: Duration,
+    /// A device's last frame, unconfirmed, is sent again after this long, doubling.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -167,6 +186,9 @@ impl Default for DeliveryConfig {
         Self {
             catch_up: CatchUp::LiveFirst,
             catch_up_rate: 200,
+            confirm: ConfirmMode::Pipeline,
+            confirm_grace: Duration::from_secs(3),
+            confirm_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -393,6 +415,12 @@ impl AgentConfig {
         }
         if self.delivery.catch_up_rate == 0 {
             problems.push("delivery.catch_up_rate: at least 1 frame per second".to_owned());
+        }
+        if self.delivery.confirm_grace < Duration::from_millis(100) {
+            problems.push("delivery.confirm_grace: at least 100 ms".to_owned());
+        }
+        if self.delivery.confirm_timeout < self.delivery.confirm_grace {
+            problems.push("delivery.confirm_timeout: at least delivery.confirm_grace".to_owned());
         }
         if self.health.interval < Duration::from_secs(1) {
             problems.push("health.interval: at least 1 s".to_owned());

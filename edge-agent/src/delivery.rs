@@ -1,5 +1,8 @@
 //! Delivery: moves frames from the disk queue to the MQTT broker and removes each one
-//! only when the broker's PUBACK for it has arrived.
+//! only once it is safe: when the ingester confirms PostgreSQL has its readings
+//! (`delivery.confirm = "pipeline"`, see [`crate::confirmations`]), or on the broker's
+//! PUBACK (`"broker"`). A PUBACK always ends a frame's MQTT delivery and frees its place
+//! in the in-flight window.
 //!
 //! Protocol state is kept apart from I/O: [`Delivery`] owns the queue, the in-flight
 //! bookkeeping and the catch-up policy and is driven by [`Delivery::run`], while each
@@ -23,7 +26,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{AgentConfig, CatchUp};
+use crate::config::{AgentConfig, CatchUp, ConfirmMode};
+use crate::confirmations::{Awaiting, FrameSpan, Ignored};
 use crate::queue::{DiskQueue, RecordId};
 use crate::status::{self, Health};
 use crate::topics::Topics;
@@ -62,9 +66,16 @@ pub fn decode_record(record: &[u8]) -> Option<(&str, &[u8])> {
 
 /// What a connection's event loop tells the delivery task.
 enum ConnEvent {
-    ConnAck { session_present: bool },
+    ConnAck {
+        session_present: bool,
+    },
     Published(u16),
     PubAck(u16),
+    /// A message on a topic we subscribed to: a device's confirmations.
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     Down(String),
 }
 
@@ -99,6 +110,13 @@ pub struct Counters {
     pub frames: u64,
     pub dropped_frames: u64,
     pub reconnects: u64,
+    /// Frames deleted because a confirmation said PostgreSQL committed them.
+    pub confirmed_frames: u64,
+    /// Frames deleted because the cloud refused them for good (dead-lettered).
+    pub refused_frames: u64,
+    /// Confirmations that deleted nothing because they could not be trusted or applied:
+    /// undecodable, for another device, beyond what was sent.
+    pub ignored_confirmations: u64,
 }
 
 pub struct Delivery {
@@ -107,8 +125,13 @@ pub struct Delivery {
     boot_id: String,
     queue: DiskQueue,
     connection: Option<Connection>,
-    /// Records sent on the current connection and not yet acknowledged.
-    in_flight: std::collections::BTreeSet<RecordId>,
+    /// Records sent on the current connection and not yet acknowledged, with the
+    /// readings they carry when a confirmation will have to name them.
+    in_flight: std::collections::BTreeMap<RecordId, Option<FrameSpan>>,
+    /// PUBACKed frames waiting for the cloud's confirmation.
+    awaiting: Awaiting,
+    /// Waiting frames to send again, oldest first.
+    resend: VecDeque<RecordId>,
     /// Records below this id were in the queue when the connection came up: backlog.
     backlog_end: RecordId,
     backlog_cursor: RecordId,
@@ -134,9 +157,10 @@ fn window(config: &AgentConfig) -> usize {
 }
 
 /// Control messages that may be queued at once beside a full window: the births (status
-/// and meta per device, plus the gateway's), or the goodbyes, plus a health report.
+/// and meta per device, plus the gateway's) and the confirm subscriptions, or the
+/// goodbyes, plus a health report.
 fn control_burst(config: &AgentConfig) -> usize {
-    2 * config.devices.len() + 8
+    3 * config.devices.len() + 8
 }
 
 impl Delivery {
@@ -150,6 +174,8 @@ impl Delivery {
             queue,
             connection: None,
             in_flight: Default::default(),
+            awaiting: Awaiting::default(),
+            resend: VecDeque::new(),
             backlog_end: 0,
             backlog_cursor: 0,
             live_cursor: 0,
@@ -177,7 +203,13 @@ impl Delivery {
         let mut sync_tick = tokio::time::interval(self.config.queue.fsync_interval);
         let mut health_tick = tokio::time::interval(self.config.health.interval);
         let mut pump_tick = tokio::time::interval(Duration::from_millis(50));
-        for tick in [&mut sync_tick, &mut health_tick, &mut pump_tick] {
+        let mut resend_tick = tokio::time::interval(Duration::from_millis(500));
+        for tick in [
+            &mut sync_tick,
+            &mut health_tick,
+            &mut pump_tick,
+            &mut resend_tick,
+        ] {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         loop {
@@ -201,6 +233,9 @@ impl Delivery {
                     let _ = health_out.send(health);
                 }
                 _ = pump_tick.tick() => self.fill_window(),
+                _ = resend_tick.tick(), if self.confirm_mode() == ConfirmMode::Pipeline => {
+                    self.schedule_resends();
+                }
             }
         }
         self.shutdown(grace).await;
@@ -245,6 +280,10 @@ impl Delivery {
             queue_segments: stats.segments,
             dropped_frames: self.counters.dropped_frames,
             reconnects: self.counters.reconnects,
+            awaiting_confirm: self.awaiting.len() as u64,
+            confirmed_frames: self.counters.confirmed_frames,
+            refused_frames: self.counters.refused_frames,
+            ignored_confirmations: self.counters.ignored_confirmations,
             last_puback_age_ms: self.last_puback.map(|t| t.elapsed().as_millis() as u64),
             rss_bytes: status::rss_bytes(),
         }
@@ -283,6 +322,10 @@ impl Delivery {
                         session_present: ack.session_present,
                     },
                     Ok(Event::Incoming(Packet::PubAck(ack))) => ConnEvent::PubAck(ack.pkid),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => ConnEvent::Message {
+                        topic: publish.topic.clone(),
+                        payload: publish.payload.to_vec(),
+                    },
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => ConnEvent::Published(pkid),
                     Ok(_) => continue,
                     Err(e) => {
@@ -328,11 +371,14 @@ impl Delivery {
                 // broker may accept and then drop us), so back-off resets only here.
                 self.attempts = 0;
                 if let Some(Sent::Record(id)) = sent {
-                    self.in_flight.remove(&id);
-                    self.queue.ack(id);
+                    match self.in_flight.remove(&id).flatten() {
+                        Some(span) => self.awaiting.pubacked(id, span, Instant::now()),
+                        None => self.queue.ack(id),
+                    }
                 }
                 self.fill_window();
             }
+            ConnEvent::Message { topic, payload } => self.on_confirmation(&topic, &payload),
             ConnEvent::Down(reason) => self.on_down(&reason),
         }
     }
@@ -373,13 +419,113 @@ impl Delivery {
         for (topic, payload) in births {
             self.publish_control(topic, payload);
         }
+        if self.confirm_mode() == ConfirmMode::Pipeline {
+            self.subscribe_confirmations();
+        }
         self.fill_window();
+    }
+
+    fn confirm_mode(&self) -> ConfirmMode {
+        self.config.delivery.confirm
+    }
+
+    /// QoS 0 is enough: a lost confirmation is repeated, in effect, by the next one.
+    fn subscribe_confirmations(&mut self) {
+        let topics: Vec<String> = self
+            .config
+            .devices
+            .iter()
+            .map(|d| self.topics.device_confirm(&d.id))
+            .collect();
+        let Some(conn) = self.connection.as_mut() else {
+            return;
+        };
+        for topic in topics {
+            if let Err(e) = conn.client.try_subscribe(&topic, QoS::AtMostOnce) {
+                warn!(error = %e, %topic, "could not subscribe to confirmations; frames wait on disk until the next connection");
+            }
+        }
+    }
+
+    /// Deletes the frames a confirmation covers. It comes off the network, so it is
+    /// checked against the topic and against what this agent sent before it deletes
+    /// anything.
+    fn on_confirmation(&mut self, topic: &str, payload: &[u8]) {
+        let device = protocol::topic::Topic::parse(topic)
+            .ok()
+            .filter(|t| t.kind == protocol::topic::TopicKind::Confirm)
+            .map(|t| t.device.to_owned());
+        let confirmation = match protocol::Confirmation::decode(payload) {
+            Ok(c) if device.as_deref() == Some(c.device.as_str()) => c,
+            Ok(c) => {
+                self.ignore_confirmation(topic, &format!("it is for {}", c.device.as_str()));
+                return;
+            }
+            Err(e) => {
+                self.ignore_confirmation(topic, &e.to_string());
+                return;
+            }
+        };
+        let applied = match self.awaiting.apply(&confirmation) {
+            Ok(applied) => applied,
+            // A repeat, or an old boot's frames all confirmed already: nothing to do.
+            Err(Ignored::NothingWaiting) => return,
+            Err(Ignored::BeyondSent) => {
+                self.ignore_confirmation(topic, "it names readings this agent never sent");
+                return;
+            }
+        };
+        for &id in &applied.committed {
+            self.queue.ack(id);
+        }
+        for &(id, readings) in &applied.refused {
+            self.queue.ack(id);
+            warn!(
+                id,
+                readings,
+                device = confirmation.device.as_str(),
+                "the cloud refused a frame for good (see sensors-dlq); dropped and counted"
+            );
+        }
+        self.counters.confirmed_frames += applied.committed.len() as u64;
+        self.counters.refused_frames += applied.refused.len() as u64;
+    }
+
+    fn ignore_confirmation(&mut self, topic: &str, why: &str) {
+        self.counters.ignored_confirmations += 1;
+        // Counted always; logged for the first few so a flood cannot fill the journal.
+        if self.counters.ignored_confirmations <= 10 {
+            warn!(%topic, why, "ignored a confirmation; nothing deleted");
+        }
+    }
+
+    /// Picks the waiting frames to send again (see [`crate::confirmations`]).
+    fn schedule_resends(&mut self) {
+        if let Some(first) = self.queue.stats().first_unacked {
+            self.awaiting.prune_below(first);
+        } else {
+            self.awaiting.prune_below(RecordId::MAX);
+        }
+        let config = &self.config.delivery;
+        self.resend = self
+            .awaiting
+            .due(Instant::now(), config.confirm_grace, config.confirm_timeout)
+            .into();
+        if !self.resend.is_empty() {
+            debug!(
+                frames = self.resend.len(),
+                "resending frames the cloud has not confirmed"
+            );
+            self.fill_window();
+        }
     }
 
     fn on_down(&mut self, reason: &str) {
         let was_up = self.connection.as_ref().is_some_and(|c| c.up);
         self.connection = None;
         self.in_flight.clear();
+        self.awaiting.connection_lost();
+        self.resend.clear();
         self.counters.reconnects += u64::from(was_up);
         let delay = backoff(
             self.attempts,
@@ -433,6 +579,12 @@ impl Delivery {
         }
         self.refill_tokens();
         while self.in_flight.len() < window(&self.config) {
+            if let Some(id) = self.resend.pop_front() {
+                if !self.send_again(id) {
+                    break;
+                }
+                continue;
+            }
             let Some((id, record, from_backlog)) = self.next_record() else {
                 break;
             };
@@ -445,6 +597,7 @@ impl Delivery {
                 self.counters.dropped_frames += 1;
                 continue;
             };
+            let span = self.span_to_confirm(frame);
             let (topic, frame) = (topic.to_owned(), frame.to_vec());
             if !self.publish(topic, frame, false, Sent::Record(id)) {
                 // Not sent: take the step back so the record goes out on the next try.
@@ -456,8 +609,42 @@ impl Delivery {
                 }
                 break;
             }
-            self.in_flight.insert(id);
+            self.in_flight.insert(id, span);
         }
+    }
+
+    /// What a confirmation will have to cover before the frame may go; `None` when the
+    /// PUBACK suffices.
+    fn span_to_confirm(&self, frame: &[u8]) -> Option<FrameSpan> {
+        match self.confirm_mode() {
+            ConfirmMode::Pipeline => FrameSpan::of(frame),
+            ConfirmMode::Broker => None,
+        }
+    }
+
+    /// Sends a waiting frame again; false if the connection could not take it (it is
+    /// then due again at the next check).
+    fn send_again(&mut self, id: RecordId) -> bool {
+        let record = match self.queue.read_unacked(id, 1) {
+            Ok(mut records) => records.pop().filter(|(found, _)| *found == id),
+            Err(e) => {
+                error!(error = %e, "could not read the queue");
+                return false;
+            }
+        };
+        // Dropped at the cap meanwhile: nothing left to send.
+        let Some((topic, frame)) = record.as_ref().and_then(|(_, r)| decode_record(r)) else {
+            self.awaiting.forget(id);
+            return true;
+        };
+        let span = self.span_to_confirm(frame);
+        let (topic, frame) = (topic.to_owned(), frame.to_vec());
+        if !self.publish(topic, frame, false, Sent::Record(id)) {
+            return false;
+        }
+        self.awaiting.resending(id);
+        self.in_flight.insert(id, span);
+        true
     }
 
     fn refill_tokens(&mut self) {
@@ -480,19 +667,7 @@ impl Delivery {
             if from_backlog && !backlog_allowed {
                 continue;
             }
-            let cursor = if from_backlog {
-                self.backlog_cursor
-            } else {
-                self.live_cursor
-            };
-            let found = match self.queue.read_unacked(cursor, 1) {
-                Ok(mut records) => records.pop(),
-                Err(e) => {
-                    error!(error = %e, "could not read the queue");
-                    None
-                }
-            };
-            let Some((id, record)) = found else {
+            let Some((id, record)) = self.next_unsent(from_backlog) else {
                 continue;
             };
             if from_backlog {
@@ -511,13 +686,40 @@ impl Delivery {
         None
     }
 
+    /// The next record at the source's cursor that is not already with the broker and
+    /// waiting for the cloud (those are skipped, the cursor moved past them).
+    fn next_unsent(&mut self, from_backlog: bool) -> Option<(RecordId, Vec<u8>)> {
+        loop {
+            let cursor = if from_backlog {
+                self.backlog_cursor
+            } else {
+                self.live_cursor
+            };
+            let (id, record) = match self.queue.read_unacked(cursor, 1) {
+                Ok(mut records) => records.pop()?,
+                Err(e) => {
+                    error!(error = %e, "could not read the queue");
+                    return None;
+                }
+            };
+            if !self.awaiting.contains(id) || (from_backlog && id >= self.backlog_end) {
+                return Some((id, record));
+            }
+            if from_backlog {
+                self.backlog_cursor = id + 1;
+            } else {
+                self.live_cursor = id + 1;
+            }
+        }
+    }
+
     /// Gives in-flight and queued frames up to `grace` to be acknowledged, then publishes
     /// the goodbye statuses, disconnects and syncs the queue.
     async fn shutdown(&mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         self.fill_window();
         while self.connection.as_ref().is_some_and(|c| c.up)
-            && (!self.in_flight.is_empty() || self.has_unsent())
+            && (!self.in_flight.is_empty() || !self.awaiting.is_empty() || self.has_unsent())
         {
             tokio::select! {
                 event = next_event(&mut self.connection) => self.on_event(event),
@@ -592,7 +794,11 @@ impl Delivery {
         let from = self.live_cursor.min(self.backlog_cursor);
         self.queue
             .read_unacked(from, window(&self.config) + 1)
-            .map(|records| records.iter().any(|(id, _)| !self.in_flight.contains(id)))
+            .map(|records| {
+                records
+                    .iter()
+                    .any(|(id, _)| !self.in_flight.contains_key(id) && !self.awaiting.contains(*id))
+            })
             .unwrap_or(false)
     }
 }

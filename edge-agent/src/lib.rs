@@ -6,6 +6,7 @@ pub mod agent;
 pub mod batcher;
 pub mod clock;
 pub mod config;
+pub mod confirmations;
 pub mod delivery;
 pub mod queue;
 pub mod sensors;

@@ -28,6 +28,14 @@ pub struct Health {
     /// Frames dropped by the queue's byte cap (or a full disk), since start.
     pub dropped_frames: u64,
     pub reconnects: u64,
+    /// Frames PUBACKed and still waiting for the cloud's confirmation.
+    pub awaiting_confirm: u64,
+    /// Frames deleted on a confirmation, since start.
+    pub confirmed_frames: u64,
+    /// Frames the cloud refused for good (dead-lettered), dropped, since start.
+    pub refused_frames: u64,
+    /// Confirmations ignored as untrustworthy (see the log), since start.
+    pub ignored_confirmations: u64,
     /// Milliseconds since the last PUBACK; absent before the first.
     pub last_puback_age_ms: Option<u64>,
     pub rss_bytes: Option<u64>,

@@ -58,6 +58,10 @@ impl Topics {
         self.device(device, TopicKind::Meta)
     }
 
+    pub fn device_confirm(&self, device: &str) -> String {
+        self.device(device, TopicKind::Confirm)
+    }
+
     /// The gateway is a node of the tree too: its status carries health and the will.
     pub fn gateway_status(&self) -> String {
         self.build(&self.gateway_line, &self.gateway, TopicKind::Status)

@@ -58,11 +58,23 @@ impl Setup {
     }
 
     /// Two simulated devices sampling fast, small frames, quick reconnects.
+    /// Frames leave the queue on PUBACK (`delivery.confirm = "broker"`): these tests are
+    /// about the MQTT hop; tests/confirm.rs covers confirmations from the cloud.
     pub fn config_toml(&self, port: u16, queue_cap: &str) -> String {
         self.config_toml_with(port, queue_cap, "8 KiB")
     }
 
     pub fn config_toml_with(&self, port: u16, queue_cap: &str, segment: &str) -> String {
+        self.config_toml_confirm(port, queue_cap, segment, "broker")
+    }
+
+    pub fn config_toml_confirm(
+        &self,
+        port: u16,
+        queue_cap: &str,
+        segment: &str,
+        confirm: &str,
+    ) -> String {
         format!(
             r#"
 [gateway]
@@ -88,6 +100,11 @@ fsync_interval = "200ms"
 [batch]
 max_readings = 10
 max_age = "100ms"
+
+[delivery]
+confirm = "{confirm}"
+confirm_grace = "500ms"
+confirm_timeout = "5s"
 
 [health]
 interval = "1s"
@@ -129,6 +146,11 @@ source = {{ kind = "simulated", model = "press_pressure" }}
 
     pub fn config(&self, port: u16, queue_cap: &str) -> AgentConfig {
         self.load(self.config_toml(port, queue_cap))
+    }
+
+    /// Frames stay on disk until a confirmation covers them.
+    pub fn config_confirming(&self, port: u16) -> AgentConfig {
+        self.load(self.config_toml_confirm(port, "4 MiB", "8 KiB", "pipeline"))
     }
 
     /// With small queue segments, so a small cap can be tested quickly.
