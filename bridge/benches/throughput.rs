@@ -1175,6 +1175,7 @@ async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
         health: health.clone(),
         stats: Arc::new(Stats::new()),
         stop: stop.clone(),
+        connected: tokio::sync::watch::channel(None).0,
     }));
     runtime.spawn({
         let acked = acked.clone();

@@ -1,10 +1,12 @@
 //! Wires the parts together: the MQTT side (embedded broker or client), the forwarder,
-//! the metrics record, the HTTP endpoints; and takes them down in the order that
-//! loses nothing.
+//! the confirmation relay, the metrics record, the HTTP endpoints; and takes them down
+//! in the order that loses nothing.
 //!
-//! Shutdown order: the forwarder stops taking messages and waits for Kafka to confirm
-//! those in flight, acknowledging them; then the MQTT side sends those acknowledgements
-//! and disconnects; then the producer is flushed and the HTTP endpoints close.
+//! Shutdown order: the confirmation relay stops at once (a confirmation is state: the
+//! device gets the next one) while the forwarder stops taking messages and waits for
+//! Kafka to confirm those in flight, acknowledging them; then the MQTT side sends those
+//! acknowledgements and disconnects; then the producer is flushed and the HTTP
+//! endpoints close.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,12 +15,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::producer::Producer as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BridgeConfig, Mode};
+use crate::confirm_relay::{ConfirmRelay, ConfirmSink};
 use crate::embedded;
 use crate::forward::{Forwarder, ForwarderSettings};
 use crate::health::Health;
@@ -38,8 +41,11 @@ pub struct Bridge {
     producer: Producer,
     forwarder: JoinHandle<anyhow::Result<()>>,
     source: JoinHandle<()>,
+    /// `None` when `kafka.confirm_topic` is empty.
+    relay: Option<JoinHandle<()>>,
     http: JoinHandle<()>,
     stop_forwarding: CancellationToken,
+    stop_relay: CancellationToken,
     stop_source: CancellationToken,
     stop_rest: CancellationToken,
 }
@@ -52,6 +58,7 @@ impl Bridge {
         let health = Arc::new(Health::default());
         let stop_forwarding = CancellationToken::new();
         let stop_source = CancellationToken::new();
+        let stop_relay = CancellationToken::new();
         let stop_rest = CancellationToken::new();
 
         let (http_addr, http) =
@@ -74,7 +81,7 @@ impl Bridge {
         // mqtt_client.rs) before the MQTT side has to wait.
         let (tx, rx) = mpsc::channel(2 * config.forward.max_in_flight);
         let telemetry = protocol::TopicKind::Telemetry;
-        let (source, sink, mqtt_addr) = match config.mode {
+        let (source, sink, confirm_sink, mqtt_addr) = match config.mode {
             Mode::Embedded => {
                 let filter = protocol::topic::filter(&config.topic_prefix, telemetry)
                     .map_err(|e| anyhow::anyhow!("topic_prefix: {e}"))?;
@@ -89,9 +96,15 @@ impl Bridge {
                     stats.clone(),
                     stop_source.clone(),
                 ));
+                let (link, notifications) = broker.confirmations;
+                let confirm_sink = ConfirmSink::Embedded {
+                    link,
+                    _notifications: notifications,
+                };
                 (
                     source,
                     LatestSink::Embedded(broker.publisher),
+                    confirm_sink,
                     Some(broker.addr),
                 )
             }
@@ -112,16 +125,33 @@ impl Bridge {
                     filter: filter.to_string(),
                     receive_maximum: config.forward.max_in_flight as u16,
                 };
+                let (connected, connection) = watch::channel(None);
                 let source = tokio::spawn(client.run(Outlets {
                     tx,
                     health: health.clone(),
                     stats: stats.clone(),
                     stop: stop_source.clone(),
+                    connected,
                 }));
-                (source, LatestSink::Client(None), None)
+                (
+                    source,
+                    LatestSink::Client(None),
+                    ConfirmSink::Client(connection),
+                    None,
+                )
             }
         };
 
+        let relay = (!config.kafka.confirm_topic.is_empty()).then(|| {
+            let relay = ConfirmRelay {
+                kafka: config.kafka.clone(),
+                client_id: config.id.clone(),
+                topic_prefix: config.topic_prefix.clone(),
+                sink: confirm_sink,
+                stats: stats.clone(),
+            };
+            tokio::spawn(relay.run(stop_relay.clone()))
+        });
         let latest = config.latest.enabled.then(|| {
             Latest::new(
                 config.latest.interval,
@@ -168,8 +198,10 @@ impl Bridge {
             producer,
             forwarder,
             source,
+            relay,
             http,
             stop_forwarding,
+            stop_relay,
             stop_source,
             stop_rest,
         })
@@ -205,10 +237,21 @@ impl Bridge {
         };
         info!("bridge stopping: confirming in-flight messages with Kafka");
         self.stop_forwarding.cancel();
+        self.stop_relay.cancel();
         let forwarded = match ended_early {
             Some(result) => result,
             None => (&mut self.forwarder).await,
         };
+        // Before the MQTT side goes: the relay publishes through it.
+        if let Some(mut relay) = self.relay.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut relay)
+                .await
+                .is_err()
+            {
+                warn!("the confirmation relay did not stop within 5 s");
+                relay.abort();
+            }
+        }
         self.stop_source.cancel();
         if tokio::time::timeout(Duration::from_secs(10), &mut self.source)
             .await

@@ -174,6 +174,10 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub topic: String,
     pub dlq_topic: String,
+    /// Where the ingester puts its confirmations, which the bridge relays to each
+    /// device's `{prefix}/{site}/{line}/{device}/confirm` topic. Empty turns the relay
+    /// off. The bridge does not create it: it waits for it (the ingester's topic).
+    pub confirm_topic: String,
     /// Where the periodic pipeline metrics go as JSON. Empty turns them off.
     pub metrics_topic: String,
     #[serde(with = "humantime_serde")]
@@ -202,6 +206,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".to_owned(),
             topic: protocol::kafka::SENSORS_DATA.name.to_owned(),
             dlq_topic: protocol::kafka::SENSORS_DLQ.name.to_owned(),
+            confirm_topic: protocol::kafka::SENSORS_CONFIRM.name.to_owned(),
             metrics_topic: protocol::kafka::METRICS.name.to_owned(),
             metrics_interval: Duration::from_secs(10),
             create_topics: true,
@@ -407,16 +412,34 @@ impl BridgeConfig {
                 ));
             }
         }
-        if !self.kafka.metrics_topic.is_empty()
-            && !service::kafka_config::valid_topic(&self.kafka.metrics_topic)
-        {
-            problems.push(format!(
-                "kafka.metrics_topic: {:?} is not a Kafka topic name",
-                self.kafka.metrics_topic
-            ));
+        for (key, topic) in [
+            ("kafka.confirm_topic", &self.kafka.confirm_topic),
+            ("kafka.metrics_topic", &self.kafka.metrics_topic),
+        ] {
+            if !topic.is_empty() && !service::kafka_config::valid_topic(topic) {
+                problems.push(format!(
+                    "{key}: {topic:?} is not a Kafka topic name (empty turns it off)"
+                ));
+            }
         }
         if self.kafka.topic == self.kafka.dlq_topic {
             problems.push("kafka.dlq_topic: must differ from kafka.topic".to_owned());
+        }
+        // The relay reads what the ingester writes; reading one of the bridge's own
+        // topics would refuse every record (frames are not confirmations).
+        let confirm = &self.kafka.confirm_topic;
+        if !confirm.is_empty()
+            && [
+                &self.kafka.topic,
+                &self.kafka.dlq_topic,
+                &self.kafka.metrics_topic,
+            ]
+            .contains(&confirm)
+        {
+            problems.push(
+                "kafka.confirm_topic: must differ from kafka.topic, dlq_topic and metrics_topic"
+                    .to_owned(),
+            );
         }
         if self.kafka.metrics_interval < Duration::from_secs(1) {
             problems.push("kafka.metrics_interval: at least 1 s".to_owned());
@@ -567,6 +590,37 @@ mod tests {
             assert_eq!(config.kafka.linger, Duration::from_millis(20));
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn the_confirm_topic_has_a_default_is_checked_and_may_be_turned_off() {
+        assert_eq!(
+            BridgeConfig::default().kafka.confirm_topic,
+            protocol::kafka::SENSORS_CONFIRM.name
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BRIDGE_KAFKA__CONFIRM_TOPIC", "");
+            let config = BridgeConfig::load(None, &CliOverrides::default()).unwrap();
+            assert_eq!(config.kafka.confirm_topic, "");
+            jail.set_env("BRIDGE_KAFKA__CONFIRM_TOPIC", "confirm-x");
+            let config = BridgeConfig::load(None, &CliOverrides::default()).unwrap();
+            assert_eq!(config.kafka.confirm_topic, "confirm-x");
+            Ok(())
+        });
+        for bad in ["has space", "sensors-dlq"] {
+            let mut config = BridgeConfig::default();
+            config.kafka.confirm_topic = bad.to_owned();
+            let Err(ConfigError::Invalid(problems)) = config.validate() else {
+                panic!("confirm_topic {bad:?} accepted");
+            };
+            assert!(
+                problems
+                    .iter()
+                    .all(|p| p.starts_with("kafka.confirm_topic:")),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

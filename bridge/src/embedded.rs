@@ -44,6 +44,9 @@ pub struct EmbeddedBroker {
     pub subscription: (LinkTx, LinkRx),
     /// For the `latest` messages.
     pub publisher: LinkTx,
+    /// For the confirmations relayed from Kafka (`confirm_relay`), with its
+    /// notifications' receiver, held by whoever publishes.
+    pub confirmations: (LinkTx, LinkRx),
     /// rumqttd's alerts, which report when its log overran the subscription.
     pub alerts: rumqttd::alerts::AlertsLink,
     // Held so the router keeps the publisher link's notifications somewhere.
@@ -97,6 +100,8 @@ pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, Em
     let (mut sub_tx, sub_rx) = broker.link(FORWARDER_CLIENT_ID).map_err(link_error)?;
     sub_tx.subscribe(filter).map_err(link_error)?;
     let (publisher, publisher_rx) = broker.link("bridge-latest").map_err(link_error)?;
+    // A link of its own: the `latest` publisher belongs to the forwarder's task.
+    let confirmations = broker.link("bridge-confirm").map_err(link_error)?;
     let alerts = broker
         .alerts()
         .map_err(|e| EmbeddedError::Link(e.to_string()))?;
@@ -126,6 +131,7 @@ pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, Em
         addr,
         subscription: (sub_tx, sub_rx),
         publisher,
+        confirmations,
         alerts,
         _publisher_rx: publisher_rx,
     })

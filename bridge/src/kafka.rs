@@ -1,11 +1,13 @@
-//! The Kafka side: producer settings under which "delivered" means durable, the topic
-//! check at start, and the layout of the records.
+//! The Kafka side: producer settings under which "delivered" means durable, the
+//! confirmation relay's consumer settings, the topic check at start, and the layout of
+//! the records.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
@@ -47,17 +49,21 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker-down errors repeat on every reconnect attempt; the state change is
-        // logged once by `stats` instead.
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
-                | Some(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure)
-        ) {
-            tracing::debug!("librdkafka: {error}: {reason}");
-        } else {
-            warn!("librdkafka: {error}: {reason}");
-        }
+        log_librdkafka_error(error, reason);
+    }
+}
+
+/// Broker-down errors repeat on every reconnect attempt; the producer's state change is
+/// logged once by `KafkaContext::stats` instead.
+fn log_librdkafka_error(error: KafkaError, reason: &str) {
+    if matches!(
+        error.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+            | Some(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure)
+    ) {
+        tracing::debug!("librdkafka: {error}: {reason}");
+    } else {
+        warn!("librdkafka: {error}: {reason}");
     }
 }
 
@@ -76,14 +82,21 @@ fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
-/// The admin client's context: only the log filter above.
-struct AdminContext;
+/// The context of the admin client and the confirmation relay's consumer: only the log
+/// filters above (the producer's context alone reports Kafka's state).
+pub struct QuietContext;
 
-impl ClientContext for AdminContext {
+impl ClientContext for QuietContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         log_librdkafka(level, facility, message);
     }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_librdkafka_error(error, reason);
+    }
 }
+
+impl ConsumerContext for QuietContext {}
 
 /// librdkafka properties for the bridge's producer. `max_in_flight` bounds the
 /// messages queued; `config.memory_budget` bounds their bytes.
@@ -120,6 +133,30 @@ pub fn producer_config(
     for (key, value) in &config.properties {
         client.set(key, value);
     }
+    client
+}
+
+/// librdkafka properties for the confirmation relay's consumer. It reads with
+/// `assign()`, never joins its group and never commits: every bridge reads every
+/// confirmation from where the topic ends when it starts. librdkafka still wants a
+/// group id for `assign()`; one per instance keeps it from meaning anything.
+pub fn relay_consumer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    // The passthrough properties carry TLS and SASL; producer-only ones among them are
+    // ignored by a consumer (librdkafka says so in a log line). Set first, so the
+    // relay's own settings below win.
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", format!("{client_id}-confirm-relay"))
+        .set("group.id", format!("{client_id}-confirm-relay"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        // The relay waits for the topic itself (and says so once).
+        .set("allow.auto.create.topics", "false");
     client
 }
 
@@ -182,7 +219,7 @@ async fn check_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), Topic
     for (key, value) in &config.properties {
         admin_config.set(key, value);
     }
-    let admin: AdminClient<AdminContext> = admin_config.create_with_context(AdminContext)?;
+    let admin: AdminClient<QuietContext> = admin_config.create_with_context(QuietContext)?;
     // fetch_metadata blocks; the admin client moves to a blocking thread and back.
     let (admin, metadata) = tokio::task::spawn_blocking(move || {
         let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(3));

@@ -1,11 +1,14 @@
 //! The bridge: device frames from MQTT into Kafka's `sensors-data`, acknowledging
 //! nothing to the broker before Kafka has it (client mode), with bad input set aside in
-//! `sensors-dlq` and a readable `latest` value per device republished for people.
+//! `sensors-dlq` and a readable `latest` value per device republished for people; and
+//! the ingester's confirmations from `sensors-confirm` back to each device's MQTT
+//! `confirm` topic.
 //!
 //! See ARCHITECTURE.md for the map; `app::Bridge` is the entry point.
 
 pub mod app;
 pub mod config;
+pub mod confirm_relay;
 pub mod embedded;
 pub mod forward;
 pub mod health;

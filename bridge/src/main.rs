@@ -95,12 +95,17 @@ fn main() -> ExitCode {
             Mode::Client => format!("client of {}:{}", config.mqtt.host, config.mqtt.port),
         };
         println!(
-            "{source}: ok: {} ({mqtt}) forwarding {}/+/+/+/telemetry to Kafka {} topic {} (DLQ {}), metrics on http://{}/metrics",
+            "{source}: ok: {} ({mqtt}) forwarding {}/+/+/+/telemetry to Kafka {} topic {} (DLQ {}), {}, metrics on http://{}/metrics",
             config.id,
             config.topic_prefix,
             config.kafka.brokers,
             config.kafka.topic,
             config.kafka.dlq_topic,
+            if config.kafka.confirm_topic.is_empty() {
+                "not relaying confirmations".to_owned()
+            } else {
+                format!("relaying confirmations from {}", config.kafka.confirm_topic)
+            },
             config.http.listen,
         );
         return ExitCode::SUCCESS;

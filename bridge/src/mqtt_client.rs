@@ -25,7 +25,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -48,6 +48,9 @@ pub struct Outlets {
     pub health: Arc<Health>,
     pub stats: Arc<Stats>,
     pub stop: CancellationToken,
+    /// The client of the live connection, `None` between connections: the
+    /// confirmation relay publishes through it.
+    pub connected: watch::Sender<Option<AsyncClient>>,
 }
 
 /// One connection's client, event loop and liveness flag.
@@ -95,6 +98,7 @@ impl ClientSource {
                 .serve(&mut connection, &outlets, &broker, &mut backoff)
                 .await;
             outlets.health.set_mqtt(false);
+            outlets.connected.send_replace(None);
             if let ConnectionEnd::Stop = outcome {
                 disconnect(&connection.client, &mut connection.eventloop).await;
             }
@@ -128,6 +132,9 @@ impl ClientSource {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     outlets.stats.mqtt_connected();
+                    outlets
+                        .connected
+                        .send_replace(Some(connection.client.clone()));
                     *backoff = self.config.reconnect_min;
                     info!(
                         broker,

@@ -8,6 +8,7 @@ use metrics::Histogram;
 use serde::Serialize;
 use service::metrics::{prometheus, Count, Level};
 
+use crate::confirm_relay::Refusal;
 use crate::inspect::RejectReason;
 
 /// Counters of one bridge instance.
@@ -25,6 +26,9 @@ pub struct Stats {
     mqtt_stalls: Count,
     embedded_overruns: Count,
     dropped_at_shutdown: Count,
+    confirmations_relayed: Count,
+    confirmations_refused: [Count; Refusal::ALL.len()],
+    confirmations_unsent: Count,
     in_flight: Level,
     kafka_queue_bytes: Level,
     kafka_queue_messages: Level,
@@ -62,6 +66,14 @@ impl Stats {
             mqtt_stalls: count("bridge_mqtt_stalls_total"),
             embedded_overruns: count("bridge_embedded_overruns_total"),
             dropped_at_shutdown: count("bridge_dropped_at_shutdown_total"),
+            confirmations_relayed: count("bridge_confirmations_relayed_total"),
+            confirmations_refused: Refusal::ALL.map(|reason| {
+                Count::new(metrics::counter!(
+                    "bridge_confirmations_refused_total",
+                    "reason" => reason.code()
+                ))
+            }),
+            confirmations_unsent: count("bridge_confirmations_unsent_total"),
             in_flight: level("bridge_messages_in_flight"),
             kafka_queue_bytes: level("bridge_kafka_queue_bytes"),
             kafka_queue_messages: level("bridge_kafka_queue_messages"),
@@ -135,6 +147,23 @@ impl Stats {
         self.dropped_at_shutdown.add(1);
     }
 
+    /// A confirmation published to its device's confirm topic.
+    pub fn confirmation_relayed(&self) {
+        self.confirmations_relayed.add(1);
+    }
+
+    /// A record on the confirm topic that is not a confirmation for this bridge's
+    /// devices: dropped.
+    pub fn confirmation_refused(&self, reason: Refusal) {
+        self.confirmations_refused[reason as usize].add(1);
+    }
+
+    /// A valid confirmation not published: no MQTT connection (client mode) or its
+    /// request queue full. The device gets the next one, which says as much and more.
+    pub fn confirmation_unsent(&self) {
+        self.confirmations_unsent.add(1);
+    }
+
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.set(n as u64);
     }
@@ -164,6 +193,9 @@ impl Stats {
             mqtt_stalls: self.mqtt_stalls.get(),
             embedded_overruns: self.embedded_overruns.get(),
             dropped_at_shutdown: self.dropped_at_shutdown.get(),
+            confirmations_relayed: self.confirmations_relayed.get(),
+            confirmations_refused: self.confirmations_refused.iter().map(Count::get).sum(),
+            confirmations_unsent: self.confirmations_unsent.get(),
             in_flight: self.in_flight.get(),
             kafka_queue_messages: self.kafka_queue_messages.get(),
             kafka_queue_bytes: self.kafka_queue_bytes.get(),
@@ -188,6 +220,9 @@ pub struct StatsSnapshot {
     pub mqtt_stalls: u64,
     pub embedded_overruns: u64,
     pub dropped_at_shutdown: u64,
+    pub confirmations_relayed: u64,
+    pub confirmations_refused: u64,
+    pub confirmations_unsent: u64,
     pub in_flight: u64,
     pub kafka_queue_messages: u64,
     pub kafka_queue_bytes: u64,

@@ -49,7 +49,7 @@ fn the_configuration_file_can_be_named_by_bridge_config() {
 
 #[test]
 fn bad_settings_exit_2_naming_the_key() {
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 7] = [
         ("BRIDGE_KAFKA__LINGER", "banana", "LINGER"),
         (
             "BRIDGE_FORWARD__MAX_IN_FLIGHT",
@@ -57,6 +57,11 @@ fn bad_settings_exit_2_naming_the_key() {
             "forward.max_in_flight",
         ),
         ("BRIDGE_TOPIC_PREFIX", "a/b", "topic_prefix"),
+        (
+            "BRIDGE_KAFKA__CONFIRM_TOPIC",
+            "sensors-data",
+            "kafka.confirm_topic",
+        ),
         ("BRIDGE_MQTT__KEEP_ALIVE", "2s", "mqtt.keep_alive"),
         (
             "BRIDGE_KAFKA__PROPERTIES__ACKS",

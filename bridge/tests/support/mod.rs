@@ -153,8 +153,8 @@ pub fn sequences_by_device(records: &[Record]) -> HashMap<String, Vec<u64>> {
     by_device
 }
 
-/// A bridge configuration for tests: private topic names (created by the bridge),
-/// ephemeral HTTP port, no metrics record.
+/// A bridge configuration for tests: private topic names (created by the bridge, except
+/// the confirm topic, which the ingester owns), ephemeral HTTP port, no metrics record.
 pub fn test_config(mode: Mode, prefix: &str, brokers: &str) -> BridgeConfig {
     let mut config = BridgeConfig {
         mode,
@@ -165,6 +165,8 @@ pub fn test_config(mode: Mode, prefix: &str, brokers: &str) -> BridgeConfig {
     config.kafka.brokers = brokers.to_owned();
     config.kafka.topic = testkit::unique_name("data");
     config.kafka.dlq_topic = testkit::unique_name("dlq");
+    // Private, and absent until a test creates it: the relay waits for it.
+    config.kafka.confirm_topic = testkit::unique_name("confirm");
     config.kafka.metrics_topic = String::new();
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.embedded.listen = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
