@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{AgentConfig, CatchUp, ConfirmMode};
 use crate::confirmations::{Awaiting, FrameSpan, Ignored};
+use crate::dropped::DroppedReadings;
 use crate::queue::{DiskQueue, RecordId};
 use crate::status::{self, Health};
 use crate::topics::Topics;
@@ -132,6 +133,8 @@ pub struct Delivery {
     awaiting: Awaiting,
     /// Waiting frames to send again, oldest first.
     resend: VecDeque<RecordId>,
+    /// What the queue's byte cap gave up, reading by reading.
+    dropped: DroppedReadings,
     /// Records below this id were in the queue when the connection came up: backlog.
     backlog_end: RecordId,
     backlog_cursor: RecordId,
@@ -168,7 +171,7 @@ impl Delivery {
         let tls = config.mqtt.tls.as_ref().map(load_tls).transpose()?;
         let rate = f64::from(config.delivery.catch_up_rate);
         let topics = Topics::new(&config);
-        Ok(Self {
+        let mut delivery = Self {
             topics,
             boot_id,
             queue,
@@ -176,6 +179,7 @@ impl Delivery {
             in_flight: Default::default(),
             awaiting: Awaiting::default(),
             resend: VecDeque::new(),
+            dropped: DroppedReadings::default(),
             backlog_end: 0,
             backlog_cursor: 0,
             live_cursor: 0,
@@ -189,7 +193,10 @@ impl Delivery {
             counters: Counters::default(),
             tls,
             config,
-        })
+        };
+        // Frames dropped at open, because the cap was lowered since the last run.
+        delivery.note_dropped();
+        Ok(delivery)
     }
 
     /// Runs until `frames` closes (the sampler has sealed its last frame on shutdown),
@@ -259,6 +266,18 @@ impl Delivery {
             self.counters.dropped_frames += dropped;
             warn!(dropped, cap = %self.config.queue.max_bytes, "queue at its byte cap: dropped the oldest frames");
         }
+        self.note_dropped();
+    }
+
+    /// Records which readings the queue just gave up (see [`crate::dropped`]).
+    fn note_dropped(&mut self) {
+        for (id, record) in self.queue.take_dropped() {
+            let after_puback = self.awaiting.forget(id).is_some();
+            match decode_record(&record).and_then(|(_, frame)| FrameSpan::of(frame)) {
+                Some(span) => self.dropped.record(&span, after_puback),
+                None => warn!(id, "dropped a queue record that holds no frame"),
+            }
+        }
     }
 
     fn sync(&mut self) {
@@ -284,6 +303,7 @@ impl Delivery {
             confirmed_frames: self.counters.confirmed_frames,
             refused_frames: self.counters.refused_frames,
             ignored_confirmations: self.counters.ignored_confirmations,
+            dropped: self.dropped.report(),
             last_puback_age_ms: self.last_puback.map(|t| t.elapsed().as_millis() as u64),
             rss_bytes: status::rss_bytes(),
         }

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod confirmations;
 pub mod delivery;
+pub mod dropped;
 pub mod queue;
 pub mod sensors;
 pub mod status;

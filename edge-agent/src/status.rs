@@ -36,6 +36,8 @@ pub struct Health {
     pub refused_frames: u64,
     /// Confirmations ignored as untrustworthy (see the log), since start.
     pub ignored_confirmations: u64,
+    /// Exactly which readings the byte cap gave up since start, per device and boot.
+    pub dropped: Vec<crate::dropped::DroppedSpan>,
     /// Milliseconds since the last PUBACK; absent before the first.
     pub last_puback_age_ms: Option<u64>,
     pub rss_bytes: Option<u64>,

@@ -357,3 +357,49 @@ async fn hostile_confirmations_delete_nothing_and_are_counted() {
     // Nobody confirmed the rest: it is still on disk for the next start.
     assert!(report.health.queue_records > 0, "{:?}", report.health);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_dropped_at_the_cap_while_waiting_are_reported_as_acknowledged() {
+    let broker = Mosquitto::start();
+    let setup = Setup::new();
+    let subscriber = Arc::new(Subscriber::start(broker.port(), &setup.prefix).await);
+    // Nobody confirms: PUBACKed frames pile up until the cap drops the oldest.
+    let (stop, agent) = spawn_agent(setup.config_confirming_capped(broker.port(), "8 KiB"));
+    let dropped = wait_until(PATIENCE, "waiting frames dropped at the cap", || {
+        let health = health(&subscriber, &setup.prefix).ok_or("no health yet")?;
+        let dropped = health.get("dropped").cloned().unwrap_or_default();
+        let any = dropped.as_array().is_some_and(|spans| {
+            spans.iter().any(|s| {
+                s.get("after_puback")
+                    .and_then(Value::as_array)
+                    .is_some_and(|r| !r.is_empty())
+            })
+        });
+        if any {
+            Ok(dropped)
+        } else {
+            Err(health.to_string())
+        }
+    })
+    .await;
+    stop.send(()).expect("agent running");
+    let report = agent.await.expect("agent task");
+    // The broker had every one of them: their readings reached the subscriber.
+    let ledger = support::Ledger::of(&subscriber.frames());
+    for span in dropped.as_array().unwrap() {
+        let device = span["device"].as_str().unwrap();
+        assert_eq!(
+            span["boot"].as_str(),
+            Some(report.boot_id.to_string().as_str())
+        );
+        let received = ledger.received(device, report.boot_id);
+        for range in span["after_puback"].as_array().unwrap() {
+            let (start, end) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
+            assert!(
+                (start..end).all(|seq| received.contains(&seq)),
+                "{device}: {start}..{end} reported acknowledged, not all received"
+            );
+        }
+    }
+    assert!(report.health.dropped_frames > 0, "{:?}", report.health);
+}

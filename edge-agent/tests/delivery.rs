@@ -244,6 +244,17 @@ async fn a_full_queue_drops_the_oldest_frames_and_counts_them() {
             "{device}: what survived is one contiguous run up to the newest reading"
         );
         dropped_readings += oldest;
+        // The agent says exactly which readings it gave up: here, all never sent.
+        let boot = first.boot_id.to_string();
+        let reported: Vec<_> = first
+            .health
+            .dropped
+            .iter()
+            .filter(|d| d.device == *device && d.boot == boot)
+            .collect();
+        assert_eq!(reported.len(), 1, "{device}: {:?}", first.health.dropped);
+        assert_eq!(reported[0].unsent, vec![[0, oldest]], "{device}");
+        assert!(reported[0].after_puback.is_empty(), "{device}");
     }
     assert!(dropped_readings > 0);
 }

@@ -387,6 +387,9 @@ pub struct DiskQueue {
     next_id: RecordId,
     cursors: Vec<Cursor>,
     write_buf: Vec<u8>,
+    /// Unacknowledged records of segments dropped since the last
+    /// [`DiskQueue::take_dropped`], so the caller can say exactly what was given up.
+    dropped_records: Vec<(RecordId, Vec<u8>)>,
     dropped: u64,
     corrupt: u64,
     lost_total: u64,
@@ -441,6 +444,7 @@ impl DiskQueue {
             next_id: saved.next_id,
             cursors: Vec::new(),
             write_buf: Vec::new(),
+            dropped_records: Vec::new(),
             dropped: 0,
             corrupt: 0,
             lost_total: saved.lost_total,
@@ -819,8 +823,28 @@ impl DiskQueue {
         Some(segment)
     }
 
+    /// The unacknowledged records dropped at the cap or on a full disk since the last
+    /// call, with their payloads, in id order. (Records lost to damage are not here:
+    /// their payloads are unreadable.)
+    pub fn take_dropped(&mut self) -> Vec<(RecordId, Vec<u8>)> {
+        std::mem::take(&mut self.dropped_records)
+    }
+
     /// Deletes the oldest segment, counting its unacknowledged records as dropped.
     fn drop_oldest(&mut self, why: &'static str) -> bool {
+        if let Some(oldest) = self.segments.front() {
+            let (first, end, unacked) = (oldest.first_id, oldest.end(), oldest.unacked);
+            // Read before deleting: the caller reports which readings it gave up. Only
+            // at the cap, so the extra read costs nothing in normal operation.
+            match self.read_unacked(first, unacked as usize) {
+                Ok(records) => self
+                    .dropped_records
+                    .extend(records.into_iter().filter(|(id, _)| *id < end)),
+                Err(e) => {
+                    warn!(error = %e, "cannot read a segment before dropping it; its readings go unreported")
+                }
+            }
+        }
         let Some(segment) = self.retire(0) else {
             return false;
         };

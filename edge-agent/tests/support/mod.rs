@@ -153,6 +153,11 @@ source = {{ kind = "simulated", model = "press_pressure" }}
         self.load(self.config_toml_confirm(port, "4 MiB", "8 KiB", "pipeline"))
     }
 
+    /// Confirming, with small segments under a small cap.
+    pub fn config_confirming_capped(&self, port: u16, queue_cap: &str) -> AgentConfig {
+        self.load(self.config_toml_confirm(port, queue_cap, "4 KiB", "pipeline"))
+    }
+
     /// With small queue segments, so a small cap can be tested quickly.
     pub fn config_small_segments(&self, port: u16, queue_cap: &str) -> AgentConfig {
         self.load(self.config_toml_with(port, queue_cap, "4 KiB"))
