@@ -25,9 +25,13 @@ pub struct DroppedSpan {
     pub after_puback: Vec<[u64; 2]>,
 }
 
+/// Half-open ranges, sorted and disjoint.
+type Ranges = Vec<[u64; 2]>;
+
 #[derive(Debug, Default)]
 pub struct DroppedReadings {
-    spans: BTreeMap<(String, BootId), (Vec<[u64; 2]>, Vec<[u64; 2]>)>,
+    /// Per (device, boot): (never acknowledged, acknowledged by the broker).
+    spans: BTreeMap<(String, BootId), (Ranges, Ranges)>,
 }
 
 impl DroppedReadings {
