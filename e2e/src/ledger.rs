@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 
+use crate::observer::Observed;
 use crate::pipeline::Finished;
 use crate::workload::{self, FRAME_READINGS, GATEWAYS, QUEUE_CAP_INFLIGHT};
 
@@ -22,12 +23,10 @@ use crate::workload::{self, FRAME_READINGS, GATEWAYS, QUEUE_CAP_INFLIGHT};
 pub enum LossPolicy {
     /// Covered by the design: nothing lost.
     None,
-    /// The agents' queue reached its cap and dropped its oldest frames: exactly the
-    /// readings of the dropped frames are missing, and nothing else.
+    /// The agents' queue reached its cap and dropped its oldest frames: every missing
+    /// reading is one the agents reported dropping, and of those they reported as never
+    /// acknowledged by the broker, at most one in-flight frame per gateway got through.
     QueueCap,
-    /// The embedded broker acknowledged frames on receipt and died holding them in
-    /// memory: readings may be missing (counted); no duplicates, nothing unexpected.
-    EmbeddedBroker,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +49,15 @@ pub struct Ledger {
     pub unexpected: u64,
     /// Frames the agents' queues dropped at their cap, over their life.
     pub queue_dropped_frames: u64,
+    /// Readings the agents reported giving up at the cap (their health's `dropped`):
+    /// never acknowledged by the broker, and acknowledged but not yet confirmed.
+    pub reported_unsent: u64,
+    pub reported_after_puback: u64,
+    /// Lost readings the agents did not report dropping.
+    pub lost_unreported: u64,
+    /// Readings reported as never acknowledged, stored all the same (a frame in flight
+    /// when the broker went away, its PUBACK lost).
+    pub reported_unsent_stored: u64,
     /// Frames still in the agents' queues after their clean stop.
     pub queue_left: u64,
     /// Distinct readings of the workload in `sensors-data`, and other records there.
@@ -117,6 +125,26 @@ impl Ledger {
             }
         }
         ledger.produced = produced;
+        let reported = reported_drops(&finished.observed)?;
+        for ((device, boot, seq), acknowledged) in &reported {
+            let key = (device.clone(), *boot, *seq);
+            match (acknowledged, stored.contains(&key)) {
+                (true, _) => ledger.reported_after_puback += 1,
+                (false, stored) => {
+                    ledger.reported_unsent += 1;
+                    ledger.reported_unsent_stored += u64::from(stored);
+                }
+            }
+        }
+        for ((device, boot), seqs) in &finished.observed.seqs {
+            let highest = seqs.last().copied().unwrap_or(0);
+            ledger.lost_unreported += (0..=highest)
+                .filter(|seq| {
+                    let key = (device.clone(), *boot, *seq);
+                    !stored.contains(&key) && !reported.contains_key(&key)
+                })
+                .count() as u64;
+        }
         ledger.unexpected = stored
             .iter()
             .filter(|(device, boot, seq)| {
@@ -211,21 +239,22 @@ impl Ledger {
                     self.queue_dropped_frames > 0,
                     "the queue never reached its cap".into(),
                 );
-                // A dropped frame is lost unless the broker took it just before the
-                // outage and only its PUBACK was lost: at most one in-flight window per
-                // gateway, and whole frames either way.
-                let given_up = self.queue_dropped_frames * FRAME_READINGS;
-                let delivered_anyway = given_up.saturating_sub(self.lost);
+                expect(
+                    self.lost_unreported == 0,
+                    format!(
+                        "{} lost readings the agents never reported dropping",
+                        self.lost_unreported
+                    ),
+                );
+                // The broker may take a frame just before it stops and never acknowledge
+                // it: at most one in-flight window per gateway.
                 let window = GATEWAYS.len() as u64 * u64::from(QUEUE_CAP_INFLIGHT) * FRAME_READINGS;
                 expect(
-                    self.lost <= given_up
-                        && delivered_anyway <= window
-                        && delivered_anyway % FRAME_READINGS == 0,
+                    self.reported_unsent_stored <= window,
                     format!(
-                        "{} readings lost, but the queues dropped {} frames of {FRAME_READINGS} \
-                         (at most {window} readings of them may have reached the broker \
-                         before the outage)",
-                        self.lost, self.queue_dropped_frames
+                        "{} readings reported as never acknowledged were stored (at most \
+                         {window} may have been in flight)",
+                        self.reported_unsent_stored
                     ),
                 );
                 expect(
@@ -237,9 +266,6 @@ impl Ledger {
                     ),
                 );
             }
-            // What rumqttd held in memory at the kill is gone: counted, not promised. (The
-            // observer may have missed some of it too, so it need not be "published".)
-            LossPolicy::EmbeddedBroker => {}
         }
         breaches
     }
@@ -279,6 +305,16 @@ impl fmt::Display for Ledger {
             "  queue        {:>9}  frames dropped at the cap, {} left after the clean stop",
             self.queue_dropped_frames, self.queue_left
         )?;
+        if self.queue_dropped_frames > 0 || self.lost_unreported > 0 {
+            writeln!(
+                f,
+                "               {:>9}  readings reported dropped unsent ({} stored anyway), {} after their PUBACK; {} lost unreported",
+                self.reported_unsent,
+                self.reported_unsent_stored,
+                self.reported_after_puback,
+                self.lost_unreported
+            )?;
+        }
         writeln!(
             f,
             "  dead letters {:>9}  confirmed by Kafka to the bridge and the ingester ({} foreign messages seen on the broker)",
@@ -408,6 +444,37 @@ async fn redis_against_rows(db: &PgPool, redis_url: &str) -> Result<(u64, Vec<St
     Ok((channels, mismatches))
 }
 
+/// The readings the agents reported dropping at their cap, each with whether the broker
+/// had acknowledged it, from the newest health report of each gateway.
+fn reported_drops(observed: &Observed) -> Result<BTreeMap<(String, i64, u64), bool>> {
+    let mut drops = BTreeMap::new();
+    for (gateway, health) in &observed.health {
+        let Some(spans) = health.get("dropped").and_then(|d| d.as_array()) else {
+            continue;
+        };
+        for span in spans {
+            let device = span["device"].as_str().unwrap_or_default().to_owned();
+            let boot = span["boot"]
+                .as_str()
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .with_context(|| format!("{gateway}: a dropped span without a boot: {span}"))?
+                as i64;
+            for (list, acknowledged) in [("unsent", false), ("after_puback", true)] {
+                for range in span[list].as_array().into_iter().flatten() {
+                    let (start, end) = (range[0].as_u64(), range[1].as_u64());
+                    let (Some(start), Some(end)) = (start, end) else {
+                        bail!("{gateway}: a malformed dropped range: {range}");
+                    };
+                    for seq in start..end {
+                        drops.insert((device.clone(), boot, seq), acknowledged);
+                    }
+                }
+            }
+        }
+    }
+    Ok(drops)
+}
+
 /// Every record of `sensors-dlq`, counted by its `dlq-reason` header.
 pub fn dead_letter_reasons(brokers: &str) -> Result<BTreeMap<String, u64>> {
     let mut reasons = BTreeMap::new();
@@ -515,26 +582,36 @@ fn ledger_consumer(brokers: &str) -> Result<BaseConsumer> {
 mod tests {
     use super::*;
 
-    fn queue_cap(dropped_frames: u64, lost: u64) -> Vec<String> {
+    fn queue_cap(lost_unreported: u64, reported_unsent_stored: u64) -> Vec<String> {
         let ledger = Ledger {
             produced: 10_000,
-            queue_dropped_frames: dropped_frames,
-            lost,
-            unpublished: lost,
+            queue_dropped_frames: 10,
+            lost: 500,
+            unpublished: 500,
+            reported_unsent: 500,
+            lost_unreported,
+            reported_unsent_stored,
             ..Ledger::default()
         };
         ledger.breaches(LossPolicy::QueueCap, 0)
     }
 
     #[test]
-    fn a_capped_queue_may_lose_only_what_it_dropped() {
-        assert_eq!(queue_cap(10, 500), Vec::<String>::new());
+    fn a_capped_queue_may_lose_only_what_the_agents_reported_dropping() {
+        assert_eq!(queue_cap(0, 0), Vec::<String>::new());
         // One frame per gateway taken by the broker just before the outage.
         let window = GATEWAYS.len() as u64 * FRAME_READINGS;
-        assert_eq!(queue_cap(10, 500 - window), Vec::<String>::new());
-        assert_eq!(queue_cap(10, 500 - window - FRAME_READINGS).len(), 1);
-        assert_eq!(queue_cap(10, 501).len(), 1);
-        assert_eq!(queue_cap(10, 499).len(), 1);
-        assert_eq!(queue_cap(0, 0).len(), 1, "a queue that never hit its cap");
+        assert_eq!(queue_cap(0, window), Vec::<String>::new());
+        assert_eq!(queue_cap(0, window + 1).len(), 1);
+        assert_eq!(queue_cap(1, 0).len(), 1);
+        let never_capped = Ledger {
+            produced: 10_000,
+            ..Ledger::default()
+        };
+        assert_eq!(
+            never_capped.breaches(LossPolicy::QueueCap, 0).len(),
+            1,
+            "a queue that never hit its cap"
+        );
     }
 }

@@ -32,6 +32,8 @@ pub struct Observed {
     pub foreign: u64,
     /// The newest status of each edge-agent gateway, by gateway id.
     pub gateways: BTreeMap<String, serde_json::Value>,
+    /// The newest health report of each gateway (the goodbye status carries none).
+    pub health: BTreeMap<String, serde_json::Value>,
 }
 
 impl Observed {
@@ -152,6 +154,9 @@ fn record(seen: &mut Observed, devices: &[String], topic: &str, payload: &[u8]) 
     if topic.ends_with("/status") {
         if let Ok(status) = serde_json::from_slice::<serde_json::Value>(payload) {
             if status["kind"] == "edge-agent" {
+                if let Some(health) = status.get("health") {
+                    seen.health.insert(topic_device.to_owned(), health.clone());
+                }
                 seen.gateways.insert(topic_device.to_owned(), status);
             }
         }

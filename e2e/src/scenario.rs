@@ -25,7 +25,8 @@ pub enum Scenario {
     QueueCap,
     /// The bridge (client mode, persistent session) SIGKILLed and restarted.
     BridgeKill,
-    /// The bridge in embedded mode SIGKILLed: rumqttd's in-memory hop, counted.
+    /// The bridge in embedded mode SIGKILLed, the first time while Kafka is frozen:
+    /// what rumqttd held in memory comes again from the agents' disks.
     EmbeddedBridgeKill,
     /// The Kafka-compatible broker frozen (SIGSTOP) beyond the clients' timeouts.
     KafkaPause,
@@ -75,7 +76,6 @@ impl Scenario {
     fn policy(self) -> LossPolicy {
         match self {
             Scenario::QueueCap => LossPolicy::QueueCap,
-            Scenario::EmbeddedBridgeKill => LossPolicy::EmbeddedBroker,
             _ => LossPolicy::None,
         }
     }
@@ -222,6 +222,26 @@ impl Faults<'_> {
                 };
                 for n in 1..=kills {
                     self.run_for(1, 4).await?;
+                    if scenario == Scenario::EmbeddedBridgeKill && n == 1 {
+                        // The bridge buffers what rumqttd acknowledged while Kafka is
+                        // away, and dies holding it: only the agents still have it.
+                        self.pipeline.kafka.pause();
+                        let freeze = self.mode.outage(self.rng, (8, 12), (30, 35));
+                        tokio::time::sleep(freeze).await;
+                        self.pipeline.bridge.kill()?;
+                        self.down_for(0.2, 2.0).await;
+                        self.pipeline.bridge.start()?;
+                        self.pipeline.kafka.resume();
+                        self.recovered(
+                            format!(
+                                "bridge SIGKILL inside a Kafka freeze of {:.1}s",
+                                freeze.as_secs_f64()
+                            ),
+                            &workload::devices(),
+                        )
+                        .await?;
+                        continue;
+                    }
                     self.pipeline.bridge.kill()?;
                     self.down_for(0.2, 2.0).await;
                     self.pipeline.bridge.start()?;
@@ -440,7 +460,7 @@ impl Scenario {
             Scenario::QueueCap => "a broker outage beyond a 16 KiB queue: drop-oldest, counted",
             Scenario::BridgeKill => "the client-mode bridge SIGKILLed and restarted",
             Scenario::EmbeddedBridgeKill => {
-                "the embedded-broker bridge SIGKILLed: its in-memory hop, counted"
+                "the embedded-broker bridge SIGKILLed, once inside a Kafka freeze"
             }
             Scenario::KafkaPause => "Kafka frozen with SIGSTOP beyond the clients' timeouts",
             Scenario::IngesterKill => "the ingester SIGKILLed mid-batch and restarted",
