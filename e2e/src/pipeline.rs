@@ -190,6 +190,12 @@ impl Pipeline {
         Ok(())
     }
 
+    /// SIGKILLs Mosquitto: unlike [`Pipeline::stop_server`], it saves nothing.
+    pub fn kill_broker(&mut self) -> Result<()> {
+        self.mosquitto()?.kill();
+        Ok(())
+    }
+
     fn mosquitto(&mut self) -> Result<&mut Mosquitto> {
         self.mosquitto
             .as_mut()

@@ -21,6 +21,9 @@ pub enum Scenario {
     AgentKill,
     /// Mosquitto stopped and started while the agents queue on disk.
     BrokerOutage,
+    /// Mosquitto SIGKILLed: what it acknowledged and had not passed on, and every
+    /// session, is gone; the agents resend what the ingester does not confirm.
+    BrokerKill,
     /// A broker outage longer than a small queue holds: drop-oldest, counted.
     QueueCap,
     /// The bridge (client mode, persistent session) SIGKILLed and restarted.
@@ -43,9 +46,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::AgentKill,
         Scenario::BrokerOutage,
+        Scenario::BrokerKill,
         Scenario::QueueCap,
         Scenario::BridgeKill,
         Scenario::EmbeddedBridgeKill,
@@ -61,6 +65,7 @@ impl Scenario {
         match self {
             Scenario::AgentKill => "agent-kill",
             Scenario::BrokerOutage => "broker-outage",
+            Scenario::BrokerKill => "broker-kill",
             Scenario::QueueCap => "queue-cap",
             Scenario::BridgeKill => "bridge-kill",
             Scenario::EmbeddedBridgeKill => "embedded-bridge-kill",
@@ -196,6 +201,16 @@ impl Faults<'_> {
             }
             Scenario::BrokerOutage => {
                 self.outages(Server::Broker).await?;
+            }
+            Scenario::BrokerKill => {
+                for n in 1..=repeats {
+                    self.run_for(1, 4).await?;
+                    self.pipeline.kill_broker()?;
+                    self.down_for(0.2, 2.0).await;
+                    self.pipeline.start_server(Server::Broker)?;
+                    self.recovered(format!("Mosquitto SIGKILL {n}"), &workload::devices())
+                        .await?;
+                }
             }
             Scenario::QueueCap => {
                 self.run_for(1, 2).await?;
@@ -456,6 +471,9 @@ impl Scenario {
             }
             Scenario::BrokerOutage => {
                 "Mosquitto stopped and started; the agents' queues fill and drain"
+            }
+            Scenario::BrokerKill => {
+                "Mosquitto SIGKILLed with its sessions; the agents resend what it lost"
             }
             Scenario::QueueCap => "a broker outage beyond a 16 KiB queue: drop-oldest, counted",
             Scenario::BridgeKill => "the client-mode bridge SIGKILLed and restarted",

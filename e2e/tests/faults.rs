@@ -43,6 +43,11 @@ fn broker_outage() {
 }
 
 #[test]
+fn broker_kill() {
+    check(Scenario::BrokerKill);
+}
+
+#[test]
 fn queue_cap() {
     check(Scenario::QueueCap);
 }

@@ -158,6 +158,14 @@ impl Mosquitto {
             child.terminate(Duration::from_secs(30));
         }
     }
+
+    /// Kills the broker (SIGKILL): what it acknowledged since its last autosave, sessions
+    /// included, is gone, as in a crash or a power cut.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill();
+        }
+    }
 }
 
 impl Drop for Mosquitto {
