@@ -57,6 +57,58 @@ struct Waiting {
     resending: bool,
 }
 
+/// Upper bounds, in ms, of the buckets of [`ConfirmWaits`]; the last is open.
+const WAIT_BOUNDS_MS: [u64; 16] = [
+    5,
+    10,
+    20,
+    50,
+    100,
+    150,
+    200,
+    300,
+    400,
+    500,
+    750,
+    1000,
+    2000,
+    5000,
+    30_000,
+    u64::MAX,
+];
+
+/// How long confirmed frames waited after their PUBACK, as a histogram: enough for the
+/// percentiles the health report gives, in constant memory.
+#[derive(Debug, Default, Clone)]
+pub struct ConfirmWaits {
+    counts: [u64; WAIT_BOUNDS_MS.len()],
+}
+
+impl ConfirmWaits {
+    fn add(&mut self, waited: Duration) {
+        let ms = waited.as_millis() as u64;
+        let bucket = WAIT_BOUNDS_MS.partition_point(|&bound| bound < ms);
+        self.counts[bucket.min(WAIT_BOUNDS_MS.len() - 1)] += 1;
+    }
+
+    /// The bucket bound under which `quantile` of the waits fall; `None` before any.
+    pub fn quantile_ms(&self, quantile: f64) -> Option<u64> {
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = (quantile * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (count, bound) in self.counts.iter().zip(WAIT_BOUNDS_MS) {
+            seen += count;
+            if seen >= wanted {
+                return Some(bound);
+            }
+        }
+        WAIT_BOUNDS_MS.last().copied()
+    }
+}
+
 /// What [`Awaiting::apply`] decided.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -91,6 +143,8 @@ pub struct Awaiting {
     newest_confirmed: HashMap<String, Instant>,
     /// Per device, when its most recently sent frame was PUBACKed.
     newest_sent: HashMap<String, Instant>,
+    /// PUBACK to confirmation, of every frame confirmed.
+    pub waits: ConfirmWaits,
 }
 
 impl Awaiting {
@@ -162,7 +216,7 @@ impl Awaiting {
     }
 
     /// The frames `confirmation` covers, no longer waiting.
-    pub fn apply(&mut self, confirmation: &Confirmation) -> Result<Applied, Ignored> {
+    pub fn apply(&mut self, confirmation: &Confirmation, now: Instant) -> Result<Applied, Ignored> {
         let stream = (
             confirmation.device.as_str().to_owned(),
             confirmation.boot_id,
@@ -185,9 +239,13 @@ impl Awaiting {
         };
         let mut applied = Applied::default();
         let mut newest = None;
+        let waits = &mut self.waits;
         frames.retain(|&first_seq, waiting| {
             match confirmation.verdict(first_seq, waiting.end_seq) {
-                Verdict::Committed => applied.committed.push(waiting.id),
+                Verdict::Committed => {
+                    applied.committed.push(waiting.id);
+                    waits.add(now.saturating_duration_since(waiting.pubacked_at));
+                }
                 Verdict::Refused => applied
                     .refused
                     .push((waiting.id, waiting.end_seq - first_seq)),
@@ -275,6 +333,26 @@ mod tests {
         c
     }
 
+    impl Awaiting {
+        fn apply_now(&mut self, confirmation: &Confirmation) -> Result<Applied, Ignored> {
+            self.apply(confirmation, Instant::now())
+        }
+    }
+
+    #[test]
+    fn waits_are_kept_as_percentiles() {
+        let mut waits = ConfirmWaits::default();
+        assert_eq!(waits.quantile_ms(0.99), None);
+        for ms in [3, 40, 40, 40, 40, 40, 40, 40, 40, 450] {
+            waits.add(Duration::from_millis(ms));
+        }
+        assert_eq!(waits.quantile_ms(0.5), Some(50));
+        assert_eq!(waits.quantile_ms(0.9), Some(50));
+        assert_eq!(waits.quantile_ms(0.99), Some(500));
+        waits.add(Duration::from_secs(3600));
+        assert_eq!(waits.quantile_ms(1.0), Some(u64::MAX));
+    }
+
     #[test]
     fn a_confirmation_deletes_exactly_the_frames_it_covers() {
         let now = Instant::now();
@@ -283,7 +361,7 @@ mod tests {
             awaiting.pubacked(id, span(first, first + 50), now);
         }
         let applied = awaiting
-            .apply(&confirmation(50, &[(100, 150)], &[(150, 200)]))
+            .apply_now(&confirmation(50, &[(100, 150)], &[(150, 200)]))
             .unwrap();
         assert_eq!(applied.committed, vec![1, 3]);
         assert_eq!(applied.refused, vec![(4, 50)]);
@@ -291,7 +369,7 @@ mod tests {
         assert!(awaiting.contains(2));
         // A frame only partly covered stays.
         assert_eq!(
-            awaiting.apply(&confirmation(75, &[], &[])).unwrap(),
+            awaiting.apply_now(&confirmation(75, &[], &[])).unwrap(),
             Applied::default()
         );
         assert!(awaiting.contains(2));
@@ -303,16 +381,16 @@ mod tests {
         let mut awaiting = Awaiting::default();
         awaiting.pubacked(1, span(0, 50), now);
         assert_eq!(
-            awaiting.apply(&confirmation(1000, &[], &[])),
+            awaiting.apply_now(&confirmation(1000, &[], &[])),
             Err(Ignored::BeyondSent)
         );
         assert_eq!(
-            awaiting.apply(&confirmation(0, &[(60, 70)], &[])),
+            awaiting.apply_now(&confirmation(0, &[(60, 70)], &[])),
             Err(Ignored::BeyondSent)
         );
         let mut other_boot = confirmation(50, &[], &[]);
         other_boot.boot_id = BootId([2; 8]);
-        assert_eq!(awaiting.apply(&other_boot), Err(Ignored::BeyondSent));
+        assert_eq!(awaiting.apply_now(&other_boot), Err(Ignored::BeyondSent));
         assert!(awaiting.contains(1));
     }
 
@@ -332,7 +410,9 @@ mod tests {
             vec![2]
         );
         // Frame 2 confirmed, frame 1 not: a hole after the broker.
-        let applied = awaiting.apply(&confirmation(0, &[(50, 100)], &[])).unwrap();
+        let applied = awaiting
+            .apply_now(&confirmation(0, &[(50, 100)], &[]))
+            .unwrap();
         assert_eq!(applied.committed, vec![2]);
         assert!(awaiting
             .due(t0 + Duration::from_secs(1), grace, timeout)

@@ -304,6 +304,8 @@ impl Delivery {
             refused_frames: self.counters.refused_frames,
             ignored_confirmations: self.counters.ignored_confirmations,
             dropped: self.dropped.report(),
+            confirm_wait_p50_ms: self.awaiting.waits.quantile_ms(0.5),
+            confirm_wait_p99_ms: self.awaiting.waits.quantile_ms(0.99),
             last_puback_age_ms: self.last_puback.map(|t| t.elapsed().as_millis() as u64),
             rss_bytes: status::rss_bytes(),
         }
@@ -486,7 +488,7 @@ impl Delivery {
                 return;
             }
         };
-        let applied = match self.awaiting.apply(&confirmation) {
+        let applied = match self.awaiting.apply(&confirmation, Instant::now()) {
             Ok(applied) => applied,
             // A repeat, or an old boot's frames all confirmed already: nothing to do.
             Err(Ignored::NothingWaiting) => return,

@@ -36,6 +36,11 @@ pub struct Health {
     pub refused_frames: u64,
     /// Confirmations ignored as untrustworthy (see the log), since start.
     pub ignored_confirmations: u64,
+    /// PUBACK to confirmation of the frames confirmed since start, median and 99th
+    /// percentile, as the upper bound of a histogram bucket (5, 10, 20, 50, 100, 150,
+    /// 200, 300, 400, 500, 750 ms, 1, 2, 5, 30 s); absent before the first.
+    pub confirm_wait_p50_ms: Option<u64>,
+    pub confirm_wait_p99_ms: Option<u64>,
     /// Exactly which readings the byte cap gave up since start, per device and boot.
     pub dropped: Vec<crate::dropped::DroppedSpan>,
     /// Milliseconds since the last PUBACK; absent before the first.
