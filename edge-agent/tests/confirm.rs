@@ -216,6 +216,11 @@ async fn frames_wait_on_disk_after_their_puback_until_a_confirmation_covers_them
         "{:?}",
         report.health
     );
+    assert!(
+        report.health.confirm_wait_p99_ms.is_some(),
+        "{:?}",
+        report.health
+    );
     let ledger = support::Ledger::of(&subscriber.frames());
     for (device, sealed) in &report.sealed {
         assert!(
