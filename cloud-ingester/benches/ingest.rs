@@ -413,15 +413,16 @@ async fn pipeline_rate(
     let brokers = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS is not set")?;
     let redis_url = std::env::var("REDIS_URL").context("REDIS_URL is not set")?;
     let suffix = format!("{}-{}", std::process::id(), frames.len());
-    let (topic, dlq, alerts) = (
+    let (topic, dlq, alerts, confirms) = (
         format!("bench-ingest-{suffix}"),
         format!("bench-ingest-dlq-{suffix}"),
         format!("bench-ingest-alerts-{suffix}"),
+        format!("bench-ingest-confirm-{suffix}"),
     );
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &brokers);
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let new_topics: Vec<NewTopic> = [&topic, &dlq, &alerts]
+    let new_topics: Vec<NewTopic> = [&topic, &dlq, &alerts, &confirms]
         .iter()
         .map(|name| NewTopic::new(name, 3, TopicReplication::Fixed(1)))
         .collect();
@@ -438,7 +439,17 @@ async fn pipeline_rate(
         .set("compression.type", "lz4")
         .create()?;
     for (device, payload) in frames {
-        let mut record = FutureRecord::to(&topic).key(device).payload(payload);
+        // As the bridge writes it: where the confirmations to the device are routed.
+        let mqtt_topic = format!("bench/site/line/{device}/telemetry");
+        let record_headers =
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: protocol::kafka::headers::MQTT_TOPIC,
+                value: Some(&mqtt_topic),
+            });
+        let mut record = FutureRecord::to(&topic)
+            .key(device)
+            .payload(payload)
+            .headers(record_headers);
         loop {
             match producer.send_result(record) {
                 Ok(_) => break,
@@ -470,6 +481,11 @@ async fn pipeline_rate(
         store: Store::new(pool.clone()),
         redis: Some(redis),
         catalog: cloud_ingester::validate::Catalog::load(pool).await?,
+        confirm: Some(cloud_ingester::confirmations::ConfirmSink {
+            producer: cloud_ingester::kafka::confirm_producer(&kafka, "bench")?,
+            topic: confirms.clone(),
+            interval: Duration::from_millis(200),
+        }),
         settings: PipelineSettings {
             group: kafka.group.clone(),
             topic: topic.clone(),
@@ -515,7 +531,7 @@ async fn pipeline_rate(
     );
 
     admin
-        .delete_topics(&[&topic, &dlq, &alerts], &AdminOptions::new())
+        .delete_topics(&[&topic, &dlq, &alerts, &confirms], &AdminOptions::new())
         .await?;
     let redis_client = redis::Client::open(redis_url)?;
     let mut con = redis_client.get_multiplexed_async_connection().await?;
@@ -526,6 +542,10 @@ async fn pipeline_rate(
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(&mut con).await?;
     }
+    println!(
+        "    confirmations sent {}, unsent {}",
+        snapshot.confirmations_sent, snapshot.confirmations_unsent
+    );
     Ok(PipelineRun {
         rate: (readings - first) as f64 / elapsed.as_secs_f64(),
         batches: snapshot.batches,

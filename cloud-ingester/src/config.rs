@@ -106,6 +106,12 @@ pub struct KafkaConfig {
     pub metrics_topic: String,
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// Where the confirmations to the devices go (what PostgreSQL holds of their
+    /// readings), for the bridge to relay. Empty turns them off.
+    pub confirm_topic: String,
+    /// Each device and boot gets at most one confirmation this often.
+    #[serde(with = "humantime_serde")]
+    pub confirm_interval: Duration,
     /// Extra librdkafka properties for the consumer and the producer, passed through as
     /// they are (for TLS, SASL, ...). Numbers and booleans are taken as their text.
     #[serde(deserialize_with = "service::kafka_config::properties_as_text")]
@@ -122,6 +128,8 @@ impl Default for KafkaConfig {
             alerts_topic: protocol::kafka::ALERTS.name.to_owned(),
             metrics_topic: protocol::kafka::METRICS.name.to_owned(),
             metrics_interval: Duration::from_secs(10),
+            confirm_topic: protocol::kafka::SENSORS_CONFIRM.name.to_owned(),
+            confirm_interval: Duration::from_millis(200),
             properties: BTreeMap::new(),
         }
     }
@@ -202,6 +210,7 @@ pub struct CliOverrides {
     pub group: Option<String>,
     pub topic: Option<String>,
     pub dlq_topic: Option<String>,
+    pub confirm_topic: Option<String>,
     pub batch_rows: Option<usize>,
     /// Text, parsed with the rest of the configuration so its errors name `batch.age`.
     pub batch_age: Option<String>,
@@ -229,6 +238,10 @@ impl CliOverrides {
             ("kafka.group", self.group.as_ref().and_then(value)),
             ("kafka.topic", self.topic.as_ref().and_then(value)),
             ("kafka.dlq_topic", self.dlq_topic.as_ref().and_then(value)),
+            (
+                "kafka.confirm_topic",
+                self.confirm_topic.as_ref().and_then(value),
+            ),
             ("batch.rows", self.batch_rows.as_ref().and_then(value)),
             ("batch.age", self.batch_age.as_ref().and_then(value)),
             (
@@ -326,6 +339,7 @@ impl IngesterConfig {
             ("kafka.dlq_topic", &self.kafka.dlq_topic, false),
             ("kafka.alerts_topic", &self.kafka.alerts_topic, true),
             ("kafka.metrics_topic", &self.kafka.metrics_topic, true),
+            ("kafka.confirm_topic", &self.kafka.confirm_topic, true),
         ] {
             let turned_off = optional && topic.is_empty();
             if !(turned_off || service::kafka_config::valid_topic(topic)) {
@@ -338,6 +352,7 @@ impl IngesterConfig {
             ("kafka.dlq_topic", &self.kafka.dlq_topic),
             ("kafka.alerts_topic", &self.kafka.alerts_topic),
             ("kafka.metrics_topic", &self.kafka.metrics_topic),
+            ("kafka.confirm_topic", &self.kafka.confirm_topic),
         ] {
             if *topic == self.kafka.topic {
                 problems.push(format!("{key}: must differ from kafka.topic"));
@@ -345,6 +360,12 @@ impl IngesterConfig {
         }
         if self.kafka.metrics_interval < Duration::from_secs(1) {
             problems.push("kafka.metrics_interval: at least 1 s".to_owned());
+        }
+        // Below 10 ms it would no longer coalesce; above a minute agents hold frames long.
+        if !(Duration::from_millis(10)..=Duration::from_secs(60))
+            .contains(&self.kafka.confirm_interval)
+        {
+            problems.push("kafka.confirm_interval: between 10 ms and 60 s".to_owned());
         }
         service::kafka_config::refuse_managed(
             &self.kafka.properties,
@@ -464,6 +485,7 @@ mod tests {
         let mut config = with_url();
         config.id = "has space".to_owned();
         config.kafka.dlq_topic = config.kafka.topic.clone();
+        config.kafka.confirm_interval = Duration::ZERO;
         config.batch.rows = 0;
         config.batch.age = Duration::from_secs(61);
         config.retention.days = Some(0);
@@ -484,6 +506,7 @@ mod tests {
             [
                 "id",
                 "kafka.dlq_topic",
+                "kafka.confirm_interval",
                 "kafka.properties.enable.auto.commit",
                 "batch.rows",
                 "batch.age",

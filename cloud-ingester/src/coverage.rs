@@ -37,37 +37,91 @@ pub fn runs(rows: &[Row]) -> Vec<(&str, i64, i64, i64)> {
     joined
 }
 
+/// What PostgreSQL holds of one (device, boot) once the batch commits: its lowest
+/// ranges of sequence numbers, ascending, half-open (at most [`HELD_RANGES`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub device_id: String,
+    pub boot_id: i64,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// Ranges returned per (device, boot): a confirmation carries a prefix and 16 more.
+pub const HELD_RANGES: i64 = 1 + protocol::confirm::MAX_CONFIRM_RANGES as i64;
+
 /// Unites the batch's sequence numbers into the coverage, inside the batch's
-/// transaction; a replay that adds nothing leaves the row untouched. Rows are locked in
+/// transaction, and returns the coverage of every (device, boot) of the batch as it
+/// stands after the statement (what a confirmation reports), in the same round trip. A
+/// replay that adds nothing leaves the row untouched; its coverage is then read as it
+/// was (the statement's snapshot, so never more than is committed). Rows are locked in
 /// (device, boot) order, so two instances briefly writing the same devices (a lease
 /// hand-over) cannot deadlock.
-pub async fn record(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<(), sqlx::Error> {
+pub async fn record(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<Vec<Held>, sqlx::Error> {
     let runs = runs(rows);
     if runs.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let devices: Vec<&str> = runs.iter().map(|r| r.0).collect();
     let boots: Vec<i64> = runs.iter().map(|r| r.1).collect();
     let firsts: Vec<i64> = runs.iter().map(|r| r.2).collect();
     let lasts: Vec<i64> = runs.iter().map(|r| r.3).collect();
-    sqlx::query(
-        "INSERT INTO reading_coverage AS c (device_id, boot_id, seqs) \
-         SELECT device_id, boot_id, range_agg(int8range(first, last, '[]')) \
-           FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) \
-                AS v(device_id, boot_id, first, last) \
-          GROUP BY device_id, boot_id \
-          ORDER BY device_id, boot_id \
-         ON CONFLICT (device_id, boot_id) DO UPDATE \
-            SET seqs = c.seqs + EXCLUDED.seqs, updated_at = now() \
-          WHERE NOT c.seqs @> EXCLUDED.seqs",
+    let ranges: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "WITH v AS ( \
+             SELECT device_id, boot_id, range_agg(int8range(first, last, '[]')) AS seqs \
+               FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) \
+                    AS v(device_id, boot_id, first, last) \
+              GROUP BY device_id, boot_id \
+         ), up AS ( \
+             INSERT INTO reading_coverage AS c (device_id, boot_id, seqs) \
+             SELECT device_id, boot_id, seqs FROM v ORDER BY device_id, boot_id \
+             ON CONFLICT (device_id, boot_id) DO UPDATE \
+                SET seqs = c.seqs + EXCLUDED.seqs, updated_at = now() \
+              WHERE NOT c.seqs @> EXCLUDED.seqs \
+             RETURNING c.device_id, c.boot_id, c.seqs \
+         ), held AS ( \
+             SELECT device_id, boot_id, seqs FROM up \
+             UNION ALL \
+             SELECT c.device_id, c.boot_id, c.seqs \
+               FROM reading_coverage c JOIN v USING (device_id, boot_id) \
+              WHERE NOT EXISTS (SELECT 1 FROM up \
+                                 WHERE up.device_id = c.device_id AND up.boot_id = c.boot_id) \
+         ) \
+         SELECT h.device_id, h.boot_id, lower(r.part), upper(r.part) \
+           FROM held h, unnest(h.seqs) WITH ORDINALITY AS r(part, n) \
+          WHERE r.n <= $5 \
+          ORDER BY h.device_id, h.boot_id, r.n",
     )
     .bind(&devices)
     .bind(&boots)
     .bind(&firsts)
     .bind(&lasts)
-    .execute(&mut *tx)
+    .bind(HELD_RANGES)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(())
+    Ok(group(ranges))
+}
+
+/// Rows of (device, boot, start, end), ordered by (device, boot), into one [`Held`]
+/// each. The table's CHECK keeps every bound non-negative; a range that is not is
+/// left out rather than trusted.
+fn group(ranges: Vec<(String, i64, i64, i64)>) -> Vec<Held> {
+    let mut held: Vec<Held> = Vec::new();
+    for (device_id, boot_id, start, end) in ranges {
+        let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
+            continue;
+        };
+        match held.last_mut() {
+            Some(last) if last.device_id == device_id && last.boot_id == boot_id => {
+                last.ranges.push((start, end));
+            }
+            _ => held.push(Held {
+                device_id,
+                boot_id,
+                ranges: vec![(start, end)],
+            }),
+        }
+    }
+    held
 }
 
 #[cfg(test)]

@@ -41,6 +41,14 @@ impl DeadLetter {
             RejectReason::UnknownDevice | RejectReason::UnknownChannel
         )
     }
+
+    /// The `mqtt-topic` header it came with (where the bridge received it).
+    pub fn mqtt_topic(&self) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == headers::MQTT_TOPIC)
+            .map(|(_, value)| value.as_slice())
+    }
 }
 
 /// Dead letters counted over a window, to report bursts once per window.

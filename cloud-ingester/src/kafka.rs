@@ -141,3 +141,21 @@ pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer,
         .set("message.timeout.ms", "0");
     with_properties(&mut client, config).create()
 }
+
+/// The producer of confirmations (`confirmations`): they are fire-and-forget, so this
+/// one gives up on a record after a few seconds and holds a bounded queue, where the
+/// other never gives up. Kept apart so confirmations never queue in front of dead
+/// letters, and a Kafka outage never holds the stop up (dropping it purges its queue).
+pub fn confirm_producer(
+    config: &KafkaConfig,
+    client_id: &str,
+) -> Result<FutureProducer, KafkaError> {
+    let mut client = client_config(config, &format!("{client_id}-confirm"));
+    client
+        .set("enable.idempotence", "false")
+        .set("acks", "1")
+        .set("message.timeout.ms", "5000")
+        .set("queue.buffering.max.messages", "10000")
+        .set("linger.ms", "5");
+    with_properties(&mut client, config).create()
+}

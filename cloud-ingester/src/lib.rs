@@ -8,6 +8,8 @@
 //! - `alerts`: the rule engine (thresholds with hysteresis and minimum duration, stuck,
 //!   dropout) and its table, Kafka and Redis sides;
 //! - `redis_sink`: latest values, recent readings, last seen, open alerts;
+//! - `coverage`, `confirmations`: which readings PostgreSQL holds per device and boot,
+//!   told to each device after every commit (`sensors-confirm`);
 //! - `pipeline`: the consumer loop that orders all of it so offsets follow commits;
 //! - `config`, `kafka` (consumer settings, lag, rebalances), `stats` (Prometheus),
 //!   `health` (readiness).
@@ -16,6 +18,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod confirmations;
 pub mod coverage;
 pub mod dead_letters;
 pub mod health;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use cloud_ingester::config::{CliOverrides, IngesterConfig, LogConfig, LogFormat};
+use cloud_ingester::confirmations::ConfirmSink;
 use cloud_ingester::health::Health;
 use cloud_ingester::kafka::{self, IngestContext};
 use cloud_ingester::pipeline::{now_ms, Pipeline, PipelineSettings, SERVICE};
@@ -65,6 +66,10 @@ struct Cli {
     /// Dead-letter topic (overrides kafka.dlq_topic).
     #[arg(long)]
     dlq_topic: Option<String>,
+    /// Topic of the confirmations to the devices; empty turns them off (overrides
+    /// kafka.confirm_topic).
+    #[arg(long)]
+    confirm_topic: Option<String>,
     /// A batch closes at this many readings... (overrides batch.rows).
     #[arg(long)]
     batch_rows: Option<usize>,
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
         group: cli.group,
         topic: cli.topic,
         dlq_topic: cli.dlq_topic,
+        confirm_topic: cli.confirm_topic,
         batch_rows: cli.batch_rows,
         batch_age: cli.batch_age,
         retention_days: cli.retention_days,
@@ -197,6 +203,16 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
     .context("creating the Kafka consumer (check kafka.properties)")?;
     let producer = kafka::producer(&config.kafka, &config.id)
         .context("creating the Kafka producer (check kafka.properties)")?;
+    let confirm = if config.kafka.confirm_topic.is_empty() {
+        None
+    } else {
+        Some(ConfirmSink {
+            producer: kafka::confirm_producer(&config.kafka, &config.id)
+                .context("creating the Kafka producer of confirmations (check kafka.properties)")?,
+            topic: config.kafka.confirm_topic.clone(),
+            interval: config.kafka.confirm_interval,
+        })
+    };
     let redis = if config.redis.url.is_empty() {
         None
     } else {
@@ -255,6 +271,7 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
         store: Store::new(pool.clone()),
         redis,
         catalog,
+        confirm,
         settings: PipelineSettings {
             group: config.kafka.group.clone(),
             topic: config.kafka.topic.clone(),

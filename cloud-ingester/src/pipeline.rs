@@ -21,6 +21,9 @@
 //! engine adopts them only once that commits. The alert records on Kafka and the open
 //! alerts in Redis follow the commit.
 //!
+//! After each commit the devices are told what PostgreSQL holds of their readings
+//! (`confirmations`, its own task: nothing on this path waits for it).
+//!
 //! Back-pressure: while a batch is being written nothing more is consumed; librdkafka's
 //! prefetch (`queued.max.messages.kbytes`) is the only other buffer.
 
@@ -39,9 +42,9 @@ use tracing::{error, info, warn};
 
 use crate::alerts::publish::{self as alert_publish, AlertEvent};
 use crate::alerts::rules::RuleBook;
-use crate::alerts::store::Applied;
 use crate::alerts::Evaluation;
 use crate::alerts::{self, AlertEngine};
+use crate::confirmations::{self, ConfirmSink, Confirmations, Routes};
 use crate::dead_letters::{self, BurstWindow, DeadLetter};
 use crate::health::STALL_AFTER;
 use crate::kafka::IngestContext;
@@ -49,7 +52,7 @@ use crate::ownership::{Change, Ownership, Progress, RENEW_EVERY};
 use crate::redis_sink::RedisSink;
 use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
-use crate::store::{BatchOutcome, EventLevel, Store, StoreError};
+use crate::store::{Committed, EventLevel, Store, StoreError};
 use crate::validate::Catalog;
 
 /// How often the device catalog is re-read, so newly registered devices are accepted.
@@ -126,6 +129,7 @@ struct LoopState {
     /// Per assigned partition, the stored offset: records below it were read again only
     /// because of [`REWIND_RECORDS`] and are passed over.
     skip_below: HashMap<i32, i64>,
+    confirmations: Option<Confirmations>,
 }
 
 #[derive(Default)]
@@ -136,6 +140,8 @@ struct Batch {
     offsets: BTreeMap<i32, i64>,
     records: usize,
     opened: Option<Instant>,
+    /// Where each device's confirmations go, from its records' headers.
+    routes: Routes,
 }
 
 impl Batch {
@@ -162,7 +168,10 @@ impl Batch {
                 continue;
             }
             match catalog.check(&letter.payload, now) {
-                Ok(frame) => rows_from_frame(&frame, &mut self.rows),
+                Ok(frame) => {
+                    self.routes.note(frame.device.as_str(), letter.mqtt_topic());
+                    rows_from_frame(&frame, &mut self.rows);
+                }
                 Err(rejection) => kept.push(DeadLetter {
                     rejection,
                     ..letter
@@ -188,6 +197,8 @@ pub struct Pipeline {
     pub store: Store,
     pub redis: Option<RedisSink>,
     pub catalog: Catalog,
+    /// Where the confirmations to the devices go; `None`: none are sent.
+    pub confirm: Option<ConfirmSink>,
     pub settings: PipelineSettings,
     pub stats: Arc<IngestStats>,
     pub health: Arc<crate::health::Health>,
@@ -225,6 +236,10 @@ impl Pipeline {
             balanced: None,
             stall_handled: None,
             skip_below: HashMap::new(),
+            confirmations: self
+                .confirm
+                .take()
+                .map(|sink| Confirmations::start(sink, self.stats.clone())),
         };
         if let Some(redis) = &self.redis {
             if let Err(e) = alert_publish::resync_redis(self.store.pool(), redis).await {
@@ -253,6 +268,9 @@ impl Pipeline {
                 last_upkeep = Instant::now();
                 self.upkeep().await;
             }
+        }
+        if let Some(confirmations) = state.confirmations.take() {
+            confirmations.stop().await;
         }
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last automatic commit is not an error.
@@ -521,17 +539,17 @@ impl Pipeline {
         rows: &[Row],
         progress: &Progress,
         state: &mut LoopState,
-    ) -> Result<(BatchOutcome, Vec<Applied>, Evaluation), PipelineError> {
+    ) -> Result<(Committed, Evaluation), PipelineError> {
         if state.reload_alerts {
             state.alerts = self.load_alerts().await?;
             state.reload_alerts = false;
         }
         let evaluation = state.alerts.evaluate(rows);
-        let (outcome, applied) = self
+        let committed = self
             .store
-            .write_batch_with_alerts(rows, &evaluation.transitions, progress)
+            .write_batch_held(rows, &evaluation.transitions, progress)
             .await?;
-        Ok((outcome, applied, evaluation))
+        Ok((committed, evaluation))
     }
 
     /// Appends a `system_events` row; a failure is logged, never fatal.
@@ -668,7 +686,7 @@ impl Pipeline {
         let progress = state.ownership.progress(&batch.offsets);
         let mut backoff = Duration::from_millis(200);
         let mut failing: Option<(std::time::Instant, u32, String)> = None;
-        let (outcome, applied, evaluation) = loop {
+        let (committed, evaluation) = loop {
             match self.try_write(&batch.rows, &progress, state).await {
                 Ok(done) => {
                     self.health.set_postgres(true);
@@ -710,6 +728,14 @@ impl Pipeline {
         };
         state.alerts.adopt(evaluation);
         state.ownership.committed(&progress);
+        let Committed {
+            outcome,
+            applied,
+            held,
+        } = committed;
+        if let Some(confirmations) = &state.confirmations {
+            confirmations.after_commit(&held, &batch.routes, &batch.dead_letters);
+        }
         self.health.progressed();
         if let Some((since, attempts, last_error)) = failing {
             let seconds = since.elapsed().as_secs_f64();
@@ -856,7 +882,11 @@ fn add(catalog: &Catalog, batch: &mut Batch, message: &BorrowedMessage<'_>) {
     *offset = (*offset).max(message.offset());
     let payload = message.payload().unwrap_or_default();
     match catalog.check(payload, now_ms() as u64) {
-        Ok(frame) => rows_from_frame(&frame, &mut batch.rows),
+        Ok(frame) => {
+            let mqtt_topic = confirmations::mqtt_topic_of(message.headers());
+            batch.routes.note(frame.device.as_str(), mqtt_topic);
+            rows_from_frame(&frame, &mut batch.rows);
+        }
         Err(rejection) => batch.dead_letters.push(DeadLetter {
             key: message.key().map(<[u8]>::to_vec),
             payload: payload.to_vec(),

@@ -12,6 +12,7 @@ use metrics::Histogram;
 use serde::Serialize;
 use service::metrics::{prometheus, Count, Level};
 
+use crate::confirmations::Unsent;
 use crate::validate::RejectReason;
 
 /// The alert transitions counted, so each has a series (at zero) before the first one.
@@ -27,6 +28,8 @@ pub struct IngestStats {
     dead_lettered: [Count; RejectReason::ALL.len()],
     store_errors: Count,
     redis_errors: Count,
+    confirmations_sent: Count,
+    confirmations_unsent: [Count; Unsent::ALL.len()],
     flush_micros: AtomicU64,
     batch_rows: Histogram,
     flush_seconds: Histogram,
@@ -58,6 +61,13 @@ impl IngestStats {
             }),
             store_errors: count("ingester_store_errors_total"),
             redis_errors: count("ingester_redis_errors_total"),
+            confirmations_sent: count("ingester_confirmations_sent_total"),
+            confirmations_unsent: Unsent::ALL.map(|reason| {
+                Count::new(metrics::counter!(
+                    "ingester_confirmations_unsent_total",
+                    "reason" => reason.code()
+                ))
+            }),
             flush_micros: AtomicU64::new(0),
             batch_rows: metrics::histogram!("ingester_batch_rows"),
             flush_seconds: metrics::histogram!("ingester_flush_seconds"),
@@ -95,6 +105,16 @@ impl IngestStats {
 
     pub fn redis_error(&self) {
         self.redis_errors.add(1);
+    }
+
+    /// Kafka took a confirmation for a device.
+    pub fn confirmation_sent(&self) {
+        self.confirmations_sent.add(1);
+    }
+
+    /// A confirmation that was not sent (the next one says the same).
+    pub fn confirmation_unsent(&self, reason: Unsent) {
+        self.confirmations_unsent[reason as usize].add(1);
     }
 
     /// An alert changed state: `kind` is one of [`ALERT_TRANSITIONS`] (another kind gets
@@ -141,6 +161,8 @@ impl IngestStats {
                 .collect(),
             store_errors: self.store_errors.get(),
             redis_errors: self.redis_errors.get(),
+            confirmations_sent: self.confirmations_sent.get(),
+            confirmations_unsent: self.confirmations_unsent.iter().map(Count::get).sum(),
             flush_seconds: self.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
             alert_transitions: self
                 .alert_transitions
@@ -178,6 +200,9 @@ pub struct IngestSnapshot {
     pub dead_lettered_by_reason: Vec<(&'static str, u64)>,
     pub store_errors: u64,
     pub redis_errors: u64,
+    /// Confirmations Kafka took for the devices, and those not sent (any reason).
+    pub confirmations_sent: u64,
+    pub confirmations_unsent: u64,
     /// Time spent writing batches, in total.
     pub flush_seconds: f64,
     /// Alert transitions of every kind, in total.
@@ -215,6 +240,8 @@ mod tests {
             "ingester_alert_transitions_total{transition=\"escalated\"}",
             "ingester_consumer_lag{partition=\"2\"} 10",
             "ingester_records_dead_lettered_total{reason=\"decode\"}",
+            "ingester_confirmations_sent_total",
+            "ingester_confirmations_unsent_total{reason=\"no-route\"}",
             "ingester_batch_rows_bucket{le=\"5000\"}",
             "ingester_flush_seconds_bucket{le=\"0.005\"}",
         ] {

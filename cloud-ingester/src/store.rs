@@ -9,7 +9,7 @@ use sqlx::types::chrono::NaiveDate;
 
 use crate::alerts::store::Applied;
 use crate::alerts::Transition;
-use crate::coverage;
+use crate::coverage::{self, Held};
 use crate::ownership::{self, Progress};
 use crate::rows::Row;
 
@@ -82,6 +82,16 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     /// Which statement stored the batch (for metrics; both are exact).
     pub path: WritePath,
+}
+
+/// Everything a committed batch reports: what it did, the alert transitions as the
+/// database took them, and the coverage of each (device, boot) it touched (for the
+/// confirmations to the devices).
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub outcome: BatchOutcome,
+    pub applied: Vec<Applied>,
+    pub held: Vec<Held>,
 }
 
 /// Severity of a `system_events` row (the table's closed set of levels).
@@ -277,11 +287,24 @@ impl Store {
         transitions: &[Transition],
         progress: &Progress,
     ) -> Result<(BatchOutcome, Vec<Applied>), StoreError> {
+        let committed = self.write_batch_held(rows, transitions, progress).await?;
+        Ok((committed.outcome, committed.applied))
+    }
+
+    /// [`Store::write_batch_with_alerts`], also returning the coverage of every
+    /// (device, boot) of the batch after the commit (read in the coverage statement
+    /// itself, so at no extra round trip).
+    pub async fn write_batch_held(
+        &self,
+        rows: &[Row],
+        transitions: &[Transition],
+        progress: &Progress,
+    ) -> Result<Committed, StoreError> {
         if rows.is_empty() {
             if !progress.is_empty() {
                 self.advance_only(progress).await?;
             }
-            return Ok((BatchOutcome::default(), Vec::new()));
+            return Ok(Committed::default());
         }
         for (index, row) in rows.iter().enumerate() {
             validate(row).map_err(|reason| StoreError::InvalidRow { index, reason })?;
@@ -302,7 +325,7 @@ impl Store {
         transitions: &[Transition],
         progress: &Progress,
         buf: &mut Vec<u8>,
-    ) -> Result<(BatchOutcome, Vec<Applied>), StoreError> {
+    ) -> Result<Committed, StoreError> {
         let sent = rows.len() as u64;
         let mut path = WritePath::Dedup;
         if self.dedup_left.load(Ordering::Relaxed) == 0 {
@@ -310,18 +333,22 @@ impl Store {
                 .attempt(rows, transitions, progress, buf, false)
                 .await?
             {
-                Some((inserted, applied)) => {
+                Some((inserted, applied, held)) => {
                     let outcome = BatchOutcome {
                         inserted,
                         duplicates: sent.saturating_sub(inserted),
                         path: WritePath::Plain,
                     };
-                    return Ok((outcome, applied));
+                    return Ok(Committed {
+                        outcome,
+                        applied,
+                        held,
+                    });
                 }
                 None => path = WritePath::PlainThenDedup,
             }
         }
-        let (inserted, applied) = self
+        let (inserted, applied, held) = self
             .attempt(rows, transitions, progress, buf, true)
             .await?
             .unwrap_or_default();
@@ -339,13 +366,18 @@ impl Store {
             duplicates,
             path,
         };
-        Ok((outcome, applied))
+        Ok(Committed {
+            outcome,
+            applied,
+            held,
+        })
     }
 
     /// One transaction: COPY `rows` into the staging table, move them with the dedup or
-    /// the plain statement, write the alert transitions, commit. Returns how many rows
-    /// were inserted and the transitions applied, or `None` if the plain statement met a
-    /// row already stored (the transaction was rolled back).
+    /// the plain statement, write the alert transitions and the coverage, commit. Returns
+    /// how many rows were inserted, the transitions applied and the coverage after the
+    /// commit, or `None` if the plain statement met a row already stored (the transaction
+    /// was rolled back).
     async fn attempt(
         &self,
         rows: &[Row],
@@ -353,7 +385,7 @@ impl Store {
         progress: &Progress,
         buf: &mut Vec<u8>,
         dedup: bool,
-    ) -> Result<Option<(u64, Vec<Applied>)>, StoreError> {
+    ) -> Result<Option<(u64, Vec<Applied>, Vec<Held>)>, StoreError> {
         // BEGIN and the staging table in one round trip.
         let mut tx = self
             .pool
@@ -420,14 +452,14 @@ impl Store {
         let applied = crate::alerts::store::apply(&mut tx, transitions)
             .await
             .map_err(StoreError::db("writing alert transitions"))?;
-        coverage::record(&mut tx, rows)
+        let held = coverage::record(&mut tx, rows)
             .await
             .map_err(StoreError::db("recording the readings' coverage"))?;
         fence(&mut tx, progress).await?;
         tx.commit()
             .await
             .map_err(StoreError::db("committing the batch"))?;
-        Ok(Some((inserted, applied)))
+        Ok(Some((inserted, applied, held)))
     }
 
     /// The offsets of a batch that had no rows, in a transaction of their own.

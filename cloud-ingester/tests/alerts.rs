@@ -184,6 +184,7 @@ async fn start(pool: &PgPool, topics: &Topics, group: &str, redis: &RedisSink) -
         store: Store::new(pool.clone()),
         redis: Some(redis.clone()),
         catalog: Catalog::load(pool).await.unwrap(),
+        confirm: None,
         settings: PipelineSettings {
             group: group.to_owned(),
             topic: topics.data.clone(),

@@ -98,6 +98,7 @@ async fn start_on(
         store: Store::new(pool.clone()),
         redis,
         catalog,
+        confirm: None,
         settings: PipelineSettings {
             group: group.to_owned(),
             topic: topic.to_owned(),

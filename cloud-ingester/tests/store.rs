@@ -7,6 +7,7 @@
 //! tests/schema.rs). Run with `DATABASE_URL=postgres://… cargo test -p cloud-ingester
 //! --test store`.
 
+use cloud_ingester::coverage::{Held, HELD_RANGES};
 use cloud_ingester::rows::{rows_from_frame, Row};
 use cloud_ingester::store::{
     BatchOutcome, EventLevel, InvalidRow, Store, StoreError, WritePath, DEDUP_STREAK,
@@ -893,4 +894,66 @@ async fn the_coverage_holds_exactly_the_committed_sequence_numbers(pool: PgPool)
         .await
         .expect("the hole, filled");
     assert_eq!(coverage(&pool).await[0].1, "{[0,350)}");
+}
+
+/// What the confirmations report: the coverage of each (device, boot) of a batch as it
+/// stands after the commit, from the batch's own statement; a replay, which changes
+/// nothing, still reports it (the agent that resent it needs its confirmation).
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_returns_the_coverage_of_its_devices_after_the_commit_even_a_replay(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let boot = BootId(BOOT).as_i64();
+    let held = |device: &str, ranges: &[(u64, u64)]| Held {
+        device_id: device.to_owned(),
+        boot_id: boot,
+        ranges: ranges.to_vec(),
+    };
+    let first = series("furnace-01", 0, T0, 100, 100);
+    let committed = store
+        .write_batch_held(&first, &[], &Default::default())
+        .await
+        .expect("first batch");
+    assert_eq!(committed.held, vec![held("furnace-01", &[(0, 100)])]);
+
+    let mut second = series("furnace-01", 200, T0 + 30_000, 50, 100);
+    second.extend(series("press-01", 7, T0, 10, 250));
+    let committed = store
+        .write_batch_held(&second, &[], &Default::default())
+        .await
+        .expect("second batch");
+    assert_eq!(
+        committed.held,
+        vec![
+            held("furnace-01", &[(0, 100), (200, 250)]),
+            held("press-01", &[(7, 17)]),
+        ]
+    );
+
+    let replay = store
+        .write_batch_held(&first, &[], &Default::default())
+        .await
+        .expect("replay");
+    assert_eq!(replay.outcome.duplicates, 100);
+    assert_eq!(
+        replay.held,
+        vec![held("furnace-01", &[(0, 100), (200, 250)])]
+    );
+
+    // More ranges than a confirmation carries: the lowest HELD_RANGES come back.
+    let mut holes = Vec::new();
+    for i in 0..30u64 {
+        holes.extend(series(
+            "press-02",
+            1000 + i * 10,
+            T0 + i as i64 * 1000,
+            5,
+            100,
+        ));
+    }
+    let committed = store
+        .write_batch_held(&holes, &[], &Default::default())
+        .await
+        .expect("a batch with holes");
+    assert_eq!(committed.held[0].ranges.len() as i64, HELD_RANGES);
+    assert_eq!(committed.held[0].ranges[1], (1010, 1015));
 }

@@ -779,6 +779,7 @@ impl Pipeline {
             ),
             // Read now, as the ingester does at start: the probe device must exist by then.
             catalog: cloud_ingester::validate::Catalog::load(pool).await.unwrap(),
+            confirm: None,
             settings: PipelineSettings {
                 group: kafka_config.group.clone(),
                 topic,
