@@ -58,6 +58,9 @@ pub struct Ledger {
     /// Readings reported as never acknowledged, stored all the same (a frame in flight
     /// when the broker went away, its PUBACK lost).
     pub reported_unsent_stored: u64,
+    /// Frames the agents sent again because no confirmation covered them in time, by
+    /// their last health reports (since each one's last start).
+    pub resent_frames: u64,
     /// Frames still in the agents' queues after their clean stop.
     pub queue_left: u64,
     /// Distinct readings of the workload in `sensors-data`, and other records there.
@@ -126,6 +129,12 @@ impl Ledger {
         }
         ledger.produced = produced;
         let reported = reported_drops(&finished.observed)?;
+        ledger.resent_frames = finished
+            .observed
+            .health
+            .values()
+            .filter_map(|h| h["resent_frames"].as_u64())
+            .sum();
         for ((device, boot, seq), acknowledged) in &reported {
             let key = (device.clone(), *boot, *seq);
             match (acknowledged, stored.contains(&key)) {
@@ -299,6 +308,11 @@ impl fmt::Display for Ledger {
             f,
             "  unexpected   {:>9}  stored but never produced",
             self.unexpected
+        )?;
+        writeln!(
+            f,
+            "  resent       {:>9}  frames the agents sent again, unconfirmed in time",
+            self.resent_frames
         )?;
         writeln!(
             f,

@@ -118,6 +118,8 @@ pub struct Counters {
     /// Confirmations that deleted nothing because they could not be trusted or applied:
     /// undecodable, for another device, beyond what was sent.
     pub ignored_confirmations: u64,
+    /// Frames sent again because no confirmation covered them in time.
+    pub resent_frames: u64,
 }
 
 pub struct Delivery {
@@ -303,6 +305,7 @@ impl Delivery {
             confirmed_frames: self.counters.confirmed_frames,
             refused_frames: self.counters.refused_frames,
             ignored_confirmations: self.counters.ignored_confirmations,
+            resent_frames: self.counters.resent_frames,
             dropped: self.dropped.report(),
             confirm_wait_p50_ms: self.awaiting.waits.quantile_ms(0.5),
             confirm_wait_p99_ms: self.awaiting.waits.quantile_ms(0.99),
@@ -666,6 +669,7 @@ impl Delivery {
         }
         self.awaiting.resending(id);
         self.in_flight.insert(id, span);
+        self.counters.resent_frames += 1;
         true
     }
 

@@ -36,6 +36,8 @@ pub struct Health {
     pub refused_frames: u64,
     /// Confirmations ignored as untrustworthy (see the log), since start.
     pub ignored_confirmations: u64,
+    /// Frames sent again because no confirmation covered them in time, since start.
+    pub resent_frames: u64,
     /// PUBACK to confirmation of the frames confirmed since start, median and 99th
     /// percentile, as the upper bound of a histogram bucket (5, 10, 20, 50, 100, 150,
     /// 200, 300, 400, 500, 750 ms, 1, 2, 5, 30 s); absent before the first.

@@ -289,6 +289,16 @@ async fn a_frame_lost_after_the_broker_is_sent_again_once_a_later_one_is_confirm
         "resent beyond the hole {hole:?}: {resent:?}"
     );
 
+    let resent = wait_until(PATIENCE, "the resend counted", || {
+        let health = health(&subscriber, &setup.prefix).ok_or("no health yet")?;
+        match field(&health, "resent_frames") {
+            0 => Err(health.to_string()),
+            n => Ok(n),
+        }
+    })
+    .await;
+    assert!(resent >= 1);
+
     // The hole filled: confirmed, the queue empties.
     *holes.lock().unwrap() = None;
     stop.send(()).expect("agent running");
