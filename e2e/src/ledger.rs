@@ -63,8 +63,10 @@ pub struct Ledger {
     pub resent_frames: u64,
     /// Frames still in the agents' queues after their clean stop.
     pub queue_left: u64,
-    /// Distinct readings of the workload in `sensors-data`, and other records there.
+    /// Distinct readings of the workload in `sensors-data`, every copy of them there
+    /// (resends and replays included), and other records there.
     pub in_kafka: u64,
+    pub kafka_copies: u64,
     pub foreign_in_kafka: u64,
     /// Records in `sensors-dlq`.
     pub dead_letters: u64,
@@ -177,7 +179,11 @@ impl Ledger {
         .await
         .context("reading Kafka")??;
         ledger.dead_letter_reasons = reasons;
-        (ledger.in_kafka, ledger.foreign_in_kafka) = hop;
+        (
+            ledger.in_kafka,
+            ledger.kafka_copies,
+            ledger.foreign_in_kafka,
+        ) = hop;
         ledger.dead_letters = ledger.dead_letter_reasons.values().sum();
         Ok(ledger)
     }
@@ -290,8 +296,8 @@ impl fmt::Display for Ledger {
         )?;
         writeln!(
             f,
-            "  in Kafka     {:>9}  distinct readings in sensors-data (+{} other records)",
-            self.in_kafka, self.foreign_in_kafka
+            "  in Kafka     {:>9}  distinct readings in sensors-data ({} copies; +{} other records)",
+            self.in_kafka, self.kafka_copies, self.foreign_in_kafka
         )?;
         writeln!(
             f,
@@ -510,15 +516,17 @@ pub fn dead_letter_reasons(brokers: &str) -> Result<BTreeMap<String, u64>> {
 
 /// The hop between the bridge and the ingester: distinct readings of the workload's
 /// devices in `sensors-data`, and the records that are not the workload's.
-pub fn kafka_hop(brokers: &str) -> Result<(u64, u64)> {
+pub fn kafka_hop(brokers: &str) -> Result<(u64, u64, u64)> {
     let devices = workload::devices();
     let mut readings: HashSet<(String, i64, u64)> = HashSet::new();
+    let mut copies = 0;
     let mut foreign = 0;
     read_topic(
         brokers,
         protocol::kafka::SENSORS_DATA,
         |record| match protocol::Frame::decode(record.payload().unwrap_or_default()) {
             Ok(frame) if devices.contains(&frame.device.as_str()) => {
+                copies += frame.readings.len() as u64;
                 for seq in frame.first_seq..frame.first_seq + frame.readings.len() as u64 {
                     readings.insert((
                         frame.device.as_str().to_owned(),
@@ -530,7 +538,7 @@ pub fn kafka_hop(brokers: &str) -> Result<(u64, u64)> {
             _ => foreign += 1,
         },
     )?;
-    Ok((readings.len() as u64, foreign))
+    Ok((readings.len() as u64, copies, foreign))
 }
 
 /// Reads every record a topic holds now, from the first to the high watermark of

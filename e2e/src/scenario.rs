@@ -78,6 +78,20 @@ impl Scenario {
         }
     }
 
+    /// Most frames the agents may resend. Where nothing after the broker loses what it
+    /// holds and the cloud only stalls, confirmations are late, never missing: nothing
+    /// is resent but a device's last frame after `confirm_timeout`, once per device.
+    fn resend_bound(self) -> Option<u64> {
+        match self {
+            Scenario::KafkaPause
+            | Scenario::IngesterKill
+            | Scenario::Rebalance
+            | Scenario::PostgresOutage
+            | Scenario::RedisOutage => Some(workload::devices().len() as u64),
+            _ => None,
+        }
+    }
+
     fn policy(self) -> LossPolicy {
         match self {
             Scenario::QueueCap => LossPolicy::QueueCap,
@@ -163,6 +177,14 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
     ledger.recoveries = recoveries;
     ledger.injected = injected;
     let mut breaches = ledger.breaches(scenario.policy(), dead_letters);
+    if let Some(bound) = scenario.resend_bound() {
+        if ledger.resent_frames > bound {
+            breaches.push(format!(
+                "{} frames resent while the cloud only stalled (at most {bound}): a resend storm",
+                ledger.resent_frames
+            ));
+        }
+    }
     if !breaches.is_empty() {
         let logs = finished.keep_logs();
         breaches.push(format!("logs and queues kept in {}", logs.display()));
