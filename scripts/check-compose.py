@@ -194,7 +194,7 @@ def kafka_topics() -> dict[str, int]:
             source,
         )
     }
-    listed = re.search(r"pub const ALL_TOPICS: \[KafkaTopic; (\d+)\] = \[([^\]]*)\]", source)
+    listed = re.search(r"pub const ALL_TOPICS: \[KafkaTopic; (\d+)\] =\s*\[([^\]]*)\]", source)
     if not listed:
         problem("protocol/src/kafka.rs: ALL_TOPICS not found (has its form changed?)")
         return {}
