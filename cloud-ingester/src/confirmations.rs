@@ -151,6 +151,18 @@ pub fn set_committed(confirmation: &mut Confirmation, ranges: &[(u64, u64)]) {
     }
 }
 
+/// Readings missing below the highest committed one: the holes between the ranges (as
+/// far as the returned ranges reach) and before the first.
+pub fn missing(ranges: &[(u64, u64)]) -> u64 {
+    let mut covered_to = 0;
+    let mut missing = 0;
+    for &(start, end) in ranges {
+        missing += start.saturating_sub(covered_to);
+        covered_to = covered_to.max(end);
+    }
+    missing
+}
+
 /// Adds `start..end` to a list of refused ranges: merged with those it overlaps or
 /// touches, ascending, the highest [`MAX_CONFIRM_RANGES`] kept (the lowest are the
 /// oldest: a device's sequence numbers only grow).
@@ -184,6 +196,8 @@ fn refused(letter: &DeadLetter) -> Option<(DeviceId, BootId, u64, u64)> {
 struct Entry {
     confirmation: Confirmation,
     route: Option<String>,
+    /// Readings missing below the highest committed one, at the last commit.
+    missing: u64,
     /// When it last changed, in ledger updates: the least recent are forgotten first.
     touched: u64,
 }
@@ -214,6 +228,7 @@ impl Ledger {
         let entry = self.entries.entry(key).or_insert_with(|| Entry {
             confirmation: Confirmation::new(device.clone(), boot),
             route: None,
+            missing: 0,
             touched: 0,
         });
         entry.touched = self.clock;
@@ -279,6 +294,18 @@ impl Confirmations {
             };
             let entry = ledger.entry(&device, BootId::from_i64(held.boot_id));
             set_committed(&mut entry.confirmation, &held.ranges);
+            // Completeness, visible in Prometheus: holes a resend has yet to fill, and
+            // readings that filled one.
+            let missing = missing(&held.ranges);
+            let recovered = entry.missing.saturating_sub(missing);
+            entry.missing = missing;
+            let device_label = held.device_id.clone();
+            metrics::gauge!("ingester_readings_missing", "device" => device_label.clone())
+                .set(missing as f64);
+            if recovered > 0 {
+                metrics::counter!("ingester_readings_recovered_total", "device" => device_label)
+                    .increment(recovered);
+            }
             if let Some(route) = routes.get(&held.device_id) {
                 entry.route = Some(route.to_owned());
             }
@@ -445,6 +472,14 @@ impl Sender {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn missing_readings_are_the_holes_below_the_highest() {
+        assert_eq!(super::missing(&[]), 0);
+        assert_eq!(super::missing(&[(0, 100)]), 0);
+        assert_eq!(super::missing(&[(0, 100), (150, 200), (210, 300)]), 60);
+        assert_eq!(super::missing(&[(5, 10)]), 5);
+    }
+
     use super::*;
 
     fn ranges(list: &[(u64, u64)]) -> Ranges {
