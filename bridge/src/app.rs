@@ -68,6 +68,11 @@ impl Bridge {
                     format!("cannot serve HTTP on {} (http.listen)", config.http.listen)
                 })?;
         tokio::spawn(service::metrics::prometheus_upkeep(stop_rest.clone()));
+        tokio::spawn(watch_progress(
+            stats.clone(),
+            health.clone(),
+            stop_rest.clone(),
+        ));
         let producer = create_producer(
             &config.kafka,
             &config.id,
@@ -312,6 +317,21 @@ async fn forward_when_ready(
         .run(rx, stop, config.forward.shutdown_grace)
         .await
         .map_err(Into::into)
+}
+
+/// Shows the forwarder's counters to the readiness check every second, so a producer
+/// that stops confirming while messages wait turns `/readyz` to 503 (see `health`).
+async fn watch_progress(stats: Arc<Stats>, health: Arc<Health>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let snapshot = stats.snapshot();
+                health.observe(snapshot.in_flight, snapshot.produced, std::time::Instant::now());
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 /// The body of the metrics records: the counters, and the rates since the previous

@@ -1,6 +1,7 @@
 //! The bridge binary through the failures it promises to survive: Kafka frozen and
-//! thawed (nothing lost, nothing twice, memory within budget, MQTT kept alive) and the
-//! bridge itself killed with SIGKILL in client mode (nothing the broker held is lost).
+//! thawed (nothing lost, nothing twice, memory within budget, MQTT kept alive), the
+//! bridge itself killed with SIGKILL in client mode (nothing the broker held is lost),
+//! and a Kafka that lost its state, which the bridge cannot go past but must report.
 
 mod support;
 
@@ -389,4 +390,72 @@ async fn a_bridge_started_before_its_brokers_waits_for_them_then_forwards() {
     let _ = stop.send(());
     let stats = running.await.unwrap().unwrap();
     assert_eq!(stats.produced, 1);
+}
+
+/// Kafka restarted with its storage lost (the local stack's Tansu): the idempotent
+/// producer's id is gone with it and Tansu does not say so, so the producer confirms
+/// nothing more, though the broker is connected. The bridge cannot repair that itself;
+/// it must say so on `/readyz`, so a supervisor restarts it (the agents then resend what
+/// it held, since nothing confirmed it to them).
+#[test]
+fn a_kafka_that_lost_its_state_shows_as_a_stall_on_readyz() {
+    let mut kafka = testkit::Tansu::start();
+    let mosquitto = testkit::Mosquitto::start();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Client, &prefix, &kafka.brokers());
+    config.mqtt.port = mosquitto.port();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let bridge = Process::spawn(&config);
+    let devices = ["dev-a", "dev-b"];
+    runtime.block_on(publish_all(
+        mosquitto.port(),
+        "pub-1",
+        &workload(&prefix, &devices, 0, 10),
+    ));
+    wait_metric(
+        &bridge,
+        "bridge_messages_produced_total",
+        20.0,
+        Duration::from_secs(30),
+    );
+
+    kafka.restart();
+    runtime.block_on(async {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", kafka.brokers())
+                .create()
+                .unwrap();
+        let topics = [&config.kafka.topic, &config.kafka.dlq_topic]
+            .map(|name| NewTopic::new(name, 3, TopicReplication::Fixed(1)));
+        for created in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            created.unwrap();
+        }
+    });
+    runtime.block_on(publish_all(
+        mosquitto.port(),
+        "pub-2",
+        &workload(&prefix, &devices, 10, 10),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let readiness = bridge.readiness();
+        if readiness.contains("messages wait for Kafka") {
+            assert!(!bridge.ready(), "{readiness}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stall reported within 2 min of Kafka's restart; produced {}, in flight {}; {}",
+            bridge.metric("bridge_messages_produced_total"),
+            bridge.metric("bridge_messages_in_flight"),
+            readiness.replace('\n', ", ")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

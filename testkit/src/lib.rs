@@ -346,6 +346,14 @@ impl Tansu {
     pub fn resume(&self) {
         self.child.signal(libc::SIGCONT);
     }
+
+    /// Kills the broker and starts a new one on the same port: with memory storage,
+    /// every topic, record and producer id is gone, as with the local stack's Kafka
+    /// after a restart.
+    pub fn restart(&mut self) {
+        self.child.kill();
+        *self = Self::start_on(self.port);
+    }
 }
 
 /// A private PostgreSQL server for tests that stop and start the database (outages),
