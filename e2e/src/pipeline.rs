@@ -190,6 +190,13 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Restarts Kafka, which forgets every record (memory storage), and creates the
+    /// topics again, as `scripts/stack.sh up` would.
+    pub async fn restart_kafka(&mut self) -> Result<()> {
+        self.kafka.restart();
+        create_topics(&self.kafka.brokers()).await
+    }
+
     /// SIGKILLs Mosquitto: unlike [`Pipeline::stop_server`], it saves nothing.
     pub fn kill_broker(&mut self) -> Result<()> {
         self.mosquitto()?.kill();

@@ -33,6 +33,9 @@ pub enum Scenario {
     EmbeddedBridgeKill,
     /// The Kafka-compatible broker frozen (SIGSTOP) beyond the clients' timeouts.
     KafkaPause,
+    /// Kafka restarted with its memory storage lost while the ingester lags behind:
+    /// what the bridge had confirmed and nobody stored comes again from the agents.
+    KafkaRestart,
     /// The ingester SIGKILLed mid-batch and restarted.
     IngesterKill,
     /// A second ingester joins the consumer group, then the first leaves.
@@ -46,7 +49,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::AgentKill,
         Scenario::BrokerOutage,
         Scenario::BrokerKill,
@@ -54,6 +57,7 @@ impl Scenario {
         Scenario::BridgeKill,
         Scenario::EmbeddedBridgeKill,
         Scenario::KafkaPause,
+        Scenario::KafkaRestart,
         Scenario::IngesterKill,
         Scenario::Rebalance,
         Scenario::PostgresOutage,
@@ -70,6 +74,7 @@ impl Scenario {
             Scenario::BridgeKill => "bridge-kill",
             Scenario::EmbeddedBridgeKill => "embedded-bridge-kill",
             Scenario::KafkaPause => "kafka-pause",
+            Scenario::KafkaRestart => "kafka-restart",
             Scenario::IngesterKill => "ingester-kill",
             Scenario::Rebalance => "rebalance",
             Scenario::PostgresOutage => "postgres-outage",
@@ -300,6 +305,23 @@ impl Faults<'_> {
                 )
                 .await?;
             }
+            Scenario::KafkaRestart => {
+                self.run_for(1, 3).await?;
+                // The ingester away, so Kafka holds records nobody has stored yet.
+                self.pipeline.ingesters[0].kill()?;
+                self.run_for(2, 4).await?;
+                self.pipeline.restart_kafka().await?;
+                // The bridge's producer cannot go on with a broker that forgot its id
+                // (it says so on /readyz): restarted, as its supervisor would.
+                self.pipeline.bridge.kill()?;
+                self.pipeline.bridge.start()?;
+                self.pipeline.ingesters[0].start()?;
+                self.recovered(
+                    "Kafka restarted, its records lost, with the ingester behind".to_owned(),
+                    &workload::devices(),
+                )
+                .await?;
+            }
             Scenario::IngesterKill => {
                 for n in 1..=repeats {
                     self.run_for(1, 3).await?;
@@ -503,6 +525,7 @@ impl Scenario {
                 "the embedded-broker bridge SIGKILLed, once inside a Kafka freeze"
             }
             Scenario::KafkaPause => "Kafka frozen with SIGSTOP beyond the clients' timeouts",
+            Scenario::KafkaRestart => "Kafka restarted, its records lost, the ingester behind",
             Scenario::IngesterKill => "the ingester SIGKILLed mid-batch and restarted",
             Scenario::Rebalance => "a second ingester joins, then one leaves",
             Scenario::PostgresOutage => "PostgreSQL stopped and started",

@@ -68,6 +68,11 @@ fn kafka_pause() {
 }
 
 #[test]
+fn kafka_restart() {
+    check(Scenario::KafkaRestart);
+}
+
+#[test]
 fn ingester_kill() {
     check(Scenario::IngesterKill);
 }
