@@ -7,10 +7,18 @@
 //! binary with `config/simulated-plant.toml` pointed at it, and samples /proc for the
 //! agent process every 100 ms. Bytes per reading counts the MQTT payloads of the telemetry topics a
 //! subscriber received, divided by the readings they carried.
+//!
+//! It runs the agent twice, the same time each: with `delivery.confirm = "pipeline"` (the
+//! default, measured for the table), with a subscriber playing the cloud that confirms
+//! every reading it receives, as the ingester would; and with `confirm = "broker"`
+//! (delete on PUBACK), the peer for what confirmations cost in memory and in writes.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use protocol::Frame;
+use protocol::topic::{Topic, TopicKind};
+use protocol::{BootId, Confirmation, DeviceId, Frame, MAX_CONFIRM_LEN};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// Builds the agent with the profile shipped to the Pi (`release-pi`: size-optimised,
@@ -66,6 +74,187 @@ fn smaps_rollup(pid: u32) -> (u64, u64) {
     (field("Pss:"), field("Anonymous:"))
 }
 
+/// Bytes the process handed to write(2) and friends (/proc/PID/io `wchar`): its queue
+/// segments, acks file and MQTT socket alike.
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = io.lines().find(|l| l.starts_with("wchar:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What one run of the agent measured.
+struct Run {
+    hwm_kib: u64,
+    median_rss_kib: u64,
+    peak_rss_kib: u64,
+    pss_kib: u64,
+    anonymous_kib: u64,
+    cpu_share: f64,
+    written: u64,
+    /// Per frame size (readings): (frames, payload bytes).
+    by_size: BTreeMap<usize, (u64, u64)>,
+    confirmed_frames: u64,
+}
+
+/// Every reading received per (device, boot), and the confirm topic of each device.
+#[derive(Default)]
+struct Received {
+    by_size: BTreeMap<usize, (u64, u64)>,
+    seqs: BTreeMap<(String, BootId), BTreeSet<u64>>,
+    confirm_topics: BTreeMap<String, String>,
+    /// The agent's own count of frames deleted on a confirmation (its health report).
+    confirmed_frames: u64,
+}
+
+/// The committed prefix of each (device, boot): what the ingester would confirm.
+fn confirmations(received: &Received) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for ((device, boot), seqs) in &received.seqs {
+        let (Ok(id), Some(topic)) = (DeviceId::new(device), received.confirm_topics.get(device))
+        else {
+            continue;
+        };
+        let mut confirmation = Confirmation::new(id, *boot);
+        confirmation.committed_below = seqs
+            .iter()
+            .zip(0..)
+            .take_while(|(seq, expected)| **seq == *expected)
+            .count() as u64;
+        let mut buf = [0u8; MAX_CONFIRM_LEN];
+        if let Ok(bytes) = confirmation.encode(&mut buf) {
+            out.push((topic.clone(), bytes.to_vec()));
+        }
+    }
+    out
+}
+
+/// Runs the agent for `seconds` with `confirm` and measures it; with `"pipeline"` a
+/// subscriber confirms what it receives every 200 ms, as the ingester would.
+async fn run(bin: &std::path::Path, port: u16, confirm: &str, seconds: u64) -> Run {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut options = MqttOptions::new(testkit::unique_name("sub"), "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(options, 100);
+    for filter in ["plant/+/+/+/telemetry", "plant/+/+/+/status"] {
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    let received = Arc::new(Mutex::new(Received::default()));
+    let seen = received.clone();
+    let counter = tokio::spawn(async move {
+        loop {
+            let Ok(event) = events.poll().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let Event::Incoming(Packet::Publish(p)) = event else {
+                continue;
+            };
+            let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.topic.ends_with("/status") {
+                let confirmed = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                    .ok()
+                    .and_then(|status| status["health"]["confirmed_frames"].as_u64());
+                if let Some(confirmed) = confirmed {
+                    seen.confirmed_frames = seen.confirmed_frames.max(confirmed);
+                }
+                continue;
+            }
+            let Ok(frame) = Frame::decode(&p.payload) else {
+                continue;
+            };
+            let entry = seen.by_size.entry(frame.readings.len()).or_default();
+            entry.0 += 1;
+            entry.1 += p.payload.len() as u64;
+            let device = frame.device.as_str().to_owned();
+            let seqs = seen
+                .seqs
+                .entry((device.clone(), frame.boot_id))
+                .or_default();
+            seqs.extend(frame.first_seq..frame.first_seq + frame.readings.len() as u64);
+            if let Ok(topic) = Topic::parse(&p.topic) {
+                let confirm = topic.with_kind(TopicKind::Confirm).to_string();
+                seen.confirm_topics.insert(device, confirm);
+            }
+        }
+    });
+    let confirmer = (confirm == "pipeline").then(|| {
+        let (client, received) = (client.clone(), received.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let pending = {
+                    let seen = received.lock().unwrap_or_else(PoisonError::into_inner);
+                    confirmations(&seen)
+                };
+                for (topic, payload) in pending {
+                    let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);
+                }
+            }
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let config = format!("{}/config/simulated-plant.toml", env!("CARGO_MANIFEST_DIR"));
+    let mut agent = std::process::Command::new(bin)
+        .args(["--config", &config, "--mqtt-port", &port.to_string()])
+        .arg("--queue-dir")
+        .arg(dir.path().join("queue"))
+        .env("RUST_LOG", "warn")
+        .env("EDGE_AGENT_DELIVERY__CONFIRM", confirm)
+        .spawn()
+        .expect("start edge-agent");
+    let pid = agent.id();
+    // Let the runtime and the first frames settle before measuring CPU.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let cpu_start = cpu_ticks(pid).unwrap_or(0);
+    let written_start = written_bytes(pid).unwrap_or(0);
+    let started = Instant::now();
+    let mut peak_rss_kib = 0;
+    let mut rss_samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        if let Some(rss) = proc_field(pid, "VmRSS:") {
+            peak_rss_kib = peak_rss_kib.max(rss);
+            rss_samples.push(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = (cpu_ticks(pid).unwrap_or(0) - cpu_start) as f64 / ticks_per_s;
+    let written = written_bytes(pid).unwrap_or(0) - written_start;
+    let wall = started.elapsed().as_secs_f64();
+    let hwm_kib = proc_field(pid, "VmHWM:").unwrap_or(0);
+    let (pss_kib, anonymous_kib) = smaps_rollup(pid);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = agent.wait();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    counter.abort();
+    if let Some(confirmer) = confirmer {
+        confirmer.abort();
+    }
+    let _ = client.disconnect().await;
+    rss_samples.sort_unstable();
+    let (by_size, confirmed_frames) = {
+        let seen = received.lock().unwrap_or_else(PoisonError::into_inner);
+        (seen.by_size.clone(), seen.confirmed_frames)
+    };
+    Run {
+        hwm_kib,
+        median_rss_kib: rss_samples.get(rss_samples.len() / 2).copied().unwrap_or(0),
+        peak_rss_kib,
+        pss_kib,
+        anonymous_kib,
+        cpu_share: cpu / wall,
+        written,
+        by_size,
+        confirmed_frames,
+    }
+}
+
 fn stripped_size(path: &std::path::Path, strip: &str) -> Option<u64> {
     let out = std::env::temp_dir().join(testkit::unique_name("strip"));
     let ok = std::process::Command::new(strip)
@@ -89,70 +278,8 @@ async fn main() {
     // Build first: nothing may wait on this single-threaded runtime while cargo runs.
     let bin = build_pi_profile();
     let broker = testkit::Mosquitto::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-
-    let mut options = MqttOptions::new(testkit::unique_name("sub"), "127.0.0.1", broker.port());
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = AsyncClient::new(options, 10);
-    client
-        .subscribe("plant/+/+/+/telemetry", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let totals = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
-    let seen = totals.clone();
-    let counter = tokio::spawn(async move {
-        let totals = seen;
-        // Per frame size (readings): (frames, payload bytes).
-        let mut by_size = std::collections::BTreeMap::<usize, (u64, u64)>::new();
-        loop {
-            let Ok(event) = events.poll().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            if let Event::Incoming(Packet::Publish(p)) = event {
-                if let Ok(frame) = Frame::decode(&p.payload) {
-                    let entry = by_size.entry(frame.readings.len()).or_default();
-                    entry.0 += 1;
-                    entry.1 += p.payload.len() as u64;
-                    *totals.lock().unwrap_or_else(|e| e.into_inner()) = by_size.clone();
-                }
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let config = format!("{}/config/simulated-plant.toml", env!("CARGO_MANIFEST_DIR"));
-    let mut agent = std::process::Command::new(&bin)
-        .args([
-            "--config",
-            &config,
-            "--mqtt-port",
-            &broker.port().to_string(),
-        ])
-        .arg("--queue-dir")
-        .arg(dir.path().join("queue"))
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start edge-agent");
-    let pid = agent.id();
-    // Let the runtime and the first frames settle before measuring CPU.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ticks_per_s = 100.0; // USER_HZ on Linux
-    let cpu_start = cpu_ticks(pid).unwrap_or(0);
-    let started = Instant::now();
-    let mut peak_rss_kib = 0;
-    let mut rss_samples = Vec::new();
-    while started.elapsed() < Duration::from_secs(seconds) {
-        if let Some(rss) = proc_field(pid, "VmRSS:") {
-            peak_rss_kib = peak_rss_kib.max(rss);
-            rss_samples.push(rss);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let cpu = (cpu_ticks(pid).unwrap_or(0) - cpu_start) as f64 / ticks_per_s;
-    let wall = started.elapsed().as_secs_f64();
-    let hwm = proc_field(pid, "VmHWM:").unwrap_or(0);
-    let (pss, anonymous) = smaps_rollup(pid);
+    let run_pipeline = run(&bin, broker.port(), "pipeline", seconds).await;
+    let run_broker = run(&bin, broker.port(), "broker", seconds).await;
     // The floor in the same run: a C program that does nothing still maps the C library.
     let floor = std::process::Command::new("sleep")
         .arg("5")
@@ -165,14 +292,16 @@ async fn main() {
             let _ = sleep.wait();
             rss
         });
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = agent.wait();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    counter.abort();
-    let by_size: std::collections::BTreeMap<usize, (u64, u64)> =
-        totals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Run {
+        hwm_kib: hwm,
+        median_rss_kib: median_rss,
+        peak_rss_kib,
+        pss_kib: pss,
+        anonymous_kib: anonymous,
+        cpu_share,
+        ref by_size,
+        ..
+    } = run_pipeline;
     let frames: u64 = by_size.values().map(|(f, _)| f).sum();
     let bytes: u64 = by_size.values().map(|(_, b)| b).sum();
     let readings: u64 = by_size.iter().map(|(n, (f, _))| *n as u64 * f).sum();
@@ -182,13 +311,15 @@ async fn main() {
             .map(|(f, b)| format!("{:.2} B ({f} frames)", *b as f64 / (*f * n as u64) as f64))
             .unwrap_or_else(|| "no such frames".to_owned())
     };
-    rss_samples.sort_unstable();
-    let median_rss = rss_samples.get(rss_samples.len() / 2).copied().unwrap_or(0);
 
     println!("edge-agent footprint: 5 simulated seed devices (config/simulated-plant.toml),");
     println!(
-        "{seconds} s measured after 2 s warm-up, /proc sampled every 100 ms, release-pi build."
+        "{seconds} s measured after 2 s warm-up, /proc sampled every 100 ms, release-pi build;"
     );
+    println!(
+        "delivery.confirm = \"pipeline\" with a subscriber confirming what it receives, then the"
+    );
+    println!("same time with \"broker\" (delete on PUBACK) as the peer.");
     println!();
     println!("| figure | measured | bar |");
     println!("|---|---:|---:|");
@@ -217,7 +348,23 @@ async fn main() {
     }
     println!(
         "| CPU, share of one core | {:.2} % | ≤ 1 % |",
-        100.0 * cpu / wall
+        100.0 * cpu_share
+    );
+    println!(
+        "| peer: RSS peak with confirm = \"broker\" (VmHWM) | {:.2} MiB (pipeline {:+.2} MiB) | pipeline within 0.2 MiB |",
+        run_broker.hwm_kib as f64 / 1024.0,
+        (hwm as f64 - run_broker.hwm_kib as f64) / 1024.0
+    );
+    println!(
+        "| frames deleted on a confirmation, by the agent's last health report (pipeline run) | {} of {frames} received | |",
+        run_pipeline.confirmed_frames
+    );
+    let extra = run_pipeline.written as f64 / run_broker.written.max(1) as f64 - 1.0;
+    println!(
+        "| bytes written (write calls: queue, acks file, MQTT socket), pipeline / broker | {} / {} B ({:+.1} %) | ≤ +5 % |",
+        run_pipeline.written,
+        run_broker.written,
+        100.0 * extra
     );
     println!(
         "| wire bytes per reading, all frames | {:.2} B ({readings} readings in {frames} frames) | |",
