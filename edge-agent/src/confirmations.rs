@@ -137,7 +137,7 @@ type Stream = (String, BootId);
 pub struct Awaiting {
     streams: HashMap<Stream, BTreeMap<u64, Waiting>>,
     records: BTreeMap<RecordId, (Stream, u64)>,
-    /// Per stream, one past the highest sequence number ever PUBACKed.
+    /// Per stream, one past the highest sequence number ever published.
     sent_end: HashMap<Stream, u64>,
     /// Per device, when the most recently sent frame that got confirmed was PUBACKed.
     newest_confirmed: HashMap<String, Instant>,
@@ -160,11 +160,20 @@ impl Awaiting {
         self.records.contains_key(&id)
     }
 
+    /// A frame was handed to the broker: a confirmation may name its readings from now
+    /// on (it can overtake the PUBACK when a connection drops in between).
+    pub fn published(&mut self, span: &FrameSpan) {
+        let end = self
+            .sent_end
+            .entry((span.device.clone(), span.boot_id))
+            .or_default();
+        *end = (*end).max(span.end_seq);
+    }
+
     /// A frame's PUBACK arrived: it now waits for the cloud (again, if it was resent).
     pub fn pubacked(&mut self, id: RecordId, span: FrameSpan, now: Instant) {
+        self.published(&span);
         let stream = (span.device.clone(), span.boot_id);
-        let end = self.sent_end.entry(stream.clone()).or_default();
-        *end = (*end).max(span.end_seq);
         self.newest_sent.insert(span.device, now);
         if let Some(waiting) = self.waiting_mut(id) {
             waiting.pubacked_at = now;

@@ -634,6 +634,9 @@ impl Delivery {
                 }
                 break;
             }
+            if let Some(span) = &span {
+                self.awaiting.published(span);
+            }
             self.in_flight.insert(id, span);
         }
     }
@@ -668,6 +671,9 @@ impl Delivery {
             return false;
         }
         self.awaiting.resending(id);
+        if let Some(span) = &span {
+            self.awaiting.published(span);
+        }
         self.in_flight.insert(id, span);
         self.counters.resent_frames += 1;
         true
