@@ -155,6 +155,10 @@ pub fn relay_consumer_config(config: &KafkaConfig, client_id: &str) -> ClientCon
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // A confirmation's wait is a frame's time on the agent's disk: librdkafka's
+        // 500 ms default for a fetch to wait for data would be most of it, on a topic
+        // that only carries a few records per device and second.
+        .set("fetch.wait.max.ms", "20")
         // The relay waits for the topic itself (and says so once).
         .set("allow.auto.create.topics", "false");
     client
