@@ -82,6 +82,58 @@ pub struct Profile {
     pub by_symbol: Vec<String>,
 }
 
+/// The agents' own PUBACK → confirmation wait, from their retained gateway status
+/// (`health`) at the end of a window: cumulative since each agent started, bucketed (the
+/// figure is the upper bound of a histogram bucket, 5 … 30000 ms).
+#[derive(Debug, Clone, Default)]
+pub struct ConfirmWait {
+    /// Gateways whose status arrived during the window.
+    pub gateways: usize,
+    /// The largest over the gateways (None: no frame confirmed yet).
+    pub p50_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    /// Sums over the gateways.
+    pub confirmed_frames: u64,
+    pub awaiting_confirm: u64,
+    pub resent_frames: u64,
+}
+
+impl ConfirmWait {
+    fn read(probe: &Probe, w: &Workload, since: Instant) -> Self {
+        let health = probe.gateway_health(&format!("{}-gw", w.prefix), since);
+        let num = |h: &serde_json::Value, k: &str| h.get(k).and_then(serde_json::Value::as_u64);
+        let sum = |k: &str| health.iter().filter_map(|h| num(h, k)).sum();
+        ConfirmWait {
+            gateways: health.len(),
+            p50_ms: health
+                .iter()
+                .filter_map(|h| num(h, "confirm_wait_p50_ms"))
+                .max(),
+            p99_ms: health
+                .iter()
+                .filter_map(|h| num(h, "confirm_wait_p99_ms"))
+                .max(),
+            confirmed_frames: sum("confirmed_frames"),
+            awaiting_confirm: sum("awaiting_confirm"),
+            resent_frames: sum("resent_frames"),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let f = |v: Option<u64>| v.map_or("–".to_owned(), |v| format!("≤ {v} ms"));
+        format!(
+            "PUBACK → confirmation wait p50 {}, p99 {} over {} frames confirmed ({} awaiting, {} resent, {} gateway{})",
+            f(self.p50_ms),
+            f(self.p99_ms),
+            self.confirmed_frames,
+            self.awaiting_confirm,
+            self.resent_frames,
+            self.gateways,
+            if self.gateways == 1 { "" } else { "s" }
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LatencyRun {
     pub workload: Workload,
@@ -89,6 +141,7 @@ pub struct LatencyRun {
     pub offered_rate: f64,
     pub ingest_rate: f64,
     pub latency: Latency,
+    pub confirm_wait: ConfirmWait,
     pub cpu: CpuWindow,
 }
 
@@ -276,8 +329,11 @@ pub async fn latency(
     check_agents(&mut agents)?;
     let parts = p.parts(&agents).await;
     let start = sample(p, probe)?;
+    let window_start = Instant::now();
     probe.track(&format!("{}-", w.prefix));
     tokio::time::sleep(timing.latency_window).await;
+    // The agents' health at the end of the window (they publish it every second).
+    let confirm_wait = ConfirmWait::read(probe, w, window_start);
     let latency = probe.finish_tracking(Duration::from_secs(5)).await;
     let end = sample(p, probe)?;
     check_agents(&mut agents)?;
@@ -308,6 +364,10 @@ pub async fn latency(
         crate::probe::POLL_INTERVAL.as_millis(),
         latency.mean_poll_ms
     );
+    println!(
+        "   agent: {}   [the agents' retained status topic, field health: cumulative since the agent started, bucket upper bounds]",
+        confirm_wait.describe()
+    );
     print_cpu(&cpu);
     // Let the stopped agents' last frames land before the next scenario.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -317,6 +377,7 @@ pub async fn latency(
         offered_rate,
         ingest_rate,
         latency,
+        confirm_wait,
         cpu,
     })
 }

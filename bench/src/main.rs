@@ -129,11 +129,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut throughput = Vec::new();
     let profile_dir = args.perf.then_some(work.as_path());
     throughput.push(e2e::throughput(&mut pipeline, &probe, &five, &timing, profile_dir).await?);
+    // The same 5-device scenario with delete-on-PUBACK (the old behaviour), straight after,
+    // for the cost of waiting for the cloud's confirmation.
+    let five_broker = pipeline::Workload {
+        confirm: "broker",
+        ..five.clone()
+    };
+    let broker = e2e::throughput(&mut pipeline, &probe, &five_broker, &timing, None).await?;
     throughput
         .push(e2e::throughput(&mut pipeline, &probe, &five_hundred, &timing, profile_dir).await?);
     let mut latency = vec![e2e::latency(&mut pipeline, &probe, &lat, &timing).await?];
     pipeline.restart_ingester(Some("200ms")).await?;
     latency.push(e2e::latency(&mut pipeline, &probe, &lat, &timing).await?);
+    let pl = &throughput[0];
+    println!();
+    println!("== confirmations (issue 14): delivery.confirm = \"pipeline\" against \"broker\"");
+    println!(
+        "   {}: committed {:.0} readings/s with pipeline, {:.0} with broker: {:.1} % (bar ≥ 95 %)   [ingester_readings_inserted_total over each window]",
+        pl.workload.name,
+        pl.ingest_rate,
+        broker.ingest_rate,
+        100.0 * pl.ingest_rate / broker.ingest_rate.max(f64::MIN_POSITIVE)
+    );
+    println!(
+        "   largest agent RSS: {:.2} MiB with pipeline, {:.2} MiB with broker ({:+.2} MiB; bar within 0.2)   [/proc VmRSS at the end of each window]",
+        pl.agent_rss_kib as f64 / 1024.0,
+        broker.agent_rss_kib as f64 / 1024.0,
+        (pl.agent_rss_kib as f64 - broker.agent_rss_kib as f64) / 1024.0
+    );
+    for l in &latency {
+        println!(
+            "   latency run, batch.age {}: {} (bar p99 ≤ 500 ms)   [agents' retained status, health; bucketed, since agent start]",
+            l.batch_age,
+            l.confirm_wait.describe()
+        );
+    }
     if probe.poll_errors() > 0 {
         println!("note: {} latency polls failed", probe.poll_errors());
     }
@@ -154,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         components: &components,
         throughput: &throughput,
         latency: &latency,
+        broker: &broker,
         configs: &configs,
         chart_file: "benchmarks.svg",
         started: &started,

@@ -60,6 +60,9 @@ pub struct Workload {
     pub agents: usize,
     pub max_readings: usize,
     pub max_age_ms: u64,
+    /// The agents' `delivery.confirm`: "pipeline" (the default: a frame leaves the disk
+    /// on the ingester's confirmation) or "broker" (on the MQTT PUBACK).
+    pub confirm: &'static str,
 }
 
 impl Workload {
@@ -76,6 +79,7 @@ impl Workload {
                 agents: 5,
                 max_readings: 50,
                 max_age_ms: 1000,
+                confirm: "pipeline",
             },
             Workload {
                 name: "500 devices".to_owned(),
@@ -86,6 +90,7 @@ impl Workload {
                 agents: 4,
                 max_readings: 50,
                 max_age_ms: 1000,
+                confirm: "pipeline",
             },
             Workload {
                 name: "latency at ~10k readings/s".to_owned(),
@@ -96,6 +101,7 @@ impl Workload {
                 agents: 1,
                 max_readings: 50,
                 max_age_ms: 1000,
+                confirm: "pipeline",
             },
         ]
     }
@@ -113,7 +119,7 @@ impl Workload {
 
     pub fn describe(&self) -> String {
         format!(
-            "{} devices × {} channels every {} ms = {:.0} readings/s configured, over {} agent process{}; frames sealed at {} readings or {} ms",
+            "{} devices × {} channels every {} ms = {:.0} readings/s configured, over {} agent process{}; frames sealed at {} readings or {} ms; delivery.confirm = {:?}",
             self.devices,
             self.channels,
             self.period_ms,
@@ -121,7 +127,8 @@ impl Workload {
             self.agents,
             if self.agents == 1 { "" } else { "es" },
             self.max_readings,
-            self.max_age_ms
+            self.max_age_ms,
+            self.confirm
         )
     }
 }
@@ -186,6 +193,7 @@ impl Pipeline {
         for w in workloads {
             register_devices(&pool, w).await?;
         }
+        create_confirm_topic(&tansu.brokers())?;
         let mqtt_port = testkit::free_port();
         let bridge_http = testkit::free_port();
         let ingester_http = testkit::free_port();
@@ -276,9 +284,11 @@ impl Pipeline {
         let mut agents = Vec::new();
         for (n, chunk) in ids.chunks(per_agent.max(1)).enumerate() {
             let config = agent_config(w, n, chunk, self.mqtt_port, &self.dir);
-            let path = self.dir.join(format!("{}-agent-{n}.toml", w.prefix));
+            let path = self
+                .dir
+                .join(format!("{}-{}-agent-{n}.toml", w.prefix, w.confirm));
             write(&path, &config)?;
-            let name = format!("edge-agent-{}-{n}", w.prefix);
+            let name = format!("edge-agent-{}-{}-{n}", w.prefix, w.confirm);
             let mut agent = Process::new(
                 &name,
                 &self.bins.edge_agent,
@@ -376,18 +386,21 @@ impl Pipeline {
 }
 
 fn agent_config(w: &Workload, n: usize, devices: &[String], port: u16, dir: &Path) -> String {
-    let queue = dir.join(format!("queue-{}-{n}", w.prefix));
+    // One queue per confirm mode: a run in one mode must not inherit the other's backlog.
+    let queue = dir.join(format!("queue-{}-{}-{n}", w.prefix, w.confirm));
     let mut out = format!(
         "# edge-agent {n} of workload {:?}; keys not given are at their defaults\n\
          [gateway]\nid = \"{}-gw{n}\"\nsite = \"plant1\"\nline = \"bench\"\ntopic_prefix = \"plant\"\n\n\
          [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ninflight = 200\n\n\
          [queue]\ndir = \"{}\"\nmax_bytes = \"256 MiB\"\n\n\
-         [batch]\nmax_readings = {}\nmax_age = \"{}ms\"\n\n[health]\ninterval = \"1s\"\n",
+         [batch]\nmax_readings = {}\nmax_age = \"{}ms\"\n\n[health]\ninterval = \"1s\"\n\n\
+         [delivery]\nconfirm = \"{}\"\n",
         w.name,
         w.prefix,
         queue.display(),
         w.max_readings,
-        w.max_age_ms
+        w.max_age_ms,
+        w.confirm
     );
     for id in devices {
         out.push_str(&format!("\n[[devices]]\nid = \"{id}\"\n"));
@@ -424,6 +437,33 @@ async fn register_devices(pool: &PgPool, w: &Workload) -> anyhow::Result<()> {
     .execute(pool)
     .await
     .with_context(|| format!("registering the channels of {}", w.name))?;
+    Ok(())
+}
+
+/// The bridge creates the topics it produces to, not `sensors-confirm` (the ingester's,
+/// which the bridge relays to the agents): without it no confirmation reaches an agent
+/// and `delivery.confirm = "pipeline"` never deletes a frame. Created with Tansu's CLI
+/// (the binary testkit runs), as `scripts/stack.sh` does for the local stack.
+fn create_confirm_topic(brokers: &str) -> anyhow::Result<()> {
+    let topic = protocol::kafka::SENSORS_CONFIRM;
+    let tansu = std::env::var_os("HOME")
+        .map(|home| Path::new(&home).join(".cargo/bin/tansu"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("tansu"));
+    let out = std::process::Command::new(&tansu)
+        .args(["topic", "create", topic.name, "--partitions"])
+        .arg(topic.partitions.to_string())
+        .arg("--broker")
+        .arg(format!("tcp://{brokers}"))
+        .output()
+        .with_context(|| format!("running {} topic create", tansu.display()))?;
+    if !out.status.success() {
+        bail!(
+            "creating Kafka topic {}: {}",
+            topic.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

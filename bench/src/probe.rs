@@ -49,6 +49,9 @@ struct State {
     poll_micros: AtomicU64,
     poll_errors: AtomicU64,
     stop: AtomicBool,
+    /// The last retained gateway status (`…/<gateway>/status` with a `health` object) per
+    /// topic, and when it arrived.
+    statuses: Mutex<std::collections::HashMap<String, (Instant, serde_json::Value)>>,
 }
 
 /// Counters of what the subscriber has seen so far.
@@ -91,6 +94,10 @@ impl Probe {
             .subscribe("plant/+/+/+/telemetry", QoS::AtMostOnce)
             .await
             .context("subscribing the probe")?;
+        client
+            .subscribe("plant/+/+/+/status", QoS::AtMostOnce)
+            .await
+            .context("subscribing the probe to the status topics")?;
         let seen = state.clone();
         let subscriber = tokio::spawn(async move {
             let _client = client;
@@ -106,6 +113,14 @@ impl Probe {
                     continue;
                 };
                 let arrived = Instant::now();
+                if p.topic.ends_with("/status") {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        if v.get("health").is_some() {
+                            lock(&seen.statuses).insert(p.topic.clone(), (arrived, v));
+                        }
+                    }
+                    continue;
+                }
                 let Ok(frame) = Frame::decode(&p.payload) else {
                     seen.undecodable.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -204,6 +219,23 @@ impl Probe {
                 / 1000.0
                 / polls as f64,
         }
+    }
+
+    /// The `health` objects of the gateways whose id starts with `prefix`, from the last
+    /// status each published at or after `since` (the agents publish it every
+    /// `health.interval`).
+    pub fn gateway_health(&self, prefix: &str, since: Instant) -> Vec<serde_json::Value> {
+        lock(&self.state.statuses)
+            .iter()
+            .filter(|(topic, (at, _))| {
+                *at >= since
+                    && topic
+                        .rsplit('/')
+                        .nth(1)
+                        .is_some_and(|gw| gw.starts_with(prefix))
+            })
+            .filter_map(|(_, (_, v))| v.get("health").cloned())
+            .collect()
     }
 
     pub fn poll_errors(&self) -> u64 {
