@@ -10,31 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_agent::agent::{self, RunReport};
-use edge_agent::config::AgentConfig;
 use protocol::topic::{Topic, TopicKind};
 use protocol::{BootId, Confirmation, DeviceId, SeqRange, MAX_CONFIRM_LEN};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
-use support::{wait_until, Setup, Subscriber, DEVICES, PATIENCE};
+use support::{spawn_agent, wait_until, Setup, Subscriber, DEVICES, PATIENCE};
 use testkit::Mosquitto;
-use tokio::sync::oneshot;
-
-fn spawn_agent(config: AgentConfig) -> (oneshot::Sender<()>, tokio::task::JoinHandle<RunReport>) {
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        agent::run(
-            config,
-            async {
-                let _ = stop_rx.await;
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("agent run")
-    });
-    (stop_tx, task)
-}
 
 /// A client that publishes confirmations, as the bridge does.
 struct Cloud {

@@ -7,30 +7,15 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use edge_agent::agent::{self, RunReport};
+use edge_agent::agent::RunReport;
 use edge_agent::config::AgentConfig;
 use protocol::BootId;
 use rumqttc::{TlsConfiguration, Transport};
-use support::{frames_on_disk, segments, wait_until, Ledger, Setup, Subscriber, DEVICES, PATIENCE};
+use support::{
+    frames_on_disk, segments, spawn_agent, wait_until, Ledger, Setup, Subscriber, DEVICES, PATIENCE,
+};
 use testkit::Mosquitto;
 use tokio::sync::oneshot;
-
-/// Runs the agent in this process until the returned sender fires (or is dropped).
-fn spawn_agent(config: AgentConfig) -> (oneshot::Sender<()>, tokio::task::JoinHandle<RunReport>) {
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        agent::run(
-            config,
-            async {
-                let _ = stop_rx.await;
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("agent run")
-    });
-    (stop_tx, task)
-}
 
 /// Waits (up to [`PATIENCE`]) until the subscriber holds every reading the run sealed.
 async fn wait_for_every_reading(subscriber: &Subscriber, report: &RunReport) -> Ledger {

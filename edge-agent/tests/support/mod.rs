@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edge_agent::agent::{self, RunReport};
 use edge_agent::config::{AgentConfig, CliOverrides};
 use edge_agent::delivery::decode_record;
 use protocol::{BootId, Frame};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::oneshot;
 
 /// The devices of [`Setup::config_toml`].
 pub const DEVICES: [&str; 2] = ["furnace-01", "press-01"];
@@ -38,6 +40,25 @@ pub async fn wait_until<T>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs the agent in this process until the returned sender fires (or is dropped).
+pub fn spawn_agent(
+    config: AgentConfig,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<RunReport>) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent::run(
+            config,
+            async {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("agent run")
+    });
+    (stop_tx, task)
 }
 
 pub struct Setup {
