@@ -50,7 +50,8 @@ pub struct Held {
 pub const HELD_RANGES: i64 = 1 + protocol::confirm::MAX_CONFIRM_RANGES as i64;
 
 /// Unites the batch's sequence numbers into the coverage, inside the batch's
-/// transaction, and returns the coverage of every (device, boot) of the batch as it
+/// transaction (counting as `recovered` those that fill a hole below the highest already
+/// held), and returns the coverage of every (device, boot) of the batch as it
 /// stands after the statement (what a confirmation reports), in the same round trip. A
 /// replay that adds nothing leaves the row untouched; its coverage is then read as it
 /// was (the statement's snapshot, so never more than is committed). Rows are locked in
@@ -75,7 +76,10 @@ pub async fn record(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<Vec<Hel
              INSERT INTO reading_coverage AS c (device_id, boot_id, seqs) \
              SELECT device_id, boot_id, seqs FROM v ORDER BY device_id, boot_id \
              ON CONFLICT (device_id, boot_id) DO UPDATE \
-                SET seqs = c.seqs + EXCLUDED.seqs, updated_at = now() \
+                SET seqs = c.seqs + EXCLUDED.seqs, updated_at = now(), \
+                    recovered = c.recovered + (SELECT coalesce(sum(upper(r) - lower(r)), 0) \
+                        FROM unnest((EXCLUDED.seqs - c.seqs) \
+                                    * int8multirange(int8range(0, upper(c.seqs)))) AS r) \
               WHERE NOT c.seqs @> EXCLUDED.seqs \
              RETURNING c.device_id, c.boot_id, c.seqs \
          ), held AS ( \

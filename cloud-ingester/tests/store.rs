@@ -957,3 +957,40 @@ async fn a_batch_returns_the_coverage_of_its_devices_after_the_commit_even_a_rep
     assert_eq!(committed.held[0].ranges.len() as i64, HELD_RANGES);
     assert_eq!(committed.held[0].ranges[1], (1010, 1015));
 }
+
+/// `reading_coverage.recovered`: readings that arrived below the highest already
+/// committed (a resend filling a hole), counted once, not for a replay of what is held.
+#[sqlx::test(migrations = "../migrations")]
+async fn readings_that_fill_a_hole_count_as_recovered(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let recovered = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT recovered FROM reading_coverage WHERE device_id = 'furnace-01'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("recovered")
+    };
+    store
+        .write_batch(&series("furnace-01", 0, T0, 100, 100))
+        .await
+        .expect("first");
+    store
+        .write_batch(&series("furnace-01", 200, T0 + 20_000, 100, 100))
+        .await
+        .expect("above a hole");
+    assert_eq!(recovered(pool.clone()).await, 0, "nothing filled yet");
+
+    // Half the hole, with a replay of held readings and new ones above in the same batch.
+    let mut batch = series("furnace-01", 100, T0 + 10_000, 50, 100);
+    batch.extend(series("furnace-01", 250, T0 + 25_000, 100, 100));
+    store.write_batch(&batch).await.expect("half the hole");
+    assert_eq!(recovered(pool.clone()).await, 50);
+
+    store
+        .write_batch(&series("furnace-01", 100, T0 + 10_000, 100, 100))
+        .await
+        .expect("the rest of the hole, and a replay");
+    assert_eq!(recovered(pool.clone()).await, 100);
+    assert_eq!(coverage(&pool).await[0].1, "{[0,350)}");
+}
