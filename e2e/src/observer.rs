@@ -32,7 +32,7 @@ pub struct Observed {
     pub foreign: u64,
     /// The newest status of each edge-agent gateway, by gateway id.
     pub gateways: BTreeMap<String, serde_json::Value>,
-    /// The newest health report of each gateway (the goodbye status carries none).
+    /// The newest health report of each gateway (a clean stop's goodbye carries the last).
     pub health: BTreeMap<String, serde_json::Value>,
 }
 

@@ -326,7 +326,7 @@ impl Delivery {
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_last_will(LastWill::new(
                 self.topics.gateway_status(),
-                status::gateway_offline(&self.config, &self.boot_id, "connection lost"),
+                status::gateway_offline(&self.config, &self.boot_id, "connection lost", None),
                 QoS::AtLeastOnce,
                 true,
             ));
@@ -761,6 +761,7 @@ impl Delivery {
             }
         }
         if self.connection.as_ref().is_some_and(|c| c.up) {
+            let final_health = self.health();
             let goodbyes: Vec<(String, Vec<u8>)> = self
                 .config
                 .devices
@@ -773,7 +774,12 @@ impl Delivery {
                 })
                 .chain(std::iter::once((
                     self.topics.gateway_status(),
-                    status::gateway_offline(&self.config, &self.boot_id, "shutdown"),
+                    status::gateway_offline(
+                        &self.config,
+                        &self.boot_id,
+                        "shutdown",
+                        Some(&final_health),
+                    ),
                 )))
                 .collect();
             let expected = goodbyes.len();

@@ -62,17 +62,28 @@ pub fn gateway_online(config: &AgentConfig, boot_id: &str, health: &Health) -> V
     }))
 }
 
-/// The last will, and what a clean shutdown publishes.
-pub fn gateway_offline(config: &AgentConfig, boot_id: &str, reason: &str) -> Vec<u8> {
+/// The last will (without health: it is fixed at connect time), and what a clean
+/// shutdown publishes (with the final health, so what the queue dropped stays readable
+/// while the agent is stopped: `iotctl completeness` reads it there).
+pub fn gateway_offline(
+    config: &AgentConfig,
+    boot_id: &str,
+    reason: &str,
+    health: Option<&Health>,
+) -> Vec<u8> {
     let devices: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
-    to_bytes(json!({
+    let mut status = json!({
         "state": "offline",
         "kind": "edge-agent",
         "version": AGENT_VERSION,
         "boot_id": boot_id,
         "devices": devices,
         "reason": reason,
-    }))
+    });
+    if let Some(health) = health {
+        status["health"] = json!(health);
+    }
+    to_bytes(status)
 }
 
 fn channels(device: &DeviceConfig) -> Vec<serde_json::Value> {

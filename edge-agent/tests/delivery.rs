@@ -373,6 +373,12 @@ async fn birth_meta_health_and_goodbye_are_retained_json() {
     assert_eq!(gateway["state"], "offline");
     assert_eq!(gateway["reason"], "shutdown");
     assert_eq!(gateway["boot_id"], report.boot_id.to_string());
+    // The final figures stay readable after the stop: what the queue dropped, above all.
+    assert!(
+        gateway["health"]["readings"].as_u64() > Some(0),
+        "{gateway}"
+    );
+    assert!(gateway["health"]["dropped"].is_array(), "{gateway}");
     let press = subscriber
         .wait_retained(&press_status, "offline after the shutdown", |s| {
             s["state"] == "offline"
