@@ -4,8 +4,8 @@
 //! `{prefix}/{site}/{line}/{device}/{kind}`, for example
 //! `plant/plant1/line-a/furnace-01/telemetry`. Browsing the broker in MQTT Explorer then
 //! shows the plant as a tree: site, line, device, and under each device its binary
-//! `telemetry`, its retained JSON `status`, `meta` and `latest`, `cmd` for commands and
-//! the binary `confirm` the cloud sends back.
+//! `telemetry`, its retained JSON `status`, `meta`, `latest` and `completeness`, `cmd`
+//! for commands and the binary `confirm` the cloud sends back.
 //! Every segment follows the naming rule of [`crate::id`], so topics never contain
 //! wildcards, separators or the broker-reserved `$`.
 
@@ -14,7 +14,21 @@ use core::fmt::{self, Write};
 use crate::id::{validate_id, IdError, MAX_ID_LEN};
 
 /// Longest topic or subscription filter this module produces.
-pub const MAX_TOPIC_LEN: usize = "$share/".len() + 5 * (MAX_ID_LEN + 1) + "telemetry".len();
+pub const MAX_TOPIC_LEN: usize = "$share/".len() + 5 * (MAX_ID_LEN + 1) + MAX_KIND_LEN;
+
+/// Longest [`TopicKind`] name, so [`MAX_TOPIC_LEN`] grows with a new kind by itself.
+const MAX_KIND_LEN: usize = {
+    let mut longest = 0;
+    let mut i = 0;
+    while i < TopicKind::ALL.len() {
+        let len = TopicKind::ALL[i].as_str().len();
+        if len > longest {
+            longest = len;
+        }
+        i += 1;
+    }
+    longest
+};
 
 /// A topic or filter held inline, for callers without an allocator.
 pub type TopicString = heapless::String<MAX_TOPIC_LEN>;
@@ -35,19 +49,24 @@ pub enum TopicKind {
     /// Binary [`crate::Confirmation`]s to the device: what PostgreSQL holds of its
     /// readings, so the agent can delete them from its disk queue.
     Confirm,
+    /// Retained JSON, from the bridge: what PostgreSQL holds of the device's newest boot
+    /// (stored, missing and refused sequence numbers), throttled, for people browsing
+    /// the broker. Derived from the `confirm` messages; no service acts on it.
+    Completeness,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 6] = [
+    pub const ALL: [TopicKind; 7] = [
         TopicKind::Telemetry,
         TopicKind::Status,
         TopicKind::Meta,
         TopicKind::Latest,
         TopicKind::Cmd,
         TopicKind::Confirm,
+        TopicKind::Completeness,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             TopicKind::Telemetry => "telemetry",
             TopicKind::Status => "status",
@@ -55,6 +74,7 @@ impl TopicKind {
             TopicKind::Latest => "latest",
             TopicKind::Cmd => "cmd",
             TopicKind::Confirm => "confirm",
+            TopicKind::Completeness => "completeness",
         }
     }
 
@@ -98,7 +118,9 @@ pub enum TopicError {
     WrongDepth { found: usize },
     #[error("topic {segment} {error}")]
     Segment { segment: Segment, error: IdError },
-    #[error("last topic level is not one of telemetry, status, meta, latest, cmd, confirm")]
+    #[error(
+        "last topic level is not one of telemetry, status, meta, latest, cmd, confirm, completeness"
+    )]
     UnknownKind,
 }
 
@@ -274,12 +296,11 @@ mod tests {
     #[test]
     fn longest_topic_and_filter_fit() {
         let max = "x".repeat(MAX_ID_LEN);
-        let topic = Topic::new(&max, &max, &max, &max, TopicKind::Telemetry).unwrap();
-        assert_eq!(topic.render().len(), topic.to_string().len());
-        let shared = shared_filter(&max, &max, TopicKind::Telemetry).unwrap();
-        assert_eq!(
-            shared.len(),
-            format!("$share/{max}/{max}/+/+/+/telemetry").len()
-        );
+        for kind in TopicKind::ALL {
+            let topic = Topic::new(&max, &max, &max, &max, kind).unwrap();
+            assert_eq!(topic.render().as_str(), topic.to_string(), "{kind}");
+            let shared = shared_filter(&max, &max, kind).unwrap();
+            assert_eq!(shared.as_str(), format!("$share/{max}/{max}/+/+/+/{kind}"));
+        }
     }
 }
