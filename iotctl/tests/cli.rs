@@ -403,6 +403,29 @@ async fn stats_derive_mean_and_stddev_per_hour(pool: PgPool) {
     );
 }
 
+/// Publishes a retained message to the stack's broker (an empty payload clears it).
+async fn publish_retained(topic: &str, payload: &[u8]) {
+    let (host, port) = testkit::mqtt_host_port();
+    let options = rumqttc::MqttOptions::new(testkit::unique_name("retain"), host, port);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_vec())
+        .await
+        .unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("publishing to {topic}: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(acked.is_ok(), "no PUBACK for {topic}");
+    let _ = client.disconnect().await;
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn completeness_counts_made_stored_and_missing_readings_per_boot(pool: PgPool) {
     let rows = |device: &str, boot: i64, seqs: std::ops::Range<i64>| {
@@ -427,6 +450,22 @@ async fn completeness_counts_made_stored_and_missing_readings_per_boot(pool: PgP
         .write_batch(&rows("furnace-01", 2, 0..10))
         .await
         .unwrap();
+    // A resend fills part of the hole.
+    store
+        .write_batch(&rows("furnace-01", 1, 140..150))
+        .await
+        .unwrap();
+    // The furnace's agent reported dropping 100..130 at its byte cap (20 of them never
+    // acknowledged by the broker, 10 after their PUBACK), in its retained status.
+    let prefix = testkit::unique_name("plant");
+    let gateway_status = format!("{prefix}/site/line/gateway-a/status");
+    publish_retained(
+        &gateway_status,
+        br#"{"state":"offline","kind":"edge-agent","reason":"shutdown","health":{"dropped":[
+            {"device":"furnace-01","boot":"0000000000000001","unsent":[[100,120]],"after_puback":[[120,130]]},
+            {"device":"press-01","boot":"0000000000000009","unsent":[[0,5]],"after_puback":[]}]}}"#,
+    )
+    .await;
     // A boot that stored nothing for three days.
     store
         .write_batch(&rows("compressor-01", 4, 0..10))
@@ -440,36 +479,55 @@ async fn completeness_counts_made_stored_and_missing_readings_per_boot(pool: PgP
     .await
     .unwrap();
 
-    let report = json(&run(&pool, &["--json", "completeness"]));
-    let summary: Vec<(String, i64, i64, i64, Value)> = report
+    let report = json(&run(
+        &pool,
+        &["--json", "--mqtt-prefix", &prefix, "completeness"],
+    ));
+    let summary: Vec<Value> = report
         .as_array()
         .unwrap()
         .iter()
         .map(|b| {
-            (
-                b["device_id"].as_str().unwrap().to_owned(),
-                b["expected"].as_i64().unwrap(),
-                b["stored"].as_i64().unwrap(),
-                b["missing"].as_i64().unwrap(),
-                b["missing_ranges"].clone(),
-            )
+            serde_json::json!([
+                b["device_id"],
+                b["expected"],
+                b["stored"],
+                b["missing"],
+                b["dropped_at_edge"],
+                b["unexplained"],
+                b["recovered"],
+                b["missing_ranges"],
+            ])
         })
         .collect();
     assert_eq!(
         summary,
         vec![
-            (
-                "furnace-01".to_owned(),
-                200,
-                150,
-                50,
-                serde_json::json!([[100, 150]])
-            ),
-            ("furnace-01".to_owned(), 10, 10, 0, serde_json::json!([])),
-            ("press-01".to_owned(), 10, 5, 5, serde_json::json!([[0, 5]])),
+            serde_json::json!(["furnace-01", 200, 160, 40, 30, 10, 10, [[100, 140]]]),
+            serde_json::json!(["furnace-01", 10, 10, 0, 0, 0, 0, []]),
+            // The agent's report names another boot: these holes are unexplained.
+            serde_json::json!(["press-01", 10, 5, 5, 0, 5, 0, [[0, 5]]]),
         ],
         "{report:#}"
     );
+    publish_retained(&gateway_status, b"").await;
+    // Without a broker the stored figures still come, the agents' part marked unknown.
+    let no_broker = format!("127.0.0.1:{}", testkit::free_port());
+    let without = run(
+        &pool,
+        &[
+            "--json",
+            "--mqtt",
+            &no_broker,
+            "completeness",
+            "--device",
+            "press-01",
+        ],
+    );
+    assert!(without.status.success(), "{}", stderr(&without));
+    let without = json(&without);
+    assert_eq!(without[0]["missing"], 5);
+    assert!(without[0]["dropped_at_edge"].is_null(), "{without:#}");
     assert_eq!(report[0]["boot_id"], "0000000000000001");
 
     let older = json(&run(
@@ -487,7 +545,9 @@ async fn completeness_counts_made_stored_and_missing_readings_per_boot(pool: PgP
 
     let table = stdout(&run(&pool, &["completeness", "--device", "press-01"]));
     assert!(
-        table.contains("MISSING SEQS") && table.contains("0-4"),
+        table.contains("MISSING SEQS")
+            && table.contains("DROPPED AT EDGE")
+            && table.contains("0-4"),
         "{table}"
     );
     let refused = run(&pool, &["completeness", "--since", "soon"]);
