@@ -762,6 +762,92 @@ async fn alert_lifecycle_checks_reject_inconsistent_rows(pool: PgPool) {
     assert_eq!(state, "resolved");
 }
 
+/// `data_loss` is about a device, not a channel: its alerts have no channel, at most one
+/// is unresolved per device, and only that rule may leave the channel out.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_data_loss_alert_is_one_per_device_without_a_channel(pool: PgPool) {
+    let mut conn = pool.acquire().await.expect("connection");
+    let open = "INSERT INTO alerts (device_id, rule, severity, value, threshold, message) \
+                VALUES ('furnace-01', 'data_loss', 'warning', 300, 1, '300 readings missing') \
+                ON CONFLICT (device_id, channel_id, rule) WHERE state <> 'resolved' \
+                DO UPDATE SET value = EXCLUDED.value \
+                RETURNING alert_id";
+    let first: i64 = sqlx::query_scalar(open)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("a device-level data_loss alert");
+    let again: i64 = sqlx::query_scalar(open)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("the upsert meets the unresolved one");
+    assert_eq!(again, first, "one unresolved data_loss per device");
+    let plain = sqlx::query(
+        "INSERT INTO alerts (device_id, rule, severity) VALUES ('furnace-01', 'data_loss', 'warning')",
+    )
+    .execute(&mut *conn)
+    .await;
+    let (code, constraint) = sqlstate(plain);
+    assert_eq!(code, "23505");
+    assert_eq!(constraint.as_deref(), Some("alerts_one_unresolved"));
+    sqlx::query(
+        "INSERT INTO alerts (device_id, rule, severity) VALUES ('press-01', 'data_loss', 'warning')",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("another device's data_loss beside it");
+
+    // Only data_loss goes without a channel, and data_loss never has one.
+    assert_check_violation(
+        sqlx::query(
+            "INSERT INTO alerts (device_id, rule, severity) VALUES ('press-01', 'dropout', 'warning')",
+        )
+        .execute(&mut *conn)
+        .await,
+        "alerts_channel_iff_channel_rule",
+    );
+    assert_check_violation(
+        sqlx::query(
+            "INSERT INTO alerts (device_id, channel_id, rule, severity) \
+             VALUES ('press-01', 0, 'data_loss', 'warning')",
+        )
+        .execute(&mut *conn)
+        .await,
+        "alerts_channel_iff_channel_rule",
+    );
+    // Without a channel, the device must still be registered.
+    let unknown = sqlx::query(
+        "INSERT INTO alerts (device_id, rule, severity) VALUES ('ghost-01', 'data_loss', 'warning')",
+    )
+    .execute(&mut *conn)
+    .await;
+    assert_eq!(sqlstate(unknown).0, "23503");
+
+    // Resolved, it makes room for the next one; deleting the device takes its alerts.
+    sqlx::query(
+        "UPDATE alerts SET state = 'resolved', resolved_at = now() \
+          WHERE device_id = 'furnace-01' AND channel_id IS NOT DISTINCT FROM NULL \
+            AND rule = 'data_loss' AND state <> 'resolved'",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("resolve by its key");
+    let next: i64 = sqlx::query_scalar(open)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("a new data_loss once the first is resolved");
+    assert_ne!(next, first);
+    sqlx::query("DELETE FROM devices WHERE device_id = 'furnace-01'")
+        .execute(&mut *conn)
+        .await
+        .expect("delete the device");
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alerts WHERE device_id = 'furnace-01'")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("count alerts");
+    assert_eq!(left, 0);
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn hourly_stats_need_hour_boundaries_and_merge_by_upsert(pool: PgPool) {
     let mut conn = pool.acquire().await.expect("connection");
