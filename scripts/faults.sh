@@ -15,5 +15,5 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 scripts/stack.sh up >/dev/null
-cargo build --release --locked -p edge-agent -p bridge -p cloud-ingester -p e2e
+cargo build --release --locked -p edge-agent -p bridge -p cloud-ingester -p iotctl -p e2e
 E2E_BIN_DIR="${CARGO_TARGET_DIR:-target}/release" exec "${CARGO_TARGET_DIR:-target}/release/faults" "$@"

@@ -7,11 +7,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// The three programs of the pipeline; each is the only binary of a package of the same
-/// name.
-pub const PIPELINE: [&str; 3] = ["edge-agent", "bridge", "cloud-ingester"];
-
-/// The path of `name`, built if it is missing. `E2E_BIN_DIR` names the directory;
+/// The path of `name` (a program of the pipeline, or `iotctl`: each is the only binary
+/// of a package of the same name), built if it is missing. `E2E_BIN_DIR` names the directory;
 /// otherwise it is the cargo profile directory of the running executable (tests run from
 /// `target/<profile>/deps/`, the `faults` command from `target/<profile>/`), so the
 /// suite runs binaries of the profile it was built with.

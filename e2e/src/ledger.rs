@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use sqlx::PgPool;
 
 use crate::observer::Observed;
-use crate::pipeline::Finished;
+use crate::pipeline::{BootCompleteness, Finished};
 use crate::workload::{self, FRAME_READINGS, GATEWAYS, QUEUE_CAP_INFLIGHT};
 
 /// What the design promises for a scenario's losses.
@@ -63,6 +63,15 @@ pub struct Ledger {
     pub resent_frames: u64,
     /// Frames still in the agents' queues after their clean stop.
     pub queue_left: u64,
+    /// The pipeline's own completeness report (`iotctl completeness`), summed over
+    /// boots: readings missing below each boot's highest stored, of those the ones the
+    /// agents reported dropping and the rest, and readings that filled a hole.
+    pub pipeline_missing: u64,
+    pub pipeline_dropped_at_edge: u64,
+    pub pipeline_unexplained: u64,
+    pub pipeline_recovered: u64,
+    /// Where that report disagrees with the rows, boot by boot.
+    pub completeness_mismatches: Vec<String>,
     /// Distinct readings of the workload in `sensors-data`, every copy of them there
     /// (resends and replays included), and other records there.
     pub in_kafka: u64,
@@ -156,6 +165,13 @@ impl Ledger {
                 })
                 .count() as u64;
         }
+        for boot in &finished.completeness {
+            ledger.pipeline_missing += boot.missing;
+            ledger.pipeline_dropped_at_edge += boot.dropped_at_edge.unwrap_or(0);
+            ledger.pipeline_unexplained += boot.unexplained.unwrap_or(boot.missing);
+            ledger.pipeline_recovered += boot.recovered;
+        }
+        ledger.completeness_mismatches = completeness_against_rows(&stored, &finished.completeness);
         ledger.unexpected = stored
             .iter()
             .filter(|(device, boot, seq)| {
@@ -241,7 +257,22 @@ impl Ledger {
                 self.redis_mismatches
             ),
         );
+        // The pipeline knows exactly what it holds: its report matches the rows.
+        expect(
+            self.completeness_mismatches.is_empty(),
+            format!(
+                "the pipeline's completeness report differs from the rows: {:?}",
+                self.completeness_mismatches
+            ),
+        );
         if policy != LossPolicy::QueueCap {
+            expect(
+                self.pipeline_missing == 0,
+                format!(
+                    "the pipeline reports {} readings missing",
+                    self.pipeline_missing
+                ),
+            );
             expect(
                 self.queue_dropped_frames == 0,
                 format!("{} frames dropped by the queue", self.queue_dropped_frames),
@@ -270,6 +301,14 @@ impl Ledger {
                         "{} readings reported as never acknowledged were stored (at most \
                          {window} may have been in flight)",
                         self.reported_unsent_stored
+                    ),
+                );
+                expect(
+                    self.pipeline_unexplained == 0,
+                    format!(
+                        "the pipeline cannot explain {} missing readings by the agents' \
+                         reported drops",
+                        self.pipeline_unexplained
                     ),
                 );
                 expect(
@@ -337,6 +376,15 @@ impl fmt::Display for Ledger {
         }
         writeln!(
             f,
+            "  completeness {:>9}  missing by the pipeline's own report ({} dropped at edge, {} unexplained), {} recovered; {} boots differ from the rows",
+            self.pipeline_missing,
+            self.pipeline_dropped_at_edge,
+            self.pipeline_unexplained,
+            self.pipeline_recovered,
+            self.completeness_mismatches.len()
+        )?;
+        writeln!(
+            f,
             "  dead letters {:>9}  confirmed by Kafka to the bridge and the ingester ({} foreign messages seen on the broker)",
             self.confirmed_dead_letters, self.foreign_messages
         )?;
@@ -376,6 +424,65 @@ impl fmt::Display for Ledger {
         }
         Ok(())
     }
+}
+
+/// Holds the pipeline's completeness report against the stored rows, boot by boot: the
+/// same readings stored, the same highest, the same holes below it. Each disagreement,
+/// named.
+fn completeness_against_rows(
+    stored: &HashSet<(String, i64, u64)>,
+    report: &[BootCompleteness],
+) -> Vec<String> {
+    let mut boots: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for (device, boot, seq) in stored {
+        boots
+            .entry((device.clone(), format!("{:016x}", *boot as u64)))
+            .or_default()
+            .push(*seq);
+    }
+    let mut mismatches = Vec::new();
+    let mut reported: HashSet<(String, String)> = HashSet::new();
+    for entry in report {
+        let key = (entry.device_id.clone(), entry.boot_id.clone());
+        let name = format!("{} boot {}", entry.device_id, entry.boot_id);
+        if !reported.insert(key.clone()) {
+            mismatches.push(format!("{name}: reported twice"));
+            continue;
+        }
+        let Some(seqs) = boots.get_mut(&key) else {
+            mismatches.push(format!("{name}: reported, nothing stored"));
+            continue;
+        };
+        seqs.sort_unstable();
+        let expected = seqs.last().map_or(0, |highest| highest + 1);
+        let mut holes: Vec<(u64, u64)> = Vec::new();
+        let mut next = 0;
+        for &seq in seqs.iter() {
+            if seq > next {
+                holes.push((next, seq));
+            }
+            next = seq + 1;
+        }
+        let rows = (expected, seqs.len() as u64, expected - seqs.len() as u64);
+        let said = (entry.expected, entry.stored, entry.missing);
+        if rows != said {
+            mismatches.push(format!(
+                "{name}: (expected, stored, missing) {said:?}, the rows {rows:?}"
+            ));
+        }
+        if holes != entry.missing_ranges {
+            mismatches.push(format!(
+                "{name}: missing {:?}, the rows {holes:?}",
+                entry.missing_ranges
+            ));
+        }
+    }
+    for (device, boot) in boots.keys() {
+        if !reported.contains(&(device.clone(), boot.clone())) {
+            mismatches.push(format!("{device} boot {boot}: stored, not reported"));
+        }
+    }
+    mismatches
 }
 
 /// Compares `device_stats_hourly` with the same aggregates recomputed from the rows
@@ -634,6 +741,54 @@ mod tests {
             never_capped.breaches(LossPolicy::QueueCap, 0).len(),
             1,
             "a queue that never hit its cap"
+        );
+    }
+
+    fn boot(device: &str, expected: u64, stored: u64, holes: &[(u64, u64)]) -> BootCompleteness {
+        BootCompleteness {
+            device_id: device.to_owned(),
+            boot_id: "0000000000000007".to_owned(),
+            expected,
+            stored,
+            missing: expected - stored,
+            dropped_at_edge: Some(0),
+            unexplained: Some(expected - stored),
+            recovered: 0,
+            missing_ranges: holes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_pipelines_completeness_must_match_the_rows_boot_by_boot() {
+        let stored: HashSet<(String, i64, u64)> = (0..10)
+            .chain(20..30)
+            .map(|seq| ("furnace-01".to_owned(), 7, seq))
+            .collect();
+        assert!(
+            completeness_against_rows(&stored, &[boot("furnace-01", 30, 20, &[(10, 20)])])
+                .is_empty()
+        );
+        let wrong_hole =
+            completeness_against_rows(&stored, &[boot("furnace-01", 30, 20, &[(11, 21)])]);
+        assert_eq!(wrong_hole.len(), 1, "{wrong_hole:?}");
+        let too_few =
+            completeness_against_rows(&stored, &[boot("furnace-01", 29, 19, &[(10, 20)])]);
+        assert_eq!(too_few.len(), 1, "{too_few:?}");
+        let missing_boot = completeness_against_rows(&stored, &[]);
+        assert_eq!(
+            missing_boot,
+            vec!["furnace-01 boot 0000000000000007: stored, not reported"]
+        );
+        let foreign = completeness_against_rows(
+            &stored,
+            &[
+                boot("furnace-01", 30, 20, &[(10, 20)]),
+                boot("press-01", 1, 1, &[]),
+            ],
+        );
+        assert_eq!(
+            foreign,
+            vec!["press-01 boot 0000000000000007: reported, nothing stored"]
         );
     }
 }

@@ -79,6 +79,8 @@ pub struct Pipeline {
     pub redis: Redis,
     pub kafka: Tansu,
     pub mosquitto: Option<Mosquitto>,
+    /// The agents' broker: Mosquitto's, or the bridge's embedded one.
+    mqtt_port: u16,
     queue_dirs: Vec<PathBuf>,
     /// The `/metrics` address of the bridge, then of each ingester.
     metrics: Vec<String>,
@@ -125,6 +127,7 @@ impl Pipeline {
             redis,
             kafka,
             mosquitto,
+            mqtt_port,
             db,
             dir,
         };
@@ -289,8 +292,9 @@ impl Pipeline {
     /// the ledger needs. On failure the scenario's logs are kept.
     pub async fn finish(mut self) -> Result<Finished> {
         match self.stop_and_settle().await {
-            Ok((observed, queues, confirmed_dead_letters)) => Ok(Finished {
+            Ok((observed, completeness, queues, confirmed_dead_letters)) => Ok(Finished {
                 observed,
+                completeness,
                 queues,
                 confirmed_dead_letters,
                 pipeline: self,
@@ -305,9 +309,11 @@ impl Pipeline {
         }
     }
 
-    /// [`Pipeline::finish`]'s work: (what the observer saw, the agents' queues, the
-    /// dead letters the services had confirmed).
-    async fn stop_and_settle(&mut self) -> Result<(Observed, Vec<(u64, u64)>, u64)> {
+    /// [`Pipeline::finish`]'s work: (what the observer saw, the pipeline's completeness
+    /// report, the agents' queues, the dead letters the services had confirmed).
+    async fn stop_and_settle(
+        &mut self,
+    ) -> Result<(Observed, Vec<BootCompleteness>, Vec<(u64, u64)>, u64)> {
         self.check_alive()?;
         self.wait_for_agents_caught_up().await?;
         for agent in &mut self.agents {
@@ -346,6 +352,9 @@ impl Pipeline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.check_alive()?;
         let confirmed_dead_letters = self.confirmed_dead_letters()?;
+        // While the bridge runs: in embedded mode the agents' retained status, which
+        // holds what they dropped, lives in its broker.
+        let completeness = self.completeness().await?;
         self.bridge.terminate(STOP_PATIENCE)?;
         for ingester in self.ingesters.iter_mut().filter(|i| i.is_running()) {
             ingester.terminate(STOP_PATIENCE)?;
@@ -354,7 +363,7 @@ impl Pipeline {
         for dir in &self.queue_dirs {
             queues.push(queue_state(dir)?);
         }
-        Ok((observed, queues, confirmed_dead_letters))
+        Ok((observed, completeness, queues, confirmed_dead_letters))
     }
 }
 
@@ -362,6 +371,8 @@ impl Pipeline {
 /// servers still run, for the ledger to read.
 pub struct Finished {
     pub observed: Observed,
+    /// The pipeline's own account of what it holds: `iotctl completeness`, per boot.
+    pub completeness: Vec<BootCompleteness>,
     /// Per agent queue: (records still unacknowledged, records dropped over its life).
     pub queues: Vec<(u64, u64)>,
     /// Dead letters Kafka confirmed to the bridge and the running ingesters, by their
@@ -376,6 +387,21 @@ impl Finished {
     pub fn keep_logs(self) -> PathBuf {
         self.pipeline.keep_logs()
     }
+}
+
+/// One boot in `iotctl completeness --json` (the fields the ledger checks).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BootCompleteness {
+    pub device_id: String,
+    /// 16 hex digits.
+    pub boot_id: String,
+    pub expected: u64,
+    pub stored: u64,
+    pub missing: u64,
+    pub dropped_at_edge: Option<u64>,
+    pub unexplained: Option<u64>,
+    pub recovered: u64,
+    pub missing_ranges: Vec<(u64, u64)>,
 }
 
 /// Milliseconds since the Unix epoch, the clock the agents stamp readings with.
@@ -423,6 +449,40 @@ impl Pipeline {
     }
 
     /// The running services' own count of dead letters Kafka confirmed to them.
+    /// Runs `iotctl completeness --json` against this pipeline: what the pipeline itself
+    /// says it holds and misses, for the ledger to hold against what it counted.
+    async fn completeness(&self) -> Result<Vec<BootCompleteness>> {
+        let iotctl = binary("iotctl")?;
+        let args = [
+            "--json".to_owned(),
+            "--database-url".to_owned(),
+            self.postgres.url("postgres"),
+            "--mqtt".to_owned(),
+            format!("127.0.0.1:{}", self.mqtt_port),
+            "completeness".to_owned(),
+            "--since".to_owned(),
+            "1d".to_owned(),
+        ];
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&iotctl)
+                .args(&args)
+                .env_remove("IOTCTL_MQTT")
+                .output()
+                .with_context(|| format!("running {}", iotctl.display()))
+        })
+        .await
+        .context("waiting for iotctl")??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() || !stderr.trim().is_empty() {
+            bail!(
+                "iotctl completeness ({}) said: {}",
+                output.status,
+                stderr.trim()
+            );
+        }
+        serde_json::from_slice(&output.stdout).context("reading iotctl completeness --json")
+    }
+
     fn confirmed_dead_letters(&self) -> Result<u64> {
         let running = std::iter::once(self.bridge.is_running())
             .chain(self.ingesters.iter().map(Process::is_running));
