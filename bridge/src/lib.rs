@@ -2,11 +2,12 @@
 //! nothing to the broker before Kafka has it (client mode), with bad input set aside in
 //! `sensors-dlq` and a readable `latest` value per device republished for people; and
 //! the ingester's confirmations from `sensors-confirm` back to each device's MQTT
-//! `confirm` topic.
+//! `confirm` topic, with a readable, retained `completeness` summary beside it.
 //!
 //! See ARCHITECTURE.md for the map; `app::Bridge` is the entry point.
 
 pub mod app;
+pub mod completeness;
 pub mod config;
 pub mod confirm_relay;
 pub mod embedded;
