@@ -17,6 +17,12 @@
 //! bridge's prefix and its value is a confirmation of that topic's device; anything
 //! else is dropped and counted (`bridge_confirmations_refused_total{reason}`), so a
 //! faulty producer cannot make the bridge publish elsewhere in the topic tree.
+//!
+//! Each relayed confirmation also updates the device's retained, human-readable summary
+//! on `{prefix}/{site}/{line}/{device}/completeness` (`crate::completeness`: newest boot
+//! only, at most one publish per device per second, the newest state always sent in
+//! the end), for people browsing the broker; counted in
+//! `bridge_completeness_published_total` and `bridge_completeness_skipped_total`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +37,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::completeness::{self, Offer, Summary, Table};
 use crate::config::KafkaConfig;
 use crate::kafka::{relay_consumer_config, QuietContext};
 use crate::stats::Stats;
@@ -96,13 +103,13 @@ fn refused(reason: Refusal, detail: String) -> Refused {
     Refused { reason, detail }
 }
 
-/// Checks one record and returns the MQTT topic to publish its value on, unchanged.
-/// Free of I/O so every rule is unit-tested.
+/// Checks one record and returns the MQTT topic to publish its value on, unchanged,
+/// with the confirmation it holds. Free of I/O so every rule is unit-tested.
 pub fn check<'a>(
     prefix: &str,
     mqtt_topic: Option<&'a [u8]>,
     value: Option<&[u8]>,
-) -> Result<&'a str, Refused> {
+) -> Result<(Topic<'a>, Confirmation), Refused> {
     let Some(raw) = mqtt_topic else {
         return Err(refused(
             Refusal::Header,
@@ -140,7 +147,7 @@ pub fn check<'a>(
             ),
         ));
     }
-    Ok(text)
+    Ok((topic, confirmation))
 }
 
 /// Where relayed confirmations are published: the same MQTT side the bridge takes the
@@ -157,17 +164,18 @@ pub enum ConfirmSink {
 }
 
 impl ConfirmSink {
-    /// Publishes at QoS 0, not retained: a confirmation is only news to a device
+    /// Publishes at QoS 0. Confirmations are not retained: one is only news to a device
     /// connected now (a retained one would be stale when it reconnects, and the next
-    /// commit sends a fresh one). False if it could not be handed over.
-    async fn publish(&mut self, topic: &str, payload: Bytes) -> bool {
+    /// commit sends a fresh one). Completeness summaries are, for whoever looks later.
+    /// False if it could not be handed over.
+    async fn publish(&mut self, topic: &str, payload: Bytes, retain: bool) -> bool {
         match self {
             ConfirmSink::Client(current) => {
                 let client = current.borrow().clone();
                 // try_: never wait on the request queue the acknowledgements share.
                 client.is_some_and(|client| {
                     client
-                        .try_publish(topic, QoS::AtMostOnce, false, payload)
+                        .try_publish(topic, QoS::AtMostOnce, retain, payload)
                         .is_ok()
                 })
             }
@@ -175,7 +183,7 @@ impl ConfirmSink {
                 let publish = rumqttd::protocol::Publish::new(
                     Bytes::copy_from_slice(topic.as_bytes()),
                     payload,
-                    false,
+                    retain,
                 );
                 // Despite `async`, this blocks briefly if rumqttd's router queue (1000
                 // events) is full, as the `latest` publisher does.
@@ -247,12 +255,24 @@ impl ConfirmRelay {
         );
         let mut refusals = WarnLimiter::new();
         let mut errors = WarnLimiter::new();
+        let mut summaries = Table::new(completeness::INTERVAL, completeness::MAX_DEVICES);
         loop {
+            // Far enough never to fire when nothing waits (the branch is off then).
+            let next_due = summaries.next_due();
+            let due_at = tokio::time::Instant::from_std(
+                next_due.unwrap_or_else(|| Instant::now() + MAX_BACKOFF),
+            );
             let received = tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(due_at), if next_due.is_some() => {
+                    for (topic, summary) in summaries.take_due(Instant::now()) {
+                        self.publish_summary(&mut summaries, &topic, &summary).await;
+                    }
+                    continue;
+                }
                 received = consumer.recv() => received,
             };
-            let (mqtt_topic, payload) = match received {
+            let (relayed, payload) = match received {
                 Ok(message) => {
                     let checked = check(
                         &self.topic_prefix,
@@ -266,8 +286,14 @@ impl ConfirmRelay {
                     );
                     match checked {
                         // Copied out so the message is released before the publish waits.
-                        Ok(mqtt_topic) => (
-                            mqtt_topic.to_owned(),
+                        Ok((mqtt_topic, confirmation)) => (
+                            Relayed {
+                                confirm_topic: mqtt_topic.to_string(),
+                                completeness_topic: mqtt_topic
+                                    .with_kind(TopicKind::Completeness)
+                                    .to_string(),
+                                confirmation,
+                            },
                             Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                         ),
                         Err(refused) => {
@@ -311,14 +337,59 @@ impl ConfirmRelay {
                     continue;
                 }
             };
-            if self.sink.publish(&mqtt_topic, payload).await {
+            if self
+                .sink
+                .publish(&relayed.confirm_topic, payload, false)
+                .await
+            {
                 self.stats.confirmation_relayed();
             } else {
                 self.stats.confirmation_unsent();
             }
+            let topic = relayed.completeness_topic;
+            match summaries.offer(&topic, &relayed.confirmation, Instant::now()) {
+                Offer::Now(summary) => {
+                    self.publish_summary(&mut summaries, &topic, &summary).await;
+                }
+                Offer::TableFull => self.stats.completeness_skipped(),
+                Offer::Later | Offer::Old | Offer::Unchanged => {}
+            }
+        }
+        // What waits for its interval goes now: nothing else would send it.
+        for (topic, summary) in summaries.take_all() {
+            self.publish_summary(&mut summaries, &topic, &summary).await;
         }
         // Closing a consumer waits on librdkafka's threads: not on a runtime worker.
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+}
+
+/// A checked record's destinations and content.
+struct Relayed {
+    confirm_topic: String,
+    completeness_topic: String,
+    confirmation: Confirmation,
+}
+
+impl ConfirmRelay {
+    /// Publishes one retained summary; if the MQTT side cannot take it, the table
+    /// tries it again after the interval.
+    async fn publish_summary(&mut self, summaries: &mut Table, topic: &str, summary: &Summary) {
+        let sent = Instant::now();
+        // Never an empty payload: on a retained topic that would delete the summary.
+        let published = match serde_json::to_vec(summary) {
+            Ok(json) => self.sink.publish(topic, Bytes::from(json), true).await,
+            Err(e) => {
+                error!("cannot render the completeness summary for {topic}: {e}");
+                return;
+            }
+        };
+        if published {
+            self.stats.completeness_published();
+        } else {
+            self.stats.completeness_skipped();
+            summaries.unsent(topic, sent);
+        }
     }
 }
 
@@ -419,10 +490,9 @@ mod tests {
     fn a_confirmation_of_the_topics_device_is_relayed_to_that_topic() {
         let value = confirmation("dev-a");
         let topic = b"plant/s1/l1/dev-a/confirm".as_slice();
-        assert_eq!(
-            check("plant", Some(topic), Some(&value)),
-            Ok("plant/s1/l1/dev-a/confirm")
-        );
+        let (topic, confirmation) = check("plant", Some(topic), Some(&value)).unwrap();
+        assert_eq!(topic.to_string(), "plant/s1/l1/dev-a/confirm");
+        assert_eq!(confirmation.device.as_str(), "dev-a");
     }
 
     #[test]

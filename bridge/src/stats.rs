@@ -29,6 +29,8 @@ pub struct Stats {
     confirmations_relayed: Count,
     confirmations_refused: [Count; Refusal::ALL.len()],
     confirmations_unsent: Count,
+    completeness_published: Count,
+    completeness_skipped: Count,
     in_flight: Level,
     kafka_queue_bytes: Level,
     kafka_queue_messages: Level,
@@ -74,6 +76,8 @@ impl Stats {
                 ))
             }),
             confirmations_unsent: count("bridge_confirmations_unsent_total"),
+            completeness_published: count("bridge_completeness_published_total"),
+            completeness_skipped: count("bridge_completeness_skipped_total"),
             in_flight: level("bridge_messages_in_flight"),
             kafka_queue_bytes: level("bridge_kafka_queue_bytes"),
             kafka_queue_messages: level("bridge_kafka_queue_messages"),
@@ -164,6 +168,17 @@ impl Stats {
         self.confirmations_unsent.add(1);
     }
 
+    /// A retained summary published on a device's `completeness` topic.
+    pub fn completeness_published(&self) {
+        self.completeness_published.add(1);
+    }
+
+    /// A summary not published: its device is beyond the table's cap, or the MQTT side
+    /// could not take it (then it is tried again after the interval, and counted again).
+    pub fn completeness_skipped(&self) {
+        self.completeness_skipped.add(1);
+    }
+
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.set(n as u64);
     }
@@ -196,6 +211,8 @@ impl Stats {
             confirmations_relayed: self.confirmations_relayed.get(),
             confirmations_refused: self.confirmations_refused.iter().map(Count::get).sum(),
             confirmations_unsent: self.confirmations_unsent.get(),
+            completeness_published: self.completeness_published.get(),
+            completeness_skipped: self.completeness_skipped.get(),
             in_flight: self.in_flight.get(),
             kafka_queue_messages: self.kafka_queue_messages.get(),
             kafka_queue_bytes: self.kafka_queue_bytes.get(),
@@ -223,6 +240,8 @@ pub struct StatsSnapshot {
     pub confirmations_relayed: u64,
     pub confirmations_refused: u64,
     pub confirmations_unsent: u64,
+    pub completeness_published: u64,
+    pub completeness_skipped: u64,
     pub in_flight: u64,
     pub kafka_queue_messages: u64,
     pub kafka_queue_bytes: u64,

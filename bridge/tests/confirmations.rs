@@ -6,6 +6,10 @@
 //! The relay starts reading at the end of the topic once it finds it, so each test first
 //! produces one confirmation again and again until it arrives: from then on, everything
 //! produced is read.
+//!
+//! The relay also keeps a retained JSON summary per device on its `completeness` topic:
+//! it follows the newest boot, is updated as holes fill, and is not replaced by an older
+//! boot's confirmation or by anything the relay refuses.
 
 mod support;
 
@@ -20,6 +24,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use serde_json::{json, Value};
 use support::*;
 use tokio::sync::mpsc;
 
@@ -40,6 +45,85 @@ fn confirmation(device: &str, boot: u8, below: u64) -> Vec<u8> {
         .encode(&mut buf)
         .expect("valid test confirmation")
         .to_vec()
+}
+
+/// An encoded confirmation of `device`'s boot `boot`: `committed` and `refused` as
+/// (start, end) ranges, the one starting at 0 being the committed prefix.
+fn confirmation_of(
+    device: &str,
+    boot: u8,
+    committed: &[(u64, u64)],
+    refused: &[(u64, u64)],
+) -> Vec<u8> {
+    let mut confirmation = Confirmation::new(
+        DeviceId::new(device).expect("test device id"),
+        BootId([boot; 8]),
+    );
+    for &(start, end) in committed {
+        if start == 0 {
+            confirmation.committed_below = end;
+        } else {
+            confirmation
+                .committed
+                .push(SeqRange::new(start, end))
+                .expect("at most 16 ranges");
+        }
+    }
+    for &(start, end) in refused {
+        confirmation
+            .refused
+            .push(SeqRange::new(start, end))
+            .expect("at most 16 ranges");
+    }
+    let mut buf = [0u8; protocol::MAX_CONFIRM_LEN];
+    confirmation
+        .encode(&mut buf)
+        .expect("valid test confirmation")
+        .to_vec()
+}
+
+fn completeness_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{SITE}/{LINE}/{device}/completeness")
+}
+
+/// The next message `received` gets within `within`, as JSON on its topic.
+async fn next_summary(
+    received: &mut mpsc::UnboundedReceiver<Publish>,
+    within: Duration,
+) -> Option<(String, Value, bool)> {
+    let publish = tokio::time::timeout(within, received.recv()).await.ok()??;
+    let json = serde_json::from_slice(&publish.payload).unwrap_or_else(|e| {
+        panic!(
+            "the summary on {} is not JSON ({e}): {:?}",
+            publish.topic,
+            String::from_utf8_lossy(&publish.payload)
+        )
+    });
+    Some((publish.topic, json, publish.retain))
+}
+
+/// Reads summaries until one equals `expected` (the summaries before it must be
+/// earlier states of the same boot: the throttle may merge or skip some) and returns
+/// every one read.
+async fn wait_for_summary(
+    received: &mut mpsc::UnboundedReceiver<Publish>,
+    topic: &str,
+    expected: &Value,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some((on, json, _)) = next_summary(received, left).await else {
+            panic!("no summary {expected} on {topic} within {within:?}; got {seen:?}");
+        };
+        assert_eq!(on, topic, "a summary on another device's topic: {json}");
+        seen.push(json.clone());
+        if &json == expected {
+            return seen;
+        }
+    }
 }
 
 /// A record the relay must refuse: its `mqtt-topic` header, its value, and the reason
@@ -218,6 +302,144 @@ async fn client_mode_relays_a_confirmation_to_the_devices_confirm_topic_byte_for
     assert_eq!(stats.confirmations_refused, 0, "{stats:?}");
 }
 
+/// Client mode (Mosquitto): the retained summary follows a device's confirmations — a
+/// hole, then the hole filled and a refused range, then a new boot — and neither an
+/// older boot's confirmation nor records the relay refuses change it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retained_completeness_summary_follows_the_newest_boot_of_each_device() {
+    let kafka = testkit::Tansu::start();
+    let mosquitto = testkit::Mosquitto::start();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Client, &prefix, &kafka.brokers());
+    config.mqtt.port = mosquitto.port();
+    let confirm = config.kafka.confirm_topic.clone();
+    create_topic(&kafka.brokers(), &confirm).await;
+    let bridge = InProcess::start(config).await;
+    let within = Duration::from_secs(20);
+    let summaries_filter = format!("{prefix}/+/+/+/completeness");
+    let (_viewer, mut summaries) = subscriber(mosquitto.port(), &summaries_filter).await;
+    let (_device, mut confirmations) =
+        subscriber(mosquitto.port(), &confirm_topic(&prefix, "dev-c")).await;
+    let dev_c = completeness_topic(&prefix, "dev-c");
+
+    // Boot 5: 0..11000 and 11050..12000 stored, 50 readings missing between.
+    let holed = confirmation_of("dev-c", 5, &[(0, 11_000), (11_050, 12_000)], &[]);
+    relay_until_received(
+        &kafka.brokers(),
+        &confirm,
+        &prefix,
+        "dev-c",
+        &holed,
+        &mut confirmations,
+    )
+    .await;
+    let boot5 = "0505050505050505";
+    let first = json!({
+        "boot_id": boot5, "stored_below": 12_000, "stored": 11_950, "missing": 50,
+        "missing_ranges": [[11_000, 11_050]], "refused": 0, "refused_ranges": [],
+        "partial": false,
+    });
+    wait_for_summary(&mut summaries, &dev_c, &first, within).await;
+
+    // The hole filled by a resend; 10 readings above refused for good.
+    let producer = producer(&kafka.brokers());
+    let confirm_c = confirm_topic(&prefix, "dev-c");
+    let filled = confirmation_of("dev-c", 5, &[(0, 12_000)], &[(12_000, 12_010)]);
+    produce(
+        &producer,
+        &confirm,
+        "dev-c",
+        Some(confirm_c.as_bytes()),
+        &filled,
+    )
+    .await;
+    let complete = json!({
+        "boot_id": boot5, "stored_below": 12_010, "stored": 12_000, "missing": 0,
+        "missing_ranges": [], "refused": 10, "refused_ranges": [[12_000, 12_010]],
+        "partial": false,
+    });
+    for earlier in wait_for_summary(&mut summaries, &dev_c, &complete, within).await {
+        assert!(earlier == first || earlier == complete, "{earlier}");
+    }
+
+    // The agent restarted: boot 6 replaces boot 5.
+    let rebooted = confirmation_of("dev-c", 6, &[(0, 300)], &[]);
+    produce(
+        &producer,
+        &confirm,
+        "dev-c",
+        Some(confirm_c.as_bytes()),
+        &rebooted,
+    )
+    .await;
+    let boot6 = json!({
+        "boot_id": "0606060606060606", "stored_below": 300, "stored": 300, "missing": 0,
+        "missing_ranges": [], "refused": 0, "refused_ranges": [], "partial": false,
+    });
+    wait_for_summary(&mut summaries, &dev_c, &boot6, within).await;
+    // Past the throttle's interval (1 s) since that publish, so an older boot's summary,
+    // if it were taken, would go out at once instead of waiting to be overtaken.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // The ingester still confirming boot 5's backlog, then records the relay refuses
+    // (garbage for dev-c, another device's confirmation on dev-c's topic, garbage for
+    // dev-e), then boot 6 again, further on. One partition, read in order: once boot 6's
+    // newer summary is here, everything before it was read.
+    let backlog = confirmation_of("dev-c", 5, &[(0, 13_000)], &[]);
+    let mismatch = confirmation_of("dev-d", 6, &[(0, 10)], &[]);
+    let confirm_e = confirm_topic(&prefix, "dev-e");
+    let records: [(&str, &[u8]); 4] = [
+        (&confirm_c, &backlog),
+        (&confirm_c, b"\x01not a confirmation"),
+        (&confirm_c, &mismatch),
+        (&confirm_e, b"\x01not a confirmation"),
+    ];
+    for (mqtt_topic, value) in records {
+        produce(
+            &producer,
+            &confirm,
+            "dev-c",
+            Some(mqtt_topic.as_bytes()),
+            value,
+        )
+        .await;
+    }
+    let later = confirmation_of("dev-c", 6, &[(0, 400)], &[]);
+    produce(
+        &producer,
+        &confirm,
+        "dev-c",
+        Some(confirm_c.as_bytes()),
+        &later,
+    )
+    .await;
+    let boot6_later = json!({
+        "boot_id": "0606060606060606", "stored_below": 400, "stored": 400, "missing": 0,
+        "missing_ranges": [], "refused": 0, "refused_ranges": [], "partial": false,
+    });
+    // Only boot 6 on dev-c's topic in between, and nothing on any other device's.
+    for seen in wait_for_summary(&mut summaries, &dev_c, &boot6_later, within).await {
+        assert_eq!(seen["boot_id"], "0606060606060606", "{seen}");
+    }
+
+    // Retained: a client that subscribes now gets the newest summary at once.
+    let (_late, mut late) = subscriber(mosquitto.port(), &summaries_filter).await;
+    let (on, json, retained) = next_summary(&mut late, within)
+        .await
+        .unwrap_or_else(|| panic!("no retained summary within {within:?}"));
+    assert_eq!(
+        (on.as_str(), &json, retained),
+        (dev_c.as_str(), &boot6_later, true)
+    );
+
+    let stats = bridge.stop().await;
+    assert_eq!(stats.confirmations_refused, 3, "{stats:?}");
+    assert!(
+        (4..=stats.confirmations_relayed).contains(&stats.completeness_published),
+        "one summary per state at most, each after a relayed confirmation: {stats:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_mode_relays_a_confirmation_once_its_topic_appears() {
     let kafka = testkit::Tansu::start();
@@ -243,13 +465,30 @@ async fn embedded_mode_relays_a_confirmation_once_its_topic_appears() {
     .await;
     assert_relayed(&publish, &confirm_topic(&prefix, "dev-b"), &value);
 
+    // rumqttd keeps the summary retained too: a client subscribing now gets it.
+    let dev_b = completeness_topic(&prefix, "dev-b");
+    let within = Duration::from_secs(20);
+    let (_viewer, mut summaries) = subscriber(port, &dev_b).await;
+    let (on, json, retained) = next_summary(&mut summaries, within)
+        .await
+        .unwrap_or_else(|| panic!("no retained summary on {dev_b} within {within:?}"));
+    let expected = json!({
+        "boot_id": "0404040404040404", "stored_below": 97, "stored": 87, "missing": 10,
+        "missing_ranges": [[77, 87]], "refused": 0, "refused_ranges": [], "partial": false,
+    });
+    assert_eq!(
+        (on.as_str(), &json, retained),
+        (dev_b.as_str(), &expected, true)
+    );
+
     let stats = bridge.stop().await;
     assert!(stats.confirmations_relayed >= 1, "{stats:?}");
     assert_eq!(stats.confirmations_refused, 0, "{stats:?}");
 }
 
 /// The bridge binary (its own /metrics) in embedded mode, and a client subscribed to
-/// every topic of its broker: five bad records, then a good one.
+/// every topic of its broker: five bad records, then a good one. Only the good ones
+/// reach the device's confirm topic and its completeness summary.
 #[test]
 fn records_that_are_not_confirmations_for_this_bridge_are_counted_and_not_relayed() {
     let kafka = testkit::Tansu::start();
@@ -315,7 +554,19 @@ fn records_that_are_not_confirmations_for_this_bridge_are_counted_and_not_relaye
         })
         .await
         .unwrap_or_else(|_| panic!("the valid confirmation after the bad ones within {within:?}"));
+        let dev_a_summary = completeness_topic(&prefix, "dev-a");
         for publish in &arrived {
+            if publish.topic == dev_a_summary {
+                // The retained summaries of the valid ones (probe: boot 1, last: boot 9);
+                // nothing of the refused records' confirmations (boot 2).
+                let json: Value = serde_json::from_slice(&publish.payload).expect("JSON");
+                assert!(
+                    ["0101010101010101", "0909090909090909"]
+                        .contains(&json["boot_id"].as_str().unwrap_or_default()),
+                    "{json}"
+                );
+                continue;
+            }
             // Repeats of the probe may still be arriving; nothing else may.
             let expected = if publish.payload.as_ref() == probe.as_slice() {
                 &probe
@@ -332,6 +583,8 @@ fn records_that_are_not_confirmations_for_this_bridge_are_counted_and_not_relaye
         assert_eq!(bridge.metric("bridge_confirmations_refused_total"), 5.0);
         assert!(bridge.metric("bridge_confirmations_relayed_total") >= 2.0);
         assert_eq!(bridge.metric("bridge_confirmations_unsent_total"), 0.0);
+        assert!(bridge.metric("bridge_completeness_published_total") >= 1.0);
+        assert_eq!(bridge.metric("bridge_completeness_skipped_total"), 0.0);
     });
     // The relay, idle on its consumer, does not hold up a clean stop.
     let stopped = Instant::now();
