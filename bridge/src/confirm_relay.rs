@@ -257,7 +257,8 @@ impl ConfirmRelay {
         let mut errors = WarnLimiter::new();
         let mut summaries = Table::new(completeness::INTERVAL, completeness::MAX_DEVICES);
         loop {
-            // Far enough never to fire when nothing waits (the branch is off then).
+            // The trailing summaries' timer; a placeholder when nothing waits (the
+            // branch is off then).
             let next_due = summaries.next_due();
             let due_at = tokio::time::Instant::from_std(
                 next_due.unwrap_or_else(|| Instant::now() + MAX_BACKOFF),
