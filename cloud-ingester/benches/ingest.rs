@@ -10,7 +10,13 @@
 //!
 //! Settings (environment): `BENCH_READINGS` (default 1,000,000), `BENCH_BATCH` (20,000,
 //! the ingester's default batch), `BENCH_ROUNDS` (3), `BENCH_NAIVE_READINGS` (50,000),
-//! `BENCH_AUTOCOMMIT_READINGS` (2,000).
+//! `BENCH_AUTOCOMMIT_READINGS` (2,000), `BENCH_SMALL_BATCH` (1,000) and
+//! `BENCH_SMALL_READINGS` (100,000) for the coverage upkeep at small batches.
+//!
+//! (f) is what coverage upkeep costs (issue 14): the same batches written with
+//! write_batch's plain statement, without and with `coverage::record` in the transaction,
+//! with the CPU time of this thread and of the connection's PostgreSQL backend read from
+//! /proc/…/schedstat around the whole write and around each `coverage::record` call.
 //!
 //! It creates its own database on `DATABASE_URL`'s server (the role needs CREATEDB),
 //! applies the migrations and drops the database at the end, so it never touches the
@@ -21,6 +27,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cloud_ingester::coverage;
 use cloud_ingester::rows::{rows_from_frame, Row};
 use cloud_ingester::store::{encode_row, Store, COPY_COLUMNS, PGCOPY_HEADER};
 use protocol::{BootId, DeviceId, Frame, Quality, Reading};
@@ -50,6 +57,8 @@ struct Settings {
     rounds: usize,
     naive: usize,
     autocommit: usize,
+    small_batch: usize,
+    small_readings: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +68,8 @@ fn main() -> anyhow::Result<()> {
         rounds: env_usize("BENCH_ROUNDS", 3)?.max(1),
         naive: env_usize("BENCH_NAIVE_READINGS", 50_000)?,
         autocommit: env_usize("BENCH_AUTOCOMMIT_READINGS", 2_000)?,
+        small_batch: env_usize("BENCH_SMALL_BATCH", 1_000)?.max(1),
+        small_readings: env_usize("BENCH_SMALL_READINGS", 100_000)?,
     };
     // One client thread: the server needs the other core.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -96,9 +107,15 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
 async fn bench_in(settings: &Settings, db: PgConnectOptions) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(db)
+        .connect_with(db.clone())
         .await?;
     sqlx::migrate!("../migrations").run(&pool).await?;
+    // (f)'s own connection, so that its backend's CPU time can be read.
+    let mut upkeep_conn = PgConnection::connect_with(&db).await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut upkeep_conn)
+        .await?;
+    let backend = Cpu::readable(backend);
 
     let started = Instant::now();
     let (rows, frames) = generate(settings.readings)?;
@@ -118,6 +135,9 @@ async fn bench_in(settings: &Settings, db: PgConnectOptions) -> anyhow::Result<(
     let mut wal = Wal::default();
     let mut paths_b = std::collections::BTreeMap::<String, usize>::new();
     let mut paths_d = paths_b.clone();
+    let mut upkeeps = Vec::new();
+    let mut small_upkeeps = Vec::new();
+    let small_rows = &rows[..settings.small_readings.min(rows.len())];
     for round in 1..=settings.rounds {
         // (a) ceiling: one COPY of every row straight into sensor_readings.
         reset(&pool).await?;
@@ -171,13 +191,37 @@ async fn bench_in(settings: &Settings, db: PgConnectOptions) -> anyhow::Result<(
         }
         let d = rate(duplicates, t.elapsed());
         wal.replay = wal_since(&pool, lsn).await?;
+        // (f) coverage upkeep: the same batches without and with coverage::record, in
+        // alternating order from round to round.
+        let mut pair = [Upkeep::default(); 2];
+        let mut small_pair = [Upkeep::default(); 2];
+        let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        for with in order {
+            reset(&pool).await?;
+            pair[with] =
+                upkeep(&mut upkeep_conn, backend, &rows, settings.batch, with == 1).await?;
+            reset(&pool).await?;
+            small_pair[with] = upkeep(
+                &mut upkeep_conn,
+                backend,
+                small_rows,
+                settings.small_batch,
+                with == 1,
+            )
+            .await?;
+        }
         println!(
-            "round {round}: (a) raw COPY {} | (a') raw COPY in batches {} | (b) write_batch {} | (d) replay {}",
+            "round {round}: (a) raw COPY {} | (a') raw COPY in batches {} | (b) write_batch {} | (d) replay {} | (f0) {} (f1) {}, coverage {:.1}% of the CPU",
             fmt_rate(a),
             fmt_rate(a2),
             fmt_rate(b),
-            fmt_rate(d)
+            fmt_rate(d),
+            fmt_rate(pair[0].rate()),
+            fmt_rate(pair[1].rate()),
+            100.0 * pair[1].coverage_share()
         );
+        upkeeps.push(pair);
+        small_upkeeps.push(small_pair);
         ceiling.push(a);
         ceiling_batched.push(a2);
         store_rates.push(b);
@@ -342,6 +386,14 @@ async fn bench_in(settings: &Settings, db: PgConnectOptions) -> anyhow::Result<(
         "(a) for comparison: sensor_readings (partitioned, same indexes)",
         fmt_rate(a),
         n / a
+    );
+    print_upkeep(
+        settings,
+        &upkeeps,
+        &small_upkeeps,
+        small_rows.len(),
+        backend,
+        b,
     );
     // (e) the whole pipeline, once: Kafka into PostgreSQL, Redis and the alert rules.
     let e = pipeline_rate(&pool, settings, &frames, rows.len() as u64).await?;
@@ -678,6 +730,19 @@ const BREAKDOWN: [(&str, &str, Option<usize>); 5] = [
 /// BREAKDOWN step).
 async fn staged(pool: &PgPool, rows: &[Row], sql: &str) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
+    stage(&mut tx, rows).await?;
+    if !sql.is_empty() {
+        let sql = sql
+            .replace("{insert}", INSERT_SELECT)
+            .replace("{stats}", STATS_UPSERT);
+        sqlx::query(&sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The temp staging table (created if missing) filled with `rows` by binary COPY.
+async fn stage(tx: &mut PgConnection, rows: &[Row]) -> anyhow::Result<()> {
     sqlx::raw_sql(STAGING).execute(&mut *tx).await?;
     let mut copy = tx
         .copy_in_raw(&format!(
@@ -696,18 +761,234 @@ async fn staged(pool: &PgPool, rows: &[Row], sql: &str) -> anyhow::Result<()> {
     buf.extend_from_slice(&(-1_i16).to_be_bytes());
     copy.send(buf.as_slice()).await?;
     copy.finish().await?;
-    if !sql.is_empty() {
-        let sql = sql
-            .replace("{insert}", INSERT_SELECT)
-            .replace("{stats}", STATS_UPSERT);
-        sqlx::query(&sql).execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
     Ok(())
 }
 
+/// CPU time in ns, from the first field of /proc/…/schedstat (time spent on a CPU): of
+/// this thread (the only client thread) and of one PostgreSQL backend.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    client_ns: u64,
+    server_ns: u64,
+}
+
+/// A backend whose /proc entry this process can read (PostgreSQL on this host).
+#[derive(Debug, Clone, Copy)]
+struct Backend(Option<i32>);
+
+impl Cpu {
+    fn readable(pid: i32) -> Backend {
+        Backend(schedstat_ns(&format!("/proc/{pid}/schedstat")).map(|_| pid))
+    }
+
+    fn now(backend: Backend) -> Self {
+        Self {
+            client_ns: schedstat_ns("/proc/thread-self/schedstat").unwrap_or(0),
+            server_ns: backend
+                .0
+                .and_then(|pid| schedstat_ns(&format!("/proc/{pid}/schedstat")))
+                .unwrap_or(0),
+        }
+    }
+
+    fn since(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            client_ns: self.client_ns.saturating_sub(earlier.client_ns),
+            server_ns: self.server_ns.saturating_sub(earlier.server_ns),
+        }
+    }
+
+    fn add(&mut self, other: Cpu) {
+        self.client_ns += other.client_ns;
+        self.server_ns += other.server_ns;
+    }
+
+    fn total_ns(self) -> u64 {
+        self.client_ns + self.server_ns
+    }
+}
+
+fn schedstat_ns(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One pass of (f) over a row set: the whole write, and the `coverage::record` calls in it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Upkeep {
+    readings: u64,
+    wall: Duration,
+    cpu: Cpu,
+    coverage_wall: Duration,
+    coverage_cpu: Cpu,
+}
+
+impl Upkeep {
+    fn rate(&self) -> f64 {
+        rate(self.readings, self.wall)
+    }
+
+    /// µs of CPU (client + backend) a reading.
+    fn us_per_reading(&self, cpu: Cpu) -> f64 {
+        cpu.total_ns() as f64 / 1e3 / self.readings.max(1) as f64
+    }
+
+    /// coverage::record's share of the whole write's CPU (client + backend).
+    fn coverage_share(&self) -> f64 {
+        self.coverage_cpu.total_ns() as f64 / self.cpu.total_ns().max(1) as f64
+    }
+}
+
+/// (f): `rows` in batches of `batch`, one transaction each, as write_batch's plain path
+/// does it (staging COPY, then the INSERT ... SELECT with the stats upsert, BREAKDOWN step
+/// 3), and with `coverage` also `coverage::record` on the batch, the call `Store` makes,
+/// before the commit. The tables (reading_coverage too) must be empty.
+async fn upkeep(
+    conn: &mut PgConnection,
+    backend: Backend,
+    rows: &[Row],
+    batch: usize,
+    coverage: bool,
+) -> anyhow::Result<Upkeep> {
+    let sql = BREAKDOWN[2]
+        .1
+        .replace("{insert}", INSERT_SELECT)
+        .replace("{stats}", STATS_UPSERT);
+    let mut run = Upkeep {
+        readings: rows.len() as u64,
+        ..Upkeep::default()
+    };
+    let cpu = Cpu::now(backend);
+    let t = Instant::now();
+    for chunk in rows.chunks(batch) {
+        let mut tx = conn.begin().await?;
+        stage(&mut tx, chunk).await?;
+        sqlx::query(&sql).execute(&mut *tx).await?;
+        if coverage {
+            let before = Cpu::now(backend);
+            let started = Instant::now();
+            let held = coverage::record(&mut tx, chunk).await?;
+            run.coverage_wall += started.elapsed();
+            run.coverage_cpu.add(Cpu::now(backend).since(before));
+            anyhow::ensure!(!held.is_empty(), "coverage::record returned nothing");
+        }
+        tx.commit().await?;
+    }
+    run.wall = t.elapsed();
+    run.cpu = Cpu::now(backend).since(cpu);
+    Ok(run)
+}
+
+/// (f)'s figures: medians over the rounds of each pass's figures and of each round's
+/// ratios.
+fn print_upkeep(
+    settings: &Settings,
+    rounds: &[[Upkeep; 2]],
+    small: &[[Upkeep; 2]],
+    small_readings: usize,
+    backend: Backend,
+    store_rate: f64,
+) {
+    let med = |f: &dyn Fn(&[Upkeep; 2]) -> f64, of: &[[Upkeep; 2]]| {
+        median(&mut of.iter().map(f).collect::<Vec<_>>())
+    };
+    let rate_ratio = |p: &[Upkeep; 2]| p[1].rate() / p[0].rate();
+    let share = |p: &[Upkeep; 2]| p[1].coverage_share();
+    let extra =
+        |p: &[Upkeep; 2]| 1.0 - p[0].cpu.total_ns() as f64 / p[1].cpu.total_ns().max(1) as f64;
+    let wall_share = |p: &[Upkeep; 2]| {
+        p[1].coverage_wall.as_secs_f64() / p[1].wall.as_secs_f64().max(f64::MIN_POSITIVE)
+    };
+    let where_cpu = if backend.0.is_some() {
+        "CPU: this thread + the connection's PostgreSQL backend"
+    } else {
+        "CPU: this thread only (PostgreSQL's backend is not on this host)"
+    };
+    println!();
+    println!(
+        "(f) coverage upkeep: the same batches of {} rows written without and with coverage::record ({} rounds, median)",
+        settings.batch,
+        rounds.len()
+    );
+    for (label, i) in [
+        ("(f0) write_batch's plain statement, no coverage", 0),
+        ("(f1) the same + coverage::record (what Store does)", 1),
+    ] {
+        let us = |c: &dyn Fn(&Upkeep) -> f64| {
+            median(&mut rounds.iter().map(|p| c(&p[i])).collect::<Vec<_>>())
+        };
+        println!(
+            "  {label:<60} {:>8}   {:.2} µs CPU/reading (client {:.2}, PostgreSQL {:.2})",
+            fmt_rate(us(&|u| u.rate())),
+            us(&|u| u.us_per_reading(u.cpu)),
+            us(&|u| u.cpu.client_ns as f64 / 1e3 / u.readings.max(1) as f64),
+            us(&|u| u.cpu.server_ns as f64 / 1e3 / u.readings.max(1) as f64),
+        );
+    }
+    println!(
+        "  {:<60} {:>8}",
+        "(b) for comparison: Store::write_batch (same statements + coverage)",
+        fmt_rate(store_rate)
+    );
+    println!(
+        "  (f1)/(f0) write rate = {:.1}%",
+        100.0 * med(&rate_ratio, rounds)
+    );
+    let cov_us = med(&|p| p[1].us_per_reading(p[1].coverage_cpu), rounds);
+    let cov_client = med(
+        &|p| p[1].coverage_cpu.client_ns as f64 / 1e3 / p[1].readings.max(1) as f64,
+        rounds,
+    );
+    println!(
+        "  coverage::record CPU share of (f1) = {:.1}%, {cov_us:.3} µs/reading (client {cov_client:.3}; {:.1}% of (f1)'s wall time)   (bar: <= 5%)",
+        100.0 * med(&share, rounds),
+        100.0 * med(&wall_share, rounds),
+    );
+    println!(
+        "  (f1) - (f0) CPU = {:+.1}% of (f1)'s CPU   (the same cost by difference, noisier)",
+        100.0 * med(&extra, rounds)
+    );
+    if !small.is_empty() {
+        println!(
+            "  at {} rows a batch ({} readings per coverage row; the first {small_readings} readings): (f1)/(f0) write rate = {:.1}%, coverage::record CPU share = {:.1}% ({:.3} µs/reading)",
+            settings.small_batch,
+            readings_per_coverage_row(settings.small_batch),
+            100.0 * med(&rate_ratio, small),
+            100.0 * med(&share, small),
+            med(&|p| p[1].us_per_reading(p[1].coverage_cpu), small),
+        );
+    }
+    println!(
+        "  How measured: one connection of its own, tables (reading_coverage too) truncated before each pass; \
+         per batch one transaction: staging COPY, write_batch's plain INSERT ... SELECT with the stats upsert \
+         (breakdown step 3), then in (f1) coverage::record on the batch, as Store calls it, then COMMIT. {where_cpu}, \
+         from /proc/<task>/schedstat (ns on a CPU), read around each pass and around each coverage::record call; \
+         WAL writer and checkpointer are not counted. The share is coverage::record's CPU over the whole of (f1)'s \
+         (client and backend together, as the ingest loop is serial); (f0) and (f1) alternate in order from round \
+         to round. The data: {DEVICES} devices, frames of {READINGS_PER_FRAME} readings round robin, so a batch of {} \
+         rows touches {} (device, boot) coverage rows, {} readings each. The statement's work goes with the coverage \
+         rows a batch touches more than with its readings, so per reading it costs most when each device has a \
+         single frame in a batch (small batches, many devices): the line at {} rows a batch shows that case.",
+        settings.batch,
+        settings.batch.div_ceil(readings_per_coverage_row(settings.batch)),
+        readings_per_coverage_row(settings.batch),
+        settings.small_batch,
+    );
+}
+
+/// Readings of one (device, boot) in a batch of `batch` rows of the generated data
+/// (frames round robin over the devices).
+fn readings_per_coverage_row(batch: usize) -> usize {
+    let frames = batch.div_ceil(READINGS_PER_FRAME);
+    batch / frames.clamp(1, DEVICES)
+}
+
 async fn reset(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE sensor_readings, device_stats_hourly")
+    sqlx::query("TRUNCATE sensor_readings, device_stats_hourly, reading_coverage")
         .execute(pool)
         .await?;
     Ok(())
@@ -850,12 +1131,15 @@ async fn print_header(
          prepared INSERT ... VALUES ($1..$8) ON CONFLICT DO NOTHING per reading, one round \
          trip each, one transaction per batch, no stats, on the first {} rows and \
          extrapolated as a rate; (c') the same with autocommit (one commit per reading) on \
-         the first {} rows. (a), (a'), (b), (d) are repeated {} times interleaved and the \
+         the first {} rows. (a), (a'), (b), (d), (f) are repeated {} times interleaved and the \
          median is reported. (e) runs once, after the rest: the same readings as frames \
          preloaded into a fresh 3-partition topic on KAFKA_BROKERS, consumed by the \
          ingester's Pipeline (validation, alert rules on 400 registered channels, \
          write_batch with the alert transitions, offsets, Redis on REDIS_URL), timed from \
-         the first batch's commit to the last's. Other work on this host (shared machine) \
+         the first batch's commit to the last's. (f) is coverage upkeep (issue 14): the same \
+         batches through write_batch's plain statement without and with coverage::record, \
+         with the CPU of this thread and of PostgreSQL's backend; its method is printed \
+         with its figures. Other work on this host (shared machine) \
          adds noise: load average is printed at the end.",
         s.batch, s.batch, s.naive, s.autocommit, s.rounds
     );
