@@ -34,6 +34,7 @@ pub struct IngesterConfig {
     pub kafka: KafkaConfig,
     pub batch: BatchConfig,
     pub retention: RetentionConfig,
+    pub alerts: AlertsConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -47,6 +48,7 @@ impl Default for IngesterConfig {
             kafka: KafkaConfig::default(),
             batch: BatchConfig::default(),
             retention: RetentionConfig::default(),
+            alerts: AlertsConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
         }
@@ -162,6 +164,39 @@ impl Default for BatchConfig {
 pub struct RetentionConfig {
     /// Drop `sensor_readings` partitions older than this many days; none keeps all.
     pub days: Option<u32>,
+}
+
+/// The alert rules that are not per channel (those are columns of `device_channels`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// `data_loss` opens when at least this many readings of a device are missing (holes
+    /// below its highest committed sequence number, over its boots with holes)...
+    pub data_loss_readings: u64,
+    /// ...and have been for this long, by the ingester's clock. A hole is normal for a
+    /// moment: the agent resends a frame lost after the broker about 3 s after a later
+    /// one is confirmed, so this must be well above that.
+    #[serde(with = "humantime_serde")]
+    pub data_loss_window: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            // Any reading lost for good is worth an alert; the window keeps resends quiet.
+            data_loss_readings: 1,
+            // Far above a resend's few seconds, and above the agent's 60 s last-frame
+            // timeout, so only a hole nothing is going to fill opens it.
+            data_loss_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Shortest and longest `data_loss_window`: below a second every resend would open
+    /// an alert; above a day a loss would go unreported for longer than anyone waits.
+    pub const WINDOW_RANGE: std::ops::RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -383,6 +418,15 @@ impl IngesterConfig {
             problems
                 .push("retention.days: at least 1 (leave it out to keep everything)".to_owned());
         }
+        if self.alerts.data_loss_readings == 0 {
+            problems.push(
+                "alerts.data_loss_readings: at least 1 (0 would call every device lossy)"
+                    .to_owned(),
+            );
+        }
+        if !AlertsConfig::WINDOW_RANGE.contains(&self.alerts.data_loss_window) {
+            problems.push("alerts.data_loss_window: between 1 s and 24 h".to_owned());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {:?}: {e}", self.log.level));
         }
@@ -489,6 +533,8 @@ mod tests {
         config.batch.rows = 0;
         config.batch.age = Duration::from_secs(61);
         config.retention.days = Some(0);
+        config.alerts.data_loss_readings = 0;
+        config.alerts.data_loss_window = Duration::from_millis(500);
         config
             .kafka
             .properties
@@ -511,6 +557,8 @@ mod tests {
                 "batch.rows",
                 "batch.age",
                 "retention.days",
+                "alerts.data_loss_readings",
+                "alerts.data_loss_window",
                 "log.level"
             ]
         );
@@ -529,6 +577,7 @@ mod tests {
             jail.set_env("KAFKA_BROKERS", "conventional:9092");
             jail.set_env("INGESTER_KAFKA__BROKERS", "prefixed:9092");
             jail.set_env("INGESTER_BATCH__ROWS", "10");
+            jail.set_env("INGESTER_ALERTS__DATA_LOSS_WINDOW", "30s");
             jail.set_env("REDIS_URL", "");
             let config = IngesterConfig::load(
                 Some(Path::new("ingester.toml")),
@@ -544,6 +593,7 @@ mod tests {
             assert_eq!(config.kafka.brokers, "prefixed:9092");
             assert_eq!(config.kafka.group, "from-flag");
             assert_eq!(config.batch.rows, 10);
+            assert_eq!(config.alerts.data_loss_window, Duration::from_secs(30));
             assert_eq!(config.batch.age, Duration::from_millis(5));
             assert!(config.database.migrate);
             assert_eq!(config.redis.url, "");
@@ -556,6 +606,10 @@ mod tests {
         for (text, named) in [
             ("[kafka]\nbroker = \"x\"\n", "broker"),
             ("[batch]\nage = \"soon\"\n", "batch.age"),
+            (
+                "[alerts]\ndata_loss_window = \"a while\"\n",
+                "alerts.data_loss_window",
+            ),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("ingester.toml");
