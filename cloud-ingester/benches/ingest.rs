@@ -547,6 +547,7 @@ async fn pipeline_rate(
             batch_rows: settings.batch,
             batch_age: Duration::from_millis(200),
             retention_days: None,
+            data_loss: Default::default(),
         },
         stats: stats.clone(),
         health,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use cloud_ingester::alerts::data_loss::DataLossRule;
 use cloud_ingester::config::{CliOverrides, IngesterConfig, LogConfig, LogFormat};
 use cloud_ingester::confirmations::ConfirmSink;
 use cloud_ingester::health::Health;
@@ -281,6 +282,7 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
             batch_rows: config.batch.rows,
             batch_age: config.batch.age,
             retention_days: config.retention.days,
+            data_loss: DataLossRule::from(&config.alerts),
         },
         stats: stats.clone(),
         health,

@@ -19,7 +19,10 @@
 //! Alerts ride on the same transaction: the batch's readings are evaluated by the
 //! [`AlertEngine`] before the write, its transitions are written beside the rows, and the
 //! engine adopts them only once that commits. The alert records on Kafka and the open
-//! alerts in Redis follow the commit.
+//! alerts in Redis follow the commit. The `data_loss` rule is the exception: it follows
+//! the coverage each commit returns and the clock, not the rows, so its transitions are
+//! judged after each commit (and between batches while none come) and written in a
+//! transaction of their own.
 //!
 //! After each commit the devices are told what PostgreSQL holds of their readings
 //! (`confirmations`, its own task: nothing on this path waits for it).
@@ -40,8 +43,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::alerts::data_loss::DataLossRule;
 use crate::alerts::publish::{self as alert_publish, AlertEvent};
 use crate::alerts::rules::RuleBook;
+use crate::alerts::store::Applied;
 use crate::alerts::Evaluation;
 use crate::alerts::{self, AlertEngine};
 use crate::confirmations::{self, ConfirmSink, Confirmations, Routes};
@@ -94,6 +99,8 @@ pub struct PipelineSettings {
     pub batch_age: Duration,
     /// Drop `sensor_readings` partitions older than this many days (None: keep all).
     pub retention_days: Option<u32>,
+    /// When missing readings open a `data_loss` alert.
+    pub data_loss: DataLossRule,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,12 +261,17 @@ impl Pipeline {
             }
             let mut batch = Batch::default();
             let fill = self.fill(&mut batch, &stop, &mut state).await;
+            let committed_any = !batch.is_empty();
             // `false`: stopped while PostgreSQL was away; the batch will be replayed.
-            if !batch.is_empty() && !self.flush(batch, &stop, &mut state).await? {
+            if committed_any && !self.flush(batch, &stop, &mut state).await? {
                 break;
             }
             if matches!(fill, Fill::Stopped) {
                 break;
+            }
+            if !committed_any {
+                // No commit to judge the holes after: the clock alone may open an alert.
+                self.data_loss_between_batches(&mut state).await;
             }
             if state.catalog_loaded.elapsed() >= CATALOG_REFRESH {
                 self.refresh_catalog(&mut state).await;
@@ -306,9 +318,20 @@ impl Pipeline {
         let watermarks = alerts::store::load_watermarks(pool)
             .await
             .map_err(PipelineError::AlertState)?;
-        info!(open = open.len(), "alert state loaded");
-        let mut engine = AlertEngine::new(rules);
+        let coverage = alerts::store::load_coverage(pool)
+            .await
+            .map_err(PipelineError::AlertState)?;
+        let accepted = alerts::store::load_accepted(pool)
+            .await
+            .map_err(PipelineError::AlertState)?;
+        info!(
+            open = open.len(),
+            lossy_boots = coverage.len(),
+            "alert state loaded"
+        );
+        let mut engine = AlertEngine::new(rules).with_data_loss(self.settings.data_loss);
         engine.restore(open, watermarks);
+        engine.restore_coverage(coverage, accepted, now_ms());
         Ok(engine)
     }
 
@@ -730,9 +753,11 @@ impl Pipeline {
         state.ownership.committed(&progress);
         let Committed {
             outcome,
-            applied,
+            mut applied,
             held,
         } = committed;
+        state.alerts.note_coverage(&held, now_ms());
+        applied.extend(self.data_loss(state).await);
         if let Some(confirmations) = &state.confirmations {
             confirmations.after_commit(&held, &batch.routes, &batch.dead_letters);
         }
@@ -785,6 +810,64 @@ impl Pipeline {
         }
         self.to_redis(batch.rows, &events, state).await;
         Ok(true)
+    }
+
+    /// The `data_loss` transitions due now, written in a transaction of their own and
+    /// adopted once it commits. A failure is logged; they are due again at the next check.
+    async fn data_loss(&self, state: &mut LoopState) -> Vec<Applied> {
+        let evaluation = state.alerts.evaluate_data_loss(now_ms());
+        if evaluation.transitions.is_empty() {
+            return Vec::new();
+        }
+        match alerts::store::apply_alone(self.store.pool(), &evaluation.transitions).await {
+            Ok(applied) => {
+                state.alerts.adopt(evaluation);
+                applied
+            }
+            Err(e) => {
+                warn!("cannot write the data_loss alert transitions (tried again later): {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// [`Pipeline::data_loss`] when no batch came (a loss opens by the clock), published
+    /// as a batch's transitions are: Kafka, then Redis unless a Redis gap is open (its end
+    /// rebuilds the open alerts from the table). Skipped while a rebalance's reload of
+    /// the alert state is pending: the next batch does it first.
+    async fn data_loss_between_batches(&self, state: &mut LoopState) {
+        if state.reload_alerts {
+            return;
+        }
+        let applied = self.data_loss(state).await;
+        if applied.is_empty() {
+            return;
+        }
+        let at_ms = now_ms();
+        let events: Vec<AlertEvent> = applied
+            .iter()
+            .map(|applied| AlertEvent::new(applied, state.alerts.rules(), at_ms))
+            .collect();
+        for event in &events {
+            self.stats.alert_transition(event.transition);
+        }
+        if !self.settings.alerts_topic.is_empty() {
+            if let Err(e) =
+                alert_publish::to_kafka(&self.producer, &self.settings.alerts_topic, &events).await
+            {
+                warn!("alert records not published to Kafka (they are in the alerts table): {e}");
+            }
+        }
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        if state.redis_down_since.is_some() {
+            return;
+        }
+        if let Err(e) = alert_publish::to_redis(redis, &events).await {
+            self.stats.redis_error();
+            self.redis_gap_begins(state, &e.to_string()).await;
+        }
     }
 
     /// The batch's newest values and alert transitions into Redis, best effort: while

@@ -3,7 +3,9 @@
 //! through the stack's Kafka-compatible broker into the pipeline; the alerts that result
 //! in PostgreSQL, on the Kafka alerts topic and in Redis are checked against the
 //! injected ground truth: every anomaly caught once, nothing raised outside them, the
-//! state kept across a restart, and a replay raising nothing again.
+//! state kept across a restart, and a replay raising nothing again. Then the device-level
+//! rule, `data_loss`: a hole in a device's sequence numbers that outlasts the window
+//! opens it, the resend that fills the hole resolves it.
 
 mod support;
 
@@ -11,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cloud_ingester::alerts::data_loss::DataLossRule;
 use cloud_ingester::alerts::rules::RuleBook;
 use cloud_ingester::alerts::AlertEngine;
 use cloud_ingester::config::KafkaConfig;
@@ -30,7 +33,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use support::{create_topics, kafka, now_ms, produce};
+use support::{create_topics, frame, kafka, now_ms, produce};
 use tokio_util::sync::CancellationToken;
 
 /// One sampling tick of a simulated channel: its device time and reading, if any.
@@ -163,7 +166,23 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The pipeline with a `data_loss` window no run of the channel-rule test reaches: its
+/// frames leave holes on purpose (a breach sent at seq 2^40), which are not its subject.
 async fn start(pool: &PgPool, topics: &Topics, group: &str, redis: &RedisSink) -> Running {
+    let quiet = DataLossRule {
+        readings: 1,
+        window_ms: 3_600_000,
+    };
+    start_with(pool, topics, group, redis, quiet).await
+}
+
+async fn start_with(
+    pool: &PgPool,
+    topics: &Topics,
+    group: &str,
+    redis: &RedisSink,
+    data_loss: DataLossRule,
+) -> Running {
     let stats = Arc::new(IngestStats::default());
     let health = Arc::new(Health::default());
     let kafka_config = KafkaConfig {
@@ -194,6 +213,7 @@ async fn start(pool: &PgPool, topics: &Topics, group: &str, redis: &RedisSink) -
             batch_rows: 2000,
             batch_age: Duration::from_millis(100),
             retention_days: None,
+            data_loss,
         },
         stats: stats.clone(),
         health,
@@ -547,4 +567,143 @@ async fn open_in_redis(redis: &RedisSink) -> BTreeMap<i64, serde_json::Value> {
         .into_iter()
         .map(|(id, json)| (id, serde_json::from_str(&json).unwrap()))
         .collect()
+}
+
+/// The `data_loss` alert of `device` as the table has it: (id, channel, state, value,
+/// message, ms from the loss to the opening).
+type LossRow = (i64, Option<i16>, String, Option<f64>, String, f64);
+
+async fn data_loss_alerts(pool: &PgPool, device: &str) -> Vec<LossRow> {
+    sqlx::query_as(
+        "SELECT alert_id, channel_id, state::text, value, message, \
+                extract(epoch FROM opened_at - value_ts)::float8 * 1000 \
+           FROM alerts WHERE device_id = $1 AND rule = 'data_loss' ORDER BY alert_id",
+    )
+    .bind(device)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Polls `data_loss_alerts` until `done`, at most a minute.
+async fn wait_data_loss(
+    pool: &PgPool,
+    device: &str,
+    what: &str,
+    done: impl Fn(&[LossRow]) -> bool,
+) -> Vec<LossRow> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = data_loss_alerts(pool, device).await;
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no data_loss alert {what}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Frames of 50 readings of `device`'s channel 0 covering `seqs` (boot 0909…, as
+/// `support::frame` makes them), keyed by device.
+fn run_of(device: &str, seqs: std::ops::Range<u64>, base_ms: u64) -> Vec<(String, Vec<u8>)> {
+    seqs.step_by(50)
+        .map(|seq| {
+            let payload = frame(device, &[0], seq, 50, base_ms + seq * 10);
+            (device.to_owned(), payload)
+        })
+        .collect()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_hole_that_outlasts_the_window_raises_data_loss_until_a_resend_fills_it(pool: PgPool) {
+    let topics = Topics {
+        data: testkit::unique_name("dldata"),
+        dlq: testkit::unique_name("dldlq"),
+        alerts: testkit::unique_name("dlout"),
+    };
+    create_topics(&[&topics.data, &topics.dlq, &topics.alerts]).await;
+    let redis = RedisSink::new(&testkit::redis_url(), &testkit::unique_name("dloss")).unwrap();
+    let window = DataLossRule {
+        readings: 1,
+        window_ms: 2_000,
+    };
+    let base = now_ms() - 60_000;
+    // 0..100 and 200..300 reach PostgreSQL; 100..200 were lost on the way.
+    let mut sent = run_of("furnace-01", 0..100, base);
+    sent.extend(run_of("furnace-01", 200..300, base));
+    produce(&topics.data, &sent).await;
+    let group = testkit::unique_name("dlgroup");
+    let running = start_with(&pool, &topics, &group, &redis, window).await;
+
+    let open = wait_data_loss(&pool, "furnace-01", "opened", |rows| !rows.is_empty()).await;
+    let (id, channel, state, value, message, waited_ms) = &open[0];
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((*channel, state.as_str()), (None, "open"));
+    assert_eq!(*value, Some(100.0));
+    assert_eq!(
+        message, "100 readings missing in boot 0909090909090909: 100-199",
+        "{open:?}"
+    );
+    assert!(
+        *waited_ms >= window.window_ms as f64,
+        "opened {waited_ms} ms after the loss, before the window"
+    );
+    // (The frames' values, their sequence numbers, are far below a furnace's thresholds:
+    // channel alerts open beside it, which are not this test's subject.)
+    let in_redis = open_in_redis(&redis).await;
+    let view = in_redis.get(id).expect("the open data_loss alert in Redis");
+    assert_eq!(view["rule"], "data_loss");
+    assert_eq!(view["channel_id"], serde_json::Value::Null);
+    assert_eq!(
+        (view["value"].as_f64(), &view["unit"]),
+        (Some(100.0), &"readings".into())
+    );
+
+    // The agent resends the frames in the hole: the alert resolves.
+    produce(&topics.data, &run_of("furnace-01", 100..200, base)).await;
+    let resolved = wait_data_loss(&pool, "furnace-01", "resolved", |rows| {
+        rows.iter().all(|row| row.2 == "resolved")
+    })
+    .await;
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    running.stop().await;
+    assert!(!open_in_redis(&redis).await.contains_key(id));
+    let (resolved_value,): (Option<f64>,) =
+        sqlx::query_as("SELECT resolved_value FROM alerts WHERE alert_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        resolved_value,
+        Some(0.0),
+        "resolved by the engine, nothing missing"
+    );
+
+    let records: Vec<serde_json::Value> = alert_records(&topics.alerts, 2)
+        .into_iter()
+        .filter(|r| r["rule"] == "data_loss")
+        .collect();
+    let transitions: Vec<(&str, i64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["transition"].as_str().unwrap(),
+                r["alert_id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [("opened", *id), ("resolved", *id)],
+        "{records:?}"
+    );
+    for record in &records {
+        assert_eq!(record["rule"], "data_loss");
+        assert_eq!(record["device_id"], "furnace-01");
+        assert_eq!(record["channel_id"], serde_json::Value::Null);
+    }
 }

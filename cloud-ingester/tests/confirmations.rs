@@ -96,6 +96,7 @@ async fn start(pool: &PgPool, topics: &Topics, batch_rows: usize) -> Running {
             batch_rows,
             batch_age: Duration::from_millis(50),
             retention_days: None,
+            data_loss: Default::default(),
         },
         stats: stats.clone(),
         health,

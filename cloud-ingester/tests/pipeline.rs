@@ -108,6 +108,7 @@ async fn start_on(
             batch_rows: 500,
             batch_age: Duration::from_millis(100),
             retention_days: None,
+            data_loss: Default::default(),
         },
         stats: stats.clone(),
         health,

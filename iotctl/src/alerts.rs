@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use cloud_ingester::alerts::publish::{AlertEvent, AlertView};
+use cloud_ingester::alerts::Rule;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use redis::AsyncCommands;
 use serde::Serialize;
@@ -81,7 +82,8 @@ pub async fn run(global: &Global, command: &AlertsCommand) -> Result<Outcome> {
 struct AlertRow {
     alert_id: i64,
     device_id: String,
-    channel_id: i16,
+    /// `None` for a device-level alert (`data_loss`).
+    channel_id: Option<i16>,
     channel: Option<String>,
     unit: Option<String>,
     rule: String,
@@ -112,7 +114,7 @@ impl AlertRow {
             device_id: self.device_id.clone(),
             channel_id: self.channel_id,
             channel: self.channel.clone().unwrap_or_default(),
-            unit: self.unit.clone().unwrap_or_default(),
+            unit: self.unit().unwrap_or_default().to_owned(),
             rule: self.rule.clone(),
             severity: self.severity.clone(),
             state: self.state.clone(),
@@ -134,15 +136,33 @@ impl AlertRow {
         }
     }
 
-    /// `furnace-01 temperature high warning (905 °C, threshold 900 °C)`.
+    /// The channel's name, `ch3` if the channel is gone, or `device` for a device-level
+    /// alert.
+    fn channel_name(&self) -> String {
+        match (&self.channel, self.channel_id) {
+            (Some(name), _) => name.clone(),
+            (None, Some(channel)) => format!("ch{channel}"),
+            (None, None) => "device".to_owned(),
+        }
+    }
+
+    /// The unit of `value` and `threshold`: the channel's, or the device-level rule's
+    /// (`readings` for data_loss).
+    fn unit(&self) -> Option<&str> {
+        self.unit
+            .as_deref()
+            .or_else(|| Rule::from_code(&self.rule)?.unit())
+    }
+
+    /// `furnace-01 temperature high warning (905 °C, threshold 900 °C)`;
+    /// `furnace-01 device data_loss warning (312 readings, threshold 1 readings)`.
     fn summary(&self) -> String {
-        let channel = self
-            .channel
-            .clone()
-            .unwrap_or_else(|| format!("ch{}", self.channel_id));
         let mut text = format!(
-            "{} {channel} {} {}",
-            self.device_id, self.rule, self.severity
+            "{} {} {} {}",
+            self.device_id,
+            self.channel_name(),
+            self.rule,
+            self.severity
         );
         if let Some(value) = self.value {
             text.push_str(&format!(" ({}", self.quantity(value)));
@@ -158,7 +178,7 @@ impl AlertRow {
     /// as measured (26.717482, not 26.71748161315918).
     fn quantity(&self, value: f64) -> String {
         let value = output::reading(value as f32);
-        match self.unit.as_deref() {
+        match self.unit() {
             Some(unit) if !unit.is_empty() => format!("{value} {unit}"),
             _ => value,
         }
@@ -221,9 +241,7 @@ async fn list(
             row.alert_id.to_string(),
             output::time(&row.opened_at),
             row.device_id.clone(),
-            row.channel
-                .clone()
-                .unwrap_or_else(|| format!("ch{}", row.channel_id)),
+            row.channel_name(),
             row.rule.clone(),
             row.severity.clone(),
             row.state.clone(),
@@ -496,7 +514,7 @@ mod tests {
         let row = AlertRow {
             alert_id: 7,
             device_id: "furnace-01".into(),
-            channel_id: 0,
+            channel_id: Some(0),
             channel: Some("temperature".into()),
             unit: Some("°C".into()),
             rule: "high".into(),
@@ -525,5 +543,19 @@ mod tests {
         };
         assert_eq!(dropout.summary(), "furnace-01 ch0 dropout warning");
         assert_eq!(dropout.view().value_ts_ms, Some(1_764_000_000_000));
+        let data_loss = AlertRow {
+            channel_id: None,
+            unit: None,
+            rule: "data_loss".into(),
+            value: Some(312.0),
+            threshold: Some(1.0),
+            ..dropout
+        };
+        assert_eq!(
+            data_loss.summary(),
+            "furnace-01 device data_loss warning (312 readings, threshold 1 readings)"
+        );
+        let view = data_loss.view();
+        assert_eq!((view.channel_id, view.unit.as_str()), (None, "readings"));
     }
 }

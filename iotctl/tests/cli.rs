@@ -849,6 +849,7 @@ impl Pipeline {
                 batch_rows: 20_000,
                 batch_age: Duration::from_millis(50),
                 retention_days: None,
+                data_loss: Default::default(),
             },
             stats,
             health,

@@ -27,7 +27,12 @@
 //! already evaluated for their channel are skipped: they were evaluated when first
 //! stored (the watermark is reloaded from `sensor_readings` at start), and late ones must
 //! not reopen what is over.
+//!
+//! One rule is per device, not per channel, and judged from what PostgreSQL holds rather
+//! than from readings: **data_loss** (`data_loss`), readings missing below the device's
+//! highest committed sequence number for longer than a window. See [`data_loss`].
 
+pub mod data_loss;
 pub mod publish;
 pub mod rules;
 pub mod store;
@@ -35,6 +40,7 @@ pub mod store;
 use std::collections::HashMap;
 
 use crate::rows::Row;
+use data_loss::{DataLossRule, DeviceLoss};
 use rules::{ChannelRules, RuleBook};
 
 /// Which rule an alert is about (`alerts.rule`).
@@ -44,10 +50,18 @@ pub enum Rule {
     Low,
     Stuck,
     Dropout,
+    /// Per device: readings missing from PostgreSQL for too long (no channel).
+    DataLoss,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 4] = [Rule::High, Rule::Low, Rule::Stuck, Rule::Dropout];
+    pub const ALL: [Rule; 5] = [
+        Rule::High,
+        Rule::Low,
+        Rule::Stuck,
+        Rule::Dropout,
+        Rule::DataLoss,
+    ];
 
     pub fn code(self) -> &'static str {
         match self {
@@ -55,6 +69,16 @@ impl Rule {
             Rule::Low => "low",
             Rule::Stuck => "stuck",
             Rule::Dropout => "dropout",
+            Rule::DataLoss => "data_loss",
+        }
+    }
+
+    /// The unit of a device-level rule's value (its alerts have no channel to take one
+    /// from); `None` for the channel rules, whose values are in their channel's unit.
+    pub fn unit(self) -> Option<&'static str> {
+        match self {
+            Rule::DataLoss => Some("readings"),
+            Rule::High | Rule::Low | Rule::Stuck | Rule::Dropout => None,
         }
     }
 
@@ -110,7 +134,9 @@ impl Change {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AlertKey {
     pub device_id: String,
-    pub channel_id: i16,
+    /// `None` for a device-level rule (`data_loss`), always `Some` for the others (the
+    /// table's CHECK holds the same).
+    pub channel_id: Option<i16>,
     pub rule: Rule,
 }
 
@@ -171,14 +197,21 @@ struct DeviceState {
 pub struct AlertEngine {
     rules: RuleBook,
     devices: HashMap<String, DeviceState>,
+    data_loss: DataLossRule,
+    /// Per device, its holes and its `data_loss` alert (devices without either may be
+    /// absent).
+    losses: HashMap<String, DeviceLoss>,
 }
 
-/// The outcome of [`AlertEngine::evaluate`]: the transitions, and the state they lead
-/// to, to [`AlertEngine::adopt`] once they are committed.
+/// The outcome of [`AlertEngine::evaluate`] (or [`AlertEngine::evaluate_data_loss`]): the
+/// transitions, and the state they lead to, to [`AlertEngine::adopt`] once they are
+/// committed.
 #[derive(Debug, Default)]
 pub struct Evaluation {
     pub transitions: Vec<Transition>,
     devices: HashMap<String, DeviceState>,
+    /// Devices whose `data_loss` alert opens (`true`) or resolves.
+    losses: Vec<(String, bool)>,
 }
 
 /// An unresolved alert, as loaded from the database at start.
@@ -192,33 +225,113 @@ impl AlertEngine {
     pub fn new(rules: RuleBook) -> Self {
         Self {
             rules,
-            devices: HashMap::new(),
+            ..Self::default()
         }
+    }
+
+    /// The same engine with `rule` as its `data_loss` setting (the default otherwise).
+    pub fn with_data_loss(mut self, rule: DataLossRule) -> Self {
+        self.data_loss = rule;
+        self
     }
 
     /// Rebuilds the state from the database: the unresolved alerts and, per channel, the
     /// device time of the newest stored reading. Forgets everything else (a breach that
-    /// had not lasted `min_duration_ms` yet starts its count again).
+    /// had not lasted `min_duration_ms` yet starts its count again; the devices' holes
+    /// come back with [`AlertEngine::restore_coverage`]).
     pub fn restore(
         &mut self,
         open: impl IntoIterator<Item = OpenAlert>,
         watermarks: impl IntoIterator<Item = (String, i16, i64)>,
     ) {
         self.devices.clear();
+        self.losses.clear();
         for (device, channel, ts_ms) in watermarks {
             let state = self.devices.entry(device).or_default();
             state.channels.entry(channel).or_default().last_ts = Some(ts_ms);
             state.last_ts = Some(state.last_ts.map_or(ts_ms, |last| last.max(ts_ms)));
         }
         for alert in open {
-            let state = self.channel_mut(&alert.key.device_id, alert.key.channel_id);
-            match alert.key.rule {
+            let key = alert.key;
+            let channel = match (key.rule, key.channel_id) {
+                (Rule::DataLoss, _) => {
+                    self.losses.entry(key.device_id).or_default().open = true;
+                    continue;
+                }
+                (_, Some(channel)) => channel,
+                // The table's CHECK rules it out: a channel rule without a channel.
+                (_, None) => continue,
+            };
+            let state = self.channel_mut(&key.device_id, channel);
+            match key.rule {
                 Rule::High => state.high.open = Some(alert.severity),
                 Rule::Low => state.low.open = Some(alert.severity),
                 Rule::Stuck => state.stuck_open = true,
                 Rule::Dropout => state.dropout_open = true,
+                Rule::DataLoss => {}
             }
         }
+    }
+
+    /// After [`AlertEngine::restore`]: the holes of the devices' boots as
+    /// `reading_coverage` has them (oldest written first), and per device the readings an
+    /// operator accepted as lost (the count of its last `data_loss` alert, when that was
+    /// resolved by hand). A device above the threshold starts its window again now. No
+    /// device is judged until this instance commits its readings (see [`data_loss`]).
+    pub fn restore_coverage(
+        &mut self,
+        coverage: impl IntoIterator<Item = crate::coverage::Held>,
+        accepted: impl IntoIterator<Item = (String, u64)>,
+        now_ms: i64,
+    ) {
+        for (device, readings) in accepted {
+            self.losses.entry(device).or_default().accepted = readings;
+        }
+        for held in coverage {
+            let loss = self.losses.entry(held.device_id).or_default();
+            loss.note(held.boot_id, &held.ranges);
+        }
+        for loss in self.losses.values_mut() {
+            loss.settle(&self.data_loss, now_ms);
+        }
+    }
+
+    /// After a commit: the coverage of every (device, boot) the batch wrote, as the
+    /// transaction returned it. A fact about PostgreSQL, so taken at once rather than
+    /// through evaluate/adopt; only the alert it may lead to waits for a commit. Devices
+    /// without rules (disabled, unknown) are not followed.
+    pub fn note_coverage(&mut self, held: &[crate::coverage::Held], now_ms: i64) {
+        for held in held {
+            if self.rules.channels_of(&held.device_id) == 0 {
+                continue;
+            }
+            let loss = self.losses.entry(held.device_id.clone()).or_default();
+            loss.note(held.boot_id, &held.ranges);
+            loss.live = true;
+            loss.settle(&self.data_loss, now_ms);
+        }
+    }
+
+    /// The `data_loss` transitions due at `now_ms` (the ingester's clock), without
+    /// changing the engine: an alert opens for a device whose missing readings, less those
+    /// accepted, have been at least the threshold for the window, and resolves when they
+    /// are back below it. Only devices this instance has committed readings of since its
+    /// state was loaded are judged, and only those with rules (a disabled device's alert
+    /// stays until resolved by hand).
+    pub fn evaluate_data_loss(&self, now_ms: i64) -> Evaluation {
+        let mut evaluation = Evaluation::default();
+        for (device, loss) in &self.losses {
+            if !loss.live || self.rules.channels_of(device) == 0 {
+                continue;
+            }
+            if let Some(transition) = loss.verdict(device, &self.data_loss, now_ms) {
+                evaluation
+                    .losses
+                    .push((device.clone(), transition.change == Change::Opened));
+                evaluation.transitions.push(transition);
+            }
+        }
+        evaluation
     }
 
     /// New rules (the device catalog was re-read); the state is kept.
@@ -266,6 +379,9 @@ impl AlertEngine {
     /// Makes an evaluation's state the engine's (after its transitions committed).
     pub fn adopt(&mut self, evaluation: Evaluation) {
         self.devices.extend(evaluation.devices);
+        for (device, open) in evaluation.losses {
+            self.losses.entry(device).or_default().open = open;
+        }
     }
 
     /// Applies one reading to its device's state.
@@ -287,7 +403,7 @@ impl AlertEngine {
         let value = f64::from(row.value);
         let key = |rule| AlertKey {
             device_id: device.to_owned(),
-            channel_id: row.channel_id,
+            channel_id: Some(row.channel_id),
             rule,
         };
         if let Some(last) = previous.filter(|last| row.ts_ms - last > rules.silence_ms) {
@@ -369,7 +485,7 @@ impl AlertEngine {
                 out.push(Transition {
                     key: AlertKey {
                         device_id: device.to_owned(),
-                        channel_id: sibling,
+                        channel_id: Some(sibling),
                         rule: Rule::Dropout,
                     },
                     change: Change::Opened,

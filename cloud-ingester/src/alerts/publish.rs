@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use super::rules::RuleBook;
 use super::store::Applied;
-use super::Change;
+use super::{Change, Rule};
 use crate::redis_sink::{RedisSink, RedisSinkError};
 
 /// An alert as readers see it: the value of its Redis hash field, and the body of its
@@ -25,8 +25,11 @@ use crate::redis_sink::{RedisSink, RedisSinkError};
 pub struct AlertView {
     pub alert_id: i64,
     pub device_id: String,
-    pub channel_id: i16,
-    /// The channel's name and unit (empty if the channel is no longer known).
+    /// `null` for a device-level alert (`data_loss`).
+    pub channel_id: Option<i16>,
+    /// The channel's name (empty if the channel is no longer known, or for a
+    /// device-level alert) and the unit of `value` and `threshold` (for `data_loss`,
+    /// `readings`: how many are missing, and how many open it).
     pub channel: String,
     pub unit: String,
     pub rule: String,
@@ -37,7 +40,7 @@ pub struct AlertView {
     pub value: Option<f64>,
     pub threshold: Option<f64>,
     /// Device time of that reading (of the last reading before the silence, for a
-    /// dropout).
+    /// dropout; the ingester's time when the readings went missing, for a data_loss).
     pub value_ts_ms: Option<i64>,
     pub message: String,
 }
@@ -56,10 +59,13 @@ pub struct AlertEvent {
 impl AlertEvent {
     pub fn new(applied: &Applied, rules: &RuleBook, at_ms: i64) -> Self {
         let t = &applied.transition;
-        let (channel, unit) = rules
-            .get(&t.key.device_id, t.key.channel_id)
-            .map(|r| (r.name.clone(), r.unit.clone()))
-            .unwrap_or_default();
+        let (channel, unit) = match t.key.channel_id {
+            Some(channel) => rules
+                .get(&t.key.device_id, channel)
+                .map(|r| (r.name.clone(), r.unit.clone()))
+                .unwrap_or_default(),
+            None => (String::new(), unit_of(t.key.rule).to_owned()),
+        };
         Self {
             transition: t.change.code(),
             at_ms,
@@ -79,6 +85,12 @@ impl AlertEvent {
             },
         }
     }
+}
+
+/// The unit of a device-level rule's values ("" for the channel rules, whose unit is
+/// their channel's).
+fn unit_of(rule: Rule) -> &'static str {
+    rule.unit().unwrap_or_default()
 }
 
 /// Sends each event to `topic` (keyed by device) without waiting for the deliveries;
@@ -130,7 +142,7 @@ pub async fn to_redis(redis: &RedisSink, events: &[AlertEvent]) -> Result<(), Re
 type OpenRow = (
     i64,
     String,
-    i16,
+    Option<i16>,
     Option<String>,
     Option<String>,
     String,
@@ -174,7 +186,8 @@ pub async fn open_alerts(pool: &PgPool) -> Result<Vec<AlertView>, sqlx::Error> {
                     device_id,
                     channel_id,
                     channel: name.unwrap_or_default(),
-                    unit: unit.unwrap_or_default(),
+                    unit: unit
+                        .unwrap_or_else(|| Rule::from_code(&rule).map_or("", unit_of).to_owned()),
                     rule,
                     severity,
                     state,

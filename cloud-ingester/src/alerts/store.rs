@@ -4,12 +4,16 @@
 //! Every statement is keyed by (device, channel, rule) among unresolved alerts, the
 //! table's partial unique index, so the engine needs no alert ids and a transition that
 //! meets an alert changed meanwhile by someone else (an operator resolving it by hand,
-//! another instance during a rebalance) does the sensible thing instead of failing.
+//! another instance during a rebalance) does the sensible thing instead of failing. A
+//! device-level alert (`data_loss`) has no channel: the index treats NULLs as equal, and
+//! the statements compare the channel with `IS NOT DISTINCT FROM`.
 
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use super::data_loss::MAX_LOSSY_BOOTS;
 use super::{AlertKey, Change, OpenAlert, Rule, Severity, Transition};
+use crate::coverage::{Held, HELD_RANGES};
 
 /// A transition as the database took it.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,13 +27,14 @@ pub struct Applied {
 
 /// Opens an alert. If one is already unresolved (a rebalance race, or a warning resolved
 /// by hand that is now critical), it is kept, and raised like an escalation if this one
-/// is more severe. The channel is checked in the statement so that a channel deleted
-/// since the rules were read skips the alert instead of failing the batch on the
-/// foreign key.
+/// is more severe. The channel (the device, for a device-level alert) is checked in the
+/// statement so that one deleted since the rules were read skips the alert instead of
+/// failing the batch on the foreign key.
 const OPEN: &str = "INSERT INTO alerts \
        (device_id, channel_id, rule, severity, value, threshold, value_ts, message) \
      SELECT $1, $2, $3, $4::alert_severity, $5, $6, $7, $8 \
       WHERE EXISTS (SELECT 1 FROM device_channels WHERE device_id = $1 AND channel_id = $2) \
+         OR ($2::int2 IS NULL AND EXISTS (SELECT 1 FROM devices WHERE device_id = $1)) \
      ON CONFLICT (device_id, channel_id, rule) WHERE state <> 'resolved' \
      DO UPDATE SET severity = EXCLUDED.severity, value = EXCLUDED.value, \
        threshold = EXCLUDED.threshold, value_ts = EXCLUDED.value_ts, \
@@ -42,13 +47,15 @@ const OPEN: &str = "INSERT INTO alerts \
 const ESCALATE: &str = "UPDATE alerts SET severity = 'critical', value = $4, threshold = $5, \
        value_ts = $6, message = $7, state = 'open', acknowledged_at = NULL, \
        acknowledged_by = NULL \
-     WHERE device_id = $1 AND channel_id = $2 AND rule = $3 AND state <> 'resolved' \
+     WHERE device_id = $1 AND channel_id IS NOT DISTINCT FROM $2 AND rule = $3 \
+       AND state <> 'resolved' \
        AND severity = 'warning' \
      RETURNING alert_id, state::text, severity::text";
 
 const RESOLVE: &str = "UPDATE alerts SET state = 'resolved', resolved_at = now(), \
        resolved_value = $4 \
-     WHERE device_id = $1 AND channel_id = $2 AND rule = $3 AND state <> 'resolved' \
+     WHERE device_id = $1 AND channel_id IS NOT DISTINCT FROM $2 AND rule = $3 \
+       AND state <> 'resolved' \
      RETURNING alert_id, state::text, severity::text";
 
 fn timestamp(ts_ms: i64) -> Option<DateTime<Utc>> {
@@ -124,9 +131,21 @@ async fn open(
         .await
 }
 
+/// Writes `transitions` that follow no batch's rows (`data_loss`) in a transaction of
+/// their own, as [`apply`] does in a batch's.
+pub async fn apply_alone(
+    pool: &PgPool,
+    transitions: &[Transition],
+) -> Result<Vec<Applied>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let applied = apply(&mut tx, transitions).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
 /// The unresolved alerts, to rebuild the engine's state from.
 pub async fn load_open(pool: &PgPool) -> Result<Vec<OpenAlert>, sqlx::Error> {
-    let rows: Vec<(String, i16, String, String)> = sqlx::query_as(
+    let rows: Vec<(String, Option<i16>, String, String)> = sqlx::query_as(
         "SELECT device_id, channel_id, rule, severity::text FROM alerts \
           WHERE state <> 'resolved'",
     )
@@ -144,6 +163,68 @@ pub async fn load_open(pool: &PgPool) -> Result<Vec<OpenAlert>, sqlx::Error> {
                 severity: Severity::from_code(&severity)?,
             })
         })
+        .collect())
+}
+
+/// The coverage of every device's boots with holes (at most [`MAX_LOSSY_BOOTS`] per
+/// device, the most recently written), each as far as a commit returns it
+/// ([`HELD_RANGES`] ranges), ordered by device and then least recently written first:
+/// what the `data_loss` rule restarts from. A boot without holes is one range from 0
+/// and is left out.
+pub async fn load_coverage(pool: &PgPool) -> Result<Vec<Held>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.device_id, c.boot_id, lower(r.part), upper(r.part) \
+           FROM (SELECT device_id, boot_id, seqs, updated_at, \
+                        row_number() OVER (PARTITION BY device_id \
+                                           ORDER BY updated_at DESC, boot_id) AS recent \
+                   FROM reading_coverage \
+                  WHERE lower(seqs) > 0 OR seqs <> int8multirange(range_merge(seqs))) c, \
+                unnest(c.seqs) WITH ORDINALITY AS r(part, n) \
+          WHERE c.recent <= $1 AND r.n <= $2 \
+          ORDER BY c.device_id, c.updated_at, c.boot_id, r.n",
+    )
+    .bind(MAX_LOSSY_BOOTS as i64)
+    .bind(HELD_RANGES)
+    .fetch_all(pool)
+    .await?;
+    let mut held: Vec<Held> = Vec::new();
+    for (device_id, boot_id, start, end) in rows {
+        // The table's CHECK keeps bounds non-negative; one that is not is left out.
+        let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
+            continue;
+        };
+        match held.last_mut() {
+            Some(last) if last.device_id == device_id && last.boot_id == boot_id => {
+                last.ranges.push((start, end));
+            }
+            _ => held.push(Held {
+                device_id,
+                boot_id,
+                ranges: vec![(start, end)],
+            }),
+        }
+    }
+    Ok(held)
+}
+
+/// Per device whose newest `data_loss` alert an operator resolved by hand (no
+/// `resolved_value`, which the engine always sets), the readings it counted: the loss
+/// accepted. One index probe per device (`alerts_device_opened_at`).
+pub async fn load_accepted(pool: &PgPool) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT d.device_id, a.value \
+           FROM devices d \
+           CROSS JOIN LATERAL (SELECT value, state, resolved_value FROM alerts a \
+                                WHERE a.device_id = d.device_id AND a.rule = 'data_loss' \
+                                ORDER BY a.opened_at DESC, a.alert_id DESC LIMIT 1) a \
+          WHERE a.state = 'resolved' AND a.resolved_value IS NULL AND a.value >= 0",
+    )
+    .fetch_all(pool)
+    .await?;
+    // A count stored as double precision: exact up to 2^53 readings.
+    Ok(rows
+        .into_iter()
+        .map(|(device, value)| (device, value as u64))
         .collect())
 }
 

@@ -189,7 +189,10 @@ fn a_gap_in_a_channel_is_a_dropout_opened_while_siblings_speak() {
     // Last reading at 9.8 s; silent for more than 10 s when channel 0 reports at 20 s.
     assert_eq!(
         dropout,
-        vec![(Change::Opened, 1, 9_800), (Change::Resolved, 1, 30_000)]
+        vec![
+            (Change::Opened, Some(1), 9_800),
+            (Change::Resolved, Some(1), 30_000)
+        ]
     );
 }
 
@@ -261,7 +264,7 @@ fn restored_state_resumes_open_alerts_and_watermarks() {
         [OpenAlert {
             key: AlertKey {
                 device_id: "press-01".into(),
-                channel_id: 0,
+                channel_id: Some(0),
                 rule: Rule::High,
             },
             severity: Severity::Warning,
@@ -318,7 +321,7 @@ fn a_stuck_alert_stays_open_across_a_restore_and_a_sensor_fault_until_the_value_
         [OpenAlert {
             key: AlertKey {
                 device_id: "press-01".into(),
-                channel_id: 0,
+                channel_id: Some(0),
                 rule: Rule::Stuck,
             },
             severity: Severity::Warning,
@@ -352,4 +355,217 @@ fn an_open_alert_whose_thresholds_are_removed_resolves() {
         run(&mut engine, &[row(0, 400, 390.0)]),
         vec![(Change::Resolved, Rule::High, Severity::Critical)]
     );
+}
+
+mod data_loss {
+    use super::super::data_loss::{holes, DataLossRule, MAX_LOSSY_BOOTS};
+    use super::*;
+    use crate::coverage::Held;
+
+    const RULE: DataLossRule = DataLossRule {
+        readings: 1,
+        window_ms: 2_000,
+    };
+
+    fn held(device: &str, boot_id: i64, ranges: &[(u64, u64)]) -> Held {
+        Held {
+            device_id: device.into(),
+            boot_id,
+            ranges: ranges.to_vec(),
+        }
+    }
+
+    fn loss_engine() -> AlertEngine {
+        engine().with_data_loss(RULE)
+    }
+
+    /// Evaluates `data_loss` at `now_ms` and adopts; (change, value, message) each.
+    fn judge(engine: &mut AlertEngine, now_ms: i64) -> Vec<(Change, Option<f64>, String)> {
+        let evaluation = engine.evaluate_data_loss(now_ms);
+        let out = evaluation
+            .transitions
+            .iter()
+            .map(|t| {
+                assert_eq!((t.key.rule, t.key.channel_id), (Rule::DataLoss, None));
+                (t.change, t.value, t.message.clone())
+            })
+            .collect();
+        engine.adopt(evaluation);
+        out
+    }
+
+    #[test]
+    fn holes_are_what_lies_below_and_between_the_ranges() {
+        for ranges in [
+            vec![],
+            vec![(0, 100)],
+            vec![(0, 100), (150, 200), (210, 300)],
+            vec![(5, 10)],
+        ] {
+            let total: u64 = holes(&ranges).iter().map(|(s, e)| e - s).sum();
+            assert_eq!(total, crate::confirmations::missing(&ranges), "{ranges:?}");
+        }
+        assert_eq!(
+            holes(&[(0, 100), (150, 200), (210, 300)]),
+            [(100, 150), (200, 210)]
+        );
+        assert_eq!(holes(&[(5, 10)]), [(0, 5)]);
+    }
+
+    #[test]
+    fn a_hole_opens_data_loss_only_after_the_window_and_resolves_when_filled() {
+        let mut engine = loss_engine();
+        engine.note_coverage(&[held("press-01", 9, &[(0, 100), (200, 300)])], 10_000);
+        assert!(judge(&mut engine, 11_999).is_empty(), "inside the window");
+        let opened = judge(&mut engine, 12_000);
+        assert_eq!(
+            opened,
+            [(
+                Change::Opened,
+                Some(100.0),
+                "100 readings missing in boot 0000000000000009: 100-199".to_owned()
+            )]
+        );
+        assert!(judge(&mut engine, 20_000).is_empty(), "opened once");
+        // Part of the hole filled: still missing, still open.
+        engine.note_coverage(&[held("press-01", 9, &[(0, 150), (200, 300)])], 21_000);
+        assert!(judge(&mut engine, 21_000).is_empty());
+        engine.note_coverage(&[held("press-01", 9, &[(0, 300)])], 22_000);
+        let resolved = judge(&mut engine, 22_000);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].0, Change::Resolved);
+        assert_eq!(resolved[0].1, Some(0.0));
+        assert!(judge(&mut engine, 40_000).is_empty());
+    }
+
+    #[test]
+    fn a_hole_filled_within_the_window_raises_nothing() {
+        let mut engine = loss_engine();
+        engine.note_coverage(&[held("press-01", 9, &[(0, 50), (100, 150)])], 0);
+        assert!(judge(&mut engine, 1_500).is_empty());
+        engine.note_coverage(&[held("press-01", 9, &[(0, 150)])], 1_600);
+        assert!(judge(&mut engine, 60_000).is_empty());
+        // A new hole starts its own window.
+        engine.note_coverage(&[held("press-01", 9, &[(0, 150), (160, 170)])], 70_000);
+        assert!(judge(&mut engine, 71_000).is_empty());
+        assert_eq!(judge(&mut engine, 72_000).len(), 1);
+    }
+
+    #[test]
+    fn the_threshold_counts_missing_readings_over_the_devices_boots() {
+        let mut engine = engine().with_data_loss(DataLossRule {
+            readings: 10,
+            window_ms: 1_000,
+        });
+        // 6 missing in boot 1, then 5 in boot 2: 11, over the threshold together.
+        engine.note_coverage(&[held("press-01", 1, &[(0, 10), (16, 20)])], 0);
+        assert!(judge(&mut engine, 5_000).is_empty(), "6 < 10");
+        engine.note_coverage(&[held("press-01", 2, &[(5, 40)])], 5_000);
+        assert!(judge(&mut engine, 5_999).is_empty());
+        let opened = judge(&mut engine, 6_000);
+        assert_eq!(
+            opened[0].2,
+            "11 readings missing in 2 boots: boot 0000000000000002: 0-4; \
+             boot 0000000000000001: 10-15"
+        );
+        // The old boot's hole fills (its frames resent after the reboot): 5 < 10.
+        engine.note_coverage(&[held("press-01", 1, &[(0, 20)])], 7_000);
+        let resolved = judge(&mut engine, 7_000);
+        assert_eq!(
+            (resolved[0].0, resolved[0].1),
+            (Change::Resolved, Some(5.0))
+        );
+    }
+
+    #[test]
+    fn the_message_names_the_first_holes_only() {
+        let mut engine = loss_engine();
+        let ranges: Vec<(u64, u64)> = (0..7).map(|i| (i * 10, i * 10 + 5)).collect();
+        engine.note_coverage(&[held("press-01", 3, &ranges)], 0);
+        let opened = judge(&mut engine, 2_000);
+        assert_eq!(
+            opened[0].2,
+            "30 readings missing in boot 0000000000000003: 5-9, 15-19, 25-29, 35-39 \
+             (+2 more ranges)"
+        );
+    }
+
+    #[test]
+    fn an_operators_resolution_accepts_the_loss_until_more_goes_missing() {
+        let mut engine = loss_engine();
+        // At start: boot 4 has 100 missing, which an operator resolved by hand.
+        engine.restore([], []);
+        engine.restore_coverage(
+            [held("press-01", 4, &[(0, 100), (200, 300)])],
+            [("press-01".to_owned(), 100)],
+            0,
+        );
+        engine.note_coverage(&[held("press-01", 4, &[(0, 100), (200, 400)])], 1_000);
+        assert!(judge(&mut engine, 60_000).is_empty(), "the same holes");
+        // 3 more go missing: a new alert, after the window.
+        engine.note_coverage(
+            &[held("press-01", 4, &[(0, 100), (200, 400), (403, 450)])],
+            61_000,
+        );
+        assert!(judge(&mut engine, 62_999).is_empty());
+        let opened = judge(&mut engine, 63_000);
+        assert_eq!(opened[0].1, Some(103.0));
+        assert!(
+            opened[0]
+                .2
+                .ends_with("; 100 of them were accepted earlier (resolved by hand)"),
+            "{opened:?}"
+        );
+    }
+
+    #[test]
+    fn only_devices_this_instance_commits_with_rules_are_judged() {
+        let mut engine = loss_engine();
+        engine.restore(
+            [OpenAlert {
+                key: AlertKey {
+                    device_id: "press-01".into(),
+                    channel_id: None,
+                    rule: Rule::DataLoss,
+                },
+                severity: Severity::Warning,
+            }],
+            [],
+        );
+        // From the table only: another instance may be committing these devices.
+        engine.restore_coverage(
+            [
+                held("press-01", 1, &[(0, 10), (20, 30)]),
+                held("solo-01", 1, &[(5, 10)]),
+            ],
+            [],
+            0,
+        );
+        assert!(judge(&mut engine, 60_000).is_empty());
+        // Its own commit: press-01's boot 2 is whole, boot 1's hole still counts.
+        engine.note_coverage(&[held("press-01", 2, &[(0, 10)])], 61_000);
+        assert!(
+            judge(&mut engine, 120_000).is_empty(),
+            "still open, no change"
+        );
+        engine.note_coverage(&[held("press-01", 1, &[(0, 30)])], 121_000);
+        assert_eq!(judge(&mut engine, 121_000)[0].0, Change::Resolved);
+        // A device without rules (disabled) is not followed.
+        engine.note_coverage(&[held("ghost-01", 1, &[(5, 10)])], 0);
+        assert!(judge(&mut engine, 60_000).is_empty());
+    }
+
+    #[test]
+    fn boots_beyond_the_cap_stop_counting() {
+        let mut engine = engine().with_data_loss(DataLossRule {
+            readings: MAX_LOSSY_BOOTS as u64 + 1,
+            window_ms: 0,
+        });
+        // One reading missing in each of one boot more than the cap: the first is dropped.
+        let boots: Vec<Held> = (0..=MAX_LOSSY_BOOTS as i64)
+            .map(|boot| held("press-01", boot, &[(1, 2)]))
+            .collect();
+        engine.note_coverage(&boots, 0);
+        assert!(judge(&mut engine, 0).is_empty(), "only the cap counts");
+    }
 }
