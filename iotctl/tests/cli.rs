@@ -363,6 +363,81 @@ async fn alerts_are_listed_acknowledged_and_resolved_and_announced(pool: PgPool)
     let _: () = redis.del(&key).await.unwrap();
 }
 
+/// A device-level alert (`data_loss`, no channel) goes through list, ack and resolve
+/// like a channel's, and its records and Redis view say it has no channel.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_data_loss_alert_without_a_channel_is_listed_acknowledged_and_resolved(pool: PgPool) {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO alerts (device_id, rule, severity, value, threshold, value_ts, message) \
+         VALUES ('press-01', 'data_loss', 'warning', 312, 1, now(), \
+                 '312 readings missing in boot 0000000000000001: 1200-1499, 1700-1711') \
+         RETURNING alert_id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let id_text = id.to_string();
+    let topic = testkit::unique_name("alerts");
+    create_topic(&topic, 2).await;
+    let prefix = testkit::unique_name("iotctl");
+    let alerts_cmd = |args: &[&str]| {
+        let mut all = vec!["--alerts-topic", &topic, "--redis-prefix", &prefix];
+        all.extend_from_slice(args);
+        run(&pool, &all)
+    };
+
+    let listed = json(&alerts_cmd(&["--json", "alerts", "list"]));
+    assert_eq!(listed[0]["alert_id"], id);
+    assert_eq!(listed[0]["channel_id"], Value::Null);
+    assert_eq!(listed[0]["unit"], "readings");
+    let table = stdout(&alerts_cmd(&["alerts", "list"]));
+    assert!(
+        table.contains("data_loss") && table.contains("312 readings") && table.contains("device"),
+        "{table}"
+    );
+
+    let acked = alerts_cmd(&["alerts", "ack", &id_text, "--by", "alice"]);
+    assert!(acked.status.success(), "{}", stderr(&acked));
+    assert!(
+        stdout(&acked).contains("press-01 device data_loss warning (312 readings"),
+        "{}",
+        stdout(&acked)
+    );
+    let mut redis = redis::Client::open(testkit::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{prefix}:alerts:open");
+    let view: Option<String> = redis.hget(&key, id).await.unwrap();
+    let view: Value = serde_json::from_str(&view.expect("acknowledged alert in Redis")).unwrap();
+    assert_eq!(
+        (&view["state"], &view["channel_id"]),
+        (&"acknowledged".into(), &Value::Null)
+    );
+
+    let resolved = alerts_cmd(&["alerts", "resolve", &id_text, "--by", "bob"]);
+    assert!(resolved.status.success(), "{}", stderr(&resolved));
+    let (state, resolved_value): (String, Option<f64>) =
+        sqlx::query_as("SELECT state::text, resolved_value FROM alerts WHERE alert_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    // No resolved_value: by hand, which the ingester reads as "this loss is accepted".
+    assert_eq!((state.as_str(), resolved_value), ("resolved", None));
+    let view: Option<String> = redis.hget(&key, id).await.unwrap();
+    assert_eq!(view, None);
+    let records = read_topic(&topic, 2);
+    assert_eq!(records.len(), 2, "{records:?}");
+    for ((key, record), transition) in records.iter().zip(["acknowledged", "resolved"]) {
+        assert_eq!(key, "press-01");
+        assert_eq!(record["transition"], transition);
+        assert_eq!(record["rule"], "data_loss");
+        assert_eq!(record["channel_id"], Value::Null);
+    }
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn stats_derive_mean_and_stddev_per_hour(pool: PgPool) {
     // Readings 1, 2, 3, 4 this hour; one more two days ago.
