@@ -100,8 +100,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         c.ingest.copy_ceiling, c.ingest.write_batch, c.ingest.pipeline
     );
     println!(
+        "  coverage upkeep: coverage::record {:.1} % of the write's CPU ({:.2} µs/reading), write rate with/without {:.1} %",
+        100.0 * c.ingest.coverage.cpu_share,
+        c.ingest.coverage.us_per_reading,
+        100.0 * c.ingest.coverage.rate_ratio
+    );
+    println!(
         "  edge-agent footprint: RSS {:.2} MiB, CPU {:.2} %, {:.2} B a reading",
         c.footprint.rss_peak_mib, c.footprint.cpu_pct, c.footprint.bytes_per_reading_all
+    );
+    println!(
+        "  edge-agent, pipeline / broker: VmHWM {:.2} / {:.2} MiB, bytes to storage {:.0} / {:.0}",
+        c.footprint.rss_peak_mib,
+        c.footprint.broker_rss_peak_mib,
+        c.footprint.to_storage.0,
+        c.footprint.to_storage.1
     );
 
     let timing = if args.quick {
