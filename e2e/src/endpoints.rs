@@ -45,11 +45,20 @@ impl Metrics {
 }
 
 /// Whether `http://{address}/readyz` answers 200.
-pub fn is_ready(address: &str) -> bool {
-    ureq::get(&format!("http://{address}/readyz"))
+/// Why the service at `address` says it is not ready (its `/readyz` body, or why it
+/// did not answer); `None` when it is ready.
+pub fn not_ready(address: &str) -> Option<String> {
+    match ureq::get(&format!("http://{address}/readyz"))
         .timeout(Duration::from_secs(5))
         .call()
-        .is_ok_and(|response| response.status() == 200)
+    {
+        Ok(_) => None,
+        Err(ureq::Error::Status(code, response)) => {
+            let body = response.into_string().unwrap_or_default();
+            Some(format!("{code}: {}", body.trim().replace('\n', "; ")))
+        }
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -449,6 +449,11 @@ impl Pipeline {
     }
 
     /// The running services' own count of dead letters Kafka confirmed to them.
+    /// The `/metrics` and `/readyz` address of the bridge, then of each ingester.
+    pub fn http_addresses(&self) -> &[String] {
+        &self.metrics
+    }
+
     /// Runs `iotctl completeness --json` against this pipeline: what the pipeline itself
     /// says it holds and misses, for the ledger to hold against what it counted.
     async fn completeness(&self) -> Result<Vec<BootCompleteness>> {

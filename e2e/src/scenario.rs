@@ -3,7 +3,7 @@
 //! exactly. Short mode (`scripts/test.sh`) injects each fault a few times; long mode
 //! (`scripts/faults.sh`) injects more of them and holds the outages longer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use protocol::{BootId, DeviceId, Frame, Quality, Reading, MAX_FRAME_LEN};
@@ -11,6 +11,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+use crate::endpoints;
 use crate::ledger::{Ledger, LossPolicy};
 use crate::pipeline::{now_ms, BridgeMode, Options, Pipeline, Server};
 use crate::workload::{self, QueueSize};
@@ -159,11 +160,16 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
         mode,
         recoveries: Vec::new(),
         injected: Vec::new(),
+        breaches: Vec::new(),
         dead_letters: 0,
     };
     let outcome = faults.inject(scenario).await;
-    let (recoveries, injected, dead_letters) =
-        (faults.recoveries, faults.injected, faults.dead_letters);
+    let (recoveries, injected, fault_breaches, dead_letters) = (
+        faults.recoveries,
+        faults.injected,
+        faults.breaches,
+        faults.dead_letters,
+    );
     if let Err(e) = outcome {
         let logs = pipeline.keep_logs();
         return Err(e.context(format!(
@@ -182,6 +188,7 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
     ledger.recoveries = recoveries;
     ledger.injected = injected;
     let mut breaches = ledger.breaches(scenario.policy(), dead_letters);
+    breaches.extend(fault_breaches);
     if let Some(bound) = scenario.resend_bound() {
         if ledger.resent_frames > bound {
             breaches.push(format!(
@@ -197,6 +204,10 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
     Ok(Outcome { ledger, breaches })
 }
 
+/// How long a running pipeline may take to say it is ready (the ingester judges Kafka
+/// from statistics every 5 s).
+const READY_WITHIN: Duration = Duration::from_secs(15);
+
 struct Faults<'a> {
     pipeline: &'a mut Pipeline,
     rng: &'a mut ChaCha8Rng,
@@ -204,6 +215,8 @@ struct Faults<'a> {
     recoveries: Vec<(String, Duration)>,
     /// Faults that have no recovery to time, described.
     injected: Vec<String>,
+    /// Promises checked while the faults run (readiness), each breach named.
+    breaches: Vec<String>,
     dead_letters: u64,
 }
 
@@ -294,16 +307,36 @@ impl Faults<'_> {
             Scenario::KafkaPause => {
                 self.run_for(1, 3).await?;
                 self.pipeline.kafka.pause();
-                // Beyond librdkafka's request.timeout.ms (30 s) in short mode and its
-                // socket.timeout.ms (60 s) in long mode.
-                let pause = self.mode.outage(self.rng, (32, 36), (62, 75));
-                tokio::time::sleep(pause).await;
+                // Beyond librdkafka's request.timeout.ms (30 s) and the bridge's stall
+                // bound (30 s) in short mode, with seconds to see the stall on /readyz;
+                // beyond its socket.timeout.ms (60 s) in long mode.
+                let pause = self.mode.outage(self.rng, (36, 40), (62, 75));
+                self.require_ready("before the freeze").await;
+                let unready = self.first_unready(pause).await;
                 self.pipeline.kafka.resume();
+                let said = |at: &Option<(Duration, String)>| {
+                    at.as_ref().map_or("never".to_owned(), |(at, why)| {
+                        format!("after {:.1}s ({why})", at.as_secs_f64())
+                    })
+                };
+                self.injected.push(format!(
+                    "/readyz 503 during the freeze: bridge {}, ingester {}",
+                    said(&unready[0]),
+                    said(&unready[1])
+                ));
+                // Records wait for the bridge beyond its stall bound: it must say so. The
+                // ingester sees nothing waiting (the frozen broker tells it of no new
+                // records) until librdkafka gives the connection up: reported, not required.
+                if unready[0].is_none() {
+                    self.breaches
+                        .push("the bridge's /readyz stayed 200 through the freeze".to_owned());
+                }
                 self.recovered(
                     format!("Kafka frozen for {:.1}s", pause.as_secs_f64()),
                     &workload::devices(),
                 )
                 .await?;
+                self.require_ready("after the freeze").await;
             }
             Scenario::KafkaRestart => {
                 self.run_for(1, 3).await?;
@@ -414,6 +447,66 @@ impl Faults<'_> {
             .with_context(|| format!("recovering from {fault}"))?;
         self.recoveries.push((fault, took));
         Ok(())
+    }
+
+    /// Waits until the bridge and the first ingester say they are ready; a breach if
+    /// either still does not after [`READY_WITHIN`].
+    async fn require_ready(&mut self, when: &str) {
+        let addresses: Vec<String> = self
+            .pipeline
+            .http_addresses()
+            .iter()
+            .take(2)
+            .cloned()
+            .collect();
+        let deadline = Instant::now() + READY_WITHIN;
+        for address in addresses {
+            loop {
+                let probe = address.clone();
+                let why = tokio::task::spawn_blocking(move || endpoints::not_ready(&probe))
+                    .await
+                    .unwrap_or_else(|e| Some(e.to_string()));
+                match why {
+                    None => break,
+                    Some(why) if Instant::now() >= deadline => {
+                        self.breaches
+                            .push(format!("{address} not ready {when}: {why}"));
+                        break;
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
+    }
+
+    /// Watches the bridge's and the first ingester's `/readyz` for `length`; returns for
+    /// each how long it took to turn 503, and why (`None`: it never did).
+    async fn first_unready(&self, length: Duration) -> [Option<(Duration, String)>; 2] {
+        let addresses: Vec<String> = self
+            .pipeline
+            .http_addresses()
+            .iter()
+            .take(2)
+            .cloned()
+            .collect();
+        let start = Instant::now();
+        let mut unready = [None, None];
+        while start.elapsed() < length {
+            for (address, seen) in addresses.iter().zip(unready.iter_mut()) {
+                if seen.is_none() {
+                    let address = address.clone();
+                    let why = tokio::task::spawn_blocking(move || endpoints::not_ready(&address))
+                        .await
+                        .unwrap_or_default();
+                    *seen = why.map(|why| (start.elapsed(), why));
+                }
+            }
+            tokio::time::sleep(
+                Duration::from_millis(500).min(length.saturating_sub(start.elapsed())),
+            )
+            .await;
+        }
+        unready
     }
 
     /// Publishes `count` bad messages on telemetry topics at random moments while the
