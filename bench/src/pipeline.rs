@@ -480,12 +480,12 @@ async fn wait_ready(
     let address = format!("127.0.0.1:{http_port}");
     loop {
         process.check_alive()?;
-        if e2e::endpoints::is_ready(&address) {
+        let Some(why) = e2e::endpoints::not_ready(&address) else {
             return Ok(());
-        }
+        };
         if Instant::now() > deadline {
             bail!(
-                "{} not ready after {timeout:?}; log:\n{}",
+                "{} not ready after {timeout:?} ({why}); log:\n{}",
                 process.name(),
                 process.log_tail()
             );
