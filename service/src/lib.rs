@@ -1,11 +1,12 @@
 //! What every long-running binary of the pipeline shares: signals, the Prometheus
 //! recorder, the health/metrics HTTP endpoint, the periodic metrics record.
 //!
-//! Without features it is only [`shutdown_signal`], which is all the edge agent on the Pi
-//! takes. The cloud services enable `http` (the recorder in [`metrics`] and the endpoint
+//! Without features it is only [`shutdown_signal`] and the [`clock`] policy, which is all
+//! the edge agent on the Pi takes. The cloud services enable `http` (the recorder in [`metrics`] and the endpoint
 //! in [`http`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules in
 //! [`dead_letter`], the configuration checks in [`kafka_config`]).
 
+pub mod clock;
 #[cfg(feature = "kafka")]
 pub mod dead_letter;
 #[cfg(feature = "http")]
