@@ -261,7 +261,7 @@ install_tansu() {
   local cargo
   cargo=$(cargo_bin) ||
     die "tansu is missing and so is cargo; install Rust (https://rustup.rs), then run: ${TANSU_INSTALL[*]}"
-  say "building tansu: ${TANSU_INSTALL[*]} (about 8 minutes)"
+  say "building tansu: ${TANSU_INSTALL[*]} (7 to 18 minutes on 2 cores; cargo shows its progress)"
   "$cargo" "${TANSU_INSTALL[@]:1}" || die "cargo install of tansu failed (output above)"
 }
 
