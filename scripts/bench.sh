@@ -2,7 +2,7 @@
 # bench.sh - the benchmark suite in one command: every component's benchmark, then the
 # pipeline end to end (bench/), written up as docs/benchmarks.md and docs/benchmarks.svg.
 #
-#   scripts/bench.sh            full run (about 7-8 minutes on a 2-core machine, once built);
+#   scripts/bench.sh            full run (about 12 minutes on a 2-core machine, once built);
 #                               writes docs/benchmarks.md and docs/benchmarks.svg
 #   scripts/bench.sh --quick    smoke run (2-3 minutes once built); writes
 #                               to a temporary directory and prints where
