@@ -7,11 +7,12 @@
 //! this module, free of I/O, turns it into a [`Summary`] and decides when it goes out:
 //!
 //! - **Newest boot only.** Per device topic the table keeps the boot it shows and the
-//!   boots that boot replaced. A confirmation of a replaced boot is ignored (the ingester
-//!   may still confirm a previous boot's backlog after the agent restarted); one of a
-//!   boot never seen replaces the current one: across boots, the boot first seen later
-//!   wins. The table lives in memory only, so after a bridge restart the first boot seen
-//!   wins, even an old one, until a confirmation of another boot arrives.
+//!   boots that boot replaced (`crate::boots`, shared with `latest`). A confirmation of
+//!   a replaced boot is ignored (the ingester may still confirm a previous boot's
+//!   backlog after the agent restarted); one of a boot never seen replaces the current
+//!   one: across boots, the boot first seen later wins. The table lives in memory only,
+//!   so after a bridge restart the first boot seen wins, even an old one, until a
+//!   confirmation of another boot arrives.
 //! - **Sequence numbers decide within a boot.** PostgreSQL's coverage only grows, so a
 //!   confirmation that shows fewer stored readings than the summary held is older (sent
 //!   before a rebalance or a restart of the ingester) and is ignored; one that changes
@@ -23,26 +24,24 @@
 //!   again one interval later.
 //! - **Bounded.** At most [`MAX_DEVICES`] device topics; a confirmation for one more is
 //!   not summarised (counted as skipped). Each device remembers at most
-//!   [`MAX_REPLACED_BOOTS`] replaced boots, the most recent.
+//!   [`MAX_REPLACED_BOOTS`](crate::boots::MAX_REPLACED_BOOTS) replaced boots, the most
+//!   recent.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use protocol::confirm::MAX_CONFIRM_RANGES;
-use protocol::{BootId, Confirmation};
+use protocol::Confirmation;
 use serde::{Deserialize, Serialize};
+
+use crate::boots::{Boots, Order};
 
 /// At most one summary per device per this long.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Device topics tracked at once (the same default as `latest.max_devices`).
 pub const MAX_DEVICES: usize = 100_000;
-
-/// Boots a device's summary remembers having replaced, so their late confirmations are
-/// recognised as old. An agent restarts rarely; the ingester's backlog of a boot is gone
-/// long before four more boots follow it.
-pub const MAX_REPLACED_BOOTS: usize = 4;
 
 /// The JSON on a device's `completeness` topic: what PostgreSQL holds of the device's
 /// newest boot, as of the last confirmation the ingester sent for it. A contract with
@@ -183,9 +182,8 @@ pub enum Offer {
 }
 
 struct Slot {
-    boot: BootId,
-    /// Boots this device's summary showed before, the most recent last.
-    replaced: Vec<BootId>,
+    /// The boot the summary shows, and those it replaced.
+    boots: Boots,
     /// The newest summary taken, sent or waiting.
     summary: Summary,
     last_sent: Option<Instant>,
@@ -222,8 +220,7 @@ impl Table {
                 return Offer::TableFull;
             }
             let slot = Slot {
-                boot: confirmation.boot_id,
-                replaced: Vec::new(),
+                boots: Boots::new(confirmation.boot_id),
                 summary: summary.clone(),
                 last_sent: Some(now),
                 waiting_until: None,
@@ -231,19 +228,12 @@ impl Table {
             self.slots.insert(topic.to_owned(), slot);
             return Offer::Now(summary);
         };
-        if slot.boot != confirmation.boot_id {
-            if slot.replaced.contains(&confirmation.boot_id) {
-                return Offer::Old;
-            }
-            if slot.replaced.len() >= MAX_REPLACED_BOOTS {
-                slot.replaced.remove(0);
-            }
-            slot.replaced.push(slot.boot);
-            slot.boot = confirmation.boot_id;
-        } else if summary.stored < slot.summary.stored {
-            return Offer::Old;
-        } else if summary == slot.summary {
-            return Offer::Unchanged;
+        match slot.boots.see(confirmation.boot_id) {
+            Order::Replaced => return Offer::Old,
+            Order::Newer => {}
+            Order::Current if summary.stored < slot.summary.stored => return Offer::Old,
+            Order::Current if summary == slot.summary => return Offer::Unchanged,
+            Order::Current => {}
         }
         slot.summary = summary;
         let due = slot.last_sent.map(|sent| sent + self.interval);
@@ -313,7 +303,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use protocol::confirm::Ranges;
-    use protocol::{DeviceId, SeqRange};
+    use protocol::{BootId, DeviceId, SeqRange};
 
     use super::*;
 

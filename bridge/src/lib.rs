@@ -7,6 +7,7 @@
 //! See ARCHITECTURE.md for the map; `app::Bridge` is the entry point.
 
 pub mod app;
+pub mod boots;
 pub mod completeness;
 pub mod config;
 pub mod confirm_relay;
