@@ -14,13 +14,18 @@
 //! packet id always maps to the frame we sent under it. For QoS 1 from client to broker
 //! the broker keeps no state that a new packet id could confuse; a resent frame is at
 //! worst a duplicate, which the cloud deduplicates by (device, boot, seq).
+//!
+//! A PUBACK that does not match what is in flight (see [`PacketIds`]) is a protocol
+//! error: it is counted, the connection is dropped and everything unacknowledged is sent
+//! again on the next one. Nothing is deleted on a PUBACK that cannot be trusted.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, StateError,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -72,6 +77,9 @@ enum ConnEvent {
     },
     Published(u16),
     PubAck(u16),
+    /// rumqttc refused an acknowledgement for a packet id it does not have in flight,
+    /// and its event loop stopped.
+    Mismatch(Mismatch),
     /// A message on a topic we subscribed to: a device's confirmations.
     Message {
         topic: String,
@@ -81,11 +89,91 @@ enum ConnEvent {
 }
 
 /// What was sent under a packet id.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
     Record(RecordId),
     /// Status, meta or health: nothing to remove from the queue on PUBACK.
     Control,
+}
+
+/// A way in which the packet ids of a connection stopped matching what was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mismatch {
+    /// rumqttc gave a packet id to a publish this task never handed over.
+    NothingHanded(u16),
+    /// rumqttc gave out a packet id whose PUBACK has not arrived yet.
+    MappedTwice(u16),
+    /// A PUBACK (or, from rumqttc, any acknowledgement) for a packet id not in flight:
+    /// unknown, or acknowledged already.
+    NotInFlight(u16),
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NothingHanded(pkid) => {
+                write!(f, "packet id {pkid} given to a publish never handed over")
+            }
+            Self::MappedTwice(pkid) => {
+                write!(f, "packet id {pkid} given out again before its PUBACK")
+            }
+            Self::NotInFlight(pkid) => write!(
+                f,
+                "acknowledgement for packet id {pkid}, which is not in flight \
+                 (unknown or acknowledged already)"
+            ),
+        }
+    }
+}
+
+/// Which publish each packet id of one connection stands for.
+///
+/// rumqttc (0.25) assigns packet ids itself, when its event loop takes a publish off the
+/// request channel, and reports each one as `Outgoing::Publish(pkid)`. It takes requests
+/// in order, and a publish whose id would still be in flight (the broker acknowledged out
+/// of order) is held back, with every request after it, until that id's PUBACK arrives;
+/// the PUBACK's event comes before the held publish's. So ids are reported in the order
+/// publishes were handed over, and that is the only order this relies on: a PUBACK then
+/// removes exactly the publish sent under its id, in whatever order the broker
+/// acknowledges (MQTT 3.1.1 says a server SHOULD acknowledge in order, not MUST).
+///
+/// Anything else means the two sides no longer agree on what an id names, and from then
+/// on a PUBACK could delete another frame: the caller drops the connection.
+#[derive(Debug, Default)]
+struct PacketIds {
+    /// Handed to rumqttc, no packet id reported yet, in order.
+    handed: VecDeque<Sent>,
+    in_flight: HashMap<u16, Sent>,
+}
+
+impl PacketIds {
+    fn handed(&mut self, sent: Sent) {
+        self.handed.push_back(sent);
+    }
+
+    /// rumqttc sent the oldest publish handed over under `pkid`.
+    fn published(&mut self, pkid: u16) -> Result<(), Mismatch> {
+        if self.in_flight.contains_key(&pkid) {
+            return Err(Mismatch::MappedTwice(pkid));
+        }
+        let sent = self
+            .handed
+            .pop_front()
+            .ok_or(Mismatch::NothingHanded(pkid))?;
+        self.in_flight.insert(pkid, sent);
+        Ok(())
+    }
+
+    /// The PUBACK for `pkid` arrived: what it acknowledges.
+    fn acked(&mut self, pkid: u16) -> Result<Sent, Mismatch> {
+        self.in_flight
+            .remove(&pkid)
+            .ok_or(Mismatch::NotInFlight(pkid))
+    }
+
+    fn get(&self, pkid: u16) -> Option<Sent> {
+        self.in_flight.get(&pkid).copied()
+    }
 }
 
 struct Connection {
@@ -93,9 +181,7 @@ struct Connection {
     events: mpsc::Receiver<ConnEvent>,
     poller: JoinHandle<()>,
     up: bool,
-    /// Publishes handed to rumqttc that have not been given a packet id yet, in order.
-    awaiting_pkid: VecDeque<Sent>,
-    by_pkid: HashMap<u16, Sent>,
+    pkids: PacketIds,
 }
 
 impl Drop for Connection {
@@ -120,6 +206,9 @@ pub struct Counters {
     pub ignored_confirmations: u64,
     /// Frames sent again because no confirmation covered them in time.
     pub resent_frames: u64,
+    /// PUBACKs and packet ids that did not match what was in flight; each dropped the
+    /// connection (see [`PacketIds`]).
+    pub protocol_errors: u64,
 }
 
 pub struct Delivery {
@@ -306,6 +395,7 @@ impl Delivery {
             refused_frames: self.counters.refused_frames,
             ignored_confirmations: self.counters.ignored_confirmations,
             resent_frames: self.counters.resent_frames,
+            protocol_errors: self.counters.protocol_errors,
             dropped: self.dropped.report(),
             confirm_wait_p50_ms: self.awaiting.waits.quantile_ms(0.5),
             confirm_wait_p99_ms: self.awaiting.waits.quantile_ms(0.99),
@@ -353,6 +443,14 @@ impl Delivery {
                     },
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => ConnEvent::Published(pkid),
                     Ok(_) => continue,
+                    // rumqttc checks every PUBACK against its own slots first and stops
+                    // here, before we see the PUBACK (and any event read with it).
+                    Err(ConnectionError::MqttState(StateError::Unsolicited(pkid))) => {
+                        let _ = tx
+                            .send(ConnEvent::Mismatch(Mismatch::NotInFlight(pkid)))
+                            .await;
+                        return;
+                    }
                     Err(e) => {
                         let _ = tx.send(ConnEvent::Down(e.to_string())).await;
                         return;
@@ -369,8 +467,7 @@ impl Delivery {
             events: rx,
             poller,
             up: false,
-            awaiting_pkid: VecDeque::new(),
-            by_pkid: HashMap::new(),
+            pkids: PacketIds::default(),
         });
     }
 
@@ -378,24 +475,26 @@ impl Delivery {
         match event {
             ConnEvent::ConnAck { session_present } => self.on_connected(session_present),
             ConnEvent::Published(pkid) => {
-                if let Some(conn) = &mut self.connection {
-                    if !conn.by_pkid.contains_key(&pkid) {
-                        if let Some(sent) = conn.awaiting_pkid.pop_front() {
-                            conn.by_pkid.insert(pkid, sent);
-                        }
-                    }
+                if let Some(Err(mismatch)) =
+                    self.connection.as_mut().map(|c| c.pkids.published(pkid))
+                {
+                    self.protocol_error(mismatch);
                 }
             }
             ConnEvent::PubAck(pkid) => {
-                let sent = self
-                    .connection
-                    .as_mut()
-                    .and_then(|conn| conn.by_pkid.remove(&pkid));
+                let sent = match self.connection.as_mut().map(|c| c.pkids.acked(pkid)) {
+                    Some(Ok(sent)) => sent,
+                    Some(Err(mismatch)) => {
+                        self.protocol_error(mismatch);
+                        return;
+                    }
+                    None => return,
+                };
                 self.last_puback = Some(Instant::now());
                 // A PUBACK proves the connection works; a ConnAck alone does not (a
                 // broker may accept and then drop us), so back-off resets only here.
                 self.attempts = 0;
-                if let Some(Sent::Record(id)) = sent {
+                if let Sent::Record(id) = sent {
                     match self.in_flight.remove(&id).flatten() {
                         Some(span) => self.awaiting.pubacked(id, span, Instant::now()),
                         None => self.queue.ack(id),
@@ -404,8 +503,23 @@ impl Delivery {
                 self.fill_window();
             }
             ConnEvent::Message { topic, payload } => self.on_confirmation(&topic, &payload),
+            ConnEvent::Mismatch(mismatch) => self.protocol_error(mismatch),
             ConnEvent::Down(reason) => self.on_down(&reason),
         }
+    }
+
+    /// The packet ids of this connection no longer match what was sent (see
+    /// [`PacketIds`]): no PUBACK on it can be trusted to name the right frame, so it is
+    /// dropped without acknowledging anything, and the next one sends every frame not yet
+    /// acknowledged again.
+    fn protocol_error(&mut self, mismatch: Mismatch) {
+        self.counters.protocol_errors += 1;
+        warn!(
+            %mismatch,
+            protocol_errors = self.counters.protocol_errors,
+            "MQTT protocol error; reconnecting and sending every unacknowledged frame again"
+        );
+        self.on_down(&format!("protocol error: {mismatch}"));
     }
 
     fn on_connected(&mut self, session_present: bool) {
@@ -586,7 +700,7 @@ impl Delivery {
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
         {
             Ok(()) => {
-                conn.awaiting_pkid.push_back(sent);
+                conn.pkids.handed(sent);
                 true
             }
             Err(e) => {
@@ -794,15 +908,18 @@ impl Delivery {
                     event = next_event(&mut self.connection) => match event {
                         ConnEvent::PubAck(pkid) => {
                             let goodbye = self.connection.as_ref().is_some_and(|c| {
-                                matches!(c.by_pkid.get(&pkid), Some(Sent::Control))
+                                c.pkids.get(pkid) == Some(Sent::Control)
                             });
                             acked += usize::from(goodbye);
                             self.on_event(ConnEvent::PubAck(pkid));
                         }
-                        ConnEvent::Down(reason) => { self.on_down(&reason); break; }
                         other => self.on_event(other),
                     },
                     _ = tokio::time::sleep_until(deadline) => break,
+                }
+                // Down, or dropped for a protocol error.
+                if self.connection.is_none() {
+                    break;
                 }
             }
             if let Some(conn) = &self.connection {
@@ -815,6 +932,9 @@ impl Delivery {
                     match next_event(&mut self.connection).await {
                         ConnEvent::Down(_) => break,
                         other => self.on_event(other),
+                    }
+                    if self.connection.is_none() {
+                        break;
                     }
                 }
             });
@@ -901,6 +1021,42 @@ mod tests {
             );
         }
         assert_eq!(decode_record(&[]), None);
+    }
+
+    #[test]
+    fn pubacks_match_by_packet_id_in_any_order() {
+        let mut ids = PacketIds::default();
+        for sent in [Sent::Record(7), Sent::Control, Sent::Record(8)] {
+            ids.handed(sent);
+        }
+        for pkid in [1, 2, 3] {
+            assert_eq!(ids.published(pkid), Ok(()));
+        }
+        assert_eq!(ids.acked(3), Ok(Sent::Record(8)));
+        // The broker acknowledged 3 before 1: rumqttc reuses 3 (after its PUBACK's event).
+        ids.handed(Sent::Record(9));
+        assert_eq!(ids.published(3), Ok(()));
+        assert_eq!(ids.acked(1), Ok(Sent::Record(7)));
+        assert_eq!(ids.acked(3), Ok(Sent::Record(9)));
+        assert_eq!(ids.acked(2), Ok(Sent::Control));
+    }
+
+    #[test]
+    fn every_inconsistency_is_a_mismatch() {
+        let mut ids = PacketIds::default();
+        assert_eq!(ids.published(1), Err(Mismatch::NothingHanded(1)));
+        ids.handed(Sent::Record(1));
+        ids.handed(Sent::Record(2));
+        assert_eq!(ids.published(1), Ok(()));
+        // Given out again before its PUBACK: the second publish is not mapped onto it.
+        assert_eq!(ids.published(1), Err(Mismatch::MappedTwice(1)));
+        assert_eq!(ids.acked(5), Err(Mismatch::NotInFlight(5)));
+        assert_eq!(ids.acked(1), Ok(Sent::Record(1)));
+        assert_eq!(
+            ids.acked(1),
+            Err(Mismatch::NotInFlight(1)),
+            "a duplicate PUBACK"
+        );
     }
 
     #[test]

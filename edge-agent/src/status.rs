@@ -38,6 +38,10 @@ pub struct Health {
     pub ignored_confirmations: u64,
     /// Frames sent again because no confirmation covered them in time, since start.
     pub resent_frames: u64,
+    /// MQTT protocol errors since start: a PUBACK for a packet id not in flight (unknown,
+    /// or a duplicate), or a packet id given out twice. Each dropped the connection and
+    /// deleted nothing; the frames not yet acknowledged were sent again.
+    pub protocol_errors: u64,
     /// PUBACK to confirmation of the frames confirmed since start, median and 99th
     /// percentile, as the upper bound of a histogram bucket (5, 10, 20, 50, 100, 150,
     /// 200, 300, 400, 500, 750 ms, 1, 2, 5, 30 s); absent before the first.
