@@ -157,14 +157,10 @@ impl Bridge {
             };
             tokio::spawn(relay.run(stop_relay.clone()))
         });
-        let latest = config.latest.enabled.then(|| {
-            Latest::new(
-                config.latest.interval,
-                config.latest.max_devices,
-                sink,
-                stats.clone(),
-            )
-        });
+        let latest = config
+            .latest
+            .enabled
+            .then(|| Latest::new(&config.latest, config.clock.max_ahead, sink, stats.clone()));
         // rumqttd has acknowledged what it holds: at shutdown, take what is still coming
         // for a moment rather than drop it (client mode leaves it with the broker).
         let drain_on_stop = (config.mode == Mode::Embedded)

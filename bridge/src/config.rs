@@ -50,6 +50,7 @@ pub struct BridgeConfig {
     pub kafka: KafkaConfig,
     pub forward: ForwardConfig,
     pub latest: LatestConfig,
+    pub clock: ClockConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -65,6 +66,7 @@ impl Default for BridgeConfig {
             kafka: KafkaConfig::default(),
             forward: ForwardConfig::default(),
             latest: LatestConfig::default(),
+            clock: ClockConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
         }
@@ -258,6 +260,25 @@ impl Default for LatestConfig {
             enabled: true,
             interval: Duration::from_secs(1),
             max_devices: 100_000,
+        }
+    }
+}
+
+/// The pipeline's clock policy (`service::clock`), as far as the bridge applies it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// A frame dated more than this ahead of the bridge's clock is forwarded to Kafka
+    /// as any other but does not drive the retained `latest` (counted in
+    /// `bridge_latest_future_dated_total`): a device clock gone wrong must not pin it.
+    #[serde(with = "humantime_serde")]
+    pub max_ahead: Duration,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        Self {
+            max_ahead: service::clock::DEFAULT_MAX_AHEAD,
         }
     }
 }
@@ -468,6 +489,14 @@ impl BridgeConfig {
         if self.latest.interval < Duration::from_millis(100) {
             problems.push("latest.interval: at least 100 ms".to_owned());
         }
+        // Below a second, honest skew between a synchronised Pi and the bridge would hide
+        // live values; beyond a day is no bound (the ingester accepts readings up to a
+        // day ahead).
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
+            .contains(&self.clock.max_ahead)
+        {
+            problems.push("clock.max_ahead: between 1 s and 24 h".to_owned());
+        }
         self.check_kafka_properties(&mut problems);
         if problems.is_empty() {
             Ok(())
@@ -620,6 +649,29 @@ mod tests {
                     .all(|p| p.starts_with("kafka.confirm_topic:")),
                 "{problems:?}"
             );
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn clock_max_ahead_defaults_to_the_pipelines_policy_and_is_bounded() {
+        assert_eq!(
+            BridgeConfig::default().clock.max_ahead,
+            service::clock::DEFAULT_MAX_AHEAD
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BRIDGE_CLOCK__MAX_AHEAD", "90s");
+            let config = BridgeConfig::load(None, &CliOverrides::default()).unwrap();
+            assert_eq!(config.clock.max_ahead, Duration::from_secs(90));
+            Ok(())
+        });
+        for bad in [Duration::ZERO, Duration::from_secs(25 * 3600)] {
+            let mut config = BridgeConfig::default();
+            config.clock.max_ahead = bad;
+            let Err(ConfigError::Invalid(problems)) = config.validate() else {
+                panic!("clock.max_ahead {bad:?} accepted");
+            };
+            assert_eq!(problems, ["clock.max_ahead: between 1 s and 24 h"]);
         }
     }
 

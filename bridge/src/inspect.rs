@@ -55,6 +55,9 @@ pub struct Accepted {
     pub boot_id: BootId,
     /// Sequence number of the frame's last reading.
     pub last_seq: u64,
+    /// Timestamp of the frame's last reading, the newest (readings are in time order),
+    /// in ms since the Unix epoch by the device's clock.
+    pub last_ts_ms: u64,
 }
 
 /// Checks one MQTT message.
@@ -92,10 +95,19 @@ pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, R
             device: topic_device,
         });
     }
+    // `decode` refuses a frame without readings; checked again rather than indexed.
+    let Some(newest) = frame.readings.last() else {
+        return Err(Rejection {
+            reason: RejectReason::Decode,
+            detail: "frame has no readings".to_owned(),
+            device: topic_device,
+        });
+    };
     Ok(Accepted {
         device: parsed.device.to_owned(),
         boot_id: frame.boot_id,
         last_seq: frame.seq(frame.readings.len() - 1),
+        last_ts_ms: frame.timestamp_ms(newest),
     })
 }
 
@@ -195,6 +207,7 @@ mod tests {
                 device: "press-01".to_owned(),
                 boot_id: BootId([1, 2, 3, 4, 5, 6, 7, 8]),
                 last_seq: 12,
+                last_ts_ms: 1_700_000_000_200,
             })
         );
     }

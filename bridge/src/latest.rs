@@ -1,6 +1,21 @@
 //! The throttled, retained, human-readable `latest` message per device, so a person
 //! browsing the broker (MQTT Explorer) sees live values while telemetry stays binary.
 //!
+//! It never goes back, and no device clock can pin it (the pipeline's clock policy,
+//! `service::clock`):
+//!
+//! - **Identity orders.** Within a boot the frame's last sequence number decides: a
+//!   replay or a straggler is ignored. Across boots the boot first seen later is newer
+//!   (`crate::boots`): an agent that restarts sends its new boot's live frames first and
+//!   its old boot's backlog after them, and that backlog never replaces the new boot's
+//!   values. The order lives in memory, so after a bridge restart the first boot seen
+//!   wins until a frame of another boot arrives.
+//! - **A wrong clock is not shown.** A frame newer by identity whose last reading is
+//!   dated more than `clock.max_ahead` ahead of the bridge's clock (when it received the
+//!   frame) still goes to Kafka, and counts as seen in that order, but is not published
+//!   here (`bridge_latest_future_dated_total`): one frame dated tomorrow would otherwise
+//!   stand as the newest value, and the frames after it, correctly dated, follow at once.
+//!
 //! At most one message per device per interval: the first frame after a quiet interval
 //! goes out at once, later ones wait and the newest of them goes out when the interval
 //! has passed. The device table is capped; devices beyond it are counted, not tracked.
@@ -12,10 +27,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::v5::AsyncClient;
 
+use crate::boots::{Boots, Order};
+use crate::config::LatestConfig;
 use crate::inbound::{Ack, Inbound};
 use crate::inspect::{latest_json, latest_topic, Accepted};
 use crate::stats::Stats;
-use protocol::BootId;
 
 /// Where `latest` messages are published.
 pub enum LatestSink {
@@ -31,10 +47,62 @@ struct Newest {
     received_at_ms: u64,
 }
 
+/// Where a device stands: its boots, and the last sequence number seen of the newest.
+struct Position {
+    boots: Boots,
+    last_seq: u64,
+}
+
+/// What a valid frame is to its device's `latest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The newest seen: it is shown.
+    Newest,
+    /// A replay, a straggler of its boot, or of a boot replaced since: ignored.
+    Old,
+    /// Newer by identity, but dated beyond `max_ahead` of `now_ms`: not shown.
+    FutureDated,
+}
+
+/// Judges `frame`, received at `now_ms` by the bridge's clock, against the device's
+/// `position`, and moves the position when the frame is newer by identity (whatever its
+/// date: identity orders, the clock only decides what is shown).
+fn judge(
+    position: &mut Option<Position>,
+    frame: &Accepted,
+    now_ms: u64,
+    max_ahead: Duration,
+) -> Verdict {
+    let newer = match position {
+        None => {
+            *position = Some(Position {
+                boots: Boots::new(frame.boot_id),
+                last_seq: frame.last_seq,
+            });
+            true
+        }
+        Some(position) => match position.boots.see(frame.boot_id) {
+            Order::Replaced => false,
+            Order::Current if frame.last_seq <= position.last_seq => false,
+            Order::Current | Order::Newer => {
+                position.last_seq = frame.last_seq;
+                true
+            }
+        },
+    };
+    let as_ms = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+    if !newer {
+        Verdict::Old
+    } else if service::clock::is_future_dated(as_ms(frame.last_ts_ms), as_ms(now_ms), max_ahead) {
+        Verdict::FutureDated
+    } else {
+        Verdict::Newest
+    }
+}
+
 #[derive(Default)]
 struct Slot {
-    /// Boot and last sequence number of the newest frame seen.
-    newest: Option<(BootId, u64)>,
+    position: Option<Position>,
     last_sent: Option<Instant>,
     waiting: Option<Newest>,
 }
@@ -42,21 +110,24 @@ struct Slot {
 pub struct Latest {
     interval: Duration,
     max_devices: usize,
+    max_ahead: Duration,
     slots: HashMap<String, Slot>,
     sink: LatestSink,
     stats: Arc<Stats>,
 }
 
 impl Latest {
+    /// `max_ahead` is `clock.max_ahead`.
     pub fn new(
-        interval: Duration,
-        max_devices: usize,
+        config: &LatestConfig,
+        max_ahead: Duration,
         sink: LatestSink,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
-            interval,
-            max_devices,
+            interval: config.interval,
+            max_devices: config.max_devices,
+            max_ahead,
             slots: HashMap::new(),
             sink,
             stats,
@@ -67,8 +138,9 @@ impl Latest {
         self.interval
     }
 
-    /// A valid frame arrived. Replays and stragglers (a frame of the same boot no newer
-    /// than one already seen) are ignored, so the retained value never goes back.
+    /// A valid frame arrived. Replays, stragglers and a replaced boot's frames are
+    /// ignored, so the retained value never goes back; future-dated ones are counted and
+    /// not shown.
     pub async fn offer(&mut self, frame: &Accepted, inbound: &Inbound, now: Instant) {
         let device = frame.device.as_str();
         if !self.slots.contains_key(device) && self.slots.len() >= self.max_devices {
@@ -82,14 +154,19 @@ impl Latest {
         let Some(slot) = self.slots.get_mut(device) else {
             return;
         };
-        let position = (frame.boot_id, frame.last_seq);
-        if slot
-            .newest
-            .is_some_and(|(boot, seq)| boot == position.0 && seq >= position.1)
-        {
-            return;
+        match judge(
+            &mut slot.position,
+            frame,
+            inbound.received_at_ms,
+            self.max_ahead,
+        ) {
+            Verdict::Newest => {}
+            Verdict::Old => return,
+            Verdict::FutureDated => {
+                self.stats.latest_future_dated();
+                return;
+            }
         }
-        slot.newest = Some(position);
         let newest = Newest {
             topic: inbound.topic.clone(),
             payload: inbound.payload.clone(),
@@ -159,5 +236,97 @@ async fn publish(sink: &mut LatestSink, stats: &Stats, newest: Newest) {
         stats.latest_published();
     } else {
         stats.latest_skipped();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::BootId;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+    const MAX_AHEAD: Duration = service::clock::DEFAULT_MAX_AHEAD;
+
+    fn frame(boot: u8, last_seq: u64, last_ts_ms: u64) -> Accepted {
+        Accepted {
+            device: "dev-a".to_owned(),
+            boot_id: BootId([boot; 8]),
+            last_seq,
+            last_ts_ms,
+        }
+    }
+
+    /// The verdicts on `frames`, in order, for one device.
+    fn verdicts(frames: &[Accepted]) -> Vec<Verdict> {
+        let mut position = None;
+        frames
+            .iter()
+            .map(|frame| judge(&mut position, frame, NOW, MAX_AHEAD))
+            .collect()
+    }
+
+    #[test]
+    fn within_a_boot_the_sequence_number_orders_whatever_the_timestamps() {
+        use Verdict::*;
+        assert_eq!(
+            verdicts(&[
+                frame(1, 10, NOW),
+                frame(1, 10, NOW),             // replay
+                frame(1, 5, NOW + 1),          // straggler, though dated later
+                frame(1, 20, NOW - 3_600_000), // clock stepped back: still newer
+            ]),
+            [Newest, Old, Old, Newest]
+        );
+    }
+
+    #[test]
+    fn an_old_boots_backlog_after_a_restart_never_replaces_the_new_boot() {
+        use Verdict::*;
+        assert_eq!(
+            verdicts(&[
+                frame(1, 5_000, NOW - 60_000),
+                frame(2, 0, NOW), // the agent restarted: live frames first
+                frame(1, 5_100, NOW - 50_000), // then the old boot's backlog
+                frame(2, 1, NOW + 1_000),
+                frame(1, 9_000, NOW - 1_000),
+            ]),
+            [Newest, Newest, Old, Newest, Old]
+        );
+    }
+
+    #[test]
+    fn a_frame_dated_beyond_max_ahead_is_not_shown_and_the_next_ones_are() {
+        use Verdict::*;
+        let hour = 3_600_000;
+        let max_ahead_ms = MAX_AHEAD.as_millis() as u64;
+        assert_eq!(
+            verdicts(&[
+                frame(1, 1, NOW + 23 * hour),
+                frame(1, 2, NOW),
+                frame(1, 3, NOW + max_ahead_ms), // at the bound: shown
+                frame(1, 4, NOW + max_ahead_ms + 1),
+                frame(1, 4, NOW), // taken as seen: its replay is old
+                frame(1, 5, 0),   // a 1970 clock is not ahead
+            ]),
+            [FutureDated, Newest, Newest, FutureDated, Old, Newest]
+        );
+        // Timestamps beyond i64 do not wrap into the past.
+        assert_eq!(verdicts(&[frame(1, 1, u64::MAX)]), [FutureDated]);
+    }
+
+    #[test]
+    fn a_new_boot_dated_ahead_still_replaces_the_old_one_unshown() {
+        use Verdict::*;
+        let hour = 3_600_000;
+        assert_eq!(
+            verdicts(&[
+                frame(1, 100, NOW - 60_000),
+                frame(2, 0, NOW + 23 * hour), // restarted with a wrong clock
+                frame(1, 101, NOW),           // the old boot's backlog
+                frame(2, 1, NOW),             // the clock set right
+            ]),
+            [Newest, FutureDated, Old, Newest]
+        );
     }
 }

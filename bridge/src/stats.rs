@@ -19,6 +19,7 @@ pub struct Stats {
     failed: Count,
     latest_published: Count,
     latest_skipped: Count,
+    latest_future_dated: Count,
     stale_acks: Count,
     stale_messages: Count,
     producer_queue_full: Count,
@@ -61,6 +62,7 @@ impl Stats {
             failed: count("bridge_messages_failed_total"),
             latest_published: count("bridge_latest_published_total"),
             latest_skipped: count("bridge_latest_skipped_total"),
+            latest_future_dated: count("bridge_latest_future_dated_total"),
             stale_acks: count("bridge_stale_acks_total"),
             stale_messages: count("bridge_stale_messages_total"),
             producer_queue_full: count("bridge_producer_queue_full_total"),
@@ -110,6 +112,12 @@ impl Stats {
     /// A `latest` message not sent: the device table was full or the client was busy.
     pub fn latest_skipped(&self) {
         self.latest_skipped.add(1);
+    }
+
+    /// A frame dated beyond `clock.max_ahead` of the bridge's clock: forwarded to Kafka
+    /// as any other, but not shown on `latest` (`service::clock`).
+    pub fn latest_future_dated(&self) {
+        self.latest_future_dated.add(1);
     }
 
     /// An acknowledgement not sent because its connection had already gone: the broker
@@ -201,6 +209,7 @@ impl Stats {
             failed: self.failed.get(),
             latest_published: self.latest_published.get(),
             latest_skipped: self.latest_skipped.get(),
+            latest_future_dated: self.latest_future_dated.get(),
             stale_acks: self.stale_acks.get(),
             stale_messages: self.stale_messages.get(),
             producer_queue_full: self.producer_queue_full.get(),
@@ -230,6 +239,7 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub latest_published: u64,
     pub latest_skipped: u64,
+    pub latest_future_dated: u64,
     pub stale_acks: u64,
     pub stale_messages: u64,
     pub producer_queue_full: u64,

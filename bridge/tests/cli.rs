@@ -49,7 +49,7 @@ fn the_configuration_file_can_be_named_by_bridge_config() {
 
 #[test]
 fn bad_settings_exit_2_naming_the_key() {
-    let cases: [(&str, &str, &str); 7] = [
+    let cases: [(&str, &str, &str); 8] = [
         ("BRIDGE_KAFKA__LINGER", "banana", "LINGER"),
         (
             "BRIDGE_FORWARD__MAX_IN_FLIGHT",
@@ -63,6 +63,7 @@ fn bad_settings_exit_2_naming_the_key() {
             "kafka.confirm_topic",
         ),
         ("BRIDGE_MQTT__KEEP_ALIVE", "2s", "mqtt.keep_alive"),
+        ("BRIDGE_CLOCK__MAX_AHEAD", "2days", "clock.max_ahead"),
         (
             "BRIDGE_KAFKA__PROPERTIES__ACKS",
             "1",

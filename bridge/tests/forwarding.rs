@@ -160,6 +160,159 @@ async fn read_retained(
     seen
 }
 
+/// Subscribes to `filter` and, once the broker has confirmed the subscription, hands
+/// every message published there from then on to the receiver, in the broker's order.
+async fn watch_live(
+    port: u16,
+    filter: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    let mut options = MqttOptions::new(testkit::unique_name("viewer"), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client.subscribe(filter, QoS::AtMostOnce).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !matches!(
+            eventloop.poll().await,
+            Ok(Event::Incoming(Packet::SubAck(_)))
+        ) {}
+    })
+    .await
+    .expect("subscribed within 30 s");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let json = serde_json::from_slice(&p.payload).unwrap();
+                if tx.send(json).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// What `viewer` receives until a message for which `last` holds (included); panics
+/// after 60 s.
+async fn watch_until(
+    viewer: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    last: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(json) = viewer.recv().await {
+            let done = last(&json);
+            seen.push(json);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "the awaited message within 60 s; saw {seen:?}"
+    );
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_boots_backlog_never_replaces_the_newer_boots_latest() {
+    let brokers = testkit::kafka_brokers();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Embedded, &prefix, &brokers);
+    config.latest.interval = Duration::from_millis(100);
+    let interval = config.latest.interval;
+    let bridge = InProcess::start(config).await;
+    let port = bridge.mqtt.expect("embedded mode listens").port();
+    let filter = format!("{prefix}/+/+/+/latest");
+    let mut viewer = watch_live(port, &filter).await;
+    let topic = telemetry_topic(&prefix, "dev-a");
+    let publisher = testkit::unique_name("pub");
+
+    // The device ran as boot 1, restarted as boot 2 and sends its live frames first...
+    let first = [
+        (topic.clone(), frame("dev-a", 1, 4_990, 10)),
+        (topic.clone(), frame("dev-a", 2, 0, 10)),
+    ];
+    publish_all(port, &publisher, &first).await;
+    let seen = watch_until(&mut viewer, |json| json["boot_id"] == "0202020202020202").await;
+    assert_eq!(seen.last().unwrap()["seq"], 9);
+    // ...then boot 1's backlog, with higher sequence numbers. Coming more than an
+    // interval after the last publish, a frame taken for newer would go out at once.
+    tokio::time::sleep(3 * interval).await;
+    let backlog: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (topic.clone(), frame("dev-a", 1, 5_000 + i * 10, 10)))
+        .collect();
+    publish_all(port, &publisher, &backlog).await;
+    bridge.wait_settled(7, Duration::from_secs(60)).await;
+    // Another device's first frame marks the end: `latest` publishes in arrival order.
+    let marker = (telemetry_topic(&prefix, "dev-b"), frame("dev-b", 1, 0, 10));
+    publish_all(port, &publisher, &[marker]).await;
+    let seen = watch_until(&mut viewer, |json| json["device"] == "dev-b").await;
+    let replaced: Vec<_> = seen
+        .iter()
+        .filter(|json| json["device"] == "dev-a")
+        .collect();
+    assert!(
+        replaced.is_empty(),
+        "the old boot's backlog replaced the new boot's latest: {replaced:?}"
+    );
+
+    let retained = read_retained(port, &filter, 2, Duration::from_secs(10)).await;
+    let a = &retained["dev-a"];
+    assert_eq!(
+        (&a["boot_id"], &a["seq"]),
+        (
+            &serde_json::json!("0202020202020202"),
+            &serde_json::json!(9)
+        )
+    );
+    let stats = bridge.stop().await;
+    assert_eq!((stats.produced, stats.latest_future_dated), (8, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_dated_frame_never_drives_the_latest_and_the_normal_frames_after_it_do() {
+    let brokers = testkit::kafka_brokers();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Embedded, &prefix, &brokers);
+    config.latest.interval = Duration::from_millis(100);
+    let bridge = InProcess::start(config).await;
+    let port = bridge.mqtt.expect("embedded mode listens").port();
+    let filter = format!("{prefix}/+/+/+/latest");
+    let mut viewer = watch_live(port, &filter).await;
+    let topic = telemetry_topic(&prefix, "dev-a");
+
+    // A Pi whose clock is 23 h ahead, then set right (NTP).
+    let now = bridge::inbound::now_ms();
+    let hour = 3_600_000;
+    let messages = [
+        (topic.clone(), frame_at("dev-a", 3, 0, 10, now + 23 * hour)),
+        (topic.clone(), frame_at("dev-a", 3, 10, 10, now)),
+        (topic.clone(), frame_at("dev-a", 3, 20, 10, now + 1_000)),
+    ];
+    publish_all(port, &testkit::unique_name("pub"), &messages).await;
+    let latest = wait_for_latest(port, &filter, &["dev-a"], 29).await;
+    assert!(latest["dev-a"]["channels"]["1"]["ts_ms"].as_u64() < Some(now + hour));
+
+    let seen = watch_until(&mut viewer, |json| json["seq"] == 29).await;
+    let future: Vec<_> = seen
+        .iter()
+        .filter(|json| json["channels"]["0"]["ts_ms"].as_u64() > Some(now + hour))
+        .collect();
+    assert!(
+        future.is_empty(),
+        "a future-dated frame was shown: {future:?}"
+    );
+    let (_, metrics) = http_get(bridge.http, "/metrics").await;
+    assert!(metrics.contains("bridge_latest_future_dated_total"));
+    let stats = bridge.stop().await;
+    assert_eq!(stats.produced, 3, "every frame reaches Kafka: {stats:?}");
+    assert_eq!(stats.latest_future_dated, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_mode_dead_letters_bad_messages_with_their_reason_and_keeps_the_rest() {
     let brokers = testkit::kafka_brokers();

@@ -24,11 +24,28 @@ pub const LINE: &str = "line-a";
 /// A valid frame of `readings` readings; the first reading's value is `first_seq` so a
 /// record can be matched to what was sent.
 pub fn frame(device: &str, boot: u8, first_seq: u64, readings: usize) -> Vec<u8> {
+    frame_at(
+        device,
+        boot,
+        first_seq,
+        readings,
+        1_764_000_000_000 + first_seq,
+    )
+}
+
+/// The same, its readings 1 ms apart from `base_ts_ms` (ms since the Unix epoch).
+pub fn frame_at(
+    device: &str,
+    boot: u8,
+    first_seq: u64,
+    readings: usize,
+    base_ts_ms: u64,
+) -> Vec<u8> {
     let mut frame = Frame::new(
         DeviceId::new(device).expect("test device id"),
         BootId([boot; 8]),
         first_seq,
-        1_764_000_000_000 + first_seq,
+        base_ts_ms,
     );
     for i in 0..readings {
         frame
