@@ -1166,6 +1166,8 @@ async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
         },
         client_id: testkit::unique_name("side"),
         filter: filter.to_string(),
+        // The MQTT side alone, as in a bridge with `latest` off.
+        meta_filter: None,
         receive_maximum: settings.max_in_flight as u16,
     };
     let (tx, mut rx) =
@@ -1176,6 +1178,7 @@ async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
         stats: Arc::new(Stats::new()),
         stop: stop.clone(),
         connected: tokio::sync::watch::channel(None).0,
+        metas: None,
     }));
     runtime.spawn({
         let acked = acked.clone();

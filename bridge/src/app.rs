@@ -27,6 +27,7 @@ use crate::forward::{Forwarder, ForwarderSettings};
 use crate::health::Health;
 use crate::kafka::{create_producer, ensure_topics, Producer};
 use crate::latest::{Latest, LatestSink};
+use crate::meta::Metas;
 use crate::mqtt_client::{ClientSource, Outlets};
 use crate::stats::{Stats, StatsSnapshot};
 
@@ -86,14 +87,37 @@ impl Bridge {
         // mqtt_client.rs) before the MQTT side has to wait.
         let (tx, rx) = mpsc::channel(2 * config.forward.max_in_flight);
         let telemetry = protocol::TopicKind::Telemetry;
+        // The channel names `latest` shows, from the devices' meta topics.
+        let metas = config.latest.enabled.then(|| {
+            Arc::new(Metas::new(
+                config.topic_prefix.clone(),
+                config.latest.max_devices,
+                stats.clone(),
+            ))
+        });
+        let meta_filter = match &metas {
+            Some(_) => Some(
+                protocol::topic::filter(&config.topic_prefix, protocol::TopicKind::Meta)
+                    .map_err(|e| anyhow::anyhow!("topic_prefix: {e}"))?
+                    .to_string(),
+            ),
+            None => None,
+        };
         let (source, sink, confirm_sink, mqtt_addr) = match config.mode {
             Mode::Embedded => {
                 let filter = protocol::topic::filter(&config.topic_prefix, telemetry)
                     .map_err(|e| anyhow::anyhow!("topic_prefix: {e}"))?;
-                let broker = embedded::start(&config.embedded, &filter)?;
+                let broker = embedded::start(&config.embedded, &filter, meta_filter.as_deref())?;
                 health.set_mqtt(true);
                 let (sub_tx, sub_rx) = broker.subscription;
                 tokio::spawn(embedded::watch_overruns(broker.alerts, stats.clone()));
+                if let Some(metas) = &metas {
+                    tokio::spawn(embedded::read_metas(
+                        broker.metas,
+                        metas.clone(),
+                        stop_source.clone(),
+                    ));
+                }
                 let source = tokio::spawn(embedded::forward(
                     sub_tx,
                     sub_rx,
@@ -128,6 +152,7 @@ impl Bridge {
                     config: config.mqtt.clone(),
                     client_id: config.id.clone(),
                     filter: filter.to_string(),
+                    meta_filter,
                     receive_maximum: config.forward.max_in_flight as u16,
                 };
                 let (connected, connection) = watch::channel(None);
@@ -137,6 +162,7 @@ impl Bridge {
                     stats: stats.clone(),
                     stop: stop_source.clone(),
                     connected,
+                    metas: metas.clone(),
                 }));
                 (
                     source,
@@ -157,10 +183,15 @@ impl Bridge {
             };
             tokio::spawn(relay.run(stop_relay.clone()))
         });
-        let latest = config
-            .latest
-            .enabled
-            .then(|| Latest::new(&config.latest, config.clock.max_ahead, sink, stats.clone()));
+        let latest = metas.map(|metas| {
+            Latest::new(
+                &config.latest,
+                config.clock.max_ahead,
+                sink,
+                metas,
+                stats.clone(),
+            )
+        });
         // rumqttd has acknowledged what it holds: at shutdown, take what is still coming
         // for a moment rather than drop it (client mode leaves it with the broker).
         let drain_on_stop = (config.mode == Mode::Embedded)

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::config::EmbeddedConfig;
 use crate::inbound::{now_ms, Ack, Inbound};
+use crate::meta::Metas;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,17 +45,23 @@ pub struct EmbeddedBroker {
     pub subscription: (LinkTx, LinkRx),
     /// For the `latest` messages.
     pub publisher: LinkTx,
+    /// The publisher link's notifications: the devices' meta messages, when `start` was
+    /// given a meta filter (read them with [`read_metas`]).
+    pub metas: LinkRx,
     /// For the confirmations relayed from Kafka (`confirm_relay`), with its
     /// notifications' receiver, held by whoever publishes.
     pub confirmations: (LinkTx, LinkRx),
     /// rumqttd's alerts, which report when its log overran the subscription.
     pub alerts: rumqttd::alerts::AlertsLink,
-    // Held so the router keeps the publisher link's notifications somewhere.
-    _publisher_rx: LinkRx,
 }
 
-/// Starts rumqttd on its own threads and subscribes to `filter`.
-pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, EmbeddedError> {
+/// Starts rumqttd on its own threads and subscribes to `filter` (telemetry) and, on the
+/// `latest` publisher's link, to `meta_filter`.
+pub fn start(
+    config: &EmbeddedConfig,
+    filter: &str,
+    meta_filter: Option<&str>,
+) -> Result<EmbeddedBroker, EmbeddedError> {
     let addr = config.listen;
     // rumqttd binds on its own thread and only logs a failure: check first.
     drop(TcpListener::bind(addr).map_err(|error| EmbeddedError::Listen { addr, error })?);
@@ -99,8 +106,13 @@ pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, Em
     let link_error = |e: rumqttd::local::LinkError| EmbeddedError::Link(e.to_string());
     let (mut sub_tx, sub_rx) = broker.link(FORWARDER_CLIENT_ID).map_err(link_error)?;
     sub_tx.subscribe(filter).map_err(link_error)?;
-    let (publisher, publisher_rx) = broker.link("bridge-latest").map_err(link_error)?;
-    // A link of its own: the `latest` publisher belongs to the forwarder's task.
+    let (mut publisher, metas) = broker.link("bridge-latest").map_err(link_error)?;
+    // A link of its own: the `latest` publisher belongs to the forwarder's task. The
+    // channel names it shows come in on the same link: started before any device
+    // connects, it sees every meta as the devices publish it.
+    if let Some(meta_filter) = meta_filter {
+        publisher.subscribe(meta_filter).map_err(link_error)?;
+    }
     let confirmations = broker.link("bridge-confirm").map_err(link_error)?;
     let alerts = broker
         .alerts()
@@ -131,9 +143,9 @@ pub fn start(config: &EmbeddedConfig, filter: &str) -> Result<EmbeddedBroker, Em
         addr,
         subscription: (sub_tx, sub_rx),
         publisher,
+        metas,
         confirmations,
         alerts,
-        _publisher_rx: publisher_rx,
     })
 }
 
@@ -175,6 +187,32 @@ pub async fn forward(
             Ok(_) => {}
             Err(e) => {
                 error!("embedded broker link closed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands the meta messages the `latest` publisher's link receives to `metas` until
+/// `stop`, re-arming the link when rumqttd pauses it.
+pub async fn read_metas(mut rx: LinkRx, metas: Arc<Metas>, stop: CancellationToken) {
+    loop {
+        let notification = tokio::select! {
+            _ = stop.cancelled() => return,
+            notification = rx.next() => notification,
+        };
+        match notification {
+            Ok(Some(Notification::Forward(forward))) => {
+                metas.offer(&forward.publish.topic, &forward.publish.payload);
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if rx.wake().await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("embedded broker link for meta messages closed: {e}; channel names stay as they are");
                 return;
             }
         }

@@ -7,6 +7,8 @@
 use protocol::{BootId, Frame, Quality, Topic, TopicKind};
 use serde_json::{json, Map, Value};
 
+use crate::meta::Labels;
+
 /// Why a message went to the dead-letter topic. The code is the `dlq-reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
@@ -119,8 +121,23 @@ pub fn latest_topic(telemetry_topic: &[u8]) -> Option<String> {
 }
 
 /// The newest reading of each channel in the frame, as JSON a person can read in MQTT
-/// Explorer. `None` when the payload is not a valid frame.
-pub fn latest_json(payload: &[u8], received_at_ms: u64) -> Option<Value> {
+/// Explorer, with each channel's name and unit where the device's meta gave them.
+/// `None` when the payload is not a valid frame.
+///
+/// The retained `latest` topic's contract (fields are only ever added):
+///
+/// ```json
+/// {"device": "furnace-01", "boot_id": "00ab…", "seq": 4711, "clock_synced": true,
+///  "received_at_ms": 1764000000950,
+///  "channels": {"0": {"name": "temperature", "unit": "°C", "value": 851.2,
+///                     "ts_ms": 1764000000900, "seq": 4710, "quality": []}}}
+/// ```
+///
+/// Channels are keyed by their number; `name` and `unit` are absent while the device's
+/// meta is unknown (or names no such channel). `value` is `null` for a sensor fault;
+/// `quality` lists `simulated-anomaly`, `out-of-range`, `sensor-fault`. `seq` and `ts_ms`
+/// are the reading's own; the top-level `seq` is the frame's last.
+pub fn latest_json(payload: &[u8], received_at_ms: u64, labels: Option<&Labels>) -> Option<Value> {
     let frame = Frame::decode(payload).ok()?;
     let mut channels = Map::new();
     let mut last_seq = frame.first_seq;
@@ -131,15 +148,21 @@ pub fn latest_json(payload: &[u8], received_at_ms: u64) -> Option<Value> {
         } else {
             Value::Null
         };
-        channels.insert(
-            reading.channel.to_string(),
-            json!({
-                "value": value,
-                "ts_ms": ts_ms,
-                "seq": seq,
-                "quality": quality_names(reading.quality),
-            }),
-        );
+        let mut channel = json!({
+            "value": value,
+            "ts_ms": ts_ms,
+            "seq": seq,
+            "quality": quality_names(reading.quality),
+        });
+        if let Some(label) = labels.and_then(|labels| labels.get(&reading.channel)) {
+            if let Some(name) = &label.name {
+                channel["name"] = json!(name);
+            }
+            if let Some(unit) = &label.unit {
+                channel["unit"] = json!(unit);
+            }
+        }
+        channels.insert(reading.channel.to_string(), channel);
     }
     Some(json!({
         "device": frame.device.as_str(),
@@ -244,7 +267,7 @@ mod tests {
 
     #[test]
     fn latest_shows_the_newest_reading_of_each_channel() {
-        let json = latest_json(&frame_bytes("press-01"), 42).unwrap();
+        let json = latest_json(&frame_bytes("press-01"), 42, None).unwrap();
         assert_eq!(json["device"], "press-01");
         assert_eq!(json["boot_id"], "0102030405060708");
         assert_eq!(json["seq"], 12);
@@ -253,10 +276,34 @@ mod tests {
         assert_eq!(json["channels"]["0"]["value"], Value::Null);
         assert_eq!(json["channels"]["0"]["quality"], json!(["sensor-fault"]));
         assert_eq!(json["channels"]["0"]["ts_ms"], 1_700_000_000_200u64);
+        assert!(json["channels"]["0"].get("name").is_none());
         assert_eq!(
             latest_topic(TOPIC).as_deref(),
             Some("plant/plant1/line-a/press-01/latest")
         );
+    }
+
+    #[test]
+    fn latest_names_the_channels_the_meta_knows_and_numbers_the_rest() {
+        let labels = crate::meta::parse(
+            br#"{"channels":[{"id":0,"name":"force","unit":"kN"},{"id":1,"name":"stroke"}]}"#,
+        )
+        .unwrap();
+        let json = latest_json(&frame_bytes("press-01"), 42, Some(&labels)).unwrap();
+        let zero = &json["channels"]["0"];
+        assert_eq!(
+            (&zero["name"], &zero["unit"]),
+            (&json!("force"), &json!("kN"))
+        );
+        assert_eq!(zero["seq"], 12, "the reading's fields stay");
+        let one = &json["channels"]["1"];
+        assert_eq!(one["name"], "stroke");
+        assert!(one.get("unit").is_none());
+        assert_eq!(one["value"], 2.5);
+
+        let other = crate::meta::parse(br#"{"channels":[{"id":7,"name":"x"}]}"#).unwrap();
+        let json = latest_json(&frame_bytes("press-01"), 42, Some(&other)).unwrap();
+        assert!(json["channels"]["0"].get("name").is_none());
     }
 
     proptest! {
@@ -265,7 +312,7 @@ mod tests {
                            payload in proptest::collection::vec(any::<u8>(), 0..900)) {
             let verdict = inspect("plant", &topic, &payload);
             if verdict.is_ok() {
-                prop_assert!(latest_json(&payload, 0).is_some());
+                prop_assert!(latest_json(&payload, 0, None).is_some());
             }
         }
     }

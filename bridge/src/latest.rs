@@ -1,5 +1,7 @@
 //! The throttled, retained, human-readable `latest` message per device, so a person
 //! browsing the broker (MQTT Explorer) sees live values while telemetry stays binary.
+//! Its JSON (channel names and units from the device's `meta`, see `crate::meta`) is
+//! described at `inspect::latest_json`.
 //!
 //! It never goes back, and no device clock can pin it (the pipeline's clock policy,
 //! `service::clock`):
@@ -31,6 +33,7 @@ use crate::boots::{Boots, Order};
 use crate::config::LatestConfig;
 use crate::inbound::{Ack, Inbound};
 use crate::inspect::{latest_json, latest_topic, Accepted};
+use crate::meta::Metas;
 use crate::stats::Stats;
 
 /// Where `latest` messages are published.
@@ -113,15 +116,17 @@ pub struct Latest {
     max_ahead: Duration,
     slots: HashMap<String, Slot>,
     sink: LatestSink,
+    metas: Arc<Metas>,
     stats: Arc<Stats>,
 }
 
 impl Latest {
-    /// `max_ahead` is `clock.max_ahead`.
+    /// `max_ahead` is `clock.max_ahead`; `metas` names the channels.
     pub fn new(
         config: &LatestConfig,
         max_ahead: Duration,
         sink: LatestSink,
+        metas: Arc<Metas>,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -130,6 +135,7 @@ impl Latest {
             max_ahead,
             slots: HashMap::new(),
             sink,
+            metas,
             stats,
         }
     }
@@ -187,32 +193,41 @@ impl Latest {
             // Publish on the connection that is alive now.
             *current = Some(client.clone());
         }
-        publish(&mut self.sink, &self.stats, newest).await;
+        publish(&mut self.sink, &self.stats, &self.metas, device, newest).await;
     }
 
     /// Sends what waited for its device's interval to pass.
     pub async fn flush_due(&mut self, now: Instant) {
         let mut due = Vec::new();
-        for slot in self.slots.values_mut() {
+        for (device, slot) in &mut self.slots {
             if slot.waiting.is_some()
                 && slot
                     .last_sent
                     .is_none_or(|sent| now.duration_since(sent) >= self.interval)
             {
                 slot.last_sent = Some(now);
-                due.extend(slot.waiting.take());
+                if let Some(newest) = slot.waiting.take() {
+                    due.push((device.clone(), newest));
+                }
             }
         }
-        for newest in due {
-            publish(&mut self.sink, &self.stats, newest).await;
+        for (device, newest) in due {
+            publish(&mut self.sink, &self.stats, &self.metas, &device, newest).await;
         }
     }
 }
 
-async fn publish(sink: &mut LatestSink, stats: &Stats, newest: Newest) {
+async fn publish(
+    sink: &mut LatestSink,
+    stats: &Stats,
+    metas: &Metas,
+    device: &str,
+    newest: Newest,
+) {
+    let labels = metas.labels(device);
     let (Some(topic), Some(json)) = (
         latest_topic(&newest.topic),
-        latest_json(&newest.payload, newest.received_at_ms),
+        latest_json(&newest.payload, newest.received_at_ms, labels.as_deref()),
     ) else {
         return;
     };

@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod inspect;
 pub mod kafka;
 pub mod latest;
+pub mod meta;
 pub mod mqtt_client;
 pub mod stats;
 

@@ -7,6 +7,10 @@
 //! already name another message. The broker redelivers the unacknowledged messages on
 //! the new connection (same session), which is at-least-once, never loss.
 //!
+//! Beside the telemetry it subscribes to the devices' retained `meta` topics at QoS 0
+//! (when `latest` is on); those messages name the channels for `latest`
+//! (`crate::meta`) and never reach the forwarder.
+//!
 //! Receive Maximum is the forwarder's in-flight window, so the broker should never send
 //! more than the bridge may hold: when Kafka is slow the broker keeps the messages and
 //! this loop keeps polling, which keeps the connection alive with pings and lets the
@@ -22,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
@@ -32,6 +36,7 @@ use tracing::{error, info, warn};
 use crate::config::MqttClientConfig;
 use crate::health::Health;
 use crate::inbound::{now_ms, Ack, Inbound};
+use crate::meta::{self, Metas};
 use crate::stats::Stats;
 
 pub struct ClientSource {
@@ -39,6 +44,9 @@ pub struct ClientSource {
     pub client_id: String,
     /// The subscription, `$share/...` or plain.
     pub filter: String,
+    /// The devices' meta topics, subscribed at QoS 0 beside the telemetry (never
+    /// shared: every bridge names every device's channels); `None` when `latest` is off.
+    pub meta_filter: Option<String>,
     pub receive_maximum: u16,
 }
 
@@ -51,6 +59,8 @@ pub struct Outlets {
     /// The client of the live connection, `None` between connections: the
     /// confirmation relay publishes through it.
     pub connected: watch::Sender<Option<AsyncClient>>,
+    /// Where the devices' meta messages go (`None` when `latest` is off).
+    pub metas: Option<Arc<Metas>>,
 }
 
 /// One connection's client, event loop and liveness flag.
@@ -86,7 +96,15 @@ impl ClientSource {
             // Acks go through the request channel too: room for a full window of them.
             let capacity = usize::from(self.receive_maximum) + 1024;
             let (client, eventloop) = AsyncClient::new(self.options(), capacity);
-            if let Err(e) = client.try_subscribe(self.filter.as_str(), QoS::AtLeastOnce) {
+            // One SUBSCRIBE, telemetry first: the SUBACK's codes come in this order. The
+            // broker sends the retained metas on every subscribe.
+            let filters = std::iter::once(Filter::new(self.filter.as_str(), QoS::AtLeastOnce))
+                .chain(
+                    self.meta_filter
+                        .as_deref()
+                        .map(|filter| Filter::new(filter, QoS::AtMostOnce)),
+                );
+            if let Err(e) = client.try_subscribe_many(filters) {
                 error!("cannot queue the MQTT subscription: {e}");
             }
             let mut connection = Connection {
@@ -143,25 +161,46 @@ impl ClientSource {
                     );
                 }
                 Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                    let refused: Vec<_> = suback
-                        .return_codes
-                        .iter()
+                    let mut codes = suback.return_codes.iter();
+                    let telemetry = codes.next();
+                    if let Some(code) = codes
+                        .next()
                         .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
-                        .collect();
-                    if refused.is_empty() {
-                        outlets.health.set_mqtt(true);
+                    {
+                        warn!(
+                            filter = self.meta_filter.as_deref().unwrap_or_default(),
+                            "the broker refused the meta subscription: {code:?}; the \
+                             retained latest names channels by number only"
+                        );
                     }
-                    for code in refused {
-                        error!(
+                    match telemetry {
+                        Some(SubscribeReasonCode::Success(_)) => outlets.health.set_mqtt(true),
+                        code => error!(
                             filter = self.filter,
                             "the broker refused the subscription: {code:?}{}",
-                            if matches!(code, SubscribeReasonCode::SharedSubscriptionsNotSupported)
-                            {
+                            if matches!(
+                                code,
+                                Some(SubscribeReasonCode::SharedSubscriptionsNotSupported)
+                            ) {
                                 " (set mqtt.shared_group = \"\" for brokers without shared subscriptions)"
                             } else {
                                 ""
                             }
-                        );
+                        ),
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish)))
+                    if meta::is_meta_topic(&publish.topic) =>
+                {
+                    // Channel names for `latest`, not telemetry: never forwarded. Meta
+                    // is subscribed at QoS 0; a broker that sends it at QoS 1 anyway
+                    // gets its PUBACK here, or its packet would hold a Receive Maximum
+                    // slot for good.
+                    if publish.qos != QoS::AtMostOnce {
+                        let _ = connection.client.try_ack(&publish);
+                    }
+                    if let Some(metas) = &outlets.metas {
+                        metas.offer(&publish.topic, &publish.payload);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {

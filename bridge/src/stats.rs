@@ -20,6 +20,7 @@ pub struct Stats {
     latest_published: Count,
     latest_skipped: Count,
     latest_future_dated: Count,
+    meta_ignored: Count,
     stale_acks: Count,
     stale_messages: Count,
     producer_queue_full: Count,
@@ -63,6 +64,7 @@ impl Stats {
             latest_published: count("bridge_latest_published_total"),
             latest_skipped: count("bridge_latest_skipped_total"),
             latest_future_dated: count("bridge_latest_future_dated_total"),
+            meta_ignored: count("bridge_meta_ignored_total"),
             stale_acks: count("bridge_stale_acks_total"),
             stale_messages: count("bridge_stale_messages_total"),
             producer_queue_full: count("bridge_producer_queue_full_total"),
@@ -118,6 +120,12 @@ impl Stats {
     /// as any other, but not shown on `latest` (`service::clock`).
     pub fn latest_future_dated(&self) {
         self.latest_future_dated.add(1);
+    }
+
+    /// A message on a meta topic not taken for channel names: not the agent's meta
+    /// JSON, not under this bridge's prefix, or one device beyond `latest.max_devices`.
+    pub fn meta_ignored(&self) {
+        self.meta_ignored.add(1);
     }
 
     /// An acknowledgement not sent because its connection had already gone: the broker
@@ -210,6 +218,7 @@ impl Stats {
             latest_published: self.latest_published.get(),
             latest_skipped: self.latest_skipped.get(),
             latest_future_dated: self.latest_future_dated.get(),
+            meta_ignored: self.meta_ignored.get(),
             stale_acks: self.stale_acks.get(),
             stale_messages: self.stale_messages.get(),
             producer_queue_full: self.producer_queue_full.get(),
@@ -240,6 +249,7 @@ pub struct StatsSnapshot {
     pub latest_published: u64,
     pub latest_skipped: u64,
     pub latest_future_dated: u64,
+    pub meta_ignored: u64,
     pub stale_acks: u64,
     pub stale_messages: u64,
     pub producer_queue_full: u64,

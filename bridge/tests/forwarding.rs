@@ -313,6 +313,105 @@ async fn a_future_dated_frame_never_drives_the_latest_and_the_normal_frames_afte
     assert_eq!(stats.latest_future_dated, 1);
 }
 
+/// The meta JSON as the edge agent publishes it, naming channel 0 only.
+fn meta_json(device: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "device": device, "site": SITE, "line": LINE, "gateway": "gw-1",
+        "encoding": "postcard frame v1 (protocol crate)",
+        "channels": [{"id": 0, "name": "temperature", "unit": "°C", "period_ms": 1000,
+                      "range": [0.0, 1200.0], "thresholds": null, "source": "sim"}],
+    }))
+    .unwrap()
+}
+
+/// Publishes frames of `device` (boot 4) on `port`, one at a time, until its retained
+/// `latest` names channel 0, and returns that JSON; panics after 60 s.
+async fn latest_with_names(port: u16, prefix: &str, device: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let topic = telemetry_topic(prefix, device);
+    let filter = format!("{prefix}/+/+/{device}/latest");
+    for i in 0.. {
+        publish_all(
+            port,
+            &testkit::unique_name("pub"),
+            &[(topic.clone(), frame(device, 4, i * 10, 10))],
+        )
+        .await;
+        let retained = read_retained(port, &filter, 1, Duration::from_secs(2)).await;
+        if let Some(json) = retained
+            .get(device)
+            .filter(|json| json["channels"]["0"].get("name").is_some())
+        {
+            return json.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retained latest naming the channels within 60 s; last: {retained:?}"
+        );
+    }
+    unreachable!()
+}
+
+fn assert_named(json: &serde_json::Value) {
+    let zero = &json["channels"]["0"];
+    assert_eq!(
+        (&zero["name"], &zero["unit"]),
+        (&serde_json::json!("temperature"), &serde_json::json!("°C")),
+        "{json}"
+    );
+    assert!(
+        zero["value"].is_number() && zero["seq"].is_number(),
+        "{json}"
+    );
+    let one = &json["channels"]["1"];
+    assert!(
+        one.get("name").is_none() && one.get("unit").is_none(),
+        "channel 1 has no meta: {json}"
+    );
+    assert!(one["value"].is_number(), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_latest_names_channels_from_the_devices_meta() {
+    let brokers = testkit::kafka_brokers();
+    let prefix = testkit::unique_name("plant");
+    let bridge = InProcess::start(test_config(Mode::Embedded, &prefix, &brokers)).await;
+    let port = bridge.mqtt.expect("embedded mode listens").port();
+    let meta_topic = format!("{prefix}/{SITE}/{LINE}/dev-a/meta");
+    publish_retained(port, &meta_topic, &meta_json("dev-a")).await;
+    assert_named(&latest_with_names(port, &prefix, "dev-a").await);
+    let stats = bridge.stop().await;
+    assert_eq!(
+        (stats.dead_lettered, stats.meta_ignored),
+        (0, 0),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mode_latest_names_channels_from_the_meta_retained_before_it_started() {
+    let brokers = testkit::kafka_brokers();
+    let (_, mqtt_port) = testkit::mqtt_host_port();
+    let prefix = testkit::unique_name("plant");
+    let meta_topic = format!("{prefix}/{SITE}/{LINE}/dev-a/meta");
+    publish_retained(mqtt_port, &meta_topic, &meta_json("dev-a")).await;
+    let mut config = test_config(Mode::Client, &prefix, &brokers);
+    config.mqtt.port = mqtt_port;
+    let bridge = InProcess::start(config).await;
+    let named = latest_with_names(mqtt_port, &prefix, "dev-a").await;
+    assert_named(&named);
+    // Meta messages are not telemetry: none reaches Kafka or the dead letters.
+    let stats = bridge.stop().await;
+    assert_eq!(
+        (stats.dead_lettered, stats.meta_ignored),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.received, stats.produced, "{stats:?}");
+    // Leave the shared broker without this test's retained messages.
+    publish_retained(mqtt_port, &meta_topic, b"").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_mode_dead_letters_bad_messages_with_their_reason_and_keeps_the_rest() {
     let brokers = testkit::kafka_brokers();

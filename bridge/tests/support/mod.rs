@@ -101,6 +101,30 @@ pub async fn publish_all(port: u16, client_id: &str, messages: &[(String, Vec<u8
     let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
 }
 
+/// Publishes one retained message at QoS 1 and returns once the broker has it.
+pub async fn publish_retained(port: u16, topic: &str, payload: &[u8]) {
+    let mut options = MqttOptions::new(testkit::unique_name("retain"), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .publish(topic, QoS::AtLeastOnce, true, payload.to_vec())
+        .await
+        .expect("queue publish");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("retained publish on {topic} failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the broker acknowledged the retained publish within 30 s");
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+}
+
 /// One record read back from Kafka.
 #[derive(Debug, Clone)]
 pub struct Record {
