@@ -58,6 +58,8 @@ struct Log {
     held: Vec<Frame>,
     /// Held PUBACKs sent after later ones (out of order).
     released: usize,
+    /// Of those, how many ids the agent used again for its very next publish.
+    reused: usize,
     /// The misbehaviour is complete.
     done: bool,
 }
@@ -125,6 +127,8 @@ struct Script {
     /// Publishes acknowledged since the oldest held one arrived.
     since_held: usize,
     cycles: usize,
+    /// The id of the held PUBACK just sent, until the next publish.
+    released: Option<u16>,
     done: bool,
 }
 
@@ -165,11 +169,15 @@ impl Script {
             held: Vec::new(),
             since_held: 0,
             cycles: 0,
+            released: None,
             done: false,
         }
     }
 
     fn on_publish(&mut self, publish: Publish, log: &mut Log) -> Reply {
+        if self.released.take() == Some(publish.pkid) {
+            log.reused += 1;
+        }
         if self.done {
             return Reply::ack(publish);
         }
@@ -227,7 +235,9 @@ impl Script {
         self.since_held = 0;
         self.cycles += 1;
         log.released += 1;
-        Reply::ack(self.held.remove(0))
+        let held = self.held.remove(0);
+        self.released = Some(held.pkid);
+        Reply::ack(held)
     }
 
     fn finish(&mut self, log: &mut Log) {
@@ -453,6 +463,10 @@ async fn out_of_order_pubacks_are_matched_by_packet_id() {
         log.stored.len()
     );
     assert_eq!(log.released, OUT_OF_ORDER_CYCLES);
+    assert_eq!(
+        log.reused, OUT_OF_ORDER_CYCLES,
+        "each late PUBACK's id was the next one the agent used (its publish held back until then)"
+    );
     assert_eq!(log.held.len(), 1, "one frame held when the broker closed");
     assert_nothing_lost(&log, &report);
     assert_eq!(
