@@ -35,6 +35,7 @@ pub struct IngesterConfig {
     pub batch: BatchConfig,
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
+    pub clock: ClockConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -49,6 +50,7 @@ impl Default for IngesterConfig {
             batch: BatchConfig::default(),
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
+            clock: ClockConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
         }
@@ -196,6 +198,33 @@ impl AlertsConfig {
     /// Shortest and longest `data_loss_window`: below a second every resend would open
     /// an alert; above a day a loss would go unreported for longer than anyone waits.
     pub const WINDOW_RANGE: std::ops::RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+}
+
+/// The pipeline's clock policy (`service::clock`), as far as the ingester applies it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// A reading dated more than this ahead of the ingester's clock is stored but
+    /// drives neither Redis `latest`, `last_seen` nor the `recent` stream, nor alert
+    /// evaluation (counted in `ingester_readings_future_dated_total`, a `future_dated`
+    /// system event per device and episode): a device clock gone wrong must not pin them.
+    #[serde(with = "humantime_serde")]
+    pub max_ahead: Duration,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        Self {
+            max_ahead: service::clock::DEFAULT_MAX_AHEAD,
+        }
+    }
+}
+
+impl ClockConfig {
+    /// Below a second, honest skew between a synchronised Pi and the ingester would hide
+    /// live values; beyond a day is no bound (validation refuses readings further ahead).
+    pub const MAX_AHEAD_RANGE: std::ops::RangeInclusive<Duration> =
         Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
 }
 
@@ -427,6 +456,9 @@ impl IngesterConfig {
         if !AlertsConfig::WINDOW_RANGE.contains(&self.alerts.data_loss_window) {
             problems.push("alerts.data_loss_window: between 1 s and 24 h".to_owned());
         }
+        if !ClockConfig::MAX_AHEAD_RANGE.contains(&self.clock.max_ahead) {
+            problems.push("clock.max_ahead: between 1 s and 24 h".to_owned());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {:?}: {e}", self.log.level));
         }
@@ -535,6 +567,7 @@ mod tests {
         config.retention.days = Some(0);
         config.alerts.data_loss_readings = 0;
         config.alerts.data_loss_window = Duration::from_millis(500);
+        config.clock.max_ahead = Duration::from_secs(2 * 24 * 3600);
         config
             .kafka
             .properties
@@ -559,6 +592,7 @@ mod tests {
                 "retention.days",
                 "alerts.data_loss_readings",
                 "alerts.data_loss_window",
+                "clock.max_ahead",
                 "log.level"
             ]
         );
@@ -610,6 +644,7 @@ mod tests {
                 "[alerts]\ndata_loss_window = \"a while\"\n",
                 "alerts.data_loss_window",
             ),
+            ("[clock]\nmax_ahead = \"soon\"\n", "clock.max_ahead"),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("ingester.toml");
