@@ -548,6 +548,7 @@ async fn pipeline_rate(
             batch_age: Duration::from_millis(200),
             retention_days: None,
             data_loss: Default::default(),
+            max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
         },
         stats: stats.clone(),
         health,

@@ -38,21 +38,38 @@ pub fn runs(rows: &[Row]) -> Vec<(&str, i64, i64, i64)> {
 }
 
 /// What PostgreSQL holds of one (device, boot) once the batch commits: its lowest
-/// ranges of sequence numbers, ascending, half-open (at most [`HELD_RANGES`]).
+/// ranges of sequence numbers, ascending, half-open (at most [`HELD_RANGES`]), and when
+/// it first saw the boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub device_id: String,
     pub boot_id: i64,
     pub ranges: Vec<(u64, u64)>,
+    /// `reading_coverage.first_seen` in µs since the epoch: written once, by the first
+    /// transaction that stored a reading of the boot, so it orders a device's boots
+    /// without trusting any device clock (the boot first seen later is the newer,
+    /// `service::clock`).
+    pub first_seen_us: i64,
 }
+
+/// `reading_coverage.first_seen` as µs since the epoch, in SQL (exact: the column has
+/// µs resolution, and µs stay below 2^53 until the year 2255, so Lua compares them
+/// exactly too). A macro so statements can `concat!` it.
+macro_rules! first_seen_us {
+    () => {
+        "(extract(epoch FROM first_seen) * 1000000)::int8"
+    };
+}
+pub(crate) use first_seen_us;
 
 /// Ranges returned per (device, boot): a confirmation carries a prefix and 16 more.
 pub const HELD_RANGES: i64 = 1 + protocol::confirm::MAX_CONFIRM_RANGES as i64;
 
 /// Unites the batch's sequence numbers into the coverage, inside the batch's
 /// transaction (counting as `recovered` those that fill a hole below the highest already
-/// held), and returns the coverage of every (device, boot) of the batch as it
-/// stands after the statement (what a confirmation reports), in the same round trip. A
+/// held), and returns the coverage of every (device, boot) of the batch as it stands
+/// after the statement (what a confirmation reports), with when the boot was first
+/// seen (what orders the live views), in the same round trip. A
 /// replay that adds nothing leaves the row untouched; its coverage is then read as it
 /// was (the statement's snapshot, so never more than is committed). Rows are locked in
 /// (device, boot) order, so two instances briefly writing the same devices (a lease
@@ -66,7 +83,7 @@ pub async fn record(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<Vec<Hel
     let boots: Vec<i64> = runs.iter().map(|r| r.1).collect();
     let firsts: Vec<i64> = runs.iter().map(|r| r.2).collect();
     let lasts: Vec<i64> = runs.iter().map(|r| r.3).collect();
-    let ranges: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+    let ranges: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(concat!(
         "WITH v AS ( \
              SELECT device_id, boot_id, range_agg(int8range(first, last, '[]')) AS seqs \
                FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) \
@@ -81,20 +98,21 @@ pub async fn record(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<Vec<Hel
                         FROM unnest((EXCLUDED.seqs - c.seqs) \
                                     * int8multirange(int8range(0, upper(c.seqs)))) AS r) \
               WHERE NOT c.seqs @> EXCLUDED.seqs \
-             RETURNING c.device_id, c.boot_id, c.seqs \
+             RETURNING c.device_id, c.boot_id, c.seqs, c.first_seen \
          ), held AS ( \
-             SELECT device_id, boot_id, seqs FROM up \
+             SELECT device_id, boot_id, seqs, first_seen FROM up \
              UNION ALL \
-             SELECT c.device_id, c.boot_id, c.seqs \
+             SELECT c.device_id, c.boot_id, c.seqs, c.first_seen \
                FROM reading_coverage c JOIN v USING (device_id, boot_id) \
               WHERE NOT EXISTS (SELECT 1 FROM up \
                                  WHERE up.device_id = c.device_id AND up.boot_id = c.boot_id) \
          ) \
-         SELECT h.device_id, h.boot_id, lower(r.part), upper(r.part) \
-           FROM held h, unnest(h.seqs) WITH ORDINALITY AS r(part, n) \
+         SELECT h.device_id, h.boot_id, lower(r.part), upper(r.part), ",
+        first_seen_us!(),
+        " FROM held h, unnest(h.seqs) WITH ORDINALITY AS r(part, n) \
           WHERE r.n <= $5 \
           ORDER BY h.device_id, h.boot_id, r.n",
-    )
+    ))
     .bind(&devices)
     .bind(&boots)
     .bind(&firsts)
@@ -105,12 +123,12 @@ pub async fn record(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<Vec<Hel
     Ok(group(ranges))
 }
 
-/// Rows of (device, boot, start, end), ordered by (device, boot), into one [`Held`]
-/// each. The table's CHECK keeps every bound non-negative; a range that is not is
-/// left out rather than trusted.
-fn group(ranges: Vec<(String, i64, i64, i64)>) -> Vec<Held> {
+/// Rows of (device, boot, start, end, first seen), ordered by (device, boot), into one
+/// [`Held`] each. The table's CHECK keeps every bound non-negative; a range that is not
+/// is left out rather than trusted.
+pub(crate) fn group(ranges: Vec<(String, i64, i64, i64, i64)>) -> Vec<Held> {
     let mut held: Vec<Held> = Vec::new();
-    for (device_id, boot_id, start, end) in ranges {
+    for (device_id, boot_id, start, end, first_seen_us) in ranges {
         let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
             continue;
         };
@@ -122,6 +140,7 @@ fn group(ranges: Vec<(String, i64, i64, i64)>) -> Vec<Held> {
                 device_id,
                 boot_id,
                 ranges: vec![(start, end)],
+                first_seen_us,
             }),
         }
     }

@@ -8,6 +8,7 @@
 //! - `alerts`: the rule engine (thresholds with hysteresis and minimum duration, stuck,
 //!   dropout) and its table, Kafka and Redis sides;
 //! - `redis_sink`: latest values, recent readings, last seen, open alerts;
+//! - `future_dated`: readings dated beyond `clock.max_ahead`, stored but not live;
 //! - `coverage`, `confirmations`: which readings PostgreSQL holds per device and boot,
 //!   told to each device after every commit (`sensors-confirm`);
 //! - `pipeline`: the consumer loop that orders all of it so offsets follow commits;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod confirmations;
 pub mod coverage;
 pub mod dead_letters;
+pub mod future_dated;
 pub mod health;
 pub mod kafka;
 pub mod ownership;

@@ -283,6 +283,7 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
             batch_age: config.batch.age,
             retention_days: config.retention.days,
             data_loss: DataLossRule::from(&config.alerts),
+            max_ahead: config.clock.max_ahead,
         },
         stats: stats.clone(),
         health,

@@ -50,11 +50,13 @@ use crate::alerts::store::Applied;
 use crate::alerts::Evaluation;
 use crate::alerts::{self, AlertEngine};
 use crate::confirmations::{self, ConfirmSink, Confirmations, Routes};
+use crate::coverage::Held;
 use crate::dead_letters::{self, BurstWindow, DeadLetter};
+use crate::future_dated::FutureDated;
 use crate::health::STALL_AFTER;
 use crate::kafka::IngestContext;
 use crate::ownership::{Change, Ownership, Progress, RENEW_EVERY};
-use crate::redis_sink::RedisSink;
+use crate::redis_sink::{LiveRow, RedisSink};
 use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
 use crate::store::{Committed, EventLevel, Store, StoreError};
@@ -101,6 +103,9 @@ pub struct PipelineSettings {
     pub retention_days: Option<u32>,
     /// When missing readings open a `data_loss` alert.
     pub data_loss: DataLossRule,
+    /// A reading dated further ahead of the ingester's clock is stored but drives no
+    /// live view and no alert (`service::clock`, [`crate::future_dated`]).
+    pub max_ahead: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +124,9 @@ pub enum PipelineError {
 struct LoopState {
     alerts: AlertEngine,
     /// The newest row per device and channel that Redis has not taken yet.
-    redis_backlog: HashMap<(String, i16), Row>,
+    redis_backlog: HashMap<(String, i16), LiveRow>,
+    /// The clock bound, and the devices in an episode of future-dated readings.
+    future_dated: FutureDated,
     /// Since when Redis has been failing; `None` while it works.
     redis_down_since: Option<std::time::Instant>,
     dead_letters: BurstWindow,
@@ -235,6 +242,7 @@ impl Pipeline {
         let mut state = LoopState {
             alerts: self.load_alerts().await?,
             redis_backlog: HashMap::new(),
+            future_dated: FutureDated::new(self.settings.max_ahead),
             redis_down_since: None,
             dead_letters: BurstWindow::default(),
             reload_alerts: false,
@@ -315,9 +323,16 @@ impl Pipeline {
         let open = alerts::store::load_open(pool)
             .await
             .map_err(PipelineError::AlertState)?;
-        let watermarks = alerts::store::load_watermarks(pool)
+        let resume = alerts::store::load_resume(pool)
             .await
             .map_err(PipelineError::AlertState)?;
+        // Readings dated beyond the bound were never evaluated: durations do not start
+        // from them.
+        let max_ahead_ms = i64::try_from(self.settings.max_ahead.as_millis()).unwrap_or(i64::MAX);
+        let watermarks =
+            alerts::store::load_watermarks(pool, now_ms().saturating_add(max_ahead_ms))
+                .await
+                .map_err(PipelineError::AlertState)?;
         let coverage = alerts::store::load_coverage(pool)
             .await
             .map_err(PipelineError::AlertState)?;
@@ -330,7 +345,7 @@ impl Pipeline {
             "alert state loaded"
         );
         let mut engine = AlertEngine::new(rules).with_data_loss(self.settings.data_loss);
-        engine.restore(open, watermarks);
+        engine.restore(open, resume, watermarks);
         engine.restore_coverage(coverage, accepted, now_ms());
         Ok(engine)
     }
@@ -556,10 +571,12 @@ impl Pipeline {
     }
 
     /// One attempt at the batch's transaction: reloads the alert state first if a
-    /// rebalance asked for it, evaluates the rows against it, and writes both.
+    /// rebalance asked for it, evaluates the rows against it (all but those dated beyond
+    /// the clock bound of `now_ms`), and writes both.
     async fn try_write(
         &self,
         rows: &[Row],
+        now_ms: i64,
         progress: &Progress,
         state: &mut LoopState,
     ) -> Result<(Committed, Evaluation), PipelineError> {
@@ -567,7 +584,12 @@ impl Pipeline {
             state.alerts = self.load_alerts().await?;
             state.reload_alerts = false;
         }
-        let evaluation = state.alerts.evaluate(rows);
+        let live = state.future_dated.live(rows, now_ms);
+        let first_seen =
+            alerts::store::first_seen(self.store.pool(), &state.alerts.unfamiliar_boots(&live))
+                .await
+                .map_err(PipelineError::AlertState)?;
+        let evaluation = state.alerts.evaluate(&live, &first_seen);
         let committed = self
             .store
             .write_batch_held(rows, &evaluation.transitions, progress)
@@ -707,10 +729,16 @@ impl Pipeline {
             .await;
         }
         let progress = state.ownership.progress(&batch.offsets);
+        // One reading of the clock judges which readings are future-dated, however long
+        // PostgreSQL keeps the batch waiting.
+        let clock_ms = now_ms();
         let mut backoff = Duration::from_millis(200);
         let mut failing: Option<(std::time::Instant, u32, String)> = None;
         let (committed, evaluation) = loop {
-            match self.try_write(&batch.rows, &progress, state).await {
+            match self
+                .try_write(&batch.rows, clock_ms, &progress, state)
+                .await
+            {
                 Ok(done) => {
                     self.health.set_postgres(true);
                     break done;
@@ -793,6 +821,7 @@ impl Pipeline {
             outcome.duplicates,
             started.elapsed(),
         );
+        self.future_dated(&batch.rows, clock_ms, state).await;
         let at_ms = now_ms();
         let events: Vec<AlertEvent> = applied
             .iter()
@@ -808,8 +837,50 @@ impl Pipeline {
                 warn!("alert records not published to Kafka (they are in the alerts table): {e}");
             }
         }
-        self.to_redis(batch.rows, &events, state).await;
+        let live = live_rows(batch.rows, &held, clock_ms, &state.future_dated);
+        self.to_redis(live, &events, state).await;
         Ok(true)
+    }
+
+    /// Counts a committed batch's future-dated readings per device, and records the
+    /// start of each device's episode of them as a `future_dated` system event.
+    async fn future_dated(&self, rows: &[Row], clock_ms: i64, state: &mut LoopState) {
+        let max_ahead = state.future_dated.max_ahead();
+        for ahead in state.future_dated.committed(rows, clock_ms) {
+            self.stats.future_dated(&ahead.device_id, ahead.readings);
+            if !ahead.begins {
+                continue;
+            }
+            let (boot, seq, ts_ms) = ahead.first;
+            let ahead_ms = ts_ms.saturating_sub(clock_ms);
+            warn!(
+                device = ahead.device_id,
+                ahead_ms, "a reading dated beyond clock.max_ahead: stored, not live"
+            );
+            self.event(
+                EventLevel::Warning,
+                "future_dated",
+                format!(
+                    "{}: reading dated {} ahead of the ingester's clock (beyond \
+                     clock.max_ahead {}); stored, but it and those after it that far ahead \
+                     drive neither latest, last_seen nor alerts until a reading within the \
+                     bound arrives",
+                    ahead.device_id,
+                    humantime::format_duration(Duration::from_millis(ahead_ms.max(0) as u64)),
+                    humantime::format_duration(max_ahead),
+                ),
+                serde_json::json!({
+                    "device_id": ahead.device_id,
+                    "boot": format!("{:016x}", boot as u64),
+                    "seq": seq,
+                    "ts_ms": ts_ms,
+                    "ahead_ms": ahead_ms,
+                    "max_ahead_ms": max_ahead.as_millis() as u64,
+                    "readings": ahead.readings,
+                }),
+            )
+            .await;
+        }
     }
 
     /// The `data_loss` transitions due now, written in a transaction of their own and
@@ -874,7 +945,7 @@ impl Pipeline {
     /// Redis is away the newest value per channel waits in memory (bounded by the number
     /// of channels), and when it is back the open alerts are rebuilt from the database.
     /// Each gap is logged once as a `redis_gap` system event, and again when it ends.
-    async fn to_redis(&self, rows: Vec<Row>, events: &[AlertEvent], state: &mut LoopState) {
+    async fn to_redis(&self, rows: Vec<LiveRow>, events: &[AlertEvent], state: &mut LoopState) {
         let Some(redis) = &self.redis else {
             return;
         };
@@ -884,7 +955,7 @@ impl Pipeline {
         let written = if backlog.is_empty() {
             redis.write_batch(&rows, now_ms()).await
         } else {
-            let mut all: Vec<Row> = backlog.values().cloned().collect();
+            let mut all: Vec<LiveRow> = backlog.values().cloned().collect();
             all.extend_from_slice(&rows);
             redis.write_batch(&all, now_ms()).await
         };
@@ -920,12 +991,12 @@ impl Pipeline {
             }
             Err(e) => {
                 self.stats.redis_error();
-                for row in rows {
-                    let key = (row.device_id.clone(), row.channel_id);
+                for live in rows {
+                    let key = (live.row.device_id.clone(), live.row.channel_id);
                     match backlog.get(&key) {
-                        Some(kept) if kept.ts_ms >= row.ts_ms => {}
+                        Some(kept) if !live.is_newer_than(kept) => {}
                         _ => {
-                            backlog.insert(key, row);
+                            backlog.insert(key, live);
                         }
                     }
                 }
@@ -955,6 +1026,23 @@ impl Pipeline {
         )
         .await;
     }
+}
+
+/// The committed rows that may drive Redis: all but the future-dated ones, each with when
+/// PostgreSQL first saw its boot (from the commit's coverage, which names every boot of
+/// the batch).
+fn live_rows(rows: Vec<Row>, held: &[Held], clock_ms: i64, future: &FutureDated) -> Vec<LiveRow> {
+    let first_seen: HashMap<(&str, i64), i64> = held
+        .iter()
+        .map(|held| ((held.device_id.as_str(), held.boot_id), held.first_seen_us))
+        .collect();
+    rows.into_iter()
+        .filter(|row| !future.is_ahead(row, clock_ms))
+        .filter_map(|row| {
+            let boot_seen_us = *first_seen.get(&(row.device_id.as_str(), row.boot_id))?;
+            Some(LiveRow { row, boot_seen_us })
+        })
+        .collect()
 }
 
 /// Adds one record to the batch: its rows, or a dead letter.

@@ -2,10 +2,13 @@
 //! into Redis for real-time readers (dashboards, Redis Commander, the operator CLI).
 //!
 //! PostgreSQL stays the system of record. Redis holds only what a live view needs, and
-//! it is written in a way that replays, duplicates and out-of-order batches cannot
-//! corrupt: the "latest value" and "last seen" never move backwards in time. A Redis
-//! outage costs freshness, never ingestion: every call gives up after a bounded time
-//! with a [`RedisSinkError`], the caller keeps storing into PostgreSQL, and the next
+//! it is written in a way that replays, duplicates, out-of-order batches and device
+//! clocks cannot corrupt: the "latest value" and "last seen" never move backwards, in
+//! the pipeline's clock-free order (`service::clock`): a device's boot first seen later
+//! by PostgreSQL is the newer, and within a boot the sequence number decides. The caller
+//! keeps readings dated beyond `clock.max_ahead` out, so a wrong clock cannot pin them.
+//! A Redis outage costs freshness, never ingestion: every call gives up after a bounded
+//! time with a [`RedisSinkError`], the caller keeps storing into PostgreSQL, and the next
 //! successful batch brings Redis forward again (the connection reconnects by itself).
 
 use std::collections::BTreeMap;
@@ -23,45 +26,60 @@ pub const DEFAULT_PREFIX: &str = "plant";
 
 /// The Lua script run once per batch (one `EVALSHA`, one round trip).
 ///
-/// KEYS, three per device `d` (1-based): `latest` = KEYS[3d-2], `recent` = KEYS[3d-1],
-/// `last_seen` = KEYS[3d].
+/// KEYS, four per device `d` (1-based): `latest` = KEYS[4d-3], `recent` = KEYS[4d-2],
+/// `last_seen` = KEYS[4d-1], `last_seen_order` = KEYS[4d].
 /// ARGV: [1] stream MAXLEN, [2] device count, then per device:
-///   last_seen ts, last_seen TTL in ms (0 = leave last_seen alone), n_latest, n_stream,
-///   n_latest x (field, ts, boot hex, seq, json),
+///   last_seen ts, last_seen TTL in ms (0 = leave last_seen alone), its order (boot first
+///   seen µs, boot hex, seq), n_latest, n_stream,
+///   n_latest x (field, boot first seen µs, boot hex, seq, json),
 ///   n_stream x (ts, channel, value, quality) in ascending ts order.
 /// Returns {latest advanced, latest stale, stream entries appended, last_seen advanced}.
 ///
-/// Order of readings: (ts, boot, seq), boot compared as 16 lowercase hex digits (the
-/// boot id's bytes), so the stored latest value is the maximum by that order whatever
-/// the arrival order. Lua numbers are doubles: ts (ms, < 2^53 until year 287 396) and
-/// seq (< 2^53 in any realistic boot) compare exactly.
+/// Order of readings (`newer`): within a boot by seq; across boots by when PostgreSQL
+/// first saw the boot, then boot id (16 lowercase hex digits, the boot id's bytes) for
+/// boots first seen by one transaction. So the stored latest value is the maximum by that
+/// order whatever the arrival order, and no timestamp takes part. A value stored without
+/// `boot_seen_us` (before this order) counts as the oldest boot. Lua numbers are doubles:
+/// µs (< 2^53 until 2255) and seq (< 2^53 in any realistic boot) compare exactly.
 const SCRIPT: &str = r#"
+local function newer(seen, boot, seq, oseen, oboot, oseq)
+  if boot == oboot then
+    return seq > oseq
+  end
+  return seen > oseen or (seen == oseen and boot > oboot)
+end
 local maxlen = ARGV[1]
 local ndev = tonumber(ARGV[2])
 local i = 3
 local advanced, stale, appended, seen = 0, 0, 0, 0
 for d = 1, ndev do
-  local latest_key, recent_key, seen_key = KEYS[3 * d - 2], KEYS[3 * d - 1], KEYS[3 * d]
+  local latest_key, recent_key = KEYS[4 * d - 3], KEYS[4 * d - 2]
+  local seen_key, order_key = KEYS[4 * d - 1], KEYS[4 * d]
   local seen_ts = ARGV[i]
   local seen_ttl = tonumber(ARGV[i + 1])
-  local n_latest = tonumber(ARGV[i + 2])
-  local n_stream = tonumber(ARGV[i + 3])
-  i = i + 4
+  -- As sent, to store, and as numbers, to compare.
+  local seen_order = ARGV[i + 2] .. ' ' .. ARGV[i + 3] .. ' ' .. ARGV[i + 4]
+  local seen_boot_seen, seen_boot, seen_seq =
+    tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
+  local n_latest = tonumber(ARGV[i + 5])
+  local n_stream = tonumber(ARGV[i + 6])
+  i = i + 7
   for _ = 1, n_latest do
-    local field, ts, boot, seq, json =
+    local field, boot_seen, boot, seq, json =
       ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
     i = i + 5
-    local newer = true
+    local is_newer = true
     local old = redis.call('HGET', latest_key, field)
     if old then
       local ok, o = pcall(cjson.decode, old)
-      if ok and type(o) == 'table' and type(o.ts) == 'number' then
+      if ok and type(o) == 'table' then
+        local oseen = type(o.boot_seen_us) == 'number' and o.boot_seen_us or -1
         local oboot = type(o.boot) == 'string' and o.boot or ''
         local oseq = type(o.seq) == 'number' and o.seq or -1
-        newer = ts > o.ts or (ts == o.ts and (boot > oboot or (boot == oboot and seq > oseq)))
+        is_newer = newer(boot_seen, boot, seq, oseen, oboot, oseq)
       end
     end
-    if newer then
+    if is_newer then
       redis.call('HSET', latest_key, field, json)
       advanced = advanced + 1
     else
@@ -85,9 +103,18 @@ for d = 1, ndev do
     end
   end
   if seen_ttl > 0 then
-    local old = tonumber(redis.call('GET', seen_key))
-    if not old or tonumber(seen_ts) > old then
+    local is_newer = true
+    local old = redis.call('GET', order_key)
+    if old and redis.call('EXISTS', seen_key) == 1 then
+      local oseen, oboot, oseq = string.match(old, '^(%-?%d+) (%x+) (%d+)$')
+      if oseen then
+        is_newer = newer(seen_boot_seen, seen_boot, seen_seq,
+          tonumber(oseen), oboot, tonumber(oseq))
+      end
+    end
+    if is_newer then
       redis.call('SET', seen_key, seen_ts, 'PX', seen_ttl)
+      redis.call('SET', order_key, seen_order, 'PX', seen_ttl)
       seen = seen + 1
     end
   end
@@ -192,12 +219,15 @@ pub struct WriteOutcome {
 /// always-current keys. Key layout (`{prefix}` defaults to `plant`):
 ///
 /// - `{prefix}:latest:{device}` — hash, field = channel number (`"3"`), value = JSON
-///   `{"ts":1700000000010,"v":851.25,"q":0,"boot":"ff00000000000001","seq":42,"synced":true}`
+///   `{"ts":1700000000010,"v":851.25,"q":0,"boot":"ff00000000000001","seq":42,"synced":true,"boot_seen_us":1700000000000123}`
 ///   (ts in ms since the epoch, `v` the value or `null` when not finite, `q` the quality
 ///   bits, `boot` the boot id's 8 bytes in hex, `seq` the sequence number, `synced`
-///   whether the device's clock was synchronised). Updated by an atomic compare in Lua:
-///   a field is replaced only by a reading later in (ts, boot, seq) order, so it never
-///   moves backwards and replays are no-ops.
+///   whether the device's clock was synchronised, `boot_seen_us` when PostgreSQL first
+///   saw the boot, µs since the epoch). Updated by an atomic compare in Lua: a field is
+///   replaced only by a reading later in the order of [`LiveRow::is_newer_than`] (boot
+///   first seen, then seq), so it never moves backwards, an older boot's backlog never
+///   replaces a newer boot's values, and replays are no-ops. Its `ts` is data: it takes
+///   no part in the order.
 /// - `{prefix}:recent:{device}` — stream, entry id `{ts}-{n}` (the reading's time, so
 ///   `XRANGE key <from_ms> <to_ms>` selects by reading time), fields `ch`, `ts`, `v`,
 ///   `q`; capped with `MAXLEN ~ stream_maxlen`. Per batch only the newest
@@ -205,10 +235,13 @@ pub struct WriteOutcome {
 ///   20k-row batch must not become 20k `XADD`s), and only those later than the stream's
 ///   last entry (so a replay appends nothing and the stream stays in time order; a
 ///   reading with the same millisecond as the last entry of an earlier batch is skipped).
-/// - `{prefix}:last_seen:{device}` — string, the device's newest reading time in ms;
-///   expires `last_seen_ttl` after that reading (after now for unsynchronised clocks),
-///   so an offline device's key disappears. Never moves backwards while it exists; a
-///   reading already older than the TTL does not create it.
+/// - `{prefix}:last_seen:{device}` — string, the time in ms of the device's newest
+///   reading (in the same order as `latest`); expires `last_seen_ttl` after that reading
+///   (after now for unsynchronised clocks, whose time cannot date it), so an offline
+///   device's key disappears. Never moves backwards while it exists; a reading already
+///   older than the TTL does not create it. `{prefix}:last_seen_order:{device}` beside
+///   it, with the same expiry, holds that reading's order (`{boot_seen_us} {boot} {seq}`)
+///   for the script to compare with.
 /// - `{prefix}:alerts:open` — hash, field = alert id, value = the alert's JSON.
 ///
 /// Each batch is one `EVALSHA` (the script is loaded on first use and reloaded when
@@ -238,8 +271,32 @@ impl std::fmt::Debug for RedisSink {
 
 /// The newest reading of one (device, channel) and the readings for the stream.
 struct DeviceWork<'a> {
-    latest: BTreeMap<i16, &'a Row>,
+    latest: BTreeMap<i16, &'a LiveRow>,
     rows: Vec<&'a Row>,
+}
+
+/// A committed reading with what orders it among its device's other boots: when
+/// PostgreSQL first saw its boot (`reading_coverage.first_seen`, µs since the epoch,
+/// [`crate::coverage::Held`]). Durable and written once, so every instance and every
+/// restart orders boots alike, and no device clock takes part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRow {
+    pub row: Row,
+    pub boot_seen_us: i64,
+}
+
+impl LiveRow {
+    /// The pipeline's order of a device's readings, as the script applies it: within a
+    /// boot the higher seq; across boots the one first seen later, and for boots first
+    /// seen by one transaction the higher boot id as unsigned.
+    pub fn is_newer_than(&self, other: &LiveRow) -> bool {
+        if self.row.boot_id == other.row.boot_id {
+            self.row.seq > other.row.seq
+        } else {
+            (self.boot_seen_us, self.row.boot_id as u64)
+                > (other.boot_seen_us, other.row.boot_id as u64)
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -250,9 +307,11 @@ struct LatestJson<'a> {
     boot: &'a str,
     seq: i64,
     synced: bool,
+    boot_seen_us: i64,
 }
 
-fn order_key(row: &Row) -> (i64, u64, i64) {
+/// The stream's order: reading time (its entry ids are times), then identity.
+fn time_key(row: &Row) -> (i64, u64, i64) {
     (row.ts_ms, row.boot_id as u64, row.seq)
 }
 
@@ -341,23 +400,31 @@ impl RedisSink {
         format!("{}:last_seen:{device}", self.prefix)
     }
 
+    /// `{prefix}:last_seen_order:{device}`
+    pub fn last_seen_order_key(&self, device: &str) -> String {
+        format!("{}:last_seen_order:{device}", self.prefix)
+    }
+
     /// `{prefix}:alerts:open`
     pub fn open_alerts_key(&self) -> String {
         format!("{}:alerts:open", self.prefix)
     }
 
     /// Mirrors one committed batch into Redis in a single round trip. `now_ms` (ms since
-    /// the epoch) dates the `last_seen` expiry. An empty batch sends nothing.
+    /// the epoch) dates the `last_seen` expiry. An empty batch sends nothing. The caller
+    /// leaves out readings dated beyond `clock.max_ahead`: this writer trusts no clock
+    /// for order, but the stream and `last_seen` show reading times.
     pub async fn write_batch(
         &self,
-        rows: &[Row],
+        rows: &[LiveRow],
         now_ms: i64,
     ) -> Result<WriteOutcome, RedisSinkError> {
         if rows.is_empty() {
             return Ok(WriteOutcome::default());
         }
         let mut devices: BTreeMap<&str, DeviceWork<'_>> = BTreeMap::new();
-        for row in rows {
+        for live in rows {
+            let row = &live.row;
             let work = devices
                 .entry(row.device_id.as_str())
                 .or_insert_with(|| DeviceWork {
@@ -367,11 +434,11 @@ impl RedisSink {
             work.latest
                 .entry(row.channel_id)
                 .and_modify(|kept| {
-                    if order_key(row) > order_key(kept) {
-                        *kept = row;
+                    if live.is_newer_than(kept) {
+                        *kept = live;
                     }
                 })
-                .or_insert(row);
+                .or_insert(live);
             work.rows.push(row);
         }
 
@@ -389,36 +456,40 @@ impl RedisSink {
             invocation
                 .key(self.latest_key(device))
                 .key(self.recent_key(device))
-                .key(self.last_seen_key(device));
+                .key(self.last_seen_key(device))
+                .key(self.last_seen_order_key(device));
 
             // The device's newest reading dates last_seen.
-            let newest = work
-                .latest
-                .values()
-                .copied()
-                .max_by_key(|row| order_key(row));
-            let (seen_ts, seen_ttl_ms) = match newest {
-                Some(row) => {
+            let newest = work.latest.values().copied().reduce(|kept, live| {
+                if live.is_newer_than(kept) {
+                    live
+                } else {
+                    kept
+                }
+            });
+            let (seen_ttl_ms, seen) = match newest {
+                Some(live) => {
+                    let row = &live.row;
                     let age = if row.clock_synced {
                         now_ms.saturating_sub(row.ts_ms).max(0)
                     } else {
                         0
                     };
-                    (row.ts_ms, self.last_seen_ttl_ms.saturating_sub(age).max(0))
+                    (self.last_seen_ttl_ms.saturating_sub(age).max(0), Some(live))
                 }
-                None => (0, 0),
+                None => (0, None),
             };
 
             // The newest `per_device` readings, oldest first, for the stream.
             let stream_rows: &mut [&Row] = if work.rows.len() > per_device {
                 let cut = work.rows.len() - per_device;
                 work.rows
-                    .select_nth_unstable_by_key(cut, |row| order_key(row));
+                    .select_nth_unstable_by_key(cut, |row| time_key(row));
                 &mut work.rows[cut..]
             } else {
                 &mut work.rows[..]
             };
-            stream_rows.sort_unstable_by_key(|row| order_key(row));
+            stream_rows.sort_unstable_by_key(|row| time_key(row));
             // Stream ids are unsigned ms; a negative time cannot be one.
             let stream_rows: Vec<&Row> = stream_rows
                 .iter()
@@ -426,12 +497,19 @@ impl RedisSink {
                 .filter(|row| row.ts_ms >= 0)
                 .collect();
 
-            invocation
-                .arg(seen_ts)
-                .arg(seen_ttl_ms)
-                .arg(work.latest.len())
-                .arg(stream_rows.len());
-            for (channel, row) in &work.latest {
+            match seen {
+                Some(live) => invocation
+                    .arg(live.row.ts_ms)
+                    .arg(seen_ttl_ms)
+                    .arg(live.boot_seen_us)
+                    .arg(boot_hex(&live.row))
+                    .arg(live.row.seq),
+                // Not used by the script with a TTL of 0.
+                None => invocation.arg(0).arg(0).arg(0).arg("0").arg(0),
+            };
+            invocation.arg(work.latest.len()).arg(stream_rows.len());
+            for (channel, live) in &work.latest {
+                let row = &live.row;
                 let boot = boot_hex(row);
                 let json = serde_json::to_string(&LatestJson {
                     ts: row.ts_ms,
@@ -440,10 +518,11 @@ impl RedisSink {
                     boot: &boot,
                     seq: row.seq,
                     synced: row.clock_synced,
+                    boot_seen_us: live.boot_seen_us,
                 })?;
                 invocation
                     .arg(channel.to_string())
-                    .arg(row.ts_ms)
+                    .arg(live.boot_seen_us)
                     .arg(boot)
                     .arg(row.seq)
                     .arg(json);
@@ -555,15 +634,33 @@ mod tests {
         }
     }
 
+    fn live(row: Row, boot_seen_us: i64) -> LiveRow {
+        LiveRow { row, boot_seen_us }
+    }
+
     #[test]
-    fn boot_hex_orders_like_the_rust_order_key() {
+    fn boot_hex_orders_like_the_rust_order() {
         // Negative i64 boot ids are the high half of the u64 order; the hex must agree.
-        let a = row(1, 1, 0);
-        let b = row(1, -1, 0);
-        assert!(order_key(&b) > order_key(&a));
-        assert!(boot_hex(&b) > boot_hex(&a));
-        assert_eq!(boot_hex(&b), "ffffffffffffffff");
-        assert_eq!(boot_hex(&a), "0000000000000001");
+        let a = live(row(1, 1, 0), 5);
+        let b = live(row(1, -1, 0), 5);
+        assert!(b.is_newer_than(&a) && !a.is_newer_than(&b));
+        assert!(boot_hex(&b.row) > boot_hex(&a.row));
+        assert_eq!(boot_hex(&b.row), "ffffffffffffffff");
+        assert_eq!(boot_hex(&a.row), "0000000000000001");
+    }
+
+    #[test]
+    fn no_timestamp_takes_part_in_the_order() {
+        // Within a boot, seq; a reading dated a day ahead does not outrank a later one.
+        let ahead = live(row(1_000 + 86_400_000, 7, 10), 100);
+        assert!(live(row(1_000, 7, 11), 100).is_newer_than(&ahead));
+        assert!(!ahead.is_newer_than(&live(row(1_000, 7, 11), 100)));
+        // Across boots, the one first seen later, whatever the times and seqs.
+        let old_boot = live(row(9_000_000, 1, 1_000_000), 100);
+        let new_boot = live(row(1_000, 2, 0), 200);
+        assert!(new_boot.is_newer_than(&old_boot) && !old_boot.is_newer_than(&new_boot));
+        // A replay is not newer than itself.
+        assert!(!new_boot.is_newer_than(&new_boot.clone()));
     }
 
     #[test]
@@ -575,10 +672,11 @@ mod tests {
             boot: "ff00000000000001",
             seq: 42,
             synced: false,
+            boot_seen_us: 1_700_000_000_000_123,
         })?;
         assert_eq!(
             json,
-            r#"{"ts":1700000000010,"v":null,"q":1,"boot":"ff00000000000001","seq":42,"synced":false}"#
+            r#"{"ts":1700000000010,"v":null,"q":1,"boot":"ff00000000000001","seq":42,"synced":false,"boot_seen_us":1700000000000123}"#
         );
         Ok(())
     }

@@ -35,6 +35,8 @@ pub struct IngestStats {
     flush_seconds: Histogram,
     alert_transitions: Mutex<BTreeMap<&'static str, Count>>,
     consumer_lag: Mutex<BTreeMap<i32, Level>>,
+    /// Per device (known devices only: the catalog bounds the series).
+    future_dated: Mutex<BTreeMap<String, Count>>,
 }
 
 impl Default for IngestStats {
@@ -78,6 +80,7 @@ impl IngestStats {
                     .collect(),
             ),
             consumer_lag: Mutex::new(BTreeMap::new()),
+            future_dated: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -130,6 +133,25 @@ impl IngestStats {
             .add(1);
     }
 
+    /// `readings` of `device` were dated beyond `clock.max_ahead`: stored, not live.
+    pub fn future_dated(&self, device: &str, readings: u64) {
+        let mut counts = self
+            .future_dated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match counts.get(device) {
+            Some(count) => count.add(readings),
+            None => {
+                let count = Count::new(metrics::counter!(
+                    "ingester_readings_future_dated_total",
+                    "device" => device.to_owned()
+                ));
+                count.add(readings);
+                counts.insert(device.to_owned(), count);
+            }
+        }
+    }
+
     /// Records in `partition` beyond the offset stored in PostgreSQL (its high watermark
     /// in librdkafka's last statistics, less the stored offset).
     pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
@@ -178,6 +200,13 @@ impl IngestStats {
                 .values()
                 .map(Level::get)
                 .sum(),
+            readings_future_dated: self
+                .future_dated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .map(Count::get)
+                .sum(),
         }
     }
 }
@@ -209,6 +238,8 @@ pub struct IngestSnapshot {
     pub alert_transitions: u64,
     /// Records behind, summed over the partitions this instance consumes now.
     pub consumer_lag: u64,
+    /// Readings dated beyond `clock.max_ahead`, over all devices.
+    pub readings_future_dated: u64,
 }
 
 #[cfg(test)]
@@ -226,6 +257,8 @@ mod tests {
         one.set_consumer_lag(2, 10);
         one.set_consumer_lag(0, 1);
         one.set_consumer_lag(1, -1);
+        one.future_dated("press-01", 2);
+        one.future_dated("press-01", 1);
         let snapshot = one.snapshot();
         assert_eq!(
             (snapshot.records, snapshot.inserted, snapshot.duplicates),
@@ -233,6 +266,7 @@ mod tests {
         );
         assert_eq!((snapshot.alert_transitions, snapshot.consumer_lag), (2, 11));
         assert_eq!(two.snapshot().inserted, 7);
+        assert_eq!(snapshot.readings_future_dated, 3);
 
         let text = prometheus().render();
         for series in [
@@ -241,6 +275,7 @@ mod tests {
             "ingester_consumer_lag{partition=\"2\"} 10",
             "ingester_records_dead_lettered_total{reason=\"decode\"}",
             "ingester_confirmations_sent_total",
+            "ingester_readings_future_dated_total{device=\"press-01\"} 3",
             "ingester_confirmations_unsent_total{reason=\"no-route\"}",
             "ingester_batch_rows_bucket{le=\"5000\"}",
             "ingester_flush_seconds_bucket{le=\"0.005\"}",

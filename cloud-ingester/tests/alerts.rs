@@ -214,6 +214,7 @@ async fn start_with(
             batch_age: Duration::from_millis(100),
             retention_days: None,
             data_loss,
+            max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
         },
         stats: stats.clone(),
         health,
@@ -326,7 +327,7 @@ async fn normal_operation_of_every_seed_channel_raises_no_alert(pool: PgPool) {
             })
             .collect();
         let engine = AlertEngine::new(rules.clone());
-        let transitions = engine.evaluate(&rows).transitions;
+        let transitions = engine.evaluate(&rows, &Default::default()).transitions;
         assert!(
             transitions.is_empty(),
             "{model:?} raised {} transitions, first {:?}",

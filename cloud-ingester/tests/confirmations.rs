@@ -97,6 +97,7 @@ async fn start(pool: &PgPool, topics: &Topics, batch_rows: usize) -> Running {
             batch_age: Duration::from_millis(50),
             retention_days: None,
             data_loss: Default::default(),
+            max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
         },
         stats: stats.clone(),
         health,

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
-use cloud_ingester::redis_sink::{RedisSink, RedisSinkConfig, RedisSinkError, WriteOutcome};
+use cloud_ingester::redis_sink::{
+    LiveRow, RedisSink, RedisSinkConfig, RedisSinkError, WriteOutcome,
+};
 use cloud_ingester::rows::Row;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -40,8 +42,22 @@ fn row(device: &str, channel: i16, ts_ms: i64, boot_id: i64, seq: i64, value: f3
     }
 }
 
-fn order_key(row: &Row) -> (i64, u64, i64) {
-    (row.ts_ms, row.boot_id as u64, row.seq)
+/// When PostgreSQL first saw the boot of the tests that use one boot at a time.
+const SEEN_US: i64 = 1_700_000_000_000_000;
+
+/// Committed rows as the pipeline hands them over, every boot first seen at `SEEN_US`.
+fn live(rows: &[Row]) -> Vec<LiveRow> {
+    live_seen(rows, |_| SEEN_US)
+}
+
+/// Committed rows, each boot first seen at `seen(boot)`.
+fn live_seen(rows: &[Row], seen: impl Fn(i64) -> i64) -> Vec<LiveRow> {
+    rows.iter()
+        .map(|row| LiveRow {
+            row: row.clone(),
+            boot_seen_us: seen(row.boot_id),
+        })
+        .collect()
 }
 
 fn config(url: &str, prefix: &str) -> RedisSinkConfig {
@@ -85,6 +101,7 @@ struct Latest {
     boot: String,
     seq: i64,
     synced: bool,
+    boot_seen_us: Option<i64>,
 }
 
 async fn latest(
@@ -104,6 +121,7 @@ async fn latest(
             boot: value["boot"].as_str().context("boot")?.to_owned(),
             seq: value["seq"].as_i64().context("seq")?,
             synced: value["synced"].as_bool().context("synced")?,
+            boot_seen_us: value["boot_seen_us"].as_i64(),
         };
         out.insert(field.parse()?, parsed);
     }
@@ -111,6 +129,10 @@ async fn latest(
 }
 
 fn expected_latest(row: &Row) -> Latest {
+    expected_latest_seen(row, SEEN_US)
+}
+
+fn expected_latest_seen(row: &Row, boot_seen_us: i64) -> Latest {
     Latest {
         ts: row.ts_ms,
         v: Some(f64::from(row.value)),
@@ -118,15 +140,21 @@ fn expected_latest(row: &Row) -> Latest {
         boot: format!("{:016x}", row.boot_id as u64),
         seq: row.seq,
         synced: row.clock_synced,
+        boot_seen_us: Some(boot_seen_us),
     }
 }
 
-/// The newest reading per channel, by (ts, boot as unsigned, seq).
-fn newest_per_channel<'a>(rows: impl IntoIterator<Item = &'a Row>) -> BTreeMap<i16, &'a Row> {
+/// The newest reading per channel in the pipeline's order: (when its boot was first
+/// seen, boot as unsigned, seq); no timestamp.
+fn newest_per_channel<'a>(
+    rows: impl IntoIterator<Item = &'a Row>,
+    seen: impl Fn(i64) -> i64,
+) -> BTreeMap<i16, &'a Row> {
+    let order = |row: &Row| (seen(row.boot_id), row.boot_id as u64, row.seq);
     let mut out: BTreeMap<i16, &Row> = BTreeMap::new();
     for row in rows {
         let kept = out.entry(row.channel_id).or_insert(row);
-        if order_key(row) > order_key(kept) {
+        if order(row) > order(kept) {
             *kept = row;
         }
     }
@@ -346,16 +374,16 @@ async fn latest_holds_the_newest_value_per_channel_within_and_across_batches() -
     let now = now_ms();
     let (dev, boot) = ("furnace-01", 0x0102_0304_0506_0708);
 
-    // Batch 1: three channels, readings deliberately not in time order.
+    // Batch 1: three channels, readings deliberately not in order.
     let batch1 = vec![
         row(dev, 0, now - 300, boot, 1, 10.0),
         row(dev, 0, now - 100, boot, 3, 12.5),
         row(dev, 0, now - 200, boot, 2, 11.0),
-        row(dev, 1, now - 100, boot, 4, 851.25),
-        row(dev, 1, now - 500, boot, 5, 849.0),
+        row(dev, 1, now - 100, boot, 5, 851.25),
+        row(dev, 1, now - 500, boot, 4, 849.0),
         row(dev, 2, now - 50, boot, 6, -3.5),
     ];
-    let outcome = sink.write_batch(&batch1, now).await?;
+    let outcome = sink.write_batch(&live(&batch1), now).await?;
     assert_eq!(outcome.latest_advanced, 3, "{outcome:?}");
     assert_eq!(outcome.latest_stale, 0, "{outcome:?}");
     assert_eq!(outcome.last_seen_advanced, 1, "{outcome:?}");
@@ -369,18 +397,19 @@ async fn latest_holds_the_newest_value_per_channel_within_and_across_batches() -
     assert_eq!(
         raw,
         format!(
-            r#"{{"ts":{},"v":851.25,"q":0,"boot":"0102030405060708","seq":4,"synced":true}}"#,
+            r#"{{"ts":{},"v":851.25,"q":0,"boot":"0102030405060708","seq":5,"synced":true,"boot_seen_us":{SEEN_US}}}"#,
             now - 100
         )
     );
 
-    // Batch 2: channel 1 newer, channel 0 older than stored, channel 3 new.
+    // Batch 2: channel 1 newer, channel 0 older than stored (a lower seq, a later time:
+    // time takes no part), channel 3 new.
     let batch2 = vec![
         row(dev, 1, now - 10, boot, 7, 852.0),
-        row(dev, 0, now - 150, boot, 8, 99.0),
+        row(dev, 0, now - 50, boot, 0, 99.0),
         row(dev, 3, now - 20, boot, 9, 1.0),
     ];
-    let outcome = sink.write_batch(&batch2, now).await?;
+    let outcome = sink.write_batch(&live(&batch2), now).await?;
     assert_eq!(
         (outcome.latest_advanced, outcome.latest_stale),
         (2, 1),
@@ -397,7 +426,7 @@ async fn latest_holds_the_newest_value_per_channel_within_and_across_batches() -
     assert_eq!(stored[&3], expected_latest(&batch2[2]));
 
     // A replay of batch 2 changes nothing.
-    let outcome = sink.write_batch(&batch2, now).await?;
+    let outcome = sink.write_batch(&live(&batch2), now).await?;
     assert_eq!(
         (
             outcome.latest_advanced,
@@ -410,18 +439,20 @@ async fn latest_holds_the_newest_value_per_channel_within_and_across_batches() -
     );
     assert_eq!(latest(&mut con, &prefix, dev).await?, stored);
 
-    // Same timestamp: the later (boot, seq) wins, in either arrival order.
+    // Same timestamp: the later seq wins, in either arrival order.
     let tie_a = row(dev, 5, now, boot, 20, 1.0);
     let tie_b = row(dev, 5, now, boot, 21, 2.0);
-    sink.write_batch(std::slice::from_ref(&tie_b), now).await?;
-    sink.write_batch(std::slice::from_ref(&tie_a), now).await?;
+    sink.write_batch(&live(std::slice::from_ref(&tie_b)), now)
+        .await?;
+    sink.write_batch(&live(std::slice::from_ref(&tie_a)), now)
+        .await?;
     assert_eq!(
         latest(&mut con, &prefix, dev).await?[&5],
         expected_latest(&tie_b)
     );
 
     // A non-finite value is stored as null rather than breaking the JSON.
-    sink.write_batch(&[row(dev, 6, now, boot, 30, f32::NAN)], now)
+    sink.write_batch(&live(&[row(dev, 6, now, boot, 30, f32::NAN)]), now)
         .await?;
     assert_eq!(latest(&mut con, &prefix, dev).await?[&6].v, None);
 
@@ -429,9 +460,9 @@ async fn latest_holds_the_newest_value_per_channel_within_and_across_batches() -
 }
 
 /// Random readings with many ties, plus replays, split into batches in random order:
-/// after every batch, latest equals the maximum (ts, boot, seq) per channel of all
-/// readings written so far, last_seen the maximum ts, and the stream stays in time
-/// order.
+/// after every batch, latest equals the maximum (boot first seen, boot, seq) per channel
+/// of all readings written so far, last_seen the time of the maximum over all channels,
+/// and the stream stays in time order.
 #[test]
 fn out_of_order_batches_never_move_latest_or_last_seen_back() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -441,6 +472,13 @@ fn out_of_order_batches_never_move_latest_or_last_seen_back() -> anyhow::Result<
     let url = testkit::redis_url();
     let base = now_ms() - 60_000;
     let boots = [i64::MIN + 1, -5, 3, 0x7f00_0000_0000_0000];
+    // When each was first seen: the last two together (ordered by boot id then), and
+    // not in the boot ids' order.
+    let seen = |boot: i64| match boot {
+        -5 => SEEN_US,
+        3 | 0x7f00_0000_0000_0000 => SEEN_US + 2,
+        _ => SEEN_US + 1,
+    };
 
     // (ts offset, boot index, channel) per reading; seq is the index; then replays and
     // a permutation; then batch boundaries.
@@ -487,11 +525,12 @@ fn out_of_order_batches_never_move_latest_or_last_seen_back() -> anyhow::Result<
                     .collect();
                 at += size;
                 written.extend(order[at - size..at].iter().map(|&i| &rows[i]));
-                sink.write_batch(&batch, now_ms()).await?;
+                sink.write_batch(&live_seen(&batch, seen), now_ms()).await?;
 
-                let want: BTreeMap<i16, Latest> = newest_per_channel(written.iter().copied())
-                    .into_iter()
-                    .map(|(ch, row)| (ch, expected_latest(row)))
+                let newest = newest_per_channel(written.iter().copied(), seen);
+                let want: BTreeMap<i16, Latest> = newest
+                    .iter()
+                    .map(|(&ch, row)| (ch, expected_latest_seen(row, seen(row.boot_id))))
                     .collect();
                 let got = latest(&mut con, &prefix, &device).await?;
                 if got != want {
@@ -500,10 +539,15 @@ fn out_of_order_batches_never_move_latest_or_last_seen_back() -> anyhow::Result<
                         order.len()
                     );
                 }
-                let max_ts = written.iter().map(|r| r.ts_ms).max().context("written")?;
-                let seen: Option<i64> = con.get(format!("{prefix}:last_seen:{device}")).await?;
-                if seen != Some(max_ts) {
-                    bail!("after {at} readings: last_seen {seen:?}, want {max_ts}");
+                let newest_ts = written
+                    .iter()
+                    .max_by_key(|row| (seen(row.boot_id), row.boot_id as u64, row.seq))
+                    .context("written")?
+                    .ts_ms;
+                let last_seen: Option<i64> =
+                    con.get(format!("{prefix}:last_seen:{device}")).await?;
+                if last_seen != Some(newest_ts) {
+                    bail!("after {at} readings: last_seen {last_seen:?}, want {newest_ts}");
                 }
             }
             let entries = stream(&mut con, &prefix, &device).await?;
@@ -520,6 +564,65 @@ fn out_of_order_batches_never_move_latest_or_last_seen_back() -> anyhow::Result<
     });
     runtime.block_on(cleanup(&prefix))?;
     result.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Issue 15: an agent restarted sends its new boot's live frames first and the old
+/// boot's backlog after them. Whatever that backlog's times (later, from a clock that
+/// ran ahead, or earlier) and sequence numbers, `latest` and `last_seen` keep the newer
+/// boot's values, the one PostgreSQL first saw later; a further reading of the new boot
+/// moves them on.
+#[tokio::test]
+async fn an_older_boots_backlog_never_replaces_a_newer_boots_values() -> anyhow::Result<()> {
+    let prefix = testkit::unique_name("rsink");
+    let sink = RedisSink::new(&testkit::redis_url(), &prefix)?;
+    let mut con = connection().await?;
+    let now = now_ms();
+    let (dev, old_boot, new_boot) = ("press-01", 0x7fff_0000_0000_0001, 0x0000_0000_0000_0002);
+    // The old boot sorts after the new one by id: only its first sight may decide.
+    let seen = |boot: i64| {
+        if boot == new_boot {
+            SEEN_US + 60_000_000
+        } else {
+            SEEN_US
+        }
+    };
+
+    let fresh = vec![
+        row(dev, 0, now - 2_000, new_boot, 0, 200.0),
+        row(dev, 1, now - 2_000, new_boot, 1, 20.0),
+    ];
+    let outcome = sink.write_batch(&live_seen(&fresh, seen), now).await?;
+    assert_eq!(outcome.latest_advanced, 2, "{outcome:?}");
+    let want = latest(&mut con, &prefix, dev).await?;
+    let seen_key = format!("{prefix}:last_seen:{dev}");
+    assert_eq!(con.get::<_, i64>(&seen_key).await?, now - 2_000);
+
+    // The backlog: later times and far higher seqs, then earlier ones.
+    for ts in [now - 10, now - 60_000] {
+        let backlog: Vec<Row> = (0..20)
+            .map(|i| row(dev, (i % 2) as i16, ts + i, old_boot, 5_000 + i, 999.0))
+            .collect();
+        let outcome = sink.write_batch(&live_seen(&backlog, seen), now).await?;
+        assert_eq!(
+            (outcome.latest_advanced, outcome.last_seen_advanced),
+            (0, 0),
+            "{outcome:?}"
+        );
+        assert_eq!(latest(&mut con, &prefix, dev).await?, want);
+        assert_eq!(con.get::<_, i64>(&seen_key).await?, now - 2_000);
+    }
+
+    // Both boots in one batch: the new boot's reading wins.
+    let next = row(dev, 0, now - 1_500, new_boot, 2, 201.0);
+    let mixed = vec![next.clone(), row(dev, 0, now, old_boot, 9_999, 999.0)];
+    sink.write_batch(&live_seen(&mixed, seen), now).await?;
+    assert_eq!(
+        latest(&mut con, &prefix, dev).await?[&0],
+        expected_latest_seen(&next, seen(new_boot))
+    );
+    assert_eq!(con.get::<_, i64>(&seen_key).await?, now - 1_500);
+
+    cleanup(&prefix).await
 }
 
 #[tokio::test]
@@ -541,7 +644,7 @@ async fn stream_is_capped_per_batch_and_overall_and_its_entries_are_readable() -
         .rev()
         .map(|i| row(dev, (i % 4) as i16, start + i, 7, i, i as f32 * 0.5))
         .collect();
-    let outcome = sink.write_batch(&batch, now).await?;
+    let outcome = sink.write_batch(&live(&batch), now).await?;
     assert_eq!(outcome.stream_appended, 20, "{outcome:?}");
     let entries = stream(&mut con, &prefix, dev).await?;
     assert_eq!(entries.len(), 20);
@@ -556,14 +659,17 @@ async fn stream_is_capped_per_batch_and_overall_and_its_entries_are_readable() -
     }
 
     // A replay appends nothing.
-    assert_eq!(sink.write_batch(&batch, now).await?.stream_appended, 0);
+    assert_eq!(
+        sink.write_batch(&live(&batch), now).await?.stream_appended,
+        0
+    );
 
     // Many more batches: the stream stays near its cap (MAXLEN ~ trims whole nodes).
     for b in 1..30i64 {
         let batch: Vec<Row> = (0..20)
             .map(|i| row(dev, 0, start + 1000 * b + i, 7, 1000 * b + i, 1.0))
             .collect();
-        sink.write_batch(&batch, now).await?;
+        sink.write_batch(&live(&batch), now).await?;
     }
     let node: (String, String) = redis::cmd("CONFIG")
         .arg("GET")
@@ -589,7 +695,7 @@ async fn stream_is_capped_per_batch_and_overall_and_its_entries_are_readable() -
     let batch: Vec<Row> = (0..10)
         .flat_map(|d| (0..50).map(move |i| row(&format!("many-{d}"), 0, now - 50 + i, 1, i, 0.0)))
         .collect();
-    let outcome = sink.write_batch(&batch, now).await?;
+    let outcome = sink.write_batch(&live(&batch), now).await?;
     assert_eq!(outcome.stream_appended, 40, "10 devices x 4: {outcome:?}");
 
     cleanup(&prefix).await
@@ -605,7 +711,7 @@ async fn last_seen_expires_within_the_configured_ttl() -> anyhow::Result<()> {
     let now = now_ms();
 
     // Synchronised clock, reading 5 s old: expires 30 s after the reading.
-    sink.write_batch(&[row("cnc-01", 0, now - 5_000, 1, 1, 1.0)], now)
+    sink.write_batch(&live(&[row("cnc-01", 0, now - 5_000, 1, 1, 1.0)]), now)
         .await?;
     let key = format!("{prefix}:last_seen:cnc-01");
     let seen: i64 = con.get(&key).await?;
@@ -613,13 +719,14 @@ async fn last_seen_expires_within_the_configured_ttl() -> anyhow::Result<()> {
     let pttl: i64 = con.pttl(&key).await?;
     assert!(pttl > 0 && pttl <= 25_000, "pttl {pttl}");
 
-    // A newer reading moves it forward and renews the TTL; an older one does neither.
-    sink.write_batch(&[row("cnc-01", 0, now, 1, 2, 1.0)], now)
+    // A newer reading moves it forward and renews the TTL; an older one (a lower seq,
+    // whatever its time) does neither.
+    sink.write_batch(&live(&[row("cnc-01", 0, now, 1, 2, 1.0)]), now)
         .await?;
     let pttl_new: i64 = con.pttl(&key).await?;
     assert!(pttl_new > 25_000 && pttl_new <= 30_000, "pttl {pttl_new}");
     let outcome = sink
-        .write_batch(&[row("cnc-01", 1, now - 1_000, 1, 3, 1.0)], now)
+        .write_batch(&live(&[row("cnc-01", 1, now - 1_000, 1, 0, 1.0)]), now)
         .await?;
     assert_eq!(outcome.last_seen_advanced, 0, "{outcome:?}");
     assert_eq!(con.get::<_, i64>(&key).await?, now);
@@ -628,13 +735,13 @@ async fn last_seen_expires_within_the_configured_ttl() -> anyhow::Result<()> {
     // Unsynchronised clock: its timestamp cannot date the expiry, so the full TTL.
     let mut unsynced = row("paint-01", 0, now - 20_000, 1, 1, 1.0);
     unsynced.clock_synced = false;
-    sink.write_batch(&[unsynced], now).await?;
+    sink.write_batch(&live(&[unsynced]), now).await?;
     let pttl: i64 = con.pttl(format!("{prefix}:last_seen:paint-01")).await?;
     assert!(pttl > 25_000 && pttl <= 30_000, "pttl {pttl}");
 
     // A reading already older than the TTL does not make a device look online.
     let outcome = sink
-        .write_batch(&[row("air-01", 0, now - 60_000, 1, 1, 1.0)], now)
+        .write_batch(&live(&[row("air-01", 0, now - 60_000, 1, 1, 1.0)]), now)
         .await?;
     assert_eq!(outcome.last_seen_advanced, 0);
     assert_eq!(outcome.latest_advanced, 1, "latest is still recorded");
@@ -655,7 +762,7 @@ async fn one_round_trip_per_batch_and_noscript_is_reloaded() -> anyhow::Result<(
 
     // Warm-up: loads the script if this Redis has never seen it.
     let before = proxy.commands().len();
-    sink.write_batch(&[row("warm", 0, now, 1, 1, 1.0)], now)
+    sink.write_batch(&live(&[row("warm", 0, now, 1, 1, 1.0)]), now)
         .await?;
     let warm = proxy.commands()[before..].to_vec();
     assert!(
@@ -680,7 +787,7 @@ async fn one_round_trip_per_batch_and_noscript_is_reloaded() -> anyhow::Result<(
             })
             .collect();
         let before = proxy.commands().len();
-        let outcome = sink.write_batch(&batch, now).await?;
+        let outcome = sink.write_batch(&live(&batch), now).await?;
         let sent = proxy.commands()[before..].to_vec();
         assert_eq!(sent, ["EVALSHA"], "{} rows: {outcome:?}", batch.len());
     }
@@ -689,7 +796,9 @@ async fn one_round_trip_per_batch_and_noscript_is_reloaded() -> anyhow::Result<(
     proxy.noscript_once.store(true, Ordering::SeqCst);
     let before = proxy.commands().len();
     let newer = row("d0", 0, now + 1, 1, 99_999, 42.0);
-    let outcome = sink.write_batch(std::slice::from_ref(&newer), now).await?;
+    let outcome = sink
+        .write_batch(&live(std::slice::from_ref(&newer)), now)
+        .await?;
     assert_eq!(proxy.commands()[before..], ["EVALSHA", "SCRIPT", "EVALSHA"]);
     assert_eq!(outcome.latest_advanced, 1);
     assert_eq!(
@@ -747,7 +856,7 @@ async fn unreachable_redis_is_an_error_within_seconds_not_a_hang() -> anyhow::Re
     let sink = RedisSink::new("redis://127.0.0.1:1/", "plant")?;
     for _ in 0..3 {
         let started = Instant::now();
-        let result = guard(sink.write_batch(&batch, now)).await?;
+        let result = guard(sink.write_batch(&live(&batch), now)).await?;
         assert!(result.is_err(), "{result:?}");
         assert_bounded(
             "write_batch, refused",
@@ -784,7 +893,7 @@ async fn unreachable_redis_is_an_error_within_seconds_not_a_hang() -> anyhow::Re
     cfg.operation_timeout = Duration::from_secs(600);
     let sink = RedisSink::with_config(cfg)?;
     let started = Instant::now();
-    let result = guard(sink.write_batch(&batch, now)).await?;
+    let result = guard(sink.write_batch(&live(&batch), now)).await?;
     assert!(
         matches!(result, Err(RedisSinkError::Redis { .. })),
         "{result:?}"
@@ -802,7 +911,7 @@ async fn unreachable_redis_is_an_error_within_seconds_not_a_hang() -> anyhow::Re
     cfg.operation_timeout = Duration::from_secs(1);
     let sink = RedisSink::with_config(cfg)?;
     let started = Instant::now();
-    let result = guard(sink.write_batch(&batch, now)).await?;
+    let result = guard(sink.write_batch(&live(&batch), now)).await?;
     assert!(
         matches!(result, Err(RedisSinkError::Timeout { .. })),
         "{result:?}"
@@ -825,13 +934,14 @@ async fn an_outage_is_an_error_and_the_sink_recovers_by_itself() -> anyhow::Resu
     let now = now_ms();
 
     let first = row("comp-01", 0, now - 3, 1, 1, 1.0);
-    sink.write_batch(std::slice::from_ref(&first), now).await?;
+    sink.write_batch(&live(std::slice::from_ref(&first)), now)
+        .await?;
 
     proxy.down();
     let during = row("comp-01", 0, now - 2, 1, 2, 2.0);
     for _ in 0..3 {
         let started = Instant::now();
-        let result = guard(sink.write_batch(std::slice::from_ref(&during), now)).await?;
+        let result = guard(sink.write_batch(&live(std::slice::from_ref(&during)), now)).await?;
         assert!(result.is_err(), "write during the outage: {result:?}");
         assert_bounded(
             "write_batch during outage",
@@ -848,7 +958,10 @@ async fn an_outage_is_an_error_and_the_sink_recovers_by_itself() -> anyhow::Resu
     let after = row("comp-01", 0, now - 1, 1, 3, 3.0);
     let deadline = Instant::now() + Duration::from_secs(15);
     let outcome: WriteOutcome = loop {
-        match sink.write_batch(std::slice::from_ref(&after), now).await {
+        match sink
+            .write_batch(&live(std::slice::from_ref(&after)), now)
+            .await
+        {
             Ok(outcome) => break outcome,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("not yet: {e}");

@@ -903,17 +903,32 @@ async fn the_coverage_holds_exactly_the_committed_sequence_numbers(pool: PgPool)
 async fn a_batch_returns_the_coverage_of_its_devices_after_the_commit_even_a_replay(pool: PgPool) {
     let store = Store::new(pool.clone());
     let boot = BootId(BOOT).as_i64();
-    let held = |device: &str, ranges: &[(u64, u64)]| Held {
-        device_id: device.to_owned(),
-        boot_id: boot,
-        ranges: ranges.to_vec(),
+    let held = |device: &str, ranges: &[(u64, u64)]| (device.to_owned(), boot, ranges.to_vec());
+    // A boot's first sight is the clock-free order of boots: written once, then unchanged.
+    type Ranges = (String, i64, Vec<(u64, u64)>);
+    let ranges = |held: &[Held]| -> Vec<Ranges> {
+        held.iter()
+            .map(|h| (h.device_id.clone(), h.boot_id, h.ranges.clone()))
+            .collect()
     };
     let first = series("furnace-01", 0, T0, 100, 100);
     let committed = store
         .write_batch_held(&first, &[], &Default::default())
         .await
         .expect("first batch");
-    assert_eq!(committed.held, vec![held("furnace-01", &[(0, 100)])]);
+    assert_eq!(
+        ranges(&committed.held),
+        vec![held("furnace-01", &[(0, 100)])]
+    );
+    let furnace_seen = committed.held[0].first_seen_us;
+    let stored_seen: i64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM first_seen) * 1000000)::int8 FROM reading_coverage \
+          WHERE device_id = 'furnace-01'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("first_seen");
+    assert_eq!(furnace_seen, stored_seen);
 
     let mut second = series("furnace-01", 200, T0 + 30_000, 50, 100);
     second.extend(series("press-01", 7, T0, 10, 250));
@@ -922,11 +937,16 @@ async fn a_batch_returns_the_coverage_of_its_devices_after_the_commit_even_a_rep
         .await
         .expect("second batch");
     assert_eq!(
-        committed.held,
+        ranges(&committed.held),
         vec![
             held("furnace-01", &[(0, 100), (200, 250)]),
             held("press-01", &[(7, 17)]),
         ]
+    );
+    assert_eq!(committed.held[0].first_seen_us, furnace_seen);
+    assert!(
+        committed.held[1].first_seen_us > furnace_seen,
+        "first seen later"
     );
 
     let replay = store
@@ -935,9 +955,10 @@ async fn a_batch_returns_the_coverage_of_its_devices_after_the_commit_even_a_rep
         .expect("replay");
     assert_eq!(replay.outcome.duplicates, 100);
     assert_eq!(
-        replay.held,
+        ranges(&replay.held),
         vec![held("furnace-01", &[(0, 100), (200, 250)])]
     );
+    assert_eq!(replay.held[0].first_seen_us, furnace_seen);
 
     // More ranges than a confirmation carries: the lowest HELD_RANGES come back.
     let mut holes = Vec::new();

@@ -925,6 +925,7 @@ impl Pipeline {
                 batch_age: Duration::from_millis(50),
                 retention_days: None,
                 data_loss: Default::default(),
+                max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
             },
             stats,
             health,

@@ -23,10 +23,17 @@
 //!   `last_seen` key expiring in Redis shows it offline.
 //!
 //! Device time, not the ingester's clock, measures every duration, so a replay or a
-//! backlog gives the same verdicts as live data. Readings at or before the newest one
-//! already evaluated for their channel are skipped: they were evaluated when first
-//! stored (the watermark is reloaded from `sensor_readings` at start), and late ones must
-//! not reopen what is over.
+//! backlog gives the same verdicts as live data. No clock decides what is new, though
+//! (`service::clock`): a device's readings are taken in identity order, its newest boot
+//! (the one PostgreSQL first saw later) by sequence number, and a reading at or before
+//! the newest already evaluated for its channel, or of a boot older than the device's
+//! newest, is skipped: it was evaluated when first stored, or it is a replaced boot's
+//! late backlog, and neither must reopen what is over. The caller keeps readings dated
+//! beyond `clock.max_ahead` out of [`AlertEngine::evaluate`], so a clock gone wrong
+//! neither raises nor freezes anything. Where evaluation resumes is reloaded at start
+//! from `reading_coverage` (the newest boot and the highest sequence number held) and
+//! `sensor_readings` (device time, within the bound). A device clock that goes back
+//! ends every run (a duration cannot span it), as a silence does.
 //!
 //! One rule is per device, not per channel, and judged from what PostgreSQL holds rather
 //! than from readings: **data_loss** (`data_loss`), readings missing below the device's
@@ -37,7 +44,7 @@ pub mod publish;
 pub mod rules;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::rows::Row;
 use data_loss::{DataLossRule, DeviceLoss};
@@ -169,7 +176,11 @@ struct Side {
 
 #[derive(Debug, Clone, Default)]
 struct ChannelState {
-    /// Device time of the newest reading evaluated (the watermark).
+    /// (boot, seq) of the newest reading evaluated: the watermark. A reading of the same
+    /// boot at or below it is not evaluated again; one of another boot is, once the
+    /// device's boot check let it through (it is the device's newest boot).
+    mark: Option<(i64, i64)>,
+    /// Device time of the newest reading evaluated, which durations start from.
     last_ts: Option<i64>,
     high: Side,
     low: Side,
@@ -179,10 +190,46 @@ struct ChannelState {
     dropout_open: bool,
 }
 
+/// A boot and when PostgreSQL first saw it (µs since the epoch; `None`: not before the
+/// batch being evaluated, so it is the newest, `reading_coverage.first_seen` being
+/// written by that batch's commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Boot {
+    id: i64,
+    first_seen_us: Option<i64>,
+}
+
+impl Boot {
+    /// The order of a device's boots: first seen later is newer; boots first seen by the
+    /// same transaction (or both by the batch at hand) by boot id as unsigned, the
+    /// order the Redis writer uses.
+    fn order(self) -> (i64, u64) {
+        (self.first_seen_us.unwrap_or(i64::MAX), self.id as u64)
+    }
+}
+
+/// When PostgreSQL first saw each (device, boot) of a batch that is not its device's
+/// newest boot in the engine, in µs since the epoch ([`AlertEngine::unfamiliar_boots`]);
+/// a boot missing from it was never stored before.
+pub type FirstSeen = HashMap<(String, i64), i64>;
+
+/// Where a device's evaluation resumes after a (re)load: its newest boot (first seen
+/// last) and the highest sequence number PostgreSQL holds of it. Everything stored at or
+/// below was evaluated (or passed over) before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeAt {
+    pub device_id: String,
+    pub boot_id: i64,
+    pub first_seen_us: i64,
+    pub seq: i64,
+}
+
 #[derive(Debug, Clone, Default)]
 struct DeviceState {
+    /// The device's newest boot evaluated: readings of older boots are not evaluated.
+    boot: Option<Boot>,
     channels: HashMap<i16, ChannelState>,
-    /// Device time of the device's newest reading, any channel.
+    /// Device time of the device's newest reading (in identity order), any channel.
     last_ts: Option<i64>,
     /// No channel's dropout can open before the device's time passes this: at most the
     /// earliest (last reading + silence window) of its channels. The sibling scan runs
@@ -235,20 +282,35 @@ impl AlertEngine {
         self
     }
 
-    /// Rebuilds the state from the database: the unresolved alerts and, per channel, the
-    /// device time of the newest stored reading. Forgets everything else (a breach that
-    /// had not lasted `min_duration_ms` yet starts its count again; the devices' holes
-    /// come back with [`AlertEngine::restore_coverage`]).
+    /// Rebuilds the state from the database: the unresolved alerts, per device where
+    /// evaluation resumes, and per channel the device time of the newest stored reading
+    /// (within the clock bound). Forgets everything else (a breach that had not lasted
+    /// `min_duration_ms` yet starts its count again; the devices' holes come back with
+    /// [`AlertEngine::restore_coverage`]).
     pub fn restore(
         &mut self,
         open: impl IntoIterator<Item = OpenAlert>,
+        resume: impl IntoIterator<Item = ResumeAt>,
         watermarks: impl IntoIterator<Item = (String, i16, i64)>,
     ) {
         self.devices.clear();
         self.losses.clear();
+        let mut marks: HashMap<String, (i64, i64)> = HashMap::new();
+        for at in resume {
+            marks.insert(at.device_id.clone(), (at.boot_id, at.seq));
+            self.devices.entry(at.device_id).or_default().boot = Some(Boot {
+                id: at.boot_id,
+                first_seen_us: Some(at.first_seen_us),
+            });
+        }
         for (device, channel, ts_ms) in watermarks {
+            let mark = marks.get(&device).copied();
             let state = self.devices.entry(device).or_default();
-            state.channels.entry(channel).or_default().last_ts = Some(ts_ms);
+            let channel = state.channels.entry(channel).or_default();
+            channel.last_ts = Some(ts_ms);
+            // Every reading of the newest boot up to the highest held was stored, so
+            // evaluated or passed over; a channel without readings has nothing to skip.
+            channel.mark = mark;
             state.last_ts = Some(state.last_ts.map_or(ts_ms, |last| last.max(ts_ms)));
         }
         for alert in open {
@@ -298,10 +360,19 @@ impl AlertEngine {
 
     /// After a commit: the coverage of every (device, boot) the batch wrote, as the
     /// transaction returned it. A fact about PostgreSQL, so taken at once rather than
-    /// through evaluate/adopt; only the alert it may lead to waits for a commit. Devices
-    /// without rules (disabled, unknown) are not followed.
+    /// through evaluate/adopt; only the alert it may lead to waits for a commit. It also
+    /// dates a boot the batch was the first to store, so the next new boot is ordered
+    /// after it. Devices without rules (disabled, unknown) are not followed for loss.
     pub fn note_coverage(&mut self, held: &[crate::coverage::Held], now_ms: i64) {
         for held in held {
+            if let Some(boot) = self
+                .devices
+                .get_mut(&held.device_id)
+                .and_then(|state| state.boot.as_mut())
+                .filter(|boot| boot.id == held.boot_id)
+            {
+                boot.first_seen_us = Some(held.first_seen_us);
+            }
             if self.rules.channels_of(&held.device_id) == 0 {
                 continue;
             }
@@ -356,20 +427,56 @@ impl AlertEngine {
             .or_default()
     }
 
-    /// The transitions `rows` cause, in device-time order per device, without changing
-    /// the engine. Rows at or before their channel's watermark are skipped; rows of
-    /// channels without rules (a disabled device) only move the watermark.
-    pub fn evaluate(&self, rows: &[Row]) -> Evaluation {
+    /// The (device, boot) pairs of `rows` that are not their device's newest boot here:
+    /// for these [`AlertEngine::evaluate`] needs to know when PostgreSQL first saw them
+    /// (a replaced boot's backlog, or a boot never stored before). Usually none.
+    pub fn unfamiliar_boots(&self, rows: &[Row]) -> Vec<(String, i64)> {
+        let mut unfamiliar: HashSet<(&str, i64)> = HashSet::new();
+        for row in rows {
+            let current = self
+                .devices
+                .get(&row.device_id)
+                .and_then(|state| state.boot);
+            if current.is_none_or(|boot| boot.id != row.boot_id) {
+                unfamiliar.insert((&row.device_id, row.boot_id));
+            }
+        }
+        unfamiliar
+            .into_iter()
+            .map(|(device, boot)| (device.to_owned(), boot))
+            .collect()
+    }
+
+    /// The transitions `rows` cause, without changing the engine. Per device the rows
+    /// are taken in identity order: boots as PostgreSQL first saw them (`first_seen`,
+    /// for the boots [`AlertEngine::unfamiliar_boots`] named), then sequence numbers.
+    /// Rows of a boot older than the device's newest, or at or before their channel's
+    /// watermark, are skipped; rows of channels without rules (a disabled device) only
+    /// move the watermark. `rows` must hold no reading dated beyond the clock bound.
+    pub fn evaluate(&self, rows: &[Row], first_seen: &FirstSeen) -> Evaluation {
         let mut by_device: HashMap<&str, Vec<&Row>> = HashMap::new();
         for row in rows {
             by_device.entry(&row.device_id).or_default().push(row);
         }
         let mut evaluation = Evaluation::default();
-        for (device, mut rows) in by_device {
-            rows.sort_by_key(|row| (row.ts_ms, row.channel_id));
+        for (device, rows) in by_device {
             let mut state = self.devices.get(device).cloned().unwrap_or_default();
-            for row in rows {
-                self.step(device, &mut state, row, &mut evaluation.transitions);
+            let boot_of = |id: i64| -> Boot {
+                match state.boot {
+                    Some(boot) if boot.id == id => boot,
+                    _ => Boot {
+                        id,
+                        first_seen_us: first_seen.get(&(device.to_owned(), id)).copied(),
+                    },
+                }
+            };
+            let mut rows: Vec<(Boot, &Row)> = rows
+                .into_iter()
+                .map(|row| (boot_of(row.boot_id), row))
+                .collect();
+            rows.sort_by_key(|(boot, row)| (boot.order(), row.seq, row.channel_id));
+            for (boot, row) in rows {
+                self.step(device, &mut state, boot, row, &mut evaluation.transitions);
             }
             evaluation.devices.insert(device.to_owned(), state);
         }
@@ -384,19 +491,43 @@ impl AlertEngine {
         }
     }
 
-    /// Applies one reading to its device's state.
-    fn step(&self, device: &str, state: &mut DeviceState, row: &Row, out: &mut Vec<Transition>) {
+    /// Applies one reading of `boot` to its device's state.
+    fn step(
+        &self,
+        device: &str,
+        state: &mut DeviceState,
+        boot: Boot,
+        row: &Row,
+        out: &mut Vec<Transition>,
+    ) {
+        match state.boot {
+            Some(current) if current.id == boot.id => {}
+            // A replaced boot's late backlog: the newer boot's readings are evaluated.
+            Some(current) if boot.order() < current.order() => return,
+            _ => state.boot = Some(boot),
+        }
         let channel = state.channels.entry(row.channel_id).or_default();
-        if channel.last_ts.is_some_and(|last| row.ts_ms <= last) {
+        if channel
+            .mark
+            .is_some_and(|(mark_boot, mark_seq)| mark_boot == row.boot_id && row.seq <= mark_seq)
+        {
             return;
         }
+        channel.mark = Some((row.boot_id, row.seq));
         let previous = channel.last_ts.replace(row.ts_ms);
         // The device's newest reading before this one: proof that it was sending.
-        let device_last = state.last_ts;
-        state.last_ts = Some(device_last.map_or(row.ts_ms, |last| last.max(row.ts_ms)));
+        let device_last = state.last_ts.replace(row.ts_ms);
         let Some(rules) = self.rules.get(device, row.channel_id) else {
             return;
         };
+        if previous.is_some_and(|last| row.ts_ms < last) {
+            // The device's clock went back: no duration can span that.
+            for side in [&mut channel.high, &mut channel.low] {
+                side.warn_since = None;
+                side.crit_since = None;
+            }
+            channel.run = None;
+        }
         state.dropout_check_at = state
             .dropout_check_at
             .min(row.ts_ms.saturating_add(rules.silence_ms));

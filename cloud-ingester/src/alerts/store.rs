@@ -12,8 +12,8 @@ use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::data_loss::MAX_LOSSY_BOOTS;
-use super::{AlertKey, Change, OpenAlert, Rule, Severity, Transition};
-use crate::coverage::{Held, HELD_RANGES};
+use super::{AlertKey, Change, FirstSeen, OpenAlert, ResumeAt, Rule, Severity, Transition};
+use crate::coverage::{first_seen_us, Held, HELD_RANGES};
 
 /// A transition as the database took it.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,9 +172,11 @@ pub async fn load_open(pool: &PgPool) -> Result<Vec<OpenAlert>, sqlx::Error> {
 /// what the `data_loss` rule restarts from. A boot without holes is one range from 0
 /// and is left out.
 pub async fn load_coverage(pool: &PgPool) -> Result<Vec<Held>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT c.device_id, c.boot_id, lower(r.part), upper(r.part) \
-           FROM (SELECT device_id, boot_id, seqs, updated_at, \
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(concat!(
+        "SELECT c.device_id, c.boot_id, lower(r.part), upper(r.part), c.first_seen_us \
+           FROM (SELECT device_id, boot_id, seqs, updated_at, ",
+        first_seen_us!(),
+        " AS first_seen_us, \
                         row_number() OVER (PARTITION BY device_id \
                                            ORDER BY updated_at DESC, boot_id) AS recent \
                    FROM reading_coverage \
@@ -182,29 +184,12 @@ pub async fn load_coverage(pool: &PgPool) -> Result<Vec<Held>, sqlx::Error> {
                 unnest(c.seqs) WITH ORDINALITY AS r(part, n) \
           WHERE c.recent <= $1 AND r.n <= $2 \
           ORDER BY c.device_id, c.updated_at, c.boot_id, r.n",
-    )
+    ))
     .bind(MAX_LOSSY_BOOTS as i64)
     .bind(HELD_RANGES)
     .fetch_all(pool)
     .await?;
-    let mut held: Vec<Held> = Vec::new();
-    for (device_id, boot_id, start, end) in rows {
-        // The table's CHECK keeps bounds non-negative; one that is not is left out.
-        let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
-            continue;
-        };
-        match held.last_mut() {
-            Some(last) if last.device_id == device_id && last.boot_id == boot_id => {
-                last.ranges.push((start, end));
-            }
-            _ => held.push(Held {
-                device_id,
-                boot_id,
-                ranges: vec![(start, end)],
-            }),
-        }
-    }
-    Ok(held)
+    Ok(crate::coverage::group(rows))
 }
 
 /// Per device whose newest `data_loss` alert an operator resolved by hand (no
@@ -228,19 +213,82 @@ pub async fn load_accepted(pool: &PgPool) -> Result<Vec<(String, u64)>, sqlx::Er
         .collect())
 }
 
-/// Per channel, the device time (ms) of the newest stored reading: the engine's
-/// watermark. One index probe per channel (the dedup key leads with device and time).
-pub async fn load_watermarks(pool: &PgPool) -> Result<Vec<(String, i16, i64)>, sqlx::Error> {
+/// Per channel, the device time (ms) of the newest stored reading dated at most
+/// `latest_ms` (the ingester's clock plus `clock.max_ahead`: a reading dated beyond it
+/// was never evaluated, and durations must not start from it). One index probe per
+/// channel (`(device_id, channel_id, ts)`).
+pub async fn load_watermarks(
+    pool: &PgPool,
+    latest_ms: i64,
+) -> Result<Vec<(String, i16, i64)>, sqlx::Error> {
+    let Some(latest) = timestamp(latest_ms) else {
+        return Ok(Vec::new());
+    };
     let rows: Vec<(String, i16, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT c.device_id, c.channel_id, \
                 (SELECT max(r.ts) FROM sensor_readings r \
-                  WHERE r.device_id = c.device_id AND r.channel_id = c.channel_id) \
+                  WHERE r.device_id = c.device_id AND r.channel_id = c.channel_id \
+                    AND r.ts <= $1) \
            FROM device_channels c",
     )
+    .bind(latest)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
         .filter_map(|(device, channel, ts)| Some((device, channel, ts?.timestamp_millis())))
+        .collect())
+}
+
+/// Per device, its newest boot (first seen last; boots first seen together by boot id
+/// as unsigned, the engine's and the Redis writer's order) and the highest sequence
+/// number held of it: where evaluation resumes. One probe of the primary key per device.
+pub async fn load_resume(pool: &PgPool) -> Result<Vec<ResumeAt>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(concat!(
+        "SELECT d.device_id, c.boot_id, c.first_seen_us, c.seq \
+           FROM devices d \
+           CROSS JOIN LATERAL (SELECT boot_id, coalesce(upper(seqs) - 1, -1) AS seq, ",
+        first_seen_us!(),
+        " AS first_seen_us \
+                 FROM reading_coverage c WHERE c.device_id = d.device_id \
+                ORDER BY first_seen DESC, boot_id # (-9223372036854775808)::int8 DESC \
+                LIMIT 1) c",
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(device_id, boot_id, first_seen_us, seq)| ResumeAt {
+            device_id,
+            boot_id,
+            first_seen_us,
+            seq,
+        })
+        .collect())
+}
+
+/// When PostgreSQL first saw each of `boots` (device, boot), in µs; a boot it has never
+/// stored is absent. Asked only for boots the engine does not know as its devices'
+/// newest ([`super::AlertEngine::unfamiliar_boots`]), so rarely.
+pub async fn first_seen(pool: &PgPool, boots: &[(String, i64)]) -> Result<FirstSeen, sqlx::Error> {
+    if boots.is_empty() {
+        return Ok(FirstSeen::new());
+    }
+    let devices: Vec<&str> = boots.iter().map(|(device, _)| device.as_str()).collect();
+    let ids: Vec<i64> = boots.iter().map(|(_, boot)| *boot).collect();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(concat!(
+        "SELECT c.device_id, c.boot_id, ",
+        first_seen_us!(),
+        " FROM reading_coverage c \
+           JOIN unnest($1::text[], $2::int8[]) AS b(device_id, boot_id) \
+             USING (device_id, boot_id)",
+    ))
+    .bind(&devices)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(device, boot, first_seen_us)| ((device, boot), first_seen_us))
         .collect())
 }

@@ -46,7 +46,7 @@ fn series(values: &[f32]) -> Vec<Row> {
 
 /// Evaluates and adopts, returning (change, rule, severity) per transition.
 fn run(engine: &mut AlertEngine, rows: &[Row]) -> Vec<(Change, Rule, Severity)> {
-    let evaluation = engine.evaluate(rows);
+    let evaluation = engine.evaluate(rows, &FirstSeen::new());
     let out = evaluation
         .transitions
         .iter()
@@ -61,12 +61,12 @@ fn a_breach_opens_only_after_the_minimum_duration_then_escalates_and_resolves() 
     let engine = engine();
     // 260 from t=0.2 s: at 1.0 s it has lasted 0.8 s, at 1.2 s 1.0 s -> warning.
     let mut values = vec![210.0, 260.0, 260.0, 260.0, 260.0, 260.0];
-    let evaluation = engine.evaluate(&series(&values));
+    let evaluation = engine.evaluate(&series(&values), &FirstSeen::new());
     assert!(evaluation.transitions.is_empty());
     values.push(261.0);
     let mut engine = self::engine();
     let rows = series(&values);
-    let transitions = engine.evaluate(&rows).transitions;
+    let transitions = engine.evaluate(&rows, &FirstSeen::new()).transitions;
     assert_eq!(transitions.len(), 1);
     let t = &transitions[0];
     assert_eq!(
@@ -180,7 +180,7 @@ fn a_gap_in_a_channel_is_a_dropout_opened_while_siblings_speak() {
             rows.push(row(1, ts, 210.0 + (i % 5) as f32));
         }
     }
-    let evaluation = engine.evaluate(&rows);
+    let evaluation = engine.evaluate(&rows, &FirstSeen::new());
     let dropout: Vec<_> = evaluation
         .transitions
         .iter()
@@ -245,14 +245,23 @@ fn a_breach_or_a_repeated_value_does_not_last_through_a_silence() {
 fn evaluation_changes_nothing_until_adopted_and_old_readings_are_skipped() {
     let mut engine = engine();
     let rows = series(&[210.0, 388.0]);
-    assert_eq!(engine.evaluate(&rows).transitions.len(), 1);
+    assert_eq!(
+        engine.evaluate(&rows, &FirstSeen::new()).transitions.len(),
+        1
+    );
     // Not adopted: the same batch evaluates the same way again (a retried batch).
-    assert_eq!(engine.evaluate(&rows).transitions.len(), 1);
+    assert_eq!(
+        engine.evaluate(&rows, &FirstSeen::new()).transitions.len(),
+        1
+    );
     run(&mut engine, &rows);
     // Adopted: a replay of it changes nothing, and a late reading is ignored.
-    assert!(engine.evaluate(&rows).transitions.is_empty());
     assert!(engine
-        .evaluate(&[row(0, 100, 100.0)])
+        .evaluate(&rows, &FirstSeen::new())
+        .transitions
+        .is_empty());
+    assert!(engine
+        .evaluate(&[row(0, 100, 100.0)], &FirstSeen::new())
         .transitions
         .is_empty());
 }
@@ -269,10 +278,16 @@ fn restored_state_resumes_open_alerts_and_watermarks() {
             },
             severity: Severity::Warning,
         }],
+        [ResumeAt {
+            device_id: "press-01".into(),
+            boot_id: 1,
+            first_seen_us: 1,
+            seq: 1_000,
+        }],
         [("press-01".to_owned(), 0, 1_000)],
     );
     assert!(engine
-        .evaluate(&[row(0, 1_000, 100.0)])
+        .evaluate(&[row(0, 1_000, 100.0)], &FirstSeen::new())
         .transitions
         .is_empty());
     assert_eq!(
@@ -309,7 +324,7 @@ fn sensor_faults_neither_fire_nor_clear_and_unknown_channels_are_ignored() {
         vec![(Change::Resolved, Rule::High, Severity::Warning)]
     );
     assert!(engine
-        .evaluate(&[row(9, 50_000, 1e9)])
+        .evaluate(&[row(9, 50_000, 1e9)], &FirstSeen::new())
         .transitions
         .is_empty());
 }
@@ -326,6 +341,7 @@ fn a_stuck_alert_stays_open_across_a_restore_and_a_sensor_fault_until_the_value_
             },
             severity: Severity::Warning,
         }],
+        [],
         [("press-01".to_owned(), 0, 0)],
     );
     let still: Vec<Row> = [211.25, 211.25, f32::NAN, 211.25, 211.25]
@@ -372,6 +388,7 @@ mod data_loss {
             device_id: device.into(),
             boot_id,
             ranges: ranges.to_vec(),
+            first_seen_us: 0,
         }
     }
 
@@ -494,7 +511,7 @@ mod data_loss {
     fn an_operators_resolution_accepts_the_loss_until_more_goes_missing() {
         let mut engine = loss_engine();
         // At start: boot 4 has 100 missing, which an operator resolved by hand.
-        engine.restore([], []);
+        engine.restore([], [], []);
         engine.restore_coverage(
             [held("press-01", 4, &[(0, 100), (200, 300)])],
             [("press-01".to_owned(), 100)],
@@ -530,6 +547,7 @@ mod data_loss {
                 },
                 severity: Severity::Warning,
             }],
+            [],
             [],
         );
         // From the table only: another instance may be committing these devices.
