@@ -533,12 +533,16 @@ async fn redis_against_rows(db: &PgPool, redis_url: &str) -> Result<(u64, Vec<St
     let mut channels = 0;
     let mut mismatches = Vec::new();
     for device in workload::devices() {
+        // The pipeline's order (service::clock): the boot first seen later, then the
+        // sequence number; never the device's clock.
         let newest: Vec<(i16, i64, i64, i64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (channel_id) channel_id,
-                    round(extract(epoch FROM ts) * 1000)::bigint, boot_id, seq
-               FROM sensor_readings
-              WHERE device_id = $1
-              ORDER BY channel_id, ts DESC, boot_id # (-9223372036854775808)::bigint DESC, seq DESC",
+            "SELECT DISTINCT ON (r.channel_id) r.channel_id,
+                    round(extract(epoch FROM r.ts) * 1000)::bigint, r.boot_id, r.seq
+               FROM sensor_readings r
+               JOIN reading_coverage c USING (device_id, boot_id)
+              WHERE r.device_id = $1
+              ORDER BY r.channel_id, c.first_seen DESC,
+                       r.boot_id # (-9223372036854775808)::bigint DESC, r.seq DESC",
         )
         .bind(device)
         .fetch_all(db)
