@@ -29,6 +29,12 @@ pub struct IngesterConfig {
     /// Instance name: Kafka client id, key of the metrics records, `instance` of the
     /// system events.
     pub id: String,
+    /// After SIGTERM or Ctrl-C, how long the batch in hand may still wait for Kafka to
+    /// confirm its dead letters, and the last records to go out. A stop during a Kafka
+    /// outage ends when it is over: what is unconfirmed is not stored, so it is read
+    /// again after the restart.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
@@ -44,6 +50,9 @@ impl Default for IngesterConfig {
     fn default() -> Self {
         Self {
             id: "ingester-1".to_owned(),
+            // As the bridge's forward.shutdown_grace; the compose file's stop_grace_period
+            // (20 s) leaves room for the rest of the stop before a SIGKILL.
+            shutdown_grace: Duration::from_secs(10),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             kafka: KafkaConfig::default(),
@@ -365,6 +374,9 @@ impl IngesterConfig {
         if let Err(e) = protocol::validate_id(&self.id) {
             problems.push(format!("id: {:?} {e}", self.id));
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.shutdown_grace) {
+            problems.push("shutdown_grace: between 1 s and 10 min".to_owned());
+        }
         let url = &self.database.url;
         if url.is_empty() {
             problems.push(
@@ -560,6 +572,7 @@ mod tests {
     fn every_problem_is_reported_with_its_key() {
         let mut config = with_url();
         config.id = "has space".to_owned();
+        config.shutdown_grace = Duration::ZERO;
         config.kafka.dlq_topic = config.kafka.topic.clone();
         config.kafka.confirm_interval = Duration::ZERO;
         config.batch.rows = 0;
@@ -584,6 +597,7 @@ mod tests {
             keys,
             [
                 "id",
+                "shutdown_grace",
                 "kafka.dlq_topic",
                 "kafka.confirm_interval",
                 "kafka.properties.enable.auto.commit",

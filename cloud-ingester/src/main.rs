@@ -35,7 +35,9 @@ use tracing::{error, info, warn};
 /// KAFKA_BROKERS, then INGESTER_* environment variables (`__` between levels, e.g.
 /// INGESTER_KAFKA__GROUP=ingest-b), then the flags below. Serves /metrics, /livez and
 /// /readyz on http.listen (default port 9102). Logs go to stderr; RUST_LOG or log.level
-/// sets the level. SIGTERM or Ctrl-C: finish the batch in hand, commit, exit.
+/// sets the level. SIGTERM or Ctrl-C: finish the batch in hand, commit, exit; what Kafka
+/// has not confirmed within shutdown_grace (10 s) is not stored, and read again after
+/// the restart.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -284,16 +286,21 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
             retention_days: config.retention.days,
             data_loss: DataLossRule::from(&config.alerts),
             max_ahead: config.clock.max_ahead,
+            shutdown_grace: config.shutdown_grace,
         },
         stats: stats.clone(),
         health,
     };
     let stop = CancellationToken::new();
+    // When the signal came: the last flush below gets what is left of the grace.
+    let signalled = Arc::new(std::sync::OnceLock::new());
     tokio::spawn({
-        let stop = stop.clone();
+        let (stop, signalled) = (stop.clone(), signalled.clone());
+        let grace = humantime::format_duration(config.shutdown_grace);
         async move {
             service::shutdown_signal().await;
-            info!("stopping: finishing the batch in hand");
+            let _ = signalled.set(tokio::time::Instant::now());
+            info!("stopping: finishing the batch in hand (shutdown grace {grace})");
             stop.cancel();
         }
     });
@@ -319,7 +326,13 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
     {
         let _ = task.await;
     }
-    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    // During a Kafka outage nothing would go out: wait no longer than the grace allows.
+    let left = signalled.get().map_or(FINAL_FLUSH, |at| {
+        (*at + config.shutdown_grace)
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(FINAL_FLUSH)
+    });
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(left)).await;
     if !matches!(flushed, Ok(Ok(()))) {
         warn!("some metrics or alert records were not confirmed by Kafka before exit");
     }
@@ -333,6 +346,9 @@ async fn run(config: IngesterConfig) -> anyhow::Result<()> {
     );
     result.context("the ingest loop stopped")
 }
+
+/// How long the last flush of the metrics and alert records may take, at most.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 /// The counters as JSON with the instance and the time: the body of the metrics records
 /// and the details of the stop event.

@@ -31,7 +31,7 @@
 //! prefetch (`queued.max.messages.kbytes`) is the only other buffer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -83,6 +83,9 @@ const BALANCE_TIMEOUT: Duration = Duration::from_secs(5);
 const REWIND_RECORDS: i64 = 10_000;
 /// How long to wait for the topic's metadata in one attempt.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the stop waits for the alert records to go out, at most (and never beyond
+/// the stop's grace).
+const FINAL_FLUSH: Duration = Duration::from_secs(10);
 /// The `system_events.service` of this program.
 pub const SERVICE: &str = "cloud-ingester";
 
@@ -106,6 +109,50 @@ pub struct PipelineSettings {
     /// A reading dated further ahead of the ingester's clock is stored but drives no
     /// live view and no alert (`service::clock`, [`crate::future_dated`]).
     pub max_ahead: Duration,
+    /// After `stop`, how long the batch in hand may wait for Kafka (its dead letters,
+    /// the last alert records) before the stop wins.
+    pub shutdown_grace: Duration,
+}
+
+/// The stop's grace: it begins when the loop first sees `stop` (at once while it waits
+/// on anything) and lasts `shutdown_grace`. Every wait on Kafka after the stop ends
+/// with it, so a stop during a Kafka outage still ends on time.
+struct Grace {
+    stop: CancellationToken,
+    length: Duration,
+    ends: OnceLock<Instant>,
+}
+
+impl Grace {
+    fn new(stop: CancellationToken, length: Duration) -> Self {
+        Self {
+            stop,
+            length,
+            ends: OnceLock::new(),
+        }
+    }
+
+    /// When the grace ends; `None` before the stop.
+    fn ends(&self) -> Option<Instant> {
+        self.stop
+            .is_cancelled()
+            .then(|| *self.ends.get_or_init(|| Instant::now() + self.length))
+    }
+
+    /// Resolves once the stop came and its grace is over.
+    async fn over(&self) {
+        self.stop.cancelled().await;
+        if let Some(ends) = self.ends() {
+            tokio::time::sleep_until(ends).await;
+        }
+    }
+
+    /// What is left of the grace, at most `cap` (all of `cap` before the stop).
+    fn left(&self, cap: Duration) -> Duration {
+        self.ends()
+            .map_or(cap, |ends| ends.saturating_duration_since(Instant::now()))
+            .min(cap)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +191,7 @@ struct LoopState {
     /// because of [`REWIND_RECORDS`] and are passed over.
     skip_below: HashMap<i32, i64>,
     confirmations: Option<Confirmations>,
+    grace: Grace,
 }
 
 #[derive(Default)]
@@ -255,6 +303,7 @@ impl Pipeline {
                 .confirm
                 .take()
                 .map(|sink| Confirmations::start(sink, self.stats.clone())),
+            grace: Grace::new(stop.clone(), self.settings.shutdown_grace),
         };
         if let Some(redis) = &self.redis {
             if let Err(e) = alert_publish::resync_redis(self.store.pool(), redis).await {
@@ -270,7 +319,9 @@ impl Pipeline {
             let mut batch = Batch::default();
             let fill = self.fill(&mut batch, &stop, &mut state).await;
             let committed_any = !batch.is_empty();
-            // `false`: stopped while PostgreSQL was away; the batch will be replayed.
+            // `false`: stopped before the batch could be stored (PostgreSQL away, or its
+            // dead letters unconfirmed when the grace ended); it is read again after a
+            // restart.
             if committed_any && !self.flush(batch, &stop, &mut state).await? {
                 break;
             }
@@ -292,24 +343,19 @@ impl Pipeline {
         if let Some(confirmations) = state.confirmations.take() {
             confirmations.stop().await;
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing stored since the last automatic commit is not an error.
-            if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                warn!("final offset commit to Kafka failed (informational only): {e}");
-            }
-        }
         match tokio::time::timeout(BALANCE_TIMEOUT, state.ownership.leave()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!("partition leases not released (they expire by themselves): {e}"),
             Err(_) => warn!("partition leases not released in time (they expire by themselves)"),
         }
-        // Alert records are sent without waiting for Kafka; see them out.
+        // Alert records are sent without waiting for Kafka; see them out, within the grace.
         let producer = self.producer.clone();
-        let flushed =
-            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        let left = state.grace.left(FINAL_FLUSH);
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(left)).await;
         if !matches!(flushed, Ok(Ok(()))) {
             warn!("some alert records were not confirmed by Kafka before the stop");
         }
+        close_consumer(self.consumer, state.grace.left(FINAL_FLUSH)).await;
         Ok(())
     }
 
@@ -696,7 +742,8 @@ impl Pipeline {
 
     /// Dead letters, then rows with the alert transitions they cause, then offsets, then
     /// the alert records and Redis. `Ok(false)` if `stop` came while PostgreSQL was
-    /// unreachable (nothing of the batch is acknowledged).
+    /// unreachable, or Kafka had not confirmed the dead letters when the stop's grace
+    /// ended (nothing of the batch is stored or acknowledged).
     async fn flush(
         &mut self,
         batch: Batch,
@@ -704,14 +751,28 @@ impl Pipeline {
         state: &mut LoopState,
     ) -> Result<bool, PipelineError> {
         let started = std::time::Instant::now();
-        dead_letters::produce(
-            &self.producer,
-            &self.settings.dlq_topic,
-            &batch.dead_letters,
-            &self.stats,
-        )
-        .await
-        .map_err(PipelineError::DeadLetter)?;
+        // `message.timeout.ms = 0`: during a Kafka outage this waits for as long as it
+        // lasts, unless a stop's grace ends first. The letters left in the producer's
+        // queue then go nowhere (they are purged at exit) but the batch is not stored,
+        // so they are read and dead-lettered again after the restart.
+        tokio::select! {
+            produced = dead_letters::produce(
+                &self.producer,
+                &self.settings.dlq_topic,
+                &batch.dead_letters,
+                &self.stats,
+            ) => produced.map_err(PipelineError::DeadLetter)?,
+            () = state.grace.over() => {
+                warn!(
+                    records = batch.records,
+                    dead_letters = batch.dead_letters.len(),
+                    "stopping: Kafka did not confirm the batch's dead letters within the \
+                     shutdown grace; nothing of the batch is stored, it is read again after \
+                     the restart"
+                );
+                return Ok(false);
+            }
+        }
         if let Some(count) = state.dead_letters.add(batch.dead_letters.len() as u64) {
             let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
             for letter in &batch.dead_letters {
@@ -1043,6 +1104,38 @@ fn live_rows(rows: Vec<Row>, held: &[Held], clock_ms: i64, future: &FutureDated)
             Some(LiveRow { row, boot_seen_us })
         })
         .collect()
+}
+
+/// Commits the stored offsets to the group (for the tools that show them) and closes the
+/// consumer, on a thread of its own, waiting for that at most `wait`. Both talk to the
+/// group coordinator, and during a Kafka outage the close (librdkafka's, when the
+/// consumer is dropped) waits for it as long as the outage lasts; a close left behind
+/// ends with the process. Nothing is lost either way: the stored offsets that count are
+/// in PostgreSQL.
+async fn close_consumer(consumer: Arc<StreamConsumer<IngestContext>>, wait: Duration) {
+    let (closed, has_closed) = tokio::sync::oneshot::channel::<()>();
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".to_owned())
+        .spawn(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last automatic commit is not an error.
+                if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                    warn!("final offset commit to Kafka failed (informational only): {e}");
+                }
+            }
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    if let Err(e) = closing {
+        warn!("cannot close the Kafka consumer on a thread of its own: {e}");
+        return;
+    }
+    if tokio::time::timeout(wait, has_closed).await.is_err() {
+        warn!(
+            "Kafka did not answer the consumer's close within the shutdown grace; stopping \
+             without it (the group's offsets are informational, PostgreSQL holds the progress)"
+        );
+    }
 }
 
 /// Adds one record to the batch: its rows, or a dead letter.

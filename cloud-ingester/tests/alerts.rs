@@ -215,6 +215,7 @@ async fn start_with(
             retention_days: None,
             data_loss,
             max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
+            shutdown_grace: Duration::from_secs(10),
         },
         stats: stats.clone(),
         health,

@@ -98,6 +98,7 @@ async fn start(pool: &PgPool, topics: &Topics, batch_rows: usize) -> Running {
             retention_days: None,
             data_loss: Default::default(),
             max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
+            shutdown_grace: Duration::from_secs(10),
         },
         stats: stats.clone(),
         health,

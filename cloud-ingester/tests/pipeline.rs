@@ -111,6 +111,7 @@ async fn start_on(
             retention_days: None,
             data_loss: Default::default(),
             max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
+            shutdown_grace: Duration::from_secs(10),
         },
         stats: stats.clone(),
         health,

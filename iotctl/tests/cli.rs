@@ -926,6 +926,7 @@ impl Pipeline {
                 retention_days: None,
                 data_loss: Default::default(),
                 max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
+                shutdown_grace: Duration::from_secs(10),
             },
             stats,
             health,
