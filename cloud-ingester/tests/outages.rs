@@ -1,9 +1,11 @@
-//! The binary through long outages (issue 15, item 4): a stop during a Kafka outage
-//! ends within `shutdown_grace` even while the batch in hand waits for its dead letters
-//! to be confirmed.
+//! The binary through long outages (issue 15, items 4 and 5): a stop during a Kafka
+//! outage ends within `shutdown_grace` even while the batch in hand waits for its dead
+//! letters to be confirmed, and a PostgreSQL outage longer than librdkafka's
+//! `max.poll.interval.ms` ends with the same instance going on, nothing lost.
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -265,4 +267,179 @@ async fn a_stop_during_a_kafka_outage_ends_within_the_grace_and_leaves_the_dead_
         }
     }
     eprintln!("{} dead-letter records for 3 dead letters", found.len());
+}
+
+/// PostgreSQL away for longer than librdkafka's `max.poll.interval.ms` (shortened to 6 s
+/// through `kafka.properties`) and than the leases last (10 s), while the ingester
+/// retries a batch's write without polling Kafka. The ingester assigns itself its
+/// partitions (no group membership), so librdkafka has no group to leave, and nobody
+/// else claimed the expired leases: when PostgreSQL is back, the same process goes on
+/// with the same leases, and every reading produced before, during and after the outage
+/// is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_longer_than_the_poll_interval_ends_with_the_same_instance_and_nothing_lost(
+) {
+    const MAX_POLL_INTERVAL: Duration = Duration::from_secs(6);
+    let mut postgres = testkit::Postgres::start();
+    let url = postgres.url("postgres");
+    let topic = testkit::unique_name("data");
+    let dlq = testkit::unique_name("dlq");
+    support::create_topics(&[&topic, &dlq]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingester.toml");
+    let poll_ms = MAX_POLL_INTERVAL.as_millis();
+    // librdkafka refuses a poll interval below the session timeout (45 s by default).
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka.properties]\n\"max.poll.interval.ms\" = {poll_ms}\n\
+             \"session.timeout.ms\" = {poll_ms}\n"
+        ),
+    )
+    .unwrap();
+    let id = testkit::unique_name("ingest");
+    let mut ingester = ChildGuard::spawn(
+        "cloud-ingester",
+        Command::new(env!("CARGO_BIN_EXE_cloud-ingester"))
+            .arg("--config")
+            .arg(Path::new(&config))
+            .args(["--migrate", "--topic", &topic, "--dlq-topic", &dlq])
+            .args(["--group", &testkit::unique_name("group"), "--id", &id])
+            .args(["--batch-age", "200ms", "--http-listen", "127.0.0.1:0"])
+            .env("INGESTER_KAFKA__METRICS_TOPIC", "")
+            .env("INGESTER_KAFKA__ALERTS_TOPIC", "")
+            .env("INGESTER_KAFKA__CONFIRM_TOPIC", "")
+            .env("DATABASE_URL", &url)
+            .env("REDIS_URL", "")
+            .env("KAFKA_BROKERS", testkit::kafka_brokers())
+            .env("RUST_LOG", "info"),
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await
+        .unwrap();
+    let devices = ["press-01", "furnace-01", "compressor-01"];
+    let per_phase = 60;
+    let stored = &pool;
+    // `Some` once the readings of `phases` phases are stored; `None` also while
+    // PostgreSQL does not answer.
+    let rows = |phases: i64| async move {
+        let count: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM sensor_readings")
+            .fetch_one(stored)
+            .await
+            .ok();
+        (count == Some(phases * per_phase as i64 * 10)).then_some(())
+    };
+
+    produce_to(
+        &testkit::kafka_brokers(),
+        &topic,
+        &frames(&devices, 0, per_phase),
+    )
+    .await;
+    eventually(
+        "the first readings stored",
+        Duration::from_secs(90),
+        &ingester,
+        || rows(1),
+    )
+    .await;
+    let leases = || async {
+        sqlx::query_as::<_, (i32, Option<String>, i64)>(
+            "SELECT partition, owner, lease_epoch FROM ingest_partitions \
+             WHERE topic = $1 ORDER BY partition",
+        )
+        .bind(&topic)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let held_before = leases().await;
+    assert_eq!(held_before.len(), 3, "{held_before:?}");
+
+    postgres.stop();
+    // Records the ingester reads and cannot store: it retries their batch, not polling.
+    produce_to(
+        &testkit::kafka_brokers(),
+        &topic,
+        &frames(&devices, per_phase, per_phase),
+    )
+    .await;
+    eventually(
+        "the ingester retrying its write",
+        Duration::from_secs(30),
+        &ingester,
+        || async {
+            log_of(&ingester)
+                .contains("PostgreSQL write failed")
+                .then_some(())
+        },
+    )
+    .await;
+    // Past the poll interval and the leases' 10 s, with margin.
+    tokio::time::sleep(MAX_POLL_INTERVAL + Duration::from_secs(14)).await;
+    postgres.restart();
+    produce_to(
+        &testkit::kafka_brokers(),
+        &topic,
+        &frames(&devices, 2 * per_phase, per_phase),
+    )
+    .await;
+    eventually(
+        "every reading stored after the outage",
+        Duration::from_secs(120),
+        &ingester,
+        || rows(3),
+    )
+    .await;
+
+    assert!(
+        ingester.try_wait().is_none(),
+        "the ingester still runs; log:\n{}",
+        ingester.log_tail()
+    );
+    assert_eq!(
+        events(&pool, &id, "start").await.len(),
+        1,
+        "one instance, never restarted"
+    );
+    assert_eq!(
+        leases().await,
+        held_before,
+        "the same member holds the same leases (same epochs: never lost or re-claimed)"
+    );
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT device_id, boot_id, seq FROM sensor_readings) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let counted: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM device_stats_hourly")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let expected = 3 * per_phase as i64 * 10;
+    assert_eq!(
+        (distinct, counted),
+        (expected, expected),
+        "each reading once"
+    );
+    let outage = events(&pool, &id, "error").await;
+    assert_eq!(outage.len(), 1, "{outage:?}");
+    // The scenario's premise, not a speed: the batch waited, unpolled, longer than the
+    // poll interval and the leases.
+    let waited = outage[0]["seconds"].as_f64().unwrap_or_default();
+    let premise = MAX_POLL_INTERVAL.max(cloud_ingester::ownership::LEASE_TTL);
+    assert!(
+        waited > premise.as_secs_f64(),
+        "the write was retried for {waited} s, not past {premise:?}"
+    );
+    // librdkafka enforces the interval only on a subscribed consumer (its MAXPOLL
+    // warning, then leaving the group); an assigned one has no group to leave.
+    let log = log_of(&ingester);
+    assert!(!log.contains("MAXPOLL"), "log:\n{log}");
+    assert!(ingester.terminate(Duration::from_secs(30)).success());
+    pool.close().await;
 }
