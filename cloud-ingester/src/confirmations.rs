@@ -186,7 +186,7 @@ pub fn add_refused(list: &mut Ranges, start: u64, end: u64) {
 fn refused(letter: &DeadLetter) -> Option<(DeviceId, BootId, u64, u64)> {
     match letter.rejection.reason {
         RejectReason::Decode => return None,
-        RejectReason::UnknownDevice | RejectReason::UnknownChannel | RejectReason::Timestamp => {}
+        RejectReason::UnknownDevice | RejectReason::UnknownChannel => {}
     }
     let frame = Frame::decode(&letter.payload).ok()?;
     let end = frame.first_seq.checked_add(frame.readings.len() as u64)?;

@@ -222,14 +222,13 @@ impl Batch {
     /// Checks the batch's dead letters of unknown devices or channels again against a
     /// newer catalog: those that pass now become rows, the others keep their new reason.
     fn recheck_unknown(&mut self, catalog: &Catalog) {
-        let now = now_ms() as u64;
         let mut kept = Vec::with_capacity(self.dead_letters.len());
         for letter in std::mem::take(&mut self.dead_letters) {
             if !letter.unknown_to_catalog() {
                 kept.push(letter);
                 continue;
             }
-            match catalog.check(&letter.payload, now) {
+            match catalog.check(&letter.payload) {
                 Ok(frame) => {
                     self.routes.note(frame.device.as_str(), letter.mqtt_topic());
                     rows_from_frame(&frame, &mut self.rows);
@@ -1145,7 +1144,7 @@ fn add(catalog: &Catalog, batch: &mut Batch, message: &BorrowedMessage<'_>) {
     let offset = batch.offsets.entry(message.partition()).or_insert(-1);
     *offset = (*offset).max(message.offset());
     let payload = message.payload().unwrap_or_default();
-    match catalog.check(payload, now_ms() as u64) {
+    match catalog.check(payload) {
         Ok(frame) => {
             let mqtt_topic = confirmations::mqtt_topic_of(message.headers());
             batch.routes.note(frame.device.as_str(), mqtt_topic);

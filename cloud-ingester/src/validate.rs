@@ -1,17 +1,16 @@
 //! What a frame must be, beyond decoding, before its readings are stored: from a device
-//! and channels the `devices` table knows, at a time that can be real. Anything else is
-//! dead-lettered with the reason instead of failing the batch it came in.
+//! and channels the `devices` table knows. Anything else is dead-lettered with the reason
+//! instead of failing the batch it came in.
+//!
+//! A reading's time is never a reason (the clock policy, `service::clock`): a Pi whose
+//! clock is unset (1970) or wrong (a day ahead) still measured something, and a refusal
+//! would be confirmed to its agent as refused, so the agent would drop it. Such readings
+//! are stored; the live views and alerts keep them out (see `future_dated`).
 
 use std::collections::{HashMap, HashSet};
 
 use protocol::Frame;
 use sqlx::PgPool;
-
-/// Earliest plausible reading time: 2000-01-01T00:00:00Z. A device clock before that
-/// has never been set (the agent flags unsynchronised clocks, which are still stored).
-pub const EARLIEST_TS_MS: u64 = 946_684_800_000;
-/// How far ahead of the ingester's clock a reading may be.
-pub const MAX_FUTURE_MS: u64 = 24 * 3600 * 1000;
 
 /// Why a record went to the dead-letter topic; the code is its `dlq-reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,16 +19,13 @@ pub enum RejectReason {
     Decode,
     UnknownDevice,
     UnknownChannel,
-    /// A reading time before 2000 or more than a day ahead of now.
-    Timestamp,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
+    pub const ALL: [RejectReason; 3] = [
         RejectReason::Decode,
         RejectReason::UnknownDevice,
         RejectReason::UnknownChannel,
-        RejectReason::Timestamp,
     ];
 
     pub fn code(self) -> &'static str {
@@ -37,7 +33,6 @@ impl RejectReason {
             RejectReason::Decode => "decode",
             RejectReason::UnknownDevice => "unknown-device",
             RejectReason::UnknownChannel => "unknown-channel",
-            RejectReason::Timestamp => "timestamp",
         }
     }
 }
@@ -85,7 +80,7 @@ impl Catalog {
     }
 
     /// Decodes and checks one record's value.
-    pub fn check(&self, payload: &[u8], now_ms: u64) -> Result<Frame, Rejection> {
+    pub fn check(&self, payload: &[u8]) -> Result<Frame, Rejection> {
         let frame = Frame::decode(payload).map_err(|e| Rejection {
             reason: RejectReason::Decode,
             detail: e.to_string(),
@@ -97,21 +92,13 @@ impl Catalog {
                 detail: format!("device {device:?} is not in the devices table"),
             });
         };
-        for (_, ts_ms, reading) in frame.iter() {
+        for (_, _, reading) in frame.iter() {
             if !channels.contains(&reading.channel) {
                 return Err(Rejection {
                     reason: RejectReason::UnknownChannel,
                     detail: format!(
                         "device {device:?} has no channel {} in device_channels",
                         reading.channel
-                    ),
-                });
-            }
-            if ts_ms < EARLIEST_TS_MS || ts_ms > now_ms.saturating_add(MAX_FUTURE_MS) {
-                return Err(Rejection {
-                    reason: RejectReason::Timestamp,
-                    detail: format!(
-                        "reading time {ts_ms} ms is before 2000 or more than a day ahead of {now_ms}"
                     ),
                 });
             }
@@ -145,8 +132,8 @@ mod tests {
     #[test]
     fn each_kind_of_bad_record_gets_its_reason() {
         let catalog = Catalog::from_pairs([("press-01", 0), ("press-01", 1)]);
-        let reason = |payload: &[u8]| catalog.check(payload, NOW).unwrap_err().reason;
-        assert!(catalog.check(&encode("press-01", 1, NOW), NOW).is_ok());
+        let reason = |payload: &[u8]| catalog.check(payload).unwrap_err().reason;
+        assert!(catalog.check(&encode("press-01", 1, NOW)).is_ok());
         assert_eq!(reason(b"garbage"), RejectReason::Decode);
         assert_eq!(
             reason(&encode("ghost-01", 0, NOW)),
@@ -156,16 +143,13 @@ mod tests {
             reason(&encode("press-01", 7, NOW)),
             RejectReason::UnknownChannel
         );
-        assert_eq!(
-            reason(&encode("press-01", 0, 1_000)),
-            RejectReason::Timestamp
-        );
-        assert_eq!(
-            reason(&encode("press-01", 0, NOW + MAX_FUTURE_MS + 1)),
-            RejectReason::Timestamp
-        );
-        assert!(catalog
-            .check(&encode("press-01", 0, NOW + MAX_FUTURE_MS), NOW)
-            .is_ok());
+    }
+
+    #[test]
+    fn no_reading_is_refused_for_its_clock() {
+        let catalog = Catalog::from_pairs([("press-01", 0)]);
+        for ts in [0, 1_000, NOW, NOW + 2 * 86_400_000] {
+            assert!(catalog.check(&encode("press-01", 0, ts)).is_ok(), "{ts}");
+        }
     }
 }
