@@ -643,7 +643,7 @@ impl DiskQueue {
     pub fn sync(&mut self) -> Result<(), QueueError> {
         if let (Some(active), Some(last)) = (self.active.as_mut(), self.segments.back()) {
             if active.dirty {
-                active.file.sync_data().map_err(|cause| QueueError::Io {
+                fsync_data(&active.file).map_err(|cause| QueueError::Io {
                     op: "fsync",
                     path: segment_path(&self.dir, last.first_id),
                     cause,
@@ -933,7 +933,7 @@ impl DiskQueue {
         last.checkpoints.shrink_to_fit();
         let first_id = last.first_id;
         if active.dirty {
-            if let Err(e) = active.file.sync_data() {
+            if let Err(e) = fsync_data(&active.file) {
                 warn!(file = %self.segment_path(first_id).display(), error = %e, "cannot fsync a sealed queue segment");
             }
         }
@@ -1092,7 +1092,7 @@ impl DiskQueue {
         let tmp = self.dir.join(ACKS_TMP_FILE);
         let written = File::create(&tmp).and_then(|mut file| {
             file.write_all(&bytes)?;
-            file.sync_data()
+            fsync_data(&file)
         });
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
@@ -1184,12 +1184,52 @@ fn load_acks(dir: &Path) -> (SavedAcks, AcksState) {
 
 fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
+        .and_then(|d| {
+            slow_disk::before_fsync();
+            d.sync_all()
+        })
         .map_err(|cause| QueueError::Io {
             op: "fsync",
             path: dir.to_owned(),
             cause,
         })
+}
+
+/// Every fsync of a queue file goes through here (and `fsync_dir`), so the slow-disk
+/// test hook delays them all.
+fn fsync_data(file: &File) -> io::Result<()> {
+    slow_disk::before_fsync();
+    file.sync_data()
+}
+
+/// Test hook, compiled only with the `slow-disk-test` feature (which only the agent's own
+/// tests enable, through their dev-dependency on the crate): every queue fsync first
+/// sleeps for the delay set here, to play a slow SD card. Without the feature the hook
+/// is an empty function, so the agent that ships has no such code.
+#[cfg(feature = "slow-disk-test")]
+pub mod slow_disk {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    static FSYNC_DELAY_US: AtomicU64 = AtomicU64::new(0);
+
+    /// Makes every queue fsync in this process take at least `delay` more.
+    pub fn set_fsync_delay(delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        FSYNC_DELAY_US.store(us, Ordering::Relaxed);
+    }
+
+    pub(super) fn before_fsync() {
+        let us = FSYNC_DELAY_US.load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
+        }
+    }
+}
+
+#[cfg(not(feature = "slow-disk-test"))]
+mod slow_disk {
+    pub(super) fn before_fsync() {}
 }
 
 /// Takes the directory's `lock` file exclusively, without waiting.
