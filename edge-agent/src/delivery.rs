@@ -20,6 +20,8 @@
 //! again on the next one. Nothing is deleted on a PUBACK that cannot be trusted.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -238,6 +240,8 @@ pub struct Delivery {
     last_puback: Option<Instant>,
     started: Instant,
     counters: Counters,
+    /// Written by the sampling thread (see `agent::Sampler`).
+    missed_ticks: Arc<AtomicU64>,
     tls: Option<TlsConfiguration>,
 }
 
@@ -258,7 +262,13 @@ fn control_burst(config: &AgentConfig) -> usize {
 }
 
 impl Delivery {
-    pub fn new(config: AgentConfig, boot_id: String, queue: DiskQueue) -> anyhow::Result<Self> {
+    /// `missed_ticks` is the sampler's count of ticks it missed, reported in health.
+    pub fn new(
+        config: AgentConfig,
+        boot_id: String,
+        queue: DiskQueue,
+        missed_ticks: Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
         let tls = config.mqtt.tls.as_ref().map(load_tls).transpose()?;
         let rate = f64::from(config.delivery.catch_up_rate);
         let topics = Topics::new(&config);
@@ -282,6 +292,7 @@ impl Delivery {
             last_puback: None,
             started: Instant::now(),
             counters: Counters::default(),
+            missed_ticks,
             tls,
             config,
         };
@@ -396,6 +407,7 @@ impl Delivery {
             ignored_confirmations: self.counters.ignored_confirmations,
             resent_frames: self.counters.resent_frames,
             protocol_errors: self.counters.protocol_errors,
+            missed_ticks: self.missed_ticks.load(Ordering::Relaxed),
             dropped: self.dropped.report(),
             confirm_wait_p50_ms: self.awaiting.waits.quantile_ms(0.5),
             confirm_wait_p99_ms: self.awaiting.waits.quantile_ms(0.99),

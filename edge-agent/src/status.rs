@@ -42,6 +42,11 @@ pub struct Health {
     /// or a duplicate), or a packet id given out twice. Each dropped the connection and
     /// deleted nothing; the frames not yet acknowledged were sent again.
     pub protocol_errors: u64,
+    /// Sampling ticks missed since start, all channels together: a tick whose time
+    /// passed without the channel being sampled, because the sampler had to wait for
+    /// delivery (more than 8 frames behind, e.g. on a slow disk) or was not scheduled in
+    /// time. Sampling then resumes on its schedule; the missed ticks leave no reading.
+    pub missed_ticks: u64,
     /// PUBACK to confirmation of the frames confirmed since start, median and 99th
     /// percentile, as the upper bound of a histogram bucket (5, 10, 20, 50, 100, 150,
     /// 200, 300, 400, 500, 750 ms, 1, 2, 5, 30 s); absent before the first.
