@@ -114,7 +114,6 @@ pub async fn run(
     let (done_tx, mut done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("sampler".to_owned())
-        .stack_size(SAMPLER_STACK)
         .spawn(move || {
             let _ = done_tx.send(sampler.run(&stop_rx));
         })
@@ -129,9 +128,11 @@ pub async fn run(
     let sealed = match finished {
         Some(sealed) => sealed,
         None => done_rx.await,
-    }
-    .context("the sampling thread panicked")?;
+    };
+    // Delivery first, whatever became of the sampler: it drains and syncs the queue, and
+    // its error, if any, is why the sampler stopped.
     delivery.await.context("delivery task")??;
+    let sealed = sealed.context("the sampling thread panicked")?;
     let health = health_rx.borrow_and_update().clone();
     Ok(RunReport {
         boot_id,
@@ -139,10 +140,6 @@ pub async fn run(
         health,
     })
 }
-
-/// The sampler's thread stack: it holds a frame's encoding buffer and little else, and
-/// only the pages it touches count in the RSS.
-const SAMPLER_STACK: usize = 256 * 1024;
 
 /// How often a warning about missed ticks may be logged; each one carries the count.
 const MISSED_TICKS_LOG_INTERVAL: Duration = Duration::from_secs(60);
