@@ -552,6 +552,9 @@ async fn clean_up(
         services::redis_key(prefix, "latest", DEVICE),
         services::redis_key(prefix, "recent", DEVICE),
         last_seen,
+        // The order beside last_seen: which boot and seq wrote it (the ingester's clock
+        // policy), so a stale value cannot move it back.
+        services::redis_key(prefix, "last_seen_order", DEVICE),
     ];
     let () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
     Ok(())
