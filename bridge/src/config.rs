@@ -490,8 +490,7 @@ impl BridgeConfig {
             problems.push("latest.interval: at least 100 ms".to_owned());
         }
         // Below a second, honest skew between a synchronised Pi and the bridge would hide
-        // live values; beyond a day is no bound (the ingester accepts readings up to a
-        // day ahead).
+        // live values; beyond a day is no bound at all.
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
             .contains(&self.clock.max_ahead)
         {

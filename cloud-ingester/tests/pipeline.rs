@@ -980,7 +980,7 @@ async fn a_reading_dated_a_day_ahead_freezes_neither_latest_last_seen_nor_alerts
     running.wait_records(1, Duration::from_secs(60)).await;
     wait_live(&prefix, device, boot, 9, now - 20_000 + 9 * 200).await;
 
-    // A day ahead (within the day validation accepts): stored, not live.
+    // Nearly a day ahead (a bad GPS fix): stored, not live.
     let ahead = now + 23 * 3_600_000;
     send(10, ahead, &normal).await;
     running.wait_records(2, Duration::from_secs(60)).await;
