@@ -17,6 +17,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 target_dir=${CARGO_TARGET_DIR:-target}
+# No incremental state: CI builds once from scratch, and the incremental caches of some
+# 50 test binaries would need gigabytes of disk more (a developer may set it to 1).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 failures=()
 current_step=
