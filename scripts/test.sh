@@ -93,6 +93,24 @@ summary() {
   if ((${#failures[@]})); then
     printf '\nFAILED:\n' >&2
     printf '  %s\n' "${failures[@]}" >&2
+    disk_note >&2
+  fi
+}
+
+# Free space where the build goes, in MiB.
+free_mib() {
+  df -Pm "$target_dir" 2>/dev/null | awk 'NR == 2 { print $4 }'
+}
+
+# A full disk makes every later step fail in ways that do not say so (a linker error,
+# a broken apt): name it once, with what a run needs.
+disk_note() {
+  local free
+  free=$(free_mib)
+  if [[ -n $free ]] && ((free < disk_needed_mib)); then
+    printf '\nthe disk is (nearly) full: %s MiB free in %s; a run needs about %s MiB\n' \
+      "$free" "$target_dir" "$disk_needed_mib"
+    printf '(the test build is about 2.4 GB, a fresh machine also builds Tansu in /tmp)\n'
   fi
 }
 
@@ -121,6 +139,16 @@ test_processes() {
       /tansu broker/ || /redis-server 127\.0\.0\.1:/ { print }' |
     grep -v -e "awk -v tmp" || true
 }
+
+# What a run takes on a fresh clone: the test build (2.4 GB measured), the release,
+# cross and fuzz builds, and Tansu's first build, with room to spare.
+disk_needed_mib=6000
+mkdir -p "$target_dir"
+free=$(free_mib)
+if [[ -n $free ]] && ((free < disk_needed_mib)); then
+  printf 'warning: %s MiB free in %s; a fresh run needs about %s MiB (going on)\n' \
+    "$free" "$target_dir" "$disk_needed_mib" >&2
+fi
 
 step "local service stack"
 run 30m scripts/stack.sh up
