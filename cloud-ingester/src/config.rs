@@ -99,7 +99,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
-            prefix: "plant".to_owned(),
+            prefix: crate::redis_sink::DEFAULT_PREFIX.to_owned(),
         }
     }
 }

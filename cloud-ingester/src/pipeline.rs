@@ -885,7 +885,7 @@ impl Pipeline {
         let at_ms = now_ms();
         let events: Vec<AlertEvent> = applied
             .iter()
-            .map(|applied| AlertEvent::new(applied, state.alerts.rules(), at_ms))
+            .map(|applied| alert_publish::event(applied, state.alerts.rules(), at_ms))
             .collect();
         for event in &events {
             self.stats.alert_transition(event.transition);
@@ -977,7 +977,7 @@ impl Pipeline {
         let at_ms = now_ms();
         let events: Vec<AlertEvent> = applied
             .iter()
-            .map(|applied| AlertEvent::new(applied, state.alerts.rules(), at_ms))
+            .map(|applied| alert_publish::event(applied, state.alerts.rules(), at_ms))
             .collect();
         for event in &events {
             self.stats.alert_transition(event.transition);

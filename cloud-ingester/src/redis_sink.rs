@@ -15,14 +15,13 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use contracts::redis::{LatestValue, RedisKeys};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
-use serde::Serialize;
 
 use crate::rows::Row;
 
-/// Default key prefix (`plant:latest:furnace-01`, …).
-pub const DEFAULT_PREFIX: &str = "plant";
+pub use contracts::redis::DEFAULT_PREFIX;
 
 /// The Lua script run once per batch (one `EVALSHA`, one round trip).
 ///
@@ -252,7 +251,7 @@ pub struct WriteOutcome {
 pub struct RedisSink {
     con: ConnectionManager,
     script: Script,
-    prefix: String,
+    keys: RedisKeys,
     stream_maxlen: usize,
     stream_per_device: usize,
     stream_per_batch: usize,
@@ -263,7 +262,7 @@ pub struct RedisSink {
 impl std::fmt::Debug for RedisSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSink")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
             .field("stream_maxlen", &self.stream_maxlen)
             .finish_non_exhaustive()
     }
@@ -297,17 +296,6 @@ impl LiveRow {
                 > (other.boot_seen_us, other.row.boot_id as u64)
         }
     }
-}
-
-#[derive(Serialize)]
-struct LatestJson<'a> {
-    ts: i64,
-    v: f32,
-    q: i16,
-    boot: &'a str,
-    seq: i64,
-    synced: bool,
-    boot_seen_us: i64,
 }
 
 /// The stream's order: reading time (its entry ids are times), then identity.
@@ -372,7 +360,7 @@ impl RedisSink {
         Ok(Self {
             con,
             script: Script::new(SCRIPT),
-            prefix: config.prefix,
+            keys: RedisKeys::new(config.prefix),
             stream_maxlen: config.stream_maxlen,
             stream_per_device: config.stream_per_device_per_batch,
             stream_per_batch: config.stream_per_batch,
@@ -381,33 +369,9 @@ impl RedisSink {
         })
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// `{prefix}:latest:{device}`
-    pub fn latest_key(&self, device: &str) -> String {
-        format!("{}:latest:{device}", self.prefix)
-    }
-
-    /// `{prefix}:recent:{device}`
-    pub fn recent_key(&self, device: &str) -> String {
-        format!("{}:recent:{device}", self.prefix)
-    }
-
-    /// `{prefix}:last_seen:{device}`
-    pub fn last_seen_key(&self, device: &str) -> String {
-        format!("{}:last_seen:{device}", self.prefix)
-    }
-
-    /// `{prefix}:last_seen_order:{device}`
-    pub fn last_seen_order_key(&self, device: &str) -> String {
-        format!("{}:last_seen_order:{device}", self.prefix)
-    }
-
-    /// `{prefix}:alerts:open`
-    pub fn open_alerts_key(&self) -> String {
-        format!("{}:alerts:open", self.prefix)
+    /// The key layout this sink writes, under its prefix.
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
     }
 
     /// Mirrors one committed batch into Redis in a single round trip. `now_ms` (ms since
@@ -454,10 +418,10 @@ impl RedisSink {
         invocation.arg(self.stream_maxlen).arg(devices.len());
         for (device, work) in &mut devices {
             invocation
-                .key(self.latest_key(device))
-                .key(self.recent_key(device))
-                .key(self.last_seen_key(device))
-                .key(self.last_seen_order_key(device));
+                .key(self.keys.latest(device))
+                .key(self.keys.recent(device))
+                .key(self.keys.last_seen(device))
+                .key(self.keys.last_seen_order(device));
 
             // The device's newest reading dates last_seen.
             let newest = work.latest.values().copied().reduce(|kept, live| {
@@ -510,20 +474,20 @@ impl RedisSink {
             invocation.arg(work.latest.len()).arg(stream_rows.len());
             for (channel, live) in &work.latest {
                 let row = &live.row;
-                let boot = boot_hex(row);
-                let json = serde_json::to_string(&LatestJson {
+                let value = LatestValue {
                     ts: row.ts_ms,
-                    v: row.value,
+                    v: Some(row.value),
                     q: row.quality,
-                    boot: &boot,
+                    boot: boot_hex(row),
                     seq: row.seq,
                     synced: row.clock_synced,
-                    boot_seen_us: live.boot_seen_us,
-                })?;
+                    boot_seen_us: Some(live.boot_seen_us),
+                };
+                let json = serde_json::to_string(&value)?;
                 invocation
                     .arg(channel.to_string())
                     .arg(live.boot_seen_us)
-                    .arg(boot)
+                    .arg(value.boot)
                     .arg(row.seq)
                     .arg(json);
             }
@@ -557,7 +521,7 @@ impl RedisSink {
     /// Records (or replaces) an open alert in `{prefix}:alerts:open`.
     pub async fn set_open_alert(&self, alert_id: i64, json: &str) -> Result<(), RedisSinkError> {
         let mut con = self.con.clone();
-        let key = self.open_alerts_key();
+        let key = self.keys.open_alerts();
         let mut cmd = redis::cmd("HSET");
         cmd.arg(&key).arg(alert_id).arg(json);
         self.bounded("HSET open alert", cmd.exec_async(&mut con))
@@ -567,7 +531,7 @@ impl RedisSink {
     /// Removes an alert from the open set; true if it was there.
     pub async fn clear_alert(&self, alert_id: i64) -> Result<bool, RedisSinkError> {
         let mut con = self.con.clone();
-        let key = self.open_alerts_key();
+        let key = self.keys.open_alerts();
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(&key).arg(alert_id);
         let removed: i64 = self
@@ -582,7 +546,7 @@ impl RedisSink {
         alerts: &[(i64, String)],
     ) -> Result<(), RedisSinkError> {
         let mut con = self.con.clone();
-        let key = self.open_alerts_key();
+        let key = self.keys.open_alerts();
         let mut pipe = redis::pipe();
         pipe.atomic().del(&key).ignore();
         if !alerts.is_empty() {
@@ -661,23 +625,5 @@ mod tests {
         assert!(new_boot.is_newer_than(&old_boot) && !old_boot.is_newer_than(&new_boot));
         // A replay is not newer than itself.
         assert!(!new_boot.is_newer_than(&new_boot.clone()));
-    }
-
-    #[test]
-    fn latest_json_is_readable_and_non_finite_values_are_null() -> anyhow::Result<()> {
-        let json = serde_json::to_string(&LatestJson {
-            ts: 1_700_000_000_010,
-            v: f32::NAN,
-            q: 1,
-            boot: "ff00000000000001",
-            seq: 42,
-            synced: false,
-            boot_seen_us: 1_700_000_000_000_123,
-        })?;
-        assert_eq!(
-            json,
-            r#"{"ts":1700000000010,"v":null,"q":1,"boot":"ff00000000000001","seq":42,"synced":false,"boot_seen_us":1700000000000123}"#
-        );
-        Ok(())
     }
 }

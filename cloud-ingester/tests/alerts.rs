@@ -561,7 +561,7 @@ async fn open_in_redis(redis: &RedisSink) -> BTreeMap<i64, serde_json::Value> {
     let client = redis::Client::open(testkit::redis_url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let fields: BTreeMap<i64, String> = redis::cmd("HGETALL")
-        .arg(redis.open_alerts_key())
+        .arg(redis.keys().open_alerts())
         .query_async(&mut con)
         .await
         .unwrap();

@@ -599,7 +599,7 @@ async fn redis_gets_the_newest_values_after_the_commit_and_an_outage_blocks_noth
     };
     let mut redis = testkit::Redis::start();
     let sink = RedisSink::new(&redis.url(), "plant").unwrap();
-    let latest_key = sink.latest_key("compressor-01");
+    let latest_key = sink.keys().latest("compressor-01");
     let redis_url = redis.url();
     let latest_seq = |channel: &'static str| {
         let url = redis_url.clone();

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use contracts::redis::{LatestValue, RedisKeys, DEFAULT_PREFIX};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -144,7 +145,7 @@ impl Ledger {
             .observed
             .health
             .values()
-            .filter_map(|h| h["resent_frames"].as_u64())
+            .map(|h| h.resent_frames)
             .sum();
         for ((device, boot, seq), acknowledged) in &reported {
             let key = (device.clone(), *boot, *seq);
@@ -549,7 +550,7 @@ async fn redis_against_rows(db: &PgPool, redis_url: &str) -> Result<(u64, Vec<St
         .await
         .context("reading the newest rows")?;
         let latest: BTreeMap<String, String> = redis
-            .hgetall(format!("plant:latest:{device}"))
+            .hgetall(RedisKeys::new(DEFAULT_PREFIX).latest(device))
             .await
             .context("reading the latest values from Redis")?;
         for (channel, ts, boot, seq) in newest {
@@ -557,14 +558,8 @@ async fn redis_against_rows(db: &PgPool, redis_url: &str) -> Result<(u64, Vec<St
             let want = (ts, format!("{:016x}", boot as u64), seq);
             let got = latest
                 .get(&channel.to_string())
-                .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
-                .map(|v| {
-                    (
-                        v["ts"].as_i64().unwrap_or(-1),
-                        v["boot"].as_str().unwrap_or_default().to_owned(),
-                        v["seq"].as_i64().unwrap_or(-1),
-                    )
-                });
+                .and_then(|json| serde_json::from_str::<LatestValue>(json).ok())
+                .map(|v| (v.ts, v.boot, v.seq));
             if got.as_ref() != Some(&want) {
                 mismatches.push(format!(
                     "{device}/{channel}: Redis {got:?}, newest row {want:?}"
@@ -580,24 +575,14 @@ async fn redis_against_rows(db: &PgPool, redis_url: &str) -> Result<(u64, Vec<St
 fn reported_drops(observed: &Observed) -> Result<BTreeMap<(String, i64, u64), bool>> {
     let mut drops = BTreeMap::new();
     for (gateway, health) in &observed.health {
-        let Some(spans) = health.get("dropped").and_then(|d| d.as_array()) else {
-            continue;
-        };
-        for span in spans {
-            let device = span["device"].as_str().unwrap_or_default().to_owned();
-            let boot = span["boot"]
-                .as_str()
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                .with_context(|| format!("{gateway}: a dropped span without a boot: {span}"))?
-                as i64;
-            for (list, acknowledged) in [("unsent", false), ("after_puback", true)] {
-                for range in span[list].as_array().into_iter().flatten() {
-                    let (start, end) = (range[0].as_u64(), range[1].as_u64());
-                    let (Some(start), Some(end)) = (start, end) else {
-                        bail!("{gateway}: a malformed dropped range: {range}");
-                    };
+        for span in &health.dropped {
+            let boot = u64::from_str_radix(&span.boot, 16).with_context(|| {
+                format!("{gateway}: a dropped span with a malformed boot: {span:?}")
+            })? as i64;
+            for (list, acknowledged) in [(&span.unsent, false), (&span.after_puback, true)] {
+                for &[start, end] in list {
                     for seq in start..end {
-                        drops.insert((device.clone(), boot, seq), acknowledged);
+                        drops.insert((span.device.clone(), boot, seq), acknowledged);
                     }
                 }
             }

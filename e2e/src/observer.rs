@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use contracts::status::{Health, AGENT_KIND};
 use protocol::Frame;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 /// The telemetry topics of every device (`plant/{site}/{line}/{device}/telemetry`).
@@ -33,7 +35,7 @@ pub struct Observed {
     /// The newest status of each edge-agent gateway, by gateway id.
     pub gateways: BTreeMap<String, serde_json::Value>,
     /// The newest health report of each gateway (a clean stop's goodbye carries the last).
-    pub health: BTreeMap<String, serde_json::Value>,
+    pub health: BTreeMap<String, Health>,
 }
 
 impl Observed {
@@ -153,9 +155,9 @@ fn record(seen: &mut Observed, devices: &[String], topic: &str, payload: &[u8]) 
     let topic_device = topic.split('/').nth(3).unwrap_or_default();
     if topic.ends_with("/status") {
         if let Ok(status) = serde_json::from_slice::<serde_json::Value>(payload) {
-            if status["kind"] == "edge-agent" {
-                if let Some(health) = status.get("health") {
-                    seen.health.insert(topic_device.to_owned(), health.clone());
+            if status["kind"] == AGENT_KIND {
+                if let Some(Ok(health)) = status.get("health").map(Health::deserialize) {
+                    seen.health.insert(topic_device.to_owned(), health);
                 }
                 seen.gateways.insert(topic_device.to_owned(), status);
             }

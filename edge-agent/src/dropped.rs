@@ -8,22 +8,10 @@
 
 use std::collections::BTreeMap;
 
+use contracts::status::DroppedSpan;
 use protocol::BootId;
-use serde::Serialize;
 
 use crate::confirmations::FrameSpan;
-
-/// One (device, boot)'s dropped readings, as half-open `[start, end)` ranges.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DroppedSpan {
-    pub device: String,
-    /// 16 hex digits, as everywhere else the boot id is shown.
-    pub boot: String,
-    /// Never acknowledged by the broker: lost, unless a frame in flight got through.
-    pub unsent: Vec<[u64; 2]>,
-    /// Acknowledged by the broker before they were dropped: they may still be stored.
-    pub after_puback: Vec<[u64; 2]>,
-}
 
 /// Half-open ranges, sorted and disjoint.
 type Ranges = Vec<[u64; 2]>;

@@ -7,63 +7,20 @@
 //! sees the gateway `offline` knows its devices are too; on a clean shutdown the agent
 //! also marks every device `offline` itself.
 
-use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{AgentConfig, DeviceConfig};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The agent's own figures, reported every `health.interval`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Health {
-    pub connected: bool,
-    pub uptime_s: u64,
-    pub readings: u64,
-    pub frames: u64,
-    pub queue_records: u64,
-    pub queue_bytes: u64,
-    pub queue_disk_bytes: u64,
-    pub queue_segments: u64,
-    /// Frames dropped by the queue's byte cap (or a full disk), since start.
-    pub dropped_frames: u64,
-    pub reconnects: u64,
-    /// Frames PUBACKed and still waiting for the cloud's confirmation.
-    pub awaiting_confirm: u64,
-    /// Frames deleted on a confirmation, since start.
-    pub confirmed_frames: u64,
-    /// Frames the cloud refused for good (dead-lettered), dropped, since start.
-    pub refused_frames: u64,
-    /// Confirmations ignored as untrustworthy (see the log), since start.
-    pub ignored_confirmations: u64,
-    /// Frames sent again because no confirmation covered them in time, since start.
-    pub resent_frames: u64,
-    /// MQTT protocol errors since start: a PUBACK for a packet id not in flight (unknown,
-    /// or a duplicate), or a packet id given out twice. Each dropped the connection and
-    /// deleted nothing; the frames not yet acknowledged were sent again.
-    pub protocol_errors: u64,
-    /// Sampling ticks missed since start, all channels together: a tick whose time
-    /// passed without the channel being sampled, because the sampler had to wait for
-    /// delivery (more than 8 frames behind, e.g. on a slow disk) or was not scheduled in
-    /// time. Sampling then resumes on its schedule; the missed ticks leave no reading.
-    pub missed_ticks: u64,
-    /// PUBACK to confirmation of the frames confirmed since start, median and 99th
-    /// percentile, as the upper bound of a histogram bucket (5, 10, 20, 50, 100, 150,
-    /// 200, 300, 400, 500, 750 ms, 1, 2, 5, 30 s); absent before the first.
-    pub confirm_wait_p50_ms: Option<u64>,
-    pub confirm_wait_p99_ms: Option<u64>,
-    /// Exactly which readings the byte cap gave up since start, per device and boot.
-    pub dropped: Vec<crate::dropped::DroppedSpan>,
-    /// Milliseconds since the last PUBACK; absent before the first.
-    pub last_puback_age_ms: Option<u64>,
-    pub rss_bytes: Option<u64>,
-}
+/// The agent's own figures, reported every `health.interval` (the shape readers share).
+pub use contracts::status::Health;
 
 pub fn gateway_online(config: &AgentConfig, boot_id: &str, health: &Health) -> Vec<u8> {
     let devices: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
     to_bytes(json!({
         "state": "online",
-        "kind": "edge-agent",
+        "kind": contracts::status::AGENT_KIND,
         "version": AGENT_VERSION,
         "boot_id": boot_id,
         "devices": devices,
@@ -83,7 +40,7 @@ pub fn gateway_offline(
     let devices: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
     let mut status = json!({
         "state": "offline",
-        "kind": "edge-agent",
+        "kind": contracts::status::AGENT_KIND,
         "version": AGENT_VERSION,
         "boot_id": boot_id,
         "devices": devices,

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use cloud_ingester::alerts::publish::{AlertEvent, AlertView};
-use cloud_ingester::alerts::Rule;
+use contracts::alerts::{AlertEvent, AlertView, Rule};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use redis::AsyncCommands;
 use serde::Serialize;
@@ -386,7 +385,7 @@ async fn change(
             "Redis was not updated ({}); the ingester rebuilds {} from the table at its \
              next start or after a Redis gap",
             output::error_text(&e),
-            services::open_alerts_key(&global.redis_prefix)
+            services::redis_keys(global).open_alerts()
         ));
     }
     if problems.is_empty() {
@@ -493,7 +492,7 @@ async fn to_kafka(global: &Global, event: &AlertEvent) -> Result<()> {
 /// The open-alerts hash: the alert's new view on acknowledgement, removed on resolution.
 async fn to_redis(global: &Global, event: &AlertEvent) -> Result<()> {
     let mut redis = services::redis(global).await?;
-    let key = services::open_alerts_key(&global.redis_prefix);
+    let key = services::redis_keys(global).open_alerts();
     let field = event.alert.alert_id;
     if event.transition == Transition::Resolve.code() {
         let _: i64 = redis.hdel(&key, field).await.context("HDEL")?;

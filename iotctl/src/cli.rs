@@ -49,7 +49,7 @@ pub struct Global {
     pub redis_url: Option<String>,
 
     /// First segment of the Redis keys the ingester writes ({prefix}:latest:{device}, ...).
-    #[arg(long, default_value = "plant", global = true, value_name = "PREFIX", value_parser = non_blank)]
+    #[arg(long, default_value = contracts::redis::DEFAULT_PREFIX, global = true, value_name = "PREFIX", value_parser = non_blank)]
     pub redis_prefix: String,
 
     /// Kafka bootstrap servers, host:port[,host:port...].

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use contracts::status::GatewayStatus;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
@@ -245,27 +246,10 @@ async fn agent_drops(global: &Global) -> Result<DropReports> {
 /// Adds a gateway status's dropped ranges to `drops`; anything else on a status topic
 /// (a device's status, a foreign or malformed message) adds nothing.
 fn collect_drops(payload: &[u8], drops: &mut DropReports) {
-    #[derive(serde::Deserialize)]
-    struct Status {
-        health: Option<Health>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Health {
-        #[serde(default)]
-        dropped: Vec<Dropped>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Dropped {
-        device: String,
-        boot: String,
-        #[serde(default)]
-        unsent: Vec<[u64; 2]>,
-        #[serde(default)]
-        after_puback: Vec<[u64; 2]>,
-    }
-    let Ok(Status {
+    let Ok(GatewayStatus {
         health: Some(health),
-    }) = serde_json::from_slice::<Status>(payload)
+        ..
+    }) = serde_json::from_slice::<GatewayStatus>(payload)
     else {
         return;
     };

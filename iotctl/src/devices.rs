@@ -157,10 +157,8 @@ async fn last_seen_in_redis(global: &Global, ids: &[String]) -> Result<HashMap<S
         return Ok(HashMap::new());
     }
     let mut redis = services::redis(global).await?;
-    let keys: Vec<String> = ids
-        .iter()
-        .map(|id| services::redis_key(&global.redis_prefix, "last_seen", id))
-        .collect();
+    let layout = services::redis_keys(global);
+    let keys: Vec<String> = ids.iter().map(|id| layout.last_seen(id)).collect();
     let values: Vec<Option<String>> = redis::cmd("MGET")
         .arg(&keys)
         .query_async(&mut redis)

@@ -5,8 +5,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use contracts::redis::LatestValue;
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::cli::{self, Global, Outcome};
 use crate::output::{self, emit_json, emit_table};
@@ -17,22 +18,6 @@ pub struct LatestArgs {
     /// Only this device (repeat for several).
     #[arg(long = "device", value_name = "ID", value_parser = cli::device_id)]
     pub devices: Vec<String>,
-}
-
-/// A `latest` hash value as the ingester writes it (see `cloud_ingester::redis_sink`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub(crate) struct Stored {
-    /// Reading time, ms since the epoch.
-    pub(crate) ts: i64,
-    /// `null` when the reading was not a finite number.
-    pub(crate) v: Option<f64>,
-    /// Quality bits.
-    pub(crate) q: i64,
-    /// Boot id, 16 hex digits.
-    pub(crate) boot: String,
-    pub(crate) seq: i64,
-    /// Whether the device's clock was synchronised.
-    pub(crate) synced: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,7 +43,7 @@ pub async fn run(global: &Global, args: &LatestArgs) -> Result<Outcome> {
     let now = output::now_ms();
     let mut values = Vec::new();
     for device in &devices {
-        let key = services::redis_key(&global.redis_prefix, "latest", device);
+        let key = services::redis_keys(global).latest(device);
         let mut fields: Vec<(String, String)> = redis
             .hgetall(&key)
             .await
@@ -131,10 +116,10 @@ fn latest(device: &str, field: &str, json: &str, channels: &Channels, now: i64) 
         clock_synced: None,
         error: None,
     };
-    match serde_json::from_str::<Stored>(json) {
+    match serde_json::from_str::<LatestValue>(json) {
         Ok(stored) => {
-            latest.value = stored.v;
-            latest.quality = output::quality_flags(output::quality_from_bits(stored.q));
+            latest.value = stored.v.map(output::as_measured);
+            latest.quality = output::quality_flags(output::quality_from_bits(stored.q.into()));
             latest.ts_ms = Some(stored.ts);
             latest.age_ms = Some(now - stored.ts);
             latest.boot = Some(stored.boot);
@@ -183,7 +168,7 @@ async fn devices_and_channels(
 /// The devices that have a `latest` hash in Redis.
 async fn scan_devices(global: &Global) -> Result<Vec<String>> {
     let mut redis = services::redis(global).await?;
-    let prefix = format!("{}:latest:", global.redis_prefix);
+    let prefix = services::redis_keys(global).latest_prefix();
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {

@@ -153,6 +153,16 @@ pub fn number(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
 }
 
+/// A reading as an `f64` that prints as the `f32` it was measured as (26.717482, not
+/// 26.71748161315918), for JSON output.
+pub fn as_measured(value: f32) -> f64 {
+    if value.is_finite() {
+        value.to_string().parse().unwrap_or(f64::from(value))
+    } else {
+        f64::from(value)
+    }
+}
+
 /// A value as it was measured (an `f32`, shortest exact form), `NaN` when not finite.
 pub fn reading(value: f32) -> String {
     if value.is_finite() {
@@ -165,6 +175,13 @@ pub fn reading(value: f32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readings_keep_their_measured_digits() {
+        assert_eq!(as_measured(26.717_482).to_string(), "26.717482");
+        assert_eq!(as_measured(851.25), 851.25);
+        assert!(as_measured(f32::NAN).is_nan());
+    }
 
     #[test]
     fn quality_flags_in_tables_and_json() {

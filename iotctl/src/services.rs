@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use contracts::redis::RedisKeys;
 use rdkafka::ClientConfig;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
@@ -134,15 +135,9 @@ pub async fn redis(global: &Global) -> Result<MultiplexedConnection> {
         .with_context(|| format!("cannot connect to Redis at {}", redact(url)))
 }
 
-/// `{prefix}:latest:{device}` and friends: the ingester's Redis key layout (see
-/// `cloud_ingester::redis_sink`).
-pub fn redis_key(prefix: &str, kind: &str, device: &str) -> String {
-    format!("{prefix}:{kind}:{device}")
-}
-
-/// `{prefix}:alerts:open`, the hash of unresolved alerts.
-pub fn open_alerts_key(prefix: &str) -> String {
-    format!("{prefix}:alerts:open")
+/// The ingester's Redis key layout under `--redis-prefix`.
+pub fn redis_keys(global: &Global) -> RedisKeys {
+    RedisKeys::new(global.redis_prefix.clone())
 }
 
 /// Kafka client settings shared by every client iotctl makes.

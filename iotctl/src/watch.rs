@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
+use contracts::status::{GatewayStatus, AGENT_KIND};
 use protocol::topic::TopicKind;
 use redis::AsyncCommands;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
@@ -21,7 +22,6 @@ use tokio::sync::watch;
 
 use crate::cli::{Global, Outcome};
 use crate::http::HttpUrl;
-use crate::latest::Stored;
 use crate::output;
 use crate::services::{self, Channels};
 
@@ -210,20 +210,21 @@ enum Health {
 
 /// `None` for a gateway that is not online (offline, or its last will).
 fn health_of(payload: &[u8]) -> Option<Health> {
-    let Ok(status) = serde_json::from_slice::<serde_json::Value>(payload) else {
+    let Ok(status) = serde_json::from_slice::<GatewayStatus>(payload) else {
         return Some(Health::NotAnAgent);
     };
-    if status.get("kind").and_then(|k| k.as_str()) != Some("edge-agent") {
+    if status.kind != AGENT_KIND {
         return Some(Health::NotAnAgent);
     }
-    if status.get("state").and_then(|s| s.as_str()) != Some("online") {
+    if status.state != "online" {
         return None;
     }
-    let health = status.get("health");
-    let number = |name: &str| health?.get(name)?.as_f64();
-    match (number("readings"), number("uptime_s")) {
-        (Some(readings), Some(uptime)) => Some(Health::Online { readings, uptime }),
-        _ => Some(Health::NotAnAgent),
+    match status.health {
+        Some(health) => Some(Health::Online {
+            readings: health.readings as f64,
+            uptime: health.uptime_s as f64,
+        }),
+        None => Some(Health::NotAnAgent),
     }
 }
 
@@ -357,9 +358,9 @@ async fn latest(global: &Global, channels: &Channels, summary: &mut Summary) -> 
     devices.dedup();
     let now = output::now_ms();
     for device in devices {
-        let key = services::redis_key(&global.redis_prefix, "latest", device);
+        let key = services::redis_keys(global).latest(device);
         let fields: BTreeMap<String, String> = redis.hgetall(&key).await?;
-        let mut values: Vec<(i16, Stored)> = fields
+        let mut values: Vec<(i16, contracts::redis::LatestValue)> = fields
             .iter()
             .filter_map(|(field, json)| {
                 Some((field.parse().ok()?, serde_json::from_str(json).ok()?))
@@ -372,7 +373,7 @@ async fn latest(global: &Global, channels: &Channels, summary: &mut Summary) -> 
                 device_id: device.to_owned(),
                 channel: info.map_or_else(|| channel.to_string(), |i| i.name.clone()),
                 unit: info.map(|i| i.unit.clone()).unwrap_or_default(),
-                value: stored.v,
+                value: stored.v.map(output::as_measured),
                 age_ms: now - stored.ts,
             });
         }

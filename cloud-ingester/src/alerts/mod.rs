@@ -50,49 +50,8 @@ use crate::rows::Row;
 use data_loss::{DataLossRule, DeviceLoss};
 use rules::{ChannelRules, RuleBook};
 
-/// Which rule an alert is about (`alerts.rule`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Rule {
-    High,
-    Low,
-    Stuck,
-    Dropout,
-    /// Per device: readings missing from PostgreSQL for too long (no channel).
-    DataLoss,
-}
-
-impl Rule {
-    pub const ALL: [Rule; 5] = [
-        Rule::High,
-        Rule::Low,
-        Rule::Stuck,
-        Rule::Dropout,
-        Rule::DataLoss,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Rule::High => "high",
-            Rule::Low => "low",
-            Rule::Stuck => "stuck",
-            Rule::Dropout => "dropout",
-            Rule::DataLoss => "data_loss",
-        }
-    }
-
-    /// The unit of a device-level rule's value (its alerts have no channel to take one
-    /// from); `None` for the channel rules, whose values are in their channel's unit.
-    pub fn unit(self) -> Option<&'static str> {
-        match self {
-            Rule::DataLoss => Some("readings"),
-            Rule::High | Rule::Low | Rule::Stuck | Rule::Dropout => None,
-        }
-    }
-
-    pub fn from_code(code: &str) -> Option<Rule> {
-        Rule::ALL.into_iter().find(|rule| rule.code() == code)
-    }
-}
+/// Which rule an alert is about (`alerts.rule`): part of the alert records readers share.
+pub use contracts::alerts::Rule;
 
 /// `alerts.severity`; ordered, so an alert only ever escalates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

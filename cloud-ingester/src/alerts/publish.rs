@@ -10,80 +10,43 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::PgPool;
+
+pub use contracts::alerts::{AlertEvent, AlertView};
 
 use super::rules::RuleBook;
 use super::store::Applied;
 use super::{Change, Rule};
 use crate::redis_sink::{RedisSink, RedisSinkError};
 
-/// An alert as readers see it: the value of its Redis hash field, and the body of its
-/// Kafka records.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AlertView {
-    pub alert_id: i64,
-    pub device_id: String,
-    /// `null` for a device-level alert (`data_loss`).
-    pub channel_id: Option<i16>,
-    /// The channel's name (empty if the channel is no longer known, or for a
-    /// device-level alert) and the unit of `value` and `threshold` (for `data_loss`,
-    /// `readings`: how many are missing, and how many open it).
-    pub channel: String,
-    pub unit: String,
-    pub rule: String,
-    pub severity: String,
-    pub state: String,
-    /// The reading concerned (the one that fired it; in a `resolved` record, the one that
-    /// cleared it).
-    pub value: Option<f64>,
-    pub threshold: Option<f64>,
-    /// Device time of that reading (of the last reading before the silence, for a
-    /// dropout; the ingester's time when the readings went missing, for a data_loss).
-    pub value_ts_ms: Option<i64>,
-    pub message: String,
-}
-
-/// One record of the Kafka `alerts` topic.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AlertEvent {
-    /// opened, escalated or resolved.
-    pub transition: &'static str,
-    /// When the ingester committed it (ms since the epoch).
-    pub at_ms: i64,
-    #[serde(flatten)]
-    pub alert: AlertView,
-}
-
-impl AlertEvent {
-    pub fn new(applied: &Applied, rules: &RuleBook, at_ms: i64) -> Self {
-        let t = &applied.transition;
-        let (channel, unit) = match t.key.channel_id {
-            Some(channel) => rules
-                .get(&t.key.device_id, channel)
-                .map(|r| (r.name.clone(), r.unit.clone()))
-                .unwrap_or_default(),
-            None => (String::new(), unit_of(t.key.rule).to_owned()),
-        };
-        Self {
-            transition: t.change.code(),
-            at_ms,
-            alert: AlertView {
-                alert_id: applied.alert_id,
-                device_id: t.key.device_id.clone(),
-                channel_id: t.key.channel_id,
-                channel,
-                unit,
-                rule: t.key.rule.code().to_owned(),
-                severity: applied.severity.clone(),
-                state: applied.state.clone(),
-                value: t.value,
-                threshold: t.threshold,
-                value_ts_ms: Some(t.ts_ms),
-                message: t.message.clone(),
-            },
-        }
+/// The record of a committed transition.
+pub fn event(applied: &Applied, rules: &RuleBook, at_ms: i64) -> AlertEvent {
+    let t = &applied.transition;
+    let (channel, unit) = match t.key.channel_id {
+        Some(channel) => rules
+            .get(&t.key.device_id, channel)
+            .map(|r| (r.name.clone(), r.unit.clone()))
+            .unwrap_or_default(),
+        None => (String::new(), unit_of(t.key.rule).to_owned()),
+    };
+    AlertEvent {
+        transition: t.change.code(),
+        at_ms,
+        alert: AlertView {
+            alert_id: applied.alert_id,
+            device_id: t.key.device_id.clone(),
+            channel_id: t.key.channel_id,
+            channel,
+            unit,
+            rule: t.key.rule.code().to_owned(),
+            severity: applied.severity.clone(),
+            state: applied.state.clone(),
+            value: t.value,
+            threshold: t.threshold,
+            value_ts_ms: Some(t.ts_ms),
+            message: t.message.clone(),
+        },
     }
 }
 

@@ -533,8 +533,8 @@ async fn clean_up(
         return Ok(());
     }
     let mut redis = services::redis(global).await?;
-    let prefix = &global.redis_prefix;
-    let last_seen = services::redis_key(prefix, "last_seen", DEVICE);
+    let layout = services::redis_keys(global);
+    let last_seen = layout.last_seen(DEVICE);
     if let Some(newest_ms) = redis_due {
         let waited = Instant::now();
         while waited.elapsed() < REDIS_WAIT {
@@ -549,12 +549,12 @@ async fn clean_up(
         }
     }
     let keys = [
-        services::redis_key(prefix, "latest", DEVICE),
-        services::redis_key(prefix, "recent", DEVICE),
+        layout.latest(DEVICE),
+        layout.recent(DEVICE),
         last_seen,
         // The order beside last_seen: which boot and seq wrote it (the ingester's clock
         // policy), so a stale value cannot move it back.
-        services::redis_key(prefix, "last_seen_order", DEVICE),
+        layout.last_seen_order(DEVICE),
     ];
     let () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
     Ok(())
