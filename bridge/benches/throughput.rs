@@ -296,10 +296,6 @@ fn encode_frame(device: &DeviceId, first_seq: u64, ts_ms: u64, salt: usize) -> V
         .to_vec()
 }
 
-fn now_ms() -> u64 {
-    bridge::inbound::now_ms()
-}
-
 // ---------------------------------------------------------------------------------------
 // Kafka: topics and the latency probe
 
@@ -449,7 +445,7 @@ fn consume(
             }
             Some(Ok(message)) => message,
         };
-        let consumed_ms = now_ms();
+        let consumed_ms = service::clock::now_ms();
         if message.key() == Some(WARM_UP_DEVICE.as_bytes()) {
             warm.store(true, Ordering::Relaxed);
             continue;
@@ -583,7 +579,7 @@ impl Publishers {
         let per_connection_interval =
             rate.map(|r| Duration::from_secs_f64(self.connections.len() as f64 / r.max(1.0)));
         let t0 = Instant::now();
-        let t0_ms = now_ms();
+        let t0_ms = service::clock::now_ms();
         let mut sending = Vec::new();
         let mut acks = Vec::new();
         for connection in self.connections {
@@ -617,7 +613,7 @@ async fn publish_frames(
         if let Some(interval) = interval {
             tokio::time::sleep_until((t0 + interval.mul_f64(k as f64)).into()).await;
         }
-        let payload = workload.payload(index, now_ms());
+        let payload = workload.payload(index, service::clock::now_ms());
         client
             .publish(
                 workload.device(index).topic.as_str(),
@@ -673,7 +669,7 @@ async fn warm_up(
                     workload.warm_up.topic.as_str(),
                     QoS::AtLeastOnce,
                     false,
-                    workload.warm_up_payload(now_ms()),
+                    workload.warm_up_payload(service::clock::now_ms()),
                 )
                 .await?;
             for _ in 0..25 {
@@ -1051,7 +1047,7 @@ async fn ceiling_on(
             .create()
             .context("creating the ceiling producer")?;
     // Warm-up: one record, so the connection and the producer id exist before the clock.
-    let warm = workload.warm_up_payload(now_ms());
+    let warm = workload.warm_up_payload(service::clock::now_ms());
     producer
         .send(
             FutureRecord::to(topic).key(WARM_UP_DEVICE).payload(&warm),
@@ -1068,14 +1064,14 @@ async fn ceiling_on(
             settle(in_flight.next().await)?;
         }
         let device = workload.device(index);
-        let payload = workload.payload(index, now_ms());
+        let payload = workload.payload(index, service::clock::now_ms());
         loop {
             let record = FutureRecord::to(topic)
                 .key(device.id.as_str())
                 .payload(&payload)
                 .headers(bridge::kafka::frame_headers(
                     device.topic.as_bytes(),
-                    now_ms(),
+                    service::clock::now_ms(),
                 ));
             match producer.send_result(record) {
                 Ok(delivery) => {
@@ -1998,7 +1994,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let settings = Settings::load();
-    let frame_len = Workload::new(&settings).payload(0, now_ms()).len();
+    let frame_len = Workload::new(&settings)
+        .payload(0, service::clock::now_ms())
+        .len();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-publish")

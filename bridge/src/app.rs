@@ -380,7 +380,7 @@ fn metrics_record(
             "service": "bridge",
             "instance": id,
             "mode": mode,
-            "ts_ms": crate::inbound::now_ms(),
+            "ts_ms": service::clock::now_ms(),
             "mqtt_connected": health.mqtt(),
             "kafka_connected": health.kafka(),
             "counters": snapshot,

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::EmbeddedConfig;
-use crate::inbound::{now_ms, Ack, Inbound};
+use crate::inbound::{Ack, Inbound};
 use crate::meta::Metas;
 use crate::stats::Stats;
+use service::clock::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {

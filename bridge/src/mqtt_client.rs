@@ -35,9 +35,10 @@ use tracing::{error, info, warn};
 
 use crate::config::MqttClientConfig;
 use crate::health::Health;
-use crate::inbound::{now_ms, Ack, Inbound};
+use crate::inbound::{Ack, Inbound};
 use crate::meta::{self, Metas};
 use crate::stats::Stats;
+use service::clock::now_ms;
 
 pub struct ClientSource {
     pub config: MqttClientConfig,

@@ -25,7 +25,7 @@ async fn embedded_mode_forwards_frames_unchanged_keyed_by_device_in_order() {
     let devices = ["dev-a", "dev-b", "dev-c"];
     let mut sent: HashMap<(String, u64), Vec<u8>> = HashMap::new();
     let mut publishers = Vec::new();
-    let started_ms = bridge::inbound::now_ms();
+    let started_ms = service::clock::now_ms();
     for device in devices {
         let messages: Vec<(String, Vec<u8>)> = (0..50)
             .map(|i| {
@@ -71,7 +71,7 @@ async fn embedded_mode_forwards_frames_unchanged_keyed_by_device_in_order() {
             Some(&telemetry_topic(&prefix, &device))
         );
         let received: u64 = record.headers[headers::RECEIVED_AT_MS].parse().unwrap();
-        assert!(received >= started_ms && received <= bridge::inbound::now_ms());
+        assert!(received >= started_ms && received <= service::clock::now_ms());
         partitions
             .entry(device)
             .or_default()
@@ -286,7 +286,7 @@ async fn a_future_dated_frame_never_drives_the_latest_and_the_normal_frames_afte
     let topic = telemetry_topic(&prefix, "dev-a");
 
     // A Pi whose clock is 23 h ahead, then set right (NTP).
-    let now = bridge::inbound::now_ms();
+    let now = service::clock::now_ms();
     let hour = 3_600_000;
     let messages = [
         (topic.clone(), frame_at("dev-a", 3, 0, 10, now + 23 * hour)),

@@ -16,9 +16,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::pipeline::SERVICE;
 use crate::stats::IngestStats;
 use crate::validate::{RejectReason, Rejection};
+use crate::SERVICE;
 
 /// At least this many dead letters within [`BURST_WINDOW`] is a burst worth a
 /// `system_events` row (one per window, so a flood does not flood the log too).

@@ -17,6 +17,9 @@
 //!
 //! See ARCHITECTURE.md.
 
+/// The `system_events.service` of this program.
+pub const SERVICE: &str = "cloud-ingester";
+
 pub mod alerts;
 pub mod config;
 pub mod confirmations;

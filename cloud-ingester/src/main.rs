@@ -15,11 +15,12 @@ use cloud_ingester::config::{CliOverrides, IngesterConfig, LogConfig, LogFormat}
 use cloud_ingester::confirmations::ConfirmSink;
 use cloud_ingester::health::Health;
 use cloud_ingester::kafka::{self, IngestContext};
-use cloud_ingester::pipeline::{now_ms, Pipeline, PipelineSettings, SERVICE};
+use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
 use cloud_ingester::redis_sink::RedisSink;
 use cloud_ingester::stats::IngestStats;
 use cloud_ingester::store::{EventLevel, Store};
 use cloud_ingester::validate::Catalog;
+use cloud_ingester::SERVICE;
 use rdkafka::producer::Producer as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -360,7 +361,7 @@ fn snapshot_json(stats: &IngestStats, instance: &str) -> serde_json::Value {
     };
     record.insert("service".to_owned(), SERVICE.into());
     record.insert("instance".to_owned(), instance.into());
-    record.insert("at_ms".to_owned(), now_ms().into());
+    record.insert("at_ms".to_owned(), service::clock::now_ms_i64().into());
     serde_json::Value::Object(record)
 }
 

@@ -61,6 +61,7 @@ use crate::rows::{rows_from_frame, Row};
 use crate::stats::IngestStats;
 use crate::store::{Committed, EventLevel, Store, StoreError};
 use crate::validate::Catalog;
+use crate::SERVICE;
 
 /// How often the device catalog is re-read, so newly registered devices are accepted.
 const CATALOG_REFRESH: Duration = Duration::from_secs(60);
@@ -86,8 +87,6 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the stop waits for the alert records to go out, at most (and never beyond
 /// the stop's grace).
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
-/// The `system_events.service` of this program.
-pub const SERVICE: &str = "cloud-ingester";
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -374,10 +373,12 @@ impl Pipeline {
         // Readings dated beyond the bound were never evaluated: durations do not start
         // from them.
         let max_ahead_ms = i64::try_from(self.settings.max_ahead.as_millis()).unwrap_or(i64::MAX);
-        let watermarks =
-            alerts::store::load_watermarks(pool, now_ms().saturating_add(max_ahead_ms))
-                .await
-                .map_err(PipelineError::AlertState)?;
+        let watermarks = alerts::store::load_watermarks(
+            pool,
+            service::clock::now_ms_i64().saturating_add(max_ahead_ms),
+        )
+        .await
+        .map_err(PipelineError::AlertState)?;
         let coverage = alerts::store::load_coverage(pool)
             .await
             .map_err(PipelineError::AlertState)?;
@@ -391,7 +392,7 @@ impl Pipeline {
         );
         let mut engine = AlertEngine::new(rules).with_data_loss(self.settings.data_loss);
         engine.restore(open, resume, watermarks);
-        engine.restore_coverage(coverage, accepted, now_ms());
+        engine.restore_coverage(coverage, accepted, service::clock::now_ms_i64());
         Ok(engine)
     }
 
@@ -791,7 +792,7 @@ impl Pipeline {
         let progress = state.ownership.progress(&batch.offsets);
         // One reading of the clock judges which readings are future-dated, however long
         // PostgreSQL keeps the batch waiting.
-        let clock_ms = now_ms();
+        let clock_ms = service::clock::now_ms_i64();
         let mut backoff = Duration::from_millis(200);
         let mut failing: Option<(std::time::Instant, u32, String)> = None;
         let (committed, evaluation) = loop {
@@ -844,7 +845,9 @@ impl Pipeline {
             mut applied,
             held,
         } = committed;
-        state.alerts.note_coverage(&held, now_ms());
+        state
+            .alerts
+            .note_coverage(&held, service::clock::now_ms_i64());
         applied.extend(self.data_loss(state).await);
         if let Some(confirmations) = &state.confirmations {
             confirmations.after_commit(&held, &batch.routes, &batch.dead_letters);
@@ -882,7 +885,7 @@ impl Pipeline {
             started.elapsed(),
         );
         self.future_dated(&batch.rows, clock_ms, state).await;
-        let at_ms = now_ms();
+        let at_ms = service::clock::now_ms_i64();
         let events: Vec<AlertEvent> = applied
             .iter()
             .map(|applied| alert_publish::event(applied, state.alerts.rules(), at_ms))
@@ -946,7 +949,9 @@ impl Pipeline {
     /// The `data_loss` transitions due now, written in a transaction of their own and
     /// adopted once it commits. A failure is logged; they are due again at the next check.
     async fn data_loss(&self, state: &mut LoopState) -> Vec<Applied> {
-        let evaluation = state.alerts.evaluate_data_loss(now_ms());
+        let evaluation = state
+            .alerts
+            .evaluate_data_loss(service::clock::now_ms_i64());
         if evaluation.transitions.is_empty() {
             return Vec::new();
         }
@@ -974,7 +979,7 @@ impl Pipeline {
         if applied.is_empty() {
             return;
         }
-        let at_ms = now_ms();
+        let at_ms = service::clock::now_ms_i64();
         let events: Vec<AlertEvent> = applied
             .iter()
             .map(|applied| alert_publish::event(applied, state.alerts.rules(), at_ms))
@@ -1013,11 +1018,11 @@ impl Pipeline {
         // What an earlier failure left waiting goes too (newer rows win anyway); the
         // batch is only copied in that rare case.
         let written = if backlog.is_empty() {
-            redis.write_batch(&rows, now_ms()).await
+            redis.write_batch(&rows, service::clock::now_ms_i64()).await
         } else {
             let mut all: Vec<LiveRow> = backlog.values().cloned().collect();
             all.extend_from_slice(&rows);
-            redis.write_batch(&all, now_ms()).await
+            redis.write_batch(&all, service::clock::now_ms_i64()).await
         };
         let written = match written {
             Ok(_) if state.redis_down_since.is_some() => {
@@ -1171,11 +1176,9 @@ fn add(catalog: &Catalog, batch: &mut Batch, message: &BorrowedMessage<'_>) {
 fn member_id(instance: &str) -> String {
     static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{instance}-{}-{:x}-{n}", std::process::id(), now_ms())
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    format!(
+        "{instance}-{}-{:x}-{n}",
+        std::process::id(),
+        service::clock::now_ms_i64()
+    )
 }

@@ -32,8 +32,9 @@ use protocol::{BootId, DeviceId, Frame, Quality, Reading};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
+use service::clock::now_ms;
 use sqlx::PgPool;
-use support::{create_topics, frame, kafka, now_ms, produce};
+use support::{create_topics, frame, kafka, produce};
 use tokio_util::sync::CancellationToken;
 
 /// One sampling tick of a simulated channel: its device time and reading, if any.

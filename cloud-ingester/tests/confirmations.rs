@@ -22,8 +22,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use service::clock::now_ms;
 use sqlx::PgPool;
-use support::{create_topics, frame, kafka, now_ms};
+use support::{create_topics, frame, kafka};
 use tokio_util::sync::CancellationToken;
 
 /// How long any effect may take to show.

@@ -15,8 +15,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use service::clock::now_ms;
 use sqlx::PgPool;
-use support::{frame, now_ms};
+use support::frame;
 use testkit::ChildGuard;
 
 /// The ingester's `shutdown_grace` in the stop test: short, so the test is quick.

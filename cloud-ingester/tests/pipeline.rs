@@ -19,8 +19,9 @@ use cloud_ingester::validate::Catalog;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
+use service::clock::now_ms;
 use sqlx::PgPool;
-use support::{create_topics, frame, kafka, now_ms, produce};
+use support::{create_topics, frame, kafka, produce};
 use tokio_util::sync::CancellationToken;
 
 struct Running {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use cloud_ingester::redis_sink::{
@@ -22,12 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 // ---------------------------------------------------------------------------------
 // helpers
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 fn row(device: &str, channel: i16, ts_ms: i64, boot_id: i64, seq: i64, value: f32) -> Row {
     Row {
@@ -371,7 +365,7 @@ async fn latest_holds_the_newest_value_per_channel_within_and_across_batches() -
     let prefix = testkit::unique_name("rsink");
     let sink = RedisSink::new(&testkit::redis_url(), &prefix)?;
     let mut con = connection().await?;
-    let now = now_ms();
+    let now = service::clock::now_ms_i64();
     let (dev, boot) = ("furnace-01", 0x0102_0304_0506_0708);
 
     // Batch 1: three channels, readings deliberately not in order.
@@ -470,7 +464,7 @@ fn out_of_order_batches_never_move_latest_or_last_seen_back() -> anyhow::Result<
         .build()?;
     let prefix = testkit::unique_name("rsink");
     let url = testkit::redis_url();
-    let base = now_ms() - 60_000;
+    let base = service::clock::now_ms_i64() - 60_000;
     let boots = [i64::MIN + 1, -5, 3, 0x7f00_0000_0000_0000];
     // When each was first seen: the last two together (ordered by boot id then), and
     // not in the boot ids' order.
@@ -525,7 +519,8 @@ fn out_of_order_batches_never_move_latest_or_last_seen_back() -> anyhow::Result<
                     .collect();
                 at += size;
                 written.extend(order[at - size..at].iter().map(|&i| &rows[i]));
-                sink.write_batch(&live_seen(&batch, seen), now_ms()).await?;
+                sink.write_batch(&live_seen(&batch, seen), service::clock::now_ms_i64())
+                    .await?;
 
                 let newest = newest_per_channel(written.iter().copied(), seen);
                 let want: BTreeMap<i16, Latest> = newest
@@ -576,7 +571,7 @@ async fn an_older_boots_backlog_never_replaces_a_newer_boots_values() -> anyhow:
     let prefix = testkit::unique_name("rsink");
     let sink = RedisSink::new(&testkit::redis_url(), &prefix)?;
     let mut con = connection().await?;
-    let now = now_ms();
+    let now = service::clock::now_ms_i64();
     let (dev, old_boot, new_boot) = ("press-01", 0x7fff_0000_0000_0001, 0x0000_0000_0000_0002);
     // The old boot sorts after the new one by id: only its first sight may decide.
     let seen = |boot: i64| {
@@ -635,7 +630,7 @@ async fn stream_is_capped_per_batch_and_overall_and_its_entries_are_readable() -
     let sink = RedisSink::with_config(cfg)?;
     let mut con = connection().await?;
     let dev = "press-01";
-    let now = now_ms();
+    let now = service::clock::now_ms_i64();
     let start = now - 100_000;
 
     // One batch of 30 readings in reverse order: only the newest 20 are appended, in
@@ -708,7 +703,7 @@ async fn last_seen_expires_within_the_configured_ttl() -> anyhow::Result<()> {
     cfg.last_seen_ttl = Duration::from_secs(30);
     let sink = RedisSink::with_config(cfg)?;
     let mut con = connection().await?;
-    let now = now_ms();
+    let now = service::clock::now_ms_i64();
 
     // Synchronised clock, reading 5 s old: expires 30 s after the reading.
     sink.write_batch(&live(&[row("cnc-01", 0, now - 5_000, 1, 1, 1.0)]), now)
@@ -757,7 +752,7 @@ async fn one_round_trip_per_batch_and_noscript_is_reloaded() -> anyhow::Result<(
     let proxy = Proxy::start().await?;
     let sink = RedisSink::new(&proxy.url()?, &prefix)?;
     let mut con = connection().await?;
-    let now = now_ms();
+    let now = service::clock::now_ms_i64();
     sink.ping().await?;
 
     // Warm-up: loads the script if this Redis has never seen it.
@@ -849,7 +844,7 @@ fn assert_bounded(what: &str, elapsed: Duration, limit: Duration) {
 
 #[tokio::test]
 async fn unreachable_redis_is_an_error_within_seconds_not_a_hang() -> anyhow::Result<()> {
-    let now = now_ms();
+    let now = service::clock::now_ms_i64();
     let batch = [row("d", 0, now, 1, 1, 1.0)];
 
     // Closed port: connection refused.
@@ -931,7 +926,7 @@ async fn an_outage_is_an_error_and_the_sink_recovers_by_itself() -> anyhow::Resu
     let proxy = Proxy::start().await?;
     let sink = RedisSink::new(&proxy.url()?, &prefix)?;
     let mut con = connection().await?;
-    let now = now_ms();
+    let now = service::clock::now_ms_i64();
 
     let first = row("comp-01", 0, now - 3, 1, 1, 1.0);
     sink.write_batch(&live(std::slice::from_ref(&first)), now)

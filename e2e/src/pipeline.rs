@@ -404,13 +404,6 @@ pub struct BootCompleteness {
     pub missing_ranges: Vec<(u64, u64)>,
 }
 
-/// Milliseconds since the Unix epoch, the clock the agents stamp readings with.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn queue_state(dir: &std::path::Path) -> Result<(u64, u64)> {
     use edge_agent::queue::{DiskQueue, QueueConfig};
     let (queue, report) = DiskQueue::open(QueueConfig::new(dir))

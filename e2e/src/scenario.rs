@@ -13,8 +13,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::endpoints;
 use crate::ledger::{Ledger, LossPolicy};
-use crate::pipeline::{now_ms, BridgeMode, Options, Pipeline, Server};
+use crate::pipeline::{BridgeMode, Options, Pipeline, Server};
 use crate::workload::{self, QueueSize};
+use service::clock::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {

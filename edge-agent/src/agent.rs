@@ -197,7 +197,7 @@ impl Sampler {
                     if let Some([low, high]) = channel.range {
                         sample = sensors::flag_out_of_range(sample, low as f32, high as f32);
                     }
-                    let ts_ms = clock::now_ms();
+                    let ts_ms = service::clock::now_ms();
                     sealed
                         .extend(self.batchers[channel.device].push(ts_ms, channel.id, sample, now));
                 }

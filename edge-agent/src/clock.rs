@@ -1,16 +1,7 @@
-//! Wall-clock time for reading timestamps, and whether that clock can be trusted.
+//! Whether the wall clock that stamps readings (`service::clock::now_ms`) can be trusted.
 //!
 //! A Pi has no real-time clock: until NTP synchronises it, it runs from the last saved
 //! time (or 1970). Frames carry a flag saying which, so the cloud can tell.
-
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// True when the kernel reports the clock as synchronised (NTP / systemd-timesyncd).
 #[cfg(target_os = "linux")]

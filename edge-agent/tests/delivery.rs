@@ -134,7 +134,7 @@ async fn every_reading_arrives_through_a_broker_outage() {
     let before_outage = subscriber.frames().len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let queued_during_outage = segments(&setup.queue_dir()).len();
-    let back_at = now_ms();
+    let back_at = service::clock::now_ms();
     broker.restart();
     // Frames sealed after the outage arriving means the agent noticed it and reconnected.
     wait_caught_up(&subscriber, back_at).await;
@@ -481,13 +481,6 @@ async fn wait_for_puback_in_health(subscriber: &Subscriber, prefix: &str) {
         .await;
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_frames_overtake_a_rate_limited_backlog() {
     let setup = Setup::new();
@@ -504,7 +497,7 @@ async fn live_frames_overtake_a_rate_limited_backlog() {
         .await;
     broker.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let back_at = now_ms();
+    let back_at = service::clock::now_ms();
     broker.restart();
     wait_caught_up(&subscriber, back_at + 500).await;
     let report = stop_agent(stop, agent).await;

@@ -357,7 +357,7 @@ async fn change(
     }
     let event = AlertEvent {
         transition: transition.code(),
-        at_ms: at.map_or_else(output::now_ms, |t| t.timestamp_millis()),
+        at_ms: at.map_or_else(service::clock::now_ms_i64, |t| t.timestamp_millis()),
         alert: view,
     };
     let (kafka, redis) = tokio::join!(to_kafka(global, &event), to_redis(global, &event));

@@ -107,7 +107,7 @@ pub async fn run(global: &Global) -> Result<Outcome> {
         emit_json(&devices);
         return Ok(Outcome::Done);
     }
-    let now = output::now_ms();
+    let now = service::clock::now_ms_i64();
     let mut table = output::table(
         &[
             "device",

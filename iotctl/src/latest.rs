@@ -40,7 +40,7 @@ struct Latest {
 pub async fn run(global: &Global, args: &LatestArgs) -> Result<Outcome> {
     let (devices, channels) = devices_and_channels(global, &args.devices).await?;
     let mut redis = services::redis(global).await?;
-    let now = output::now_ms();
+    let now = service::clock::now_ms_i64();
     let mut values = Vec::new();
     for device in &devices {
         let key = services::redis_keys(global).latest(device);

@@ -121,11 +121,6 @@ pub fn hour(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M").to_string()
 }
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 /// How long ago, readable at a glance: `850 ms`, `42 s`, `3 min`, `2 h 5 min`, `3 d 4 h`.
 /// A negative age (a device clock ahead) reads `in …`.
 pub fn age(ms: i64) -> String {

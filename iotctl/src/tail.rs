@@ -352,7 +352,7 @@ impl Printer {
         } else {
             format!(
                 "{} {} undecodable frame ({len} bytes on {origin}): {why}",
-                output::time_ms(output::now_ms()),
+                output::time_ms(service::clock::now_ms_i64()),
                 device.unwrap_or("?")
             )
         }

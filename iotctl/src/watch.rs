@@ -234,7 +234,7 @@ async fn collect(
     previous: &mut HashMap<&'static str, (Instant, f64)>,
 ) -> Summary {
     let mut summary = Summary {
-        at_ms: output::now_ms(),
+        at_ms: service::clock::now_ms_i64(),
         ..Summary::default()
     };
     match &*agents.borrow() {
@@ -356,7 +356,7 @@ async fn latest(global: &Global, channels: &Channels, summary: &mut Summary) -> 
     let mut devices: Vec<&str> = channels.keys().map(|(d, _)| d.as_str()).collect();
     devices.sort_unstable();
     devices.dedup();
-    let now = output::now_ms();
+    let now = service::clock::now_ms_i64();
     for device in devices {
         let key = services::redis_keys(global).latest(device);
         let fields: BTreeMap<String, String> = redis.hgetall(&key).await?;

@@ -122,19 +122,12 @@ fn read_topic(topic: &str, expected: usize) -> Vec<(String, Value)> {
     records
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn frame(device: &str, first_seq: u64, values: &[f32]) -> Vec<u8> {
     let mut frame = Frame::new(
         DeviceId::new(device).unwrap(),
         BootId([7; 8]),
         first_seq,
-        now_ms(),
+        service::clock::now_ms(),
     );
     for (i, value) in values.iter().enumerate() {
         frame
@@ -508,7 +501,7 @@ async fn completeness_counts_made_stored_and_missing_readings_per_boot(pool: PgP
             device_id: device.to_owned(),
             boot_id: boot,
             seq,
-            ts_ms: now_ms() as i64 - 60_000 + seq,
+            ts_ms: service::clock::now_ms() as i64 - 60_000 + seq,
             value: 1.0,
             channel_id: 0,
             quality: 0,
@@ -642,7 +635,7 @@ async fn latest_values_and_devices_come_from_redis_with_names_from_postgres(pool
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let ts = now_ms() as i64 - 1500;
+    let ts = service::clock::now_ms() as i64 - 1500;
     let latest_key = format!("{prefix}:latest:furnace-01");
     let seen_key = format!("{prefix}:last_seen:furnace-01");
     let value = format!(
@@ -1065,7 +1058,7 @@ async fn watch_summarises_alerts_and_latest_values_and_names_what_is_down(pool: 
     let key = format!("{prefix}:latest:press-01");
     let value = format!(
         r#"{{"ts":{},"v":212.5,"q":0,"boot":"0707070707070707","seq":7,"synced":true}}"#,
-        now_ms() - 1000
+        service::clock::now_ms() - 1000
     );
     let _: () = redis.hset(&key, "0", value).await.unwrap();
     let dead_mqtt = format!("127.0.0.1:{}", testkit::free_port());

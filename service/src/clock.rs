@@ -9,7 +9,20 @@
 //! drives no live view (Redis `latest` and `last_seen`, the retained MQTT `latest`) and
 //! no alert evaluation; it is counted, and recorded once per device and episode.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch by this machine's clock, as frames carry time; 0 if
+/// the clock is set before 1970. Every binary reads the wall clock through here.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// [`now_ms`] as the signed milliseconds of rows, Redis values and [`is_future_dated`].
+pub fn now_ms_i64() -> i64 {
+    i64::try_from(now_ms()).unwrap_or(i64::MAX)
+}
 
 /// How far ahead of the receiving service's clock a reading may be dated and still
 /// drive the live views and alerts: beyond any honest skew between a synchronised Pi

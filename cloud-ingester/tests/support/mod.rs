@@ -33,13 +33,6 @@ pub async fn create_topics(names: &[&str]) {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// A frame of `readings` readings of `channels` in turn, 10 ms apart, starting at
 /// `first_seq`; each reading's value is its seq.
 pub fn frame(

@@ -27,8 +27,9 @@ use tokio::sync::watch;
 
 use super::{Check, HealthArgs};
 use crate::cli::Global;
-use crate::output::{error_text, now_ms};
+use crate::output::error_text;
 use crate::services;
+use service::clock::now_ms;
 
 /// The probe's device id, site and line.
 pub const DEVICE: &str = "iotctl-probe";
@@ -258,7 +259,7 @@ async fn probe(
             )));
         }
         if Instant::now() >= next_send {
-            let (_, bytes) = frame(warm_boot, seq, 1, now_ms_u64())?;
+            let (_, bytes) = frame(warm_boot, seq, 1, now_ms())?;
             publish(client, &topic, bytes).await?;
             seq += 1;
             next_send += WARM_UP_REPEAT;
@@ -284,7 +285,7 @@ async fn probe(
     // The timed run: readings spaced PERIOD_MS apart in device time, the last one now.
     let readings = args.probe_readings;
     let span_ms = u64::from(readings) * u64::from(PERIOD_MS);
-    let first_ts = now_ms_u64().saturating_sub(span_ms);
+    let first_ts = now_ms().saturating_sub(span_ms);
     let mut frames = Vec::new();
     let mut last_seqs = Vec::new();
     for start in (0..readings).step_by(PER_FRAME as usize) {
@@ -414,10 +415,6 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 
 fn random_boot() -> BootId {
     BootId(rand::random())
-}
-
-fn now_ms_u64() -> u64 {
-    u64::try_from(now_ms()).unwrap_or_default()
 }
 
 /// A probe frame of `count` readings from `first_seq`, and its last sequence number.
