@@ -110,7 +110,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log.format);
+    // rumqttd logs every device connection at info and every disconnect as an error;
+    // RUST_LOG=info,rumqttd=info brings it back.
+    service::logging::init(config.log.format, "info,rumqttd=off");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,20 +134,5 @@ fn main() -> ExitCode {
             eprintln!("bridge: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::EnvFilter;
-    // rumqttd logs every device connection at info and every disconnect as an error;
-    // RUST_LOG=info,rumqttd=info brings it back.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Human => registry.with(layer).init(),
-        LogFormat::Json => registry.with(layer.json()).init(),
     }
 }

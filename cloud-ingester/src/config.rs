@@ -16,12 +16,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use service::logging::LogFormat;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -471,7 +466,7 @@ impl IngesterConfig {
         if !ClockConfig::MAX_AHEAD_RANGE.contains(&self.clock.max_ahead) {
             problems.push("clock.max_ahead: between 1 s and 24 h".to_owned());
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        if let Err(e) = service::logging::directives(&self.log.level) {
             problems.push(format!("log.level: {:?}: {e}", self.log.level));
         }
         if problems.is_empty() {

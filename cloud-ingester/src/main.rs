@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use cloud_ingester::alerts::data_loss::DataLossRule;
-use cloud_ingester::config::{CliOverrides, IngesterConfig, LogConfig, LogFormat};
+use cloud_ingester::config::{CliOverrides, IngesterConfig, LogFormat};
 use cloud_ingester::confirmations::ConfirmSink;
 use cloud_ingester::health::Health;
 use cloud_ingester::kafka::{self, IngestContext};
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(&config.log);
+    service::logging::init(config.log.format, &config.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -159,18 +159,6 @@ fn main() -> ExitCode {
             eprintln!("cloud-ingester: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(log: &LogConfig) {
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
-    match log.format {
-        LogFormat::Human => registry.with(layer).init(),
-        LogFormat::Json => registry.with(layer.json()).init(),
     }
 }
 

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log.format);
+    service::logging::init(config.log.format, "info");
 
     // One thread: the agent is I/O bound and small; a thread pool would only add memory.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -102,21 +102,5 @@ fn main() -> ExitCode {
             eprintln!("edge-agent: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-    // RUST_LOG holds `level` or `target=level` directives, e.g. `warn,edge_agent=debug`.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|directives| directives.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Human => registry.with(layer).init(),
-        LogFormat::Json => registry.with(layer.json()).init(),
     }
 }

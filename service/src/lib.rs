@@ -13,6 +13,8 @@ pub mod dead_letter;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka_config;
+#[cfg(feature = "logging")]
+pub mod logging;
 #[cfg(feature = "http")]
 pub mod metrics;
 #[cfg(feature = "kafka")]
