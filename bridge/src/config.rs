@@ -12,9 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
+use service::config::{Flags, Layers};
 
 /// Where the bridge gets its MQTT messages from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -321,48 +320,32 @@ pub struct CliOverrides {
 }
 
 impl CliOverrides {
-    /// `(dotted key, value)` for every flag given.
-    fn values(&self) -> Vec<(&'static str, figment::value::Value)> {
-        fn value<T: Serialize>(v: &T) -> Option<figment::value::Value> {
-            figment::value::Value::serialize(v).ok()
-        }
-        [
-            ("mode", self.mode.as_ref().and_then(value)),
-            ("id", self.id.as_ref().and_then(value)),
-            ("mqtt.host", self.mqtt_host.as_ref().and_then(value)),
-            ("mqtt.port", self.mqtt_port.as_ref().and_then(value)),
-            ("embedded.listen", self.listen.as_ref().and_then(value)),
-            ("kafka.brokers", self.kafka_brokers.as_ref().and_then(value)),
-            ("http.listen", self.http_listen.as_ref().and_then(value)),
-            ("log.format", self.log_format.as_ref().and_then(value)),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key, value?)))
-        .collect()
+    fn flags(&self) -> Flags {
+        Flags::default()
+            .set("mode", self.mode.as_ref())
+            .set("id", self.id.as_ref())
+            .set("mqtt.host", self.mqtt_host.as_ref())
+            .set("mqtt.port", self.mqtt_port)
+            .set("embedded.listen", self.listen)
+            .set("kafka.brokers", self.kafka_brokers.as_ref())
+            .set("http.listen", self.http_listen)
+            .set("log.format", self.log_format)
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
-    Invalid(Vec<String>),
-}
+pub use service::config::ConfigError;
 
 impl BridgeConfig {
     /// Loads the layers (the file only if given) and validates the result.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(BridgeConfig::default()));
+        let mut layers = Layers::defaults(BridgeConfig::default());
         if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
+            layers = layers.file(file);
         }
-        // BRIDGE_CONFIG names the file (main.rs), it is not a setting.
-        figment = figment.merge(Env::prefixed("BRIDGE_").ignore(&["config"]).split("__"));
-        for (key, value) in overrides.values() {
-            figment = figment.merge(Serialized::default(key, value));
-        }
-        let config: BridgeConfig = figment.extract().map_err(Box::new)?;
+        let config: BridgeConfig = layers
+            .prefixed_env("BRIDGE_")
+            .flags(overrides.flags())
+            .extract()?;
         config.validate()?;
         Ok(config)
     }

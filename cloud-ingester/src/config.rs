@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::providers::Env;
 use serde::{Deserialize, Serialize};
+use service::config::{Flags, Layers};
 
 pub use service::logging::LogFormat;
 
@@ -288,50 +288,27 @@ pub struct CliOverrides {
 }
 
 impl CliOverrides {
-    /// `(dotted key, value)` for every flag given.
-    fn values(&self) -> Vec<(&'static str, figment::value::Value)> {
-        fn value<T: Serialize>(v: &T) -> Option<figment::value::Value> {
-            figment::value::Value::serialize(v).ok()
-        }
-        [
-            ("id", self.id.as_ref().and_then(value)),
-            ("database.url", self.database_url.as_ref().and_then(value)),
-            (
-                "database.migrate",
-                self.migrate.then_some(true).and_then(|v| value(&v)),
-            ),
-            ("redis.url", self.redis_url.as_ref().and_then(value)),
-            ("redis.prefix", self.redis_prefix.as_ref().and_then(value)),
-            ("kafka.brokers", self.kafka_brokers.as_ref().and_then(value)),
-            ("kafka.group", self.group.as_ref().and_then(value)),
-            ("kafka.topic", self.topic.as_ref().and_then(value)),
-            ("kafka.dlq_topic", self.dlq_topic.as_ref().and_then(value)),
-            (
-                "kafka.confirm_topic",
-                self.confirm_topic.as_ref().and_then(value),
-            ),
-            ("batch.rows", self.batch_rows.as_ref().and_then(value)),
-            ("batch.age", self.batch_age.as_ref().and_then(value)),
-            (
-                "retention.days",
-                self.retention_days.as_ref().and_then(value),
-            ),
-            ("http.listen", self.http_listen.as_ref().and_then(value)),
-            ("log.format", self.log_format.as_ref().and_then(value)),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key, value?)))
-        .collect()
+    fn flags(&self) -> Flags {
+        Flags::default()
+            .set("id", self.id.as_ref())
+            .set("database.url", self.database_url.as_ref())
+            .set("database.migrate", self.migrate.then_some(true))
+            .set("redis.url", self.redis_url.as_ref())
+            .set("redis.prefix", self.redis_prefix.as_ref())
+            .set("kafka.brokers", self.kafka_brokers.as_ref())
+            .set("kafka.group", self.group.as_ref())
+            .set("kafka.topic", self.topic.as_ref())
+            .set("kafka.dlq_topic", self.dlq_topic.as_ref())
+            .set("kafka.confirm_topic", self.confirm_topic.as_ref())
+            .set("batch.rows", self.batch_rows)
+            .set("batch.age", self.batch_age.as_ref())
+            .set("retention.days", self.retention_days)
+            .set("http.listen", self.http_listen)
+            .set("log.format", self.log_format)
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
-    Invalid(Vec<String>),
-}
+pub use service::config::ConfigError;
 
 /// The conventional variables and the keys they set.
 const CONVENTIONAL_ENV: [(&str, &str); 3] = [
@@ -343,22 +320,20 @@ const CONVENTIONAL_ENV: [(&str, &str); 3] = [
 impl IngesterConfig {
     /// Loads the layers (the file only if given) and validates the result.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(IngesterConfig::default()));
+        let mut layers = Layers::defaults(IngesterConfig::default());
         if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
+            layers = layers.file(file);
         }
-        figment = figment.merge(Env::raw().filter_map(|name| {
-            CONVENTIONAL_ENV
-                .iter()
-                .find(|(variable, _)| name == *variable)
-                .map(|(_, key)| (*key).into())
-        }));
-        // INGESTER_CONFIG names the file (main.rs), it is not a setting.
-        figment = figment.merge(Env::prefixed("INGESTER_").ignore(&["config"]).split("__"));
-        for (key, value) in overrides.values() {
-            figment = figment.merge(Serialized::default(key, value));
-        }
-        let config: IngesterConfig = figment.extract().map_err(Box::new)?;
+        let config: IngesterConfig = layers
+            .env(Env::raw().filter_map(|name| {
+                CONVENTIONAL_ENV
+                    .iter()
+                    .find(|(variable, _)| name == *variable)
+                    .map(|(_, key)| (*key).into())
+            }))
+            .prefixed_env("INGESTER_")
+            .flags(overrides.flags())
+            .extract()?;
         config.validate()?;
         Ok(config)
     }
@@ -520,6 +495,9 @@ fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use figment::providers::{Format, Toml};
+    use figment::Figment;
+
     use super::*;
 
     const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cloud-ingester.toml");

@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
+use service::config::{Flags, Layers};
 
 use crate::sensors::{AnomalyConfig, SourceConfig};
 
@@ -267,15 +266,7 @@ pub struct CliOverrides {
     pub log_format: Option<LogFormat>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Load(Box<figment::Error>),
-    #[error("config file {0} does not exist")]
-    Missing(PathBuf),
-    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
-    Invalid(Vec<String>),
-}
+pub use service::config::ConfigError;
 
 impl AgentConfig {
     /// Loads and checks the configuration from `file`, the environment and `cli`.
@@ -283,36 +274,19 @@ impl AgentConfig {
         if !file.exists() {
             return Err(ConfigError::Missing(file.to_owned()));
         }
-        let mut figment = Figment::new()
-            .merge(Toml::file_exact(file))
-            // EDGE_AGENT_CONFIG names the file (clap reads it), it is not a setting.
-            .merge(Env::prefixed("EDGE_AGENT_").ignore(&["config"]).split("__"));
-        let mut overrides = Vec::new();
-        if let Some(host) = &cli.mqtt_host {
-            overrides.push(("mqtt.host", figment::value::Value::from(host.clone())));
-        }
-        if let Some(port) = cli.mqtt_port {
-            overrides.push(("mqtt.port", figment::value::Value::from(port)));
-        }
-        if let Some(dir) = &cli.queue_dir {
-            overrides.push((
+        let flags = Flags::default()
+            .set("mqtt.host", cli.mqtt_host.as_ref())
+            .set("mqtt.port", cli.mqtt_port)
+            .set(
                 "queue.dir",
-                figment::value::Value::from(dir.display().to_string()),
-            ));
-        }
-        if let Some(format) = cli.log_format {
-            let name = match format {
-                LogFormat::Human => "human",
-                LogFormat::Json => "json",
-            };
-            overrides.push(("log.format", figment::value::Value::from(name)));
-        }
-        for (key, value) in overrides {
-            figment = figment.merge(Serialized::default(key, value));
-        }
-        let config: AgentConfig = figment
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+                cli.queue_dir.as_ref().map(|d| d.display().to_string()),
+            )
+            .set("log.format", cli.log_format);
+        let config: AgentConfig = Layers::empty()
+            .file(file)
+            .prefixed_env("EDGE_AGENT_")
+            .flags(flags)
+            .extract()?;
         config.validate()?;
         Ok(config)
     }

@@ -7,6 +7,8 @@
 //! [`dead_letter`], the configuration checks in [`kafka_config`]).
 
 pub mod clock;
+#[cfg(feature = "config")]
+pub mod config;
 #[cfg(feature = "kafka")]
 pub mod dead_letter;
 #[cfg(feature = "http")]
