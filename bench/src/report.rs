@@ -939,28 +939,6 @@ impl Report<'_> {
     }
 }
 
-/// An agent configuration with only its first two channels shown.
-pub fn truncate_channels(config: &str, channels: usize) -> String {
-    let mut out = String::new();
-    let mut seen = 0;
-    for line in config.lines() {
-        if line == "[[devices.channels]]" {
-            seen += 1;
-            if seen == 3 {
-                out.push_str(&format!(
-                    "# ... {channels} channels in all (ids 0..{}), the same but for id and name\n",
-                    channels - 1
-                ));
-            }
-        }
-        if seen < 3 {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     //! The report's text for fixed figures, compared with the text the report gave for
