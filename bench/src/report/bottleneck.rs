@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use super::format::rate;
-use super::*;
+use super::Report;
+use crate::e2e::{Profile, Throughput};
+use crate::pipeline::Workload;
 
 impl Report<'_> {
     /// Bottleneck, in words chosen by the numbers, plus the profile.
@@ -18,89 +20,101 @@ impl Report<'_> {
             md.push_str("No throughput run.\n\n");
             return;
         };
-        let cores = 100.0 * self.machine.cores as f64;
         for t in self.throughput {
-            let w: &Workload = &t.workload;
-            let total_us = t.cpu.machine_busy / 100.0 / t.ingest_rate.max(1.0) * 1e6;
-            let mut parts: Vec<(String, f64)> = t.cpu.parts.clone();
-            parts.push(("other work on the machine".to_owned(), t.cpu.unattributed()));
-            parts.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let top: Vec<String> = parts
-                .iter()
-                .take(4)
-                .map(|(n, v)| {
-                    format!(
-                        "{n} {v:.0} % ({:.1} µs/reading)",
-                        v / 100.0 / t.ingest_rate.max(1.0) * 1e6
-                    )
-                })
-                .collect();
-            let _ = write!(
-                md,
-                "- **{} devices**: {} readings/s committed of {} published ({} configured). The machine was busy \
-                 {:.0} % of {:.0} %{}. ",
-                w.devices,
-                rate(t.ingest_rate),
-                rate(t.agents_rate),
-                rate(w.configured_rate()),
-                t.cpu.machine_busy,
-                cores,
-                if t.cpu.machine_busy >= 0.9 * cores {
-                    " — **saturated: CPU is the limit**"
-                } else {
-                    ""
-                }
-            );
-            let _ = write!(md, "Largest consumers: {}. ", top.join(", "));
-            let _ = write!(
-                md,
-                "In all {total_us:.1} µs of machine CPU per committed reading. "
-            );
-            if t.agents_rate < 0.9 * w.configured_rate() {
-                let _ = write!(
-                    md,
-                    "The agents published only {:.0} % of their configured rate (they used {:.0} % of a core in {} \
-                     processes): the load generators could not offer more. ",
-                    100.0 * t.agents_rate / w.configured_rate(),
-                    t.cpu.part("edge-agents").unwrap_or(0.0),
-                    w.agents
-                );
-            }
-            let bridge_share = t.bridge_readings_rate / t.agents_rate.max(1.0);
-            let ingest_share = t.ingest_rate / t.bridge_readings_rate.max(1.0);
-            let backlog = (t.bridge_readings_rate - t.ingest_rate).max(0.0) * t.cpu.seconds;
-            let _ = write!(
-                md,
-                "The bridge confirmed {:.1} % of what the agents published; the ingester committed {:.1} % of what \
-                 the bridge put into Kafka (a backlog of about {} readings over the window, drained {} after the \
-                 agents stopped). ",
-                100.0 * bridge_share,
-                100.0 * ingest_share,
-                rate(backlog),
-                t.drain_s.map_or("not within the timeout".to_owned(), |s| format!("{s:.0} s"))
-            );
-            let loop_busy = t.cpu.part("cloud-ingester").unwrap_or(0.0)
-                + t.cpu.part("PostgreSQL").unwrap_or(0.0);
-            if ingest_share < 0.9 {
-                let _ = write!(
-                    md,
-                    "**Bottleneck: the ingest loop** (ingester + PostgreSQL, {loop_busy:.0} % of a core between them, \
-                     see below); the hops before it kept up. "
-                );
-            } else if bridge_share < 0.9 {
-                let _ = write!(md, "**Bottleneck: the bridge** (MQTT → Kafka). ");
-            } else if ingest_share < 0.99 || loop_busy >= 85.0 {
-                let _ = write!(
-                    md,
-                    "Every hop nearly kept up; the ingest loop was the busiest stage ({loop_busy:.0} % of a core), so \
-                     it is the next limit. "
-                );
-            } else {
-                let _ = write!(md, "Every hop kept up with the one before it. ");
-            }
-            let _ = writeln!(md);
+            self.bottleneck_of_run(md, t);
         }
         let _ = writeln!(md);
+        self.ingest_loop(md, worst);
+        self.profiles(md);
+    }
+
+    /// One throughput run in a paragraph: where its CPU went, and which hop fell behind.
+    fn bottleneck_of_run(&self, md: &mut String, t: &Throughput) {
+        let cores = 100.0 * self.machine.cores as f64;
+        let w: &Workload = &t.workload;
+        let total_us = t.cpu.machine_busy / 100.0 / t.ingest_rate.max(1.0) * 1e6;
+        let mut parts: Vec<(String, f64)> = t.cpu.parts.clone();
+        parts.push(("other work on the machine".to_owned(), t.cpu.unattributed()));
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<String> = parts
+            .iter()
+            .take(4)
+            .map(|(n, v)| {
+                format!(
+                    "{n} {v:.0} % ({:.1} µs/reading)",
+                    v / 100.0 / t.ingest_rate.max(1.0) * 1e6
+                )
+            })
+            .collect();
+        let _ = write!(
+            md,
+            "- **{} devices**: {} readings/s committed of {} published ({} configured). The machine was busy \
+             {:.0} % of {:.0} %{}. ",
+            w.devices,
+            rate(t.ingest_rate),
+            rate(t.agents_rate),
+            rate(w.configured_rate()),
+            t.cpu.machine_busy,
+            cores,
+            if t.cpu.machine_busy >= 0.9 * cores {
+                " — **saturated: CPU is the limit**"
+            } else {
+                ""
+            }
+        );
+        let _ = write!(md, "Largest consumers: {}. ", top.join(", "));
+        let _ = write!(
+            md,
+            "In all {total_us:.1} µs of machine CPU per committed reading. "
+        );
+        if t.agents_rate < 0.9 * w.configured_rate() {
+            let _ = write!(
+                md,
+                "The agents published only {:.0} % of their configured rate (they used {:.0} % of a core in {} \
+                 processes): the load generators could not offer more. ",
+                100.0 * t.agents_rate / w.configured_rate(),
+                t.cpu.part("edge-agents").unwrap_or(0.0),
+                w.agents
+            );
+        }
+        let bridge_share = t.bridge_readings_rate / t.agents_rate.max(1.0);
+        let ingest_share = t.ingest_rate / t.bridge_readings_rate.max(1.0);
+        let backlog = (t.bridge_readings_rate - t.ingest_rate).max(0.0) * t.cpu.seconds;
+        let _ = write!(
+            md,
+            "The bridge confirmed {:.1} % of what the agents published; the ingester committed {:.1} % of what \
+             the bridge put into Kafka (a backlog of about {} readings over the window, drained {} after the \
+             agents stopped). ",
+            100.0 * bridge_share,
+            100.0 * ingest_share,
+            rate(backlog),
+            t.drain_s.map_or("not within the timeout".to_owned(), |s| format!("{s:.0} s"))
+        );
+        let loop_busy =
+            t.cpu.part("cloud-ingester").unwrap_or(0.0) + t.cpu.part("PostgreSQL").unwrap_or(0.0);
+        if ingest_share < 0.9 {
+            let _ = write!(
+                md,
+                "**Bottleneck: the ingest loop** (ingester + PostgreSQL, {loop_busy:.0} % of a core between them, \
+                 see below); the hops before it kept up. "
+            );
+        } else if bridge_share < 0.9 {
+            let _ = write!(md, "**Bottleneck: the bridge** (MQTT → Kafka). ");
+        } else if ingest_share < 0.99 || loop_busy >= 85.0 {
+            let _ = write!(
+                md,
+                "Every hop nearly kept up; the ingest loop was the busiest stage ({loop_busy:.0} % of a core), so \
+                 it is the next limit. "
+            );
+        } else {
+            let _ = write!(md, "Every hop kept up with the one before it. ");
+        }
+        let _ = writeln!(md);
+    }
+
+    /// Why one ingester's rate is bounded by its loop, each run's implied ceiling, and the
+    /// ingest bench's for comparison (`worst`: the slowest run).
+    fn ingest_loop(&self, md: &mut String, worst: &Throughput) {
         let _ = writeln!(
             md,
             "The ingest loop is serial by design (consume a batch, write it in one transaction, commit, store the \
@@ -139,7 +153,11 @@ impl Report<'_> {
             worst.workload.devices,
             rate(worst.ingest_rate)
         );
-        let profiled: Vec<(&Throughput, &crate::e2e::Profile)> = self
+    }
+
+    /// The `perf` profiles of the throughput windows, with their hottest entries.
+    fn profiles(&self, md: &mut String) {
+        let profiled: Vec<(&Throughput, &Profile)> = self
             .throughput
             .iter()
             .filter_map(|t| t.perf.as_ref().map(|p| (t, p)))

@@ -4,10 +4,11 @@
 use std::fmt::Write as _;
 
 use super::format::{rate, verdict};
-use super::*;
+use super::{Report, BAR_CONFIRM_RATIO, BAR_CONFIRM_RSS_MIB, BAR_CONFIRM_WAIT_MS};
+use crate::e2e::Throughput;
 
 impl Report<'_> {
-    /// Confirmations. Issue 14: the cost of keeping each frame until PostgreSQL committed it.
+    /// Confirmations: the cost of keeping each frame until PostgreSQL committed it.
     pub(super) fn confirmations(&self, md: &mut String) {
         let _ = writeln!(
             md,
@@ -16,7 +17,6 @@ impl Report<'_> {
         let Some(p) = self.throughput.first() else {
             return;
         };
-        let b = self.broker;
         let _ = writeln!(
             md,
             "The {} throughput scenario ran twice in this run, the same windows, first with the agents' default \
@@ -29,6 +29,14 @@ impl Report<'_> {
              (5, 10, 20, 50, 100, 150, 200, 300, 400, 500, 750 ms, 1, 2, 5, 30 s), not an exact percentile.\n",
             p.workload.name
         );
+        self.confirmation_table(md, p);
+        let _ = writeln!(md);
+        self.confirmation_notes(md, p);
+    }
+
+    /// The figures of issue 14 side by side, pipeline against broker, with their bars.
+    fn confirmation_table(&self, md: &mut String, p: &Throughput) {
+        let b = self.broker;
         let ratio = if b.ingest_rate > 0.0 {
             p.ingest_rate / b.ingest_rate
         } else {
@@ -76,7 +84,11 @@ impl Report<'_> {
                 w.p99_ms.map_or("not measured (no status with a figure)", |v| verdict(v <= BAR_CONFIRM_WAIT_MS))
             );
         }
-        let _ = writeln!(md);
+    }
+
+    /// Where the waits, the coverage upkeep and the SD-card writes come from, and how far
+    /// one run each can be trusted.
+    fn confirmation_notes(&self, md: &mut String, p: &Throughput) {
         for l in self.latency {
             let _ = writeln!(
                 md,

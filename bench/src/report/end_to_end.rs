@@ -4,13 +4,15 @@
 use std::fmt::Write as _;
 
 use super::format::{ms, rate};
-use super::*;
+use super::Report;
+use crate::components::BRIDGE_READINGS_PER_FRAME;
+use crate::e2e::Throughput;
+use crate::probe::POLL_INTERVAL;
+use crate::procstat::CpuWindow;
 
 impl Report<'_> {
     /// End to end: each hop's rate in each throughput run beside its ceiling.
     pub(super) fn hops(&self, md: &mut String) {
-        let c = self.components;
-        let f = &c.footprint;
         let _ = writeln!(md, "## End to end: each hop's rate beside its ceiling\n");
         let _ = writeln!(
             md,
@@ -21,6 +23,20 @@ impl Report<'_> {
             self.timing.window.as_secs_f64(),
             self.timing.warmup.as_secs_f64()
         );
+        self.hop_table(md);
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "The PostgreSQL of the end-to-end run is a private server (testkit: `fsync=off`, default memory \
+             settings); the ingest bench's ceiling was measured on the stack's server (`fsync=on`, \
+             `shared_buffers=256MB`), so the two are close but not identical set-ups.\n"
+        );
+    }
+
+    /// A row per hop, a column per throughput run, and the hop's ceilings.
+    fn hop_table(&self, md: &mut String) {
+        let c = self.components;
+        let f = &c.footprint;
         let mut header = "| hop | how measured |".to_owned();
         let mut rule = "|---|---|".to_owned();
         for t in self.throughput {
@@ -30,29 +46,21 @@ impl Report<'_> {
         header.push_str(" ceiling in this run, readings/s |");
         rule.push_str("---|");
         let _ = writeln!(md, "{header}\n{rule}");
-        let row = |md: &mut String,
-                   hop: &str,
-                   how: &str,
-                   f: &dyn Fn(&Throughput) -> String,
-                   ceiling: String| {
-            let cells: Vec<String> = self.throughput.iter().map(f).collect();
-            let _ = writeln!(md, "| {hop} | {how} | {} | {ceiling} |", cells.join(" | "));
-        };
-        row(
+        self.hop_row(
             md,
             "configured",
             "devices × channels ÷ period",
             &|t| rate(t.workload.configured_rate()),
             "–".to_owned(),
         );
-        row(
+        self.hop_row(
             md,
             "edge agents → MQTT",
             "telemetry frames seen by an MQTT subscriber on the bridge's broker",
             &|t| format!("{} ({} frames/s)", rate(t.agents_rate), rate(t.frames_rate)),
             "–".to_owned(),
         );
-        row(
+        self.hop_row(
             md,
             "bridge → Kafka (confirmed)",
             "`bridge_messages_produced_total` × readings a frame (msgs/s received / confirmed)",
@@ -71,7 +79,7 @@ impl Report<'_> {
                 rate(c.bridge.kafka_ceiling * BRIDGE_READINGS_PER_FRAME)
             ),
         );
-        row(
+        self.hop_row(
             md,
             "ingester → PostgreSQL (committed)",
             "`ingester_readings_inserted_total`",
@@ -83,14 +91,14 @@ impl Report<'_> {
                 rate(c.ingest.pipeline)
             ),
         );
-        row(
+        self.hop_row(
             md,
             "end to end ÷ ingest pipeline ceiling",
             "",
             &|t| format!("{:.0} %", 100.0 * t.ingest_rate / c.ingest.pipeline),
             "–".to_owned(),
         );
-        row(
+        self.hop_row(
             md,
             "bytes per reading on the wire",
             "MQTT payload bytes ÷ readings (probe)",
@@ -100,7 +108,7 @@ impl Report<'_> {
                 f.bytes_per_reading_all
             ),
         );
-        row(
+        self.hop_row(
             md,
             "totals after the agents stopped",
             "published (probe) / stored / dead-lettered",
@@ -118,13 +126,19 @@ impl Report<'_> {
             },
             "–".to_owned(),
         );
-        let _ = writeln!(md);
-        let _ = writeln!(
-            md,
-            "The PostgreSQL of the end-to-end run is a private server (testkit: `fsync=off`, default memory \
-             settings); the ingest bench's ceiling was measured on the stack's server (`fsync=on`, \
-             `shared_buffers=256MB`), so the two are close but not identical set-ups.\n"
-        );
+    }
+
+    /// One hop's row: its cell in each throughput run, then its ceiling.
+    fn hop_row(
+        &self,
+        md: &mut String,
+        hop: &str,
+        how: &str,
+        cell: &dyn Fn(&Throughput) -> String,
+        ceiling: String,
+    ) {
+        let cells: Vec<String> = self.throughput.iter().map(cell).collect();
+        let _ = writeln!(md, "| {hop} | {how} | {} | {ceiling} |", cells.join(" | "));
     }
 
     /// CPU: each part's share of the cores in every steady window.
@@ -139,21 +153,7 @@ impl Report<'_> {
         );
         let mut header = "| part |".to_owned();
         let mut rule = "|---|".to_owned();
-        let mut windows: Vec<(String, &crate::procstat::CpuWindow, f64)> = Vec::new();
-        for t in self.throughput {
-            windows.push((
-                format!("{} devices", t.workload.devices),
-                &t.cpu,
-                t.ingest_rate,
-            ));
-        }
-        for l in self.latency {
-            windows.push((
-                format!("latency, age {}", l.batch_age),
-                &l.cpu,
-                l.ingest_rate,
-            ));
-        }
+        let windows = self.cpu_windows();
         for (name, _, _) in &windows {
             let _ = write!(header, " {name}: % core | µs/reading |");
             rule.push_str("---:|---:|");
@@ -242,8 +242,27 @@ impl Report<'_> {
              millisecond after the agent's publish reached it. The time a reading waits in its agent for its frame to \
              be sealed (`batch.max_readings` 50 / `batch.max_age`) is not part of publish → row. Redis is updated after \
              the commit and is not timed here. Percentiles are nearest-rank over all frames published in the window.\n",
-            crate::probe::POLL_INTERVAL.as_millis(),
+            POLL_INTERVAL.as_millis(),
             self.latency.first().map_or(0.0, |l| l.latency.mean_poll_ms)
         );
+    }
+    /// Every steady window: its name, its CPU, and the readings/s committed in it.
+    fn cpu_windows(&self) -> Vec<(String, &CpuWindow, f64)> {
+        let mut windows: Vec<(String, &CpuWindow, f64)> = Vec::new();
+        for t in self.throughput {
+            windows.push((
+                format!("{} devices", t.workload.devices),
+                &t.cpu,
+                t.ingest_rate,
+            ));
+        }
+        for l in self.latency {
+            windows.push((
+                format!("latency, age {}", l.batch_age),
+                &l.cpu,
+                l.ingest_rate,
+            ));
+        }
+        windows
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::*;
+use super::Report;
 
 impl Report<'_> {
     /// Edge agent footprint: the footprint bench, then each throughput run's largest agent.

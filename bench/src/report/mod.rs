@@ -20,10 +20,9 @@ mod summary;
 #[cfg(test)]
 mod tests;
 
-use crate::components::{Components, BRIDGE_READINGS_PER_FRAME};
+use crate::components::Components;
 use crate::e2e::{LatencyRun, Throughput, Timing};
 use crate::machine::Machine;
-use crate::pipeline::Workload;
 
 pub const BAR_RATE: f64 = 100_000.0;
 pub const BAR_P99_MS: f64 = 250.0;
@@ -37,6 +36,7 @@ pub const BAR_CONFIRM_RSS_MIB: f64 = 0.2;
 pub const BAR_COVERAGE_SHARE: f64 = 0.05;
 pub const BAR_CONFIRM_WRITES: f64 = 0.05;
 
+/// Everything one run measured, as the report is written from it.
 pub struct Report<'a> {
     pub machine: &'a Machine,
     pub quick: bool,
@@ -53,6 +53,7 @@ pub struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// The whole report, its sections in the order it reads.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         self.heading(&mut md);

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::*;
+use super::Report;
 
 impl Report<'_> {
     /// Settings: the run, the workloads, the configuration files and the bench commands.

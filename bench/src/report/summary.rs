@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 
 use super::format::{ms, rate, verdict};
-use super::*;
+use super::{
+    Report, BAR_CONFIRM_RATIO, BAR_CONFIRM_RSS_MIB, BAR_CONFIRM_WAIT_MS, BAR_CONFIRM_WRITES,
+    BAR_COVERAGE_SHARE, BAR_P99_MS, BAR_RATE,
+};
 
 impl Report<'_> {
     /// The title, when, where and by what the figures were measured, and the chart.
@@ -36,13 +39,20 @@ impl Report<'_> {
 
     /// The bars: each bar of the design brief and issues 7 and 14, its figure and verdict.
     pub(super) fn bars(&self, md: &mut String) {
-        let c = self.components;
         let _ = writeln!(md, "## The bars\n");
         let _ = writeln!(
             md,
             "| bar (issues 7 and 14, the design brief) | measured in this run | verdict |"
         );
         let _ = writeln!(md, "|---|---:|---|");
+        self.end_to_end_bars(md);
+        self.component_bars(md);
+        self.confirmation_bars(md);
+        let _ = writeln!(md);
+    }
+
+    /// Issue 7's end-to-end bars (throughput and latency), as rows of the bars table.
+    fn end_to_end_bars(&self, md: &mut String) {
         for t in self.throughput {
             let _ = writeln!(
                 md,
@@ -63,6 +73,11 @@ impl Report<'_> {
                 verdict(l.latency.p99 <= BAR_P99_MS && l.latency.unseen == 0)
             );
         }
+    }
+
+    /// The design brief's bars on the component benches, as rows of the bars table.
+    fn component_bars(&self, md: &mut String) {
+        let c = self.components;
         let f = &c.footprint;
         let e2e_bpr = self
             .throughput
@@ -117,12 +132,10 @@ impl Report<'_> {
             100.0 * ratio,
             verdict(ratio >= 0.70)
         );
-        self.confirmation_bars(md);
-        let _ = writeln!(md);
     }
 
     /// Issue 14's bars, as rows of the bars table.
-    pub(super) fn confirmation_bars(&self, md: &mut String) {
+    fn confirmation_bars(&self, md: &mut String) {
         let c = self.components;
         if let Some(p) = self.throughput.first() {
             let b = self.broker;
