@@ -30,6 +30,14 @@ impl Report<'_> {
 
     /// One throughput run in a paragraph: where its CPU went, and which hop fell behind.
     fn bottleneck_of_run(&self, md: &mut String, t: &Throughput) {
+        self.where_the_cpu_went(md, t);
+        which_hop_fell_behind(md, t);
+        let _ = writeln!(md);
+    }
+
+    /// The run's rates, how busy the machine was and who used it, and whether the agents
+    /// offered what they were configured to.
+    fn where_the_cpu_went(&self, md: &mut String, t: &Throughput) {
         let cores = 100.0 * self.machine.cores as f64;
         let w: &Workload = &t.workload;
         let total_us = t.cpu.machine_busy / 100.0 / t.ingest_rate.max(1.0) * 1e6;
@@ -77,39 +85,6 @@ impl Report<'_> {
                 w.agents
             );
         }
-        let bridge_share = t.bridge_readings_rate / t.agents_rate.max(1.0);
-        let ingest_share = t.ingest_rate / t.bridge_readings_rate.max(1.0);
-        let backlog = (t.bridge_readings_rate - t.ingest_rate).max(0.0) * t.cpu.seconds;
-        let _ = write!(
-            md,
-            "The bridge confirmed {:.1} % of what the agents published; the ingester committed {:.1} % of what \
-             the bridge put into Kafka (a backlog of about {} readings over the window, drained {} after the \
-             agents stopped). ",
-            100.0 * bridge_share,
-            100.0 * ingest_share,
-            rate(backlog),
-            t.drain_s.map_or("not within the timeout".to_owned(), |s| format!("{s:.0} s"))
-        );
-        let loop_busy =
-            t.cpu.part("cloud-ingester").unwrap_or(0.0) + t.cpu.part("PostgreSQL").unwrap_or(0.0);
-        if ingest_share < 0.9 {
-            let _ = write!(
-                md,
-                "**Bottleneck: the ingest loop** (ingester + PostgreSQL, {loop_busy:.0} % of a core between them, \
-                 see below); the hops before it kept up. "
-            );
-        } else if bridge_share < 0.9 {
-            let _ = write!(md, "**Bottleneck: the bridge** (MQTT → Kafka). ");
-        } else if ingest_share < 0.99 || loop_busy >= 85.0 {
-            let _ = write!(
-                md,
-                "Every hop nearly kept up; the ingest loop was the busiest stage ({loop_busy:.0} % of a core), so \
-                 it is the next limit. "
-            );
-        } else {
-            let _ = write!(md, "Every hop kept up with the one before it. ");
-        }
-        let _ = writeln!(md);
     }
 
     /// Why one ingester's rate is bounded by its loop, each run's implied ceiling, and the
@@ -205,5 +180,42 @@ impl Report<'_> {
                 );
             }
         }
+    }
+}
+
+/// Each hop's share of what the one before it passed on, and the hop that fell behind,
+/// if one did.
+fn which_hop_fell_behind(md: &mut String, t: &Throughput) {
+    let bridge_share = t.bridge_readings_rate / t.agents_rate.max(1.0);
+    let ingest_share = t.ingest_rate / t.bridge_readings_rate.max(1.0);
+    let backlog = (t.bridge_readings_rate - t.ingest_rate).max(0.0) * t.cpu.seconds;
+    let _ = write!(
+        md,
+        "The bridge confirmed {:.1} % of what the agents published; the ingester committed {:.1} % of what \
+         the bridge put into Kafka (a backlog of about {} readings over the window, drained {} after the \
+         agents stopped). ",
+        100.0 * bridge_share,
+        100.0 * ingest_share,
+        rate(backlog),
+        t.drain_s.map_or("not within the timeout".to_owned(), |s| format!("{s:.0} s"))
+    );
+    let loop_busy =
+        t.cpu.part("cloud-ingester").unwrap_or(0.0) + t.cpu.part("PostgreSQL").unwrap_or(0.0);
+    if ingest_share < 0.9 {
+        let _ = write!(
+            md,
+            "**Bottleneck: the ingest loop** (ingester + PostgreSQL, {loop_busy:.0} % of a core between them, \
+             see below); the hops before it kept up. "
+        );
+    } else if bridge_share < 0.9 {
+        let _ = write!(md, "**Bottleneck: the bridge** (MQTT → Kafka). ");
+    } else if ingest_share < 0.99 || loop_busy >= 85.0 {
+        let _ = write!(
+            md,
+            "Every hop nearly kept up; the ingest loop was the busiest stage ({loop_busy:.0} % of a core), so \
+             it is the next limit. "
+        );
+    } else {
+        let _ = write!(md, "Every hop kept up with the one before it. ");
     }
 }

@@ -136,7 +136,6 @@ impl Report<'_> {
 
     /// Issue 14's bars, as rows of the bars table.
     fn confirmation_bars(&self, md: &mut String) {
-        let c = self.components;
         if let Some(p) = self.throughput.first() {
             let b = self.broker;
             let ratio = p.ingest_rate / b.ingest_rate.max(f64::MIN_POSITIVE);
@@ -163,7 +162,13 @@ impl Report<'_> {
                 w.p99_ms.map_or("–", |v| verdict(v <= BAR_CONFIRM_WAIT_MS))
             );
         }
-        let u = &c.ingest.coverage;
+        self.coverage_bar(md);
+        self.agent_cost_bars(md);
+    }
+
+    /// Issue 14's bar on the ingester: what keeping the coverage table costs the write.
+    fn coverage_bar(&self, md: &mut String) {
+        let u = &self.components.ingest.coverage;
         let small = u.small.as_ref().map_or(String::new(), |s| {
             format!(
                 "; at {}-row batches ({} readings per device and batch) {:.1} %{}",
@@ -187,7 +192,11 @@ impl Report<'_> {
             100.0 * u.rate_ratio,
             verdict(u.cpu_share <= BAR_COVERAGE_SHARE)
         );
-        let f = &c.footprint;
+    }
+
+    /// Issue 14's bars on the agent: the SD-card writes and the memory confirmations cost.
+    fn agent_cost_bars(&self, md: &mut String) {
+        let f = &self.components.footprint;
         let extra = |(p, b): (f64, f64)| p / b.max(1.0) - 1.0;
         let _ = writeln!(
             md,
