@@ -316,7 +316,7 @@ impl Pipeline {
             let config = agent_config(w, 0, &ids[..1.min(ids.len())], self.mqtt_port, &self.dir);
             out.push((
                 format!("edge-agent, {} (first device of the first agent)", w.name),
-                crate::report::truncate_channels(&config, w.channels),
+                truncate_channels(&config, w.channels),
             ));
         }
         out
@@ -409,6 +409,29 @@ fn agent_config(w: &Workload, n: usize, devices: &[String], port: u16, dir: &Pat
                 "[[devices.channels]]\nid = {c}\nname = \"c{c}\"\nunit = \"kW\"\nperiod = \"{}ms\"\nrange = [0.0, 150.0]\nsource = {{ kind = \"simulated\", model = \"compressor_power\" }}\n",
                 w.period_ms
             ));
+        }
+    }
+    out
+}
+
+/// An agent configuration as `agent_config` writes it, with only its first two channels
+/// shown: the report's copy of it.
+fn truncate_channels(config: &str, channels: usize) -> String {
+    let mut out = String::new();
+    let mut seen = 0;
+    for line in config.lines() {
+        if line == "[[devices.channels]]" {
+            seen += 1;
+            if seen == 3 {
+                out.push_str(&format!(
+                    "# ... {channels} channels in all (ids 0..{}), the same but for id and name\n",
+                    channels - 1
+                ));
+            }
+        }
+        if seen < 3 {
+            out.push_str(line);
+            out.push('\n');
         }
     }
     out
