@@ -107,6 +107,13 @@
 //! - Ids strictly increase across restarts. The one exception is a power cut: ids of
 //!   records that never reached the disk can be handed out again, which is harmless
 //!   because nothing durable refers to them.
+//!
+//! # Where the code is
+//!
+//! `open` (the lock, the acks file, the check and repair of segments, the report),
+//! `write` (append, roll and seal, the byte cap and drop-oldest, `sync`) and `read`
+//! (reads in id order, acks, retiring finished segments); beneath them `segment` (one
+//! file), `format` (its bytes) and `ids` (the set of acknowledged ids).
 
 mod format;
 mod ids;
