@@ -449,8 +449,13 @@ redis_down() {
     say "redis: not running"
     return
   fi
-  say "redis: stopping (pid $pid)"
-  if ! { "$(find_bin redis-cli)" -h 127.0.0.1 -p "$REDIS_PORT" shutdown >/dev/null 2>&1 && wait_exit "$pid"; }; then
+  # The port this stack's Redis was started on, from its own configuration: REDIS_PORT
+  # may name another stack's server now (a second checkout's on the default port).
+  local port
+  port=$(awk '$1 == "port" { print $2 }' "$REDIS_DIR/redis.conf" 2>/dev/null)
+  say "redis: stopping (pid $pid, port ${port:-?})"
+  if [[ -z $port ]] ||
+    ! { "$(find_bin redis-cli)" -h 127.0.0.1 -p "$port" shutdown >/dev/null 2>&1 && wait_exit "$pid"; }; then
     terminate redis "$pid"
   fi
 }
