@@ -1,8 +1,8 @@
 //! The Redis writer's round trips, open alerts and outages against the stack's real Redis
-//! (see tests/redis_sink.rs). Every test works under its own
-//! key prefix (`testkit::unique_name`) and deletes its keys at the end; nothing here
-//! touches other keys, flushes, or stops the shared Redis. Outages are simulated with a
-//! small TCP proxy in front of it, which also counts the commands the sink sends.
+//! (see tests/redis_sink.rs). Every test works under its own key prefix
+//! (`testkit::unique_name`) and deletes its keys at the end; nothing here touches other
+//! keys, flushes, or stops the shared Redis. Outages are simulated with a small TCP proxy
+//! in front of it, which also counts the commands the sink sends.
 
 mod support;
 
