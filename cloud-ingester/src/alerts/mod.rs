@@ -6,7 +6,8 @@
 //! engine's state once the batch's PostgreSQL transaction, which writes them to `alerts`
 //! beside the readings, has committed. A batch that fails and is retried is therefore
 //! evaluated afresh, and a committed reading has had its transitions committed with it.
-//! `store` holds the SQL, `publish` the Kafka and Redis side.
+//! `store` holds the SQL, `publish` the Kafka and Redis side; `state` is the engine's
+//! memory per device and channel, `evaluate` the rules applied to one reading.
 //!
 //! Rules, per channel (see [`rules::ChannelRules`]):
 //! - **high / low**: above `warn_high` (below `warn_low`) for at least `min_duration_ms`
@@ -40,15 +41,18 @@
 //! highest committed sequence number for longer than a window. See [`data_loss`].
 
 pub mod data_loss;
+mod evaluate;
 pub mod publish;
 pub mod rules;
+mod state;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
 
 use crate::rows::Row;
 use data_loss::{DataLossRule, DeviceLoss};
-use rules::{ChannelRules, RuleBook};
+use rules::RuleBook;
+use state::{Boot, ChannelState, DeviceState};
 
 /// Which rule an alert is about (`alerts.rule`): part of the alert records readers share.
 pub use contracts::alerts::Rule;
@@ -123,50 +127,6 @@ pub struct Transition {
     pub message: String,
 }
 
-/// One side (high or low) of a channel's threshold rule.
-#[derive(Debug, Clone, Copy, Default)]
-struct Side {
-    open: Option<Severity>,
-    /// Device time of the first reading of the current unbroken run beyond the warning
-    /// (critical) threshold.
-    warn_since: Option<i64>,
-    crit_since: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct ChannelState {
-    /// (boot, seq) of the newest reading evaluated: the watermark. A reading of the same
-    /// boot at or below it is not evaluated again; one of another boot is, once the
-    /// device's boot check let it through (it is the device's newest boot).
-    mark: Option<(i64, i64)>,
-    /// Device time of the newest reading evaluated, which durations start from.
-    last_ts: Option<i64>,
-    high: Side,
-    low: Side,
-    /// The repeated value's bits and the device time it was first seen.
-    run: Option<(u32, i64)>,
-    stuck_open: bool,
-    dropout_open: bool,
-}
-
-/// A boot and when PostgreSQL first saw it (µs since the epoch; `None`: not before the
-/// batch being evaluated, so it is the newest, `reading_coverage.first_seen` being
-/// written by that batch's commit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Boot {
-    id: i64,
-    first_seen_us: Option<i64>,
-}
-
-impl Boot {
-    /// The order of a device's boots: first seen later is newer; boots first seen by the
-    /// same transaction (or both by the batch at hand) by boot id as unsigned, the
-    /// order the Redis writer uses.
-    fn order(self) -> (i64, u64) {
-        (self.first_seen_us.unwrap_or(i64::MAX), self.id as u64)
-    }
-}
-
 /// When PostgreSQL first saw each (device, boot) of a batch that is not its device's
 /// newest boot in the engine, in µs since the epoch ([`AlertEngine::unfamiliar_boots`]);
 /// a boot missing from it was never stored before.
@@ -181,21 +141,6 @@ pub struct ResumeAt {
     pub boot_id: i64,
     pub first_seen_us: i64,
     pub seq: i64,
-}
-
-#[derive(Debug, Clone, Default)]
-struct DeviceState {
-    /// The device's newest boot evaluated: readings of older boots are not evaluated.
-    boot: Option<Boot>,
-    channels: HashMap<i16, ChannelState>,
-    /// Device time of the device's newest reading (in identity order), any channel.
-    last_ts: Option<i64>,
-    /// No channel's dropout can open before the device's time passes this: at most the
-    /// earliest (last reading + silence window) of its channels. The sibling scan runs
-    /// only past it; scanning at every reading cost O(channels) each, which a device with
-    /// hundreds of channels made the ingester's bottleneck (docs/benchmarks.md). 0, the
-    /// default, means "not known yet": any reading time passes it.
-    dropout_check_at: i64,
 }
 
 /// The alert state of every channel, and the rules it applies.
@@ -449,331 +394,6 @@ impl AlertEngine {
             self.losses.entry(device).or_default().open = open;
         }
     }
-
-    /// Applies one reading of `boot` to its device's state.
-    fn step(
-        &self,
-        device: &str,
-        state: &mut DeviceState,
-        boot: Boot,
-        row: &Row,
-        out: &mut Vec<Transition>,
-    ) {
-        match state.boot {
-            Some(current) if current.id == boot.id => {}
-            // A replaced boot's late backlog: the newer boot's readings are evaluated.
-            Some(current) if boot.order() < current.order() => return,
-            _ => state.boot = Some(boot),
-        }
-        let channel = state.channels.entry(row.channel_id).or_default();
-        if channel
-            .mark
-            .is_some_and(|(mark_boot, mark_seq)| mark_boot == row.boot_id && row.seq <= mark_seq)
-        {
-            return;
-        }
-        channel.mark = Some((row.boot_id, row.seq));
-        let previous = channel.last_ts.replace(row.ts_ms);
-        // The device's newest reading before this one: proof that it was sending.
-        let device_last = state.last_ts.replace(row.ts_ms);
-        let Some(rules) = self.rules.get(device, row.channel_id) else {
-            return;
-        };
-        if previous.is_some_and(|last| row.ts_ms < last) {
-            // The device's clock went back: no duration can span that.
-            for side in [&mut channel.high, &mut channel.low] {
-                side.warn_since = None;
-                side.crit_since = None;
-            }
-            channel.run = None;
-        }
-        state.dropout_check_at = state
-            .dropout_check_at
-            .min(row.ts_ms.saturating_add(rules.silence_ms));
-        let value = f64::from(row.value);
-        let key = |rule| AlertKey {
-            device_id: device.to_owned(),
-            channel_id: Some(row.channel_id),
-            rule,
-        };
-        if let Some(last) = previous.filter(|last| row.ts_ms - last > rules.silence_ms) {
-            // Durations count uninterrupted time only: a silence ends every run.
-            for side in [&mut channel.high, &mut channel.low] {
-                side.warn_since = None;
-                side.crit_since = None;
-            }
-            channel.run = None;
-            // A device with other channels shows a silent one through them (below); a
-            // one-channel device's gap can only be recorded now that it is over.
-            let gap = row.ts_ms - last;
-            if self.rules.channels_of(device) == 1 && !channel.dropout_open {
-                out.push(Transition {
-                    key: key(Rule::Dropout),
-                    change: Change::Opened,
-                    severity: Severity::Warning,
-                    value: None,
-                    threshold: None,
-                    ts_ms: last,
-                    message: format!("{}: no readings for {}", rules.name, secs(gap)),
-                });
-                channel.dropout_open = true;
-            }
-        }
-        if channel.dropout_open {
-            out.push(Transition {
-                key: key(Rule::Dropout),
-                change: Change::Resolved,
-                severity: Severity::Warning,
-                value: value.is_finite().then_some(value),
-                threshold: None,
-                ts_ms: row.ts_ms,
-                message: format!("{}: readings are back", rules.name),
-            });
-            channel.dropout_open = false;
-        }
-        if value.is_finite() {
-            threshold_side(rules, &mut channel.high, true, value, row.ts_ms, &key, out);
-            threshold_side(rules, &mut channel.low, false, value, row.ts_ms, &key, out);
-            stuck(rules, channel, row.value, row.ts_ms, &key, out);
-        } else {
-            // A sensor fault interrupts a breach; it neither fires nor clears. It does not
-            // end a stuck run (the value it interrupts has not moved).
-            for side in [&mut channel.high, &mut channel.low] {
-                side.warn_since = None;
-                side.crit_since = None;
-            }
-        }
-        // Siblings silent for longer than their window while the device went on sending
-        // (judged by its readings before this one, so a device that was silent
-        // altogether and has just come back raises nothing).
-        let Some(device_last) = device_last else {
-            return;
-        };
-        if device_last <= state.dropout_check_at {
-            return;
-        }
-        let mut next_check = i64::MAX;
-        for (&sibling, sibling_state) in state.channels.iter_mut() {
-            if sibling_state.dropout_open {
-                continue;
-            }
-            let (Some(last), Some(sibling_rules)) =
-                (sibling_state.last_ts, self.rules.get(device, sibling))
-            else {
-                continue;
-            };
-            let deadline = last.saturating_add(sibling_rules.silence_ms);
-            if sibling == row.channel_id {
-                next_check = next_check.min(deadline);
-                continue;
-            }
-            let silent = device_last - last;
-            if silent <= sibling_rules.silence_ms {
-                next_check = next_check.min(deadline);
-            } else {
-                sibling_state.dropout_open = true;
-                out.push(Transition {
-                    key: AlertKey {
-                        device_id: device.to_owned(),
-                        channel_id: Some(sibling),
-                        rule: Rule::Dropout,
-                    },
-                    change: Change::Opened,
-                    severity: Severity::Warning,
-                    value: None,
-                    threshold: None,
-                    ts_ms: last,
-                    message: format!(
-                        "{}: no readings for {} while the device sends",
-                        sibling_rules.name,
-                        secs(silent)
-                    ),
-                });
-            }
-        }
-        state.dropout_check_at = next_check;
-    }
-}
-
-/// The high (`high = true`) or low side of the threshold rule, for one finite value.
-fn threshold_side(
-    rules: &ChannelRules,
-    side: &mut Side,
-    high: bool,
-    value: f64,
-    ts_ms: i64,
-    key: &impl Fn(Rule) -> AlertKey,
-    out: &mut Vec<Transition>,
-) {
-    let (warn, crit, rule, word) = if high {
-        (rules.warn_high, rules.crit_high, Rule::High, "above")
-    } else {
-        (rules.warn_low, rules.crit_low, Rule::Low, "below")
-    };
-    let beyond = |threshold: f64| {
-        if high {
-            value > threshold
-        } else {
-            value < threshold
-        }
-    };
-    // The lowest threshold of this side, the one a warning is about.
-    let Some(first) = warn.or(crit) else {
-        // The thresholds were removed while an alert was open: nothing left to breach.
-        if let Some(severity) = side.open.take() {
-            out.push(Transition {
-                key: key(rule),
-                change: Change::Resolved,
-                severity,
-                value: Some(value),
-                threshold: None,
-                ts_ms,
-                message: format!(
-                    "{}: the {} thresholds were removed",
-                    rules.name,
-                    rule.code()
-                ),
-            });
-        }
-        return;
-    };
-    let past_first = beyond(first);
-    let past_crit = crit.is_some_and(beyond);
-    side.warn_since = if past_first {
-        side.warn_since.or(Some(ts_ms))
-    } else {
-        None
-    };
-    side.crit_since = if past_crit {
-        side.crit_since.or(Some(ts_ms))
-    } else {
-        None
-    };
-    let lasted = |since: Option<i64>| since.is_some_and(|s| ts_ms - s >= rules.min_duration_ms);
-    let gross = match (crit, rules.gross_margin(high)) {
-        (Some(crit), Some(margin)) => {
-            if high {
-                value >= crit + margin
-            } else {
-                value <= crit - margin
-            }
-        }
-        _ => false,
-    };
-    let fires_critical = past_crit && (gross || lasted(side.crit_since));
-    let unit = &rules.unit;
-    // As the device sent it (f32), without the digits widening to f64 adds.
-    let shown = value as f32;
-    let fire = |severity: Severity, threshold: f64, change: Change| Transition {
-        key: key(rule),
-        change,
-        severity,
-        value: Some(value),
-        threshold: Some(threshold),
-        ts_ms,
-        message: format!(
-            "{} {shown} {unit} {word} {} threshold {threshold} {unit}",
-            rules.name,
-            severity.code()
-        ),
-    };
-    match side.open {
-        None => {
-            if let (true, Some(crit)) = (fires_critical, crit) {
-                out.push(fire(Severity::Critical, crit, Change::Opened));
-                side.open = Some(Severity::Critical);
-            } else if warn.is_some() && lasted(side.warn_since) {
-                out.push(fire(Severity::Warning, first, Change::Opened));
-                side.open = Some(Severity::Warning);
-            }
-        }
-        Some(severity) => {
-            let clear_at = if high {
-                first - rules.hysteresis
-            } else {
-                first + rules.hysteresis
-            };
-            let cleared = if high {
-                value <= clear_at
-            } else {
-                value >= clear_at
-            };
-            if cleared {
-                out.push(Transition {
-                    key: key(rule),
-                    change: Change::Resolved,
-                    severity,
-                    value: Some(value),
-                    threshold: Some(first),
-                    ts_ms,
-                    message: format!(
-                        "{} back to {shown} {unit}, inside {clear_at} {unit}",
-                        rules.name
-                    ),
-                });
-                side.open = None;
-            } else if severity == Severity::Warning && fires_critical {
-                if let Some(crit) = crit {
-                    out.push(fire(Severity::Critical, crit, Change::Escalated));
-                    side.open = Some(Severity::Critical);
-                }
-            }
-        }
-    }
-}
-
-/// The stuck rule, for one finite value.
-fn stuck(
-    rules: &ChannelRules,
-    channel: &mut ChannelState,
-    value: f32,
-    ts_ms: i64,
-    key: &impl Fn(Rule) -> AlertKey,
-    out: &mut Vec<Transition>,
-) {
-    let bits = value.to_bits();
-    match channel.run {
-        Some((run_bits, since)) if run_bits == bits => {
-            if !channel.stuck_open && ts_ms - since >= rules.silence_ms {
-                channel.stuck_open = true;
-                out.push(Transition {
-                    key: key(Rule::Stuck),
-                    change: Change::Opened,
-                    severity: Severity::Warning,
-                    value: Some(f64::from(value)),
-                    threshold: None,
-                    ts_ms,
-                    message: format!(
-                        "{} stuck at {value} {} for {}",
-                        rules.name,
-                        rules.unit,
-                        secs(ts_ms - since)
-                    ),
-                });
-            }
-        }
-        previous => {
-            channel.run = Some((bits, ts_ms));
-            // Without a run (just restored, or after a silence) there is nothing to
-            // compare with yet: the value has not been seen to move.
-            if channel.stuck_open && previous.is_some() {
-                channel.stuck_open = false;
-                out.push(Transition {
-                    key: key(Rule::Stuck),
-                    change: Change::Resolved,
-                    severity: Severity::Warning,
-                    value: Some(f64::from(value)),
-                    threshold: None,
-                    ts_ms,
-                    message: format!("{} moves again ({value} {})", rules.name, rules.unit),
-                });
-            }
-        }
-    }
-}
-
-fn secs(ms: i64) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 #[cfg(test)]
