@@ -17,7 +17,7 @@ use rumqttc::MqttOptions;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cli::{Global, Outcome};
+use crate::global::{Global, Outcome};
 use crate::http::{self, HttpUrl};
 use crate::output::{self, emit, emit_json};
 use crate::services::{self, redact, CONNECT_TIMEOUT};
