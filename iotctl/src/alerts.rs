@@ -20,7 +20,7 @@ use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::cli::{self, Global, Outcome};
+use crate::global::{self, Global, Outcome};
 use crate::output::{self, emit, emit_json, emit_table};
 use crate::services;
 
@@ -32,7 +32,7 @@ pub enum AlertsCommand {
         #[arg(long)]
         all: bool,
         /// Only this device (repeat for several).
-        #[arg(long = "device", value_name = "ID", value_parser = cli::device_id)]
+        #[arg(long = "device", value_name = "ID", value_parser = global::device_id)]
         devices: Vec<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50, value_name = "N",
@@ -44,7 +44,7 @@ pub enum AlertsCommand {
         /// The alert's id (the ID column of `alerts list`).
         id: i64,
         /// Who acknowledges it.
-        #[arg(long, value_name = "NAME", value_parser = cli::non_blank)]
+        #[arg(long, value_name = "NAME", value_parser = global::non_blank)]
         by: String,
     },
     /// Resolve an alert by hand (open or acknowledged).
@@ -52,7 +52,7 @@ pub enum AlertsCommand {
         /// The alert's id (the ID column of `alerts list`).
         id: i64,
         /// Who resolves it (recorded in system_events).
-        #[arg(long, value_name = "NAME", value_parser = cli::non_blank)]
+        #[arg(long, value_name = "NAME", value_parser = global::non_blank)]
         by: Option<String>,
     },
 }

@@ -16,7 +16,7 @@ use rumqttc::{Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
 
-use crate::cli::{self, Global, Outcome};
+use crate::global::{self, Global, Outcome};
 use crate::output::{self, emit_json, emit_table};
 use crate::services;
 
@@ -26,7 +26,7 @@ const RANGES_SHOWN: usize = 4;
 #[derive(Debug, Args)]
 pub struct CompletenessArgs {
     /// Only this device (repeat for several).
-    #[arg(long = "device", value_name = "ID", value_parser = cli::device_id)]
+    #[arg(long = "device", value_name = "ID", value_parser = global::device_id)]
     pub devices: Vec<String>,
 
     /// Boots that stored a reading this recently (e.g. 30m, 24h, 7d).

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::cli::{Global, Outcome};
+use crate::global::{Global, Outcome};
 use crate::output::{self, emit_json, emit_table};
 use crate::services;
 

@@ -9,14 +9,14 @@ use contracts::redis::LatestValue;
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use crate::cli::{self, Global, Outcome};
+use crate::global::{self, Global, Outcome};
 use crate::output::{self, emit_json, emit_table};
 use crate::services::{self, Channels};
 
 #[derive(Debug, Args)]
 pub struct LatestArgs {
     /// Only this device (repeat for several).
-    #[arg(long = "device", value_name = "ID", value_parser = cli::device_id)]
+    #[arg(long = "device", value_name = "ID", value_parser = global::device_id)]
     pub devices: Vec<String>,
 }
 

@@ -9,6 +9,7 @@ mod alerts;
 mod cli;
 mod completeness;
 mod devices;
+mod global;
 mod health;
 mod http;
 mod latest;
@@ -22,7 +23,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, Outcome};
+use cli::{Cli, Command};
+use global::Outcome;
 
 #[tokio::main]
 async fn main() -> ExitCode {

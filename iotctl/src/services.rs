@@ -3,7 +3,6 @@
 //! error messages that name the address and say what to set.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,47 +15,10 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-use crate::cli::Global;
+use crate::global::{Global, MqttAddr};
 
 /// How long any one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `host:port` of an MQTT broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl MqttAddr {
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let (host, port) = value
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{value:?} is not host:port"))?;
-        // [::1]:1883 names an IPv6 host; the brackets are not part of the address.
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{value:?} has no host"));
-        }
-        let port = port
-            .parse()
-            .map_err(|_| format!("{port:?} is not a port number"))?;
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for MqttAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// A URL with its password replaced by `***`, fit for messages and logs.
 pub fn redact(url: &str) -> String {
@@ -232,23 +194,6 @@ pub async fn channels_if_available(global: &Global) -> Channels {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mqtt_addresses() {
-        assert_eq!(
-            MqttAddr::parse("127.0.0.1:1883"),
-            Ok(MqttAddr {
-                host: "127.0.0.1".into(),
-                port: 1883
-            })
-        );
-        let v6 = MqttAddr::parse("[::1]:1884").unwrap();
-        assert_eq!(v6.host, "::1");
-        assert_eq!(v6.to_string(), "[::1]:1884");
-        assert!(MqttAddr::parse("localhost").is_err());
-        assert!(MqttAddr::parse(":1883").is_err());
-        assert!(MqttAddr::parse("host:99999").is_err());
-    }
 
     #[test]
     fn passwords_are_hidden() {

@@ -8,14 +8,14 @@ use clap::Args;
 use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
 
-use crate::cli::{self, Global, Outcome};
+use crate::global::{self, Global, Outcome};
 use crate::output::{self, emit_json, emit_table};
 use crate::services;
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Only this device (repeat for several).
-    #[arg(long = "device", value_name = "ID", value_parser = cli::device_id)]
+    #[arg(long = "device", value_name = "ID", value_parser = global::device_id)]
     pub devices: Vec<String>,
 
     /// How many hours back, the current hour included.

@@ -15,7 +15,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use rumqttc::{Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde::Serialize;
 
-use crate::cli::{self, Global, Outcome};
+use crate::global::{self, Global, Outcome};
 use crate::output::{self, emit};
 use crate::services::{self, Channels, CONNECT_TIMEOUT};
 
@@ -26,7 +26,7 @@ pub struct TailArgs {
     pub source: Source,
 
     /// Only this device (repeat for several).
-    #[arg(long = "device", value_name = "ID", value_parser = cli::device_id)]
+    #[arg(long = "device", value_name = "ID", value_parser = global::device_id)]
     pub devices: Vec<String>,
 
     /// Stop after this many frames (default: until Ctrl-C).

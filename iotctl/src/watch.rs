@@ -20,7 +20,7 @@ use rumqttc::{Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::cli::{Global, Outcome};
+use crate::global::{Global, Outcome};
 use crate::http::HttpUrl;
 use crate::output;
 use crate::services::{self, Channels};

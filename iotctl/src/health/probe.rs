@@ -26,7 +26,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::{Check, HealthArgs};
-use crate::cli::Global;
+use crate::global::Global;
 use crate::output::error_text;
 use crate::services;
 use service::clock::now_ms;
