@@ -1,0 +1,117 @@
+//! What the Kafka topics hold at the end of a scenario: the dead letters by reason and
+//! the data topic's records, read by explicit assignment (no consumer group).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::workload;
+
+/// Every record of `sensors-dlq`, counted by its `dlq-reason` header.
+pub(super) fn dead_letter_reasons(brokers: &str) -> Result<BTreeMap<String, u64>> {
+    let mut reasons = BTreeMap::new();
+    read_topic(brokers, protocol::kafka::SENSORS_DLQ, |record| {
+        let reason = record
+            .headers()
+            .and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == protocol::kafka::headers::DLQ_REASON)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_else(|| "(no reason)".to_owned());
+        *reasons.entry(reason).or_default() += 1;
+    })?;
+    Ok(reasons)
+}
+
+/// The hop between the bridge and the ingester: distinct readings of the workload's
+/// devices in `sensors-data`, and the records that are not the workload's.
+pub(super) fn kafka_hop(brokers: &str) -> Result<(u64, u64, u64)> {
+    let devices = workload::devices();
+    let mut readings: HashSet<(String, i64, u64)> = HashSet::new();
+    let mut copies = 0;
+    let mut foreign = 0;
+    read_topic(
+        brokers,
+        protocol::kafka::SENSORS_DATA,
+        |record| match protocol::Frame::decode(record.payload().unwrap_or_default()) {
+            Ok(frame) if devices.contains(&frame.device.as_str()) => {
+                copies += frame.readings.len() as u64;
+                for seq in frame.first_seq..frame.first_seq + frame.readings.len() as u64 {
+                    readings.insert((
+                        frame.device.as_str().to_owned(),
+                        frame.boot_id.as_i64(),
+                        seq,
+                    ));
+                }
+            }
+            _ => foreign += 1,
+        },
+    )?;
+    Ok((readings.len() as u64, copies, foreign))
+}
+
+/// Reads every record a topic holds now, from the first to the high watermark of
+/// each partition.
+fn read_topic(
+    brokers: &str,
+    topic: protocol::kafka::KafkaTopic,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<()> {
+    let consumer = ledger_consumer(brokers)?;
+    let mut assignment = TopicPartitionList::new();
+    // Per partition, the offset one past the last record there now.
+    let mut ends = BTreeMap::new();
+    for partition in 0..topic.partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic.name, partition, Duration::from_secs(10))
+            .with_context(|| format!("watermarks of {}/{partition}", topic.name))?;
+        if high > 0 {
+            ends.insert(partition, high);
+            assignment
+                .add_partition_offset(topic.name, partition, Offset::Beginning)
+                .context("building the assignment")?;
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("assigning {}", topic.name))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{} partitions unread to their end after 60 s", topic.name);
+        }
+        let Some(record) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let record = record.with_context(|| format!("reading {}", topic.name))?;
+        if ends
+            .get(&record.partition())
+            .is_some_and(|&end| record.offset() < end)
+        {
+            each(&record);
+        }
+        if ends
+            .get(&record.partition())
+            .is_some_and(|&end| record.offset() + 1 >= end)
+        {
+            ends.remove(&record.partition());
+        }
+    }
+    Ok(())
+}
+
+fn ledger_consumer(brokers: &str) -> Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "e2e-ledger")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("Kafka consumer for the ledger")
+}
