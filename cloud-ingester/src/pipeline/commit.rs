@@ -11,7 +11,6 @@ use tracing::{error, warn};
 
 use super::batch::Batch;
 use super::{LoopState, Pipeline, PipelineError};
-use crate::alerts::publish::{self as alert_publish, AlertEvent};
 use crate::alerts::{self, Evaluation};
 use crate::coverage::Held;
 use crate::dead_letters;
@@ -167,21 +166,7 @@ impl Pipeline {
             started.elapsed(),
         );
         self.future_dated(&batch.rows, clock_ms, state).await;
-        let at_ms = service::clock::now_ms_i64();
-        let events: Vec<AlertEvent> = applied
-            .iter()
-            .map(|applied| alert_publish::event(applied, state.alerts.rules(), at_ms))
-            .collect();
-        for event in &events {
-            self.stats.alert_transition(event.transition);
-        }
-        if !events.is_empty() && !self.settings.alerts_topic.is_empty() {
-            if let Err(e) =
-                alert_publish::to_kafka(&self.producer, &self.settings.alerts_topic, &events).await
-            {
-                warn!("alert records not published to Kafka (they are in the alerts table): {e}");
-            }
-        }
+        let events = self.announce(&applied, state).await;
         let live = live_rows(batch.rows, &held, clock_ms, &state.future_dated);
         self.to_redis(live, &events, state).await;
         Ok(true)

@@ -45,21 +45,7 @@ impl Pipeline {
         if applied.is_empty() {
             return;
         }
-        let at_ms = service::clock::now_ms_i64();
-        let events: Vec<AlertEvent> = applied
-            .iter()
-            .map(|applied| alert_publish::event(applied, state.alerts.rules(), at_ms))
-            .collect();
-        for event in &events {
-            self.stats.alert_transition(event.transition);
-        }
-        if !self.settings.alerts_topic.is_empty() {
-            if let Err(e) =
-                alert_publish::to_kafka(&self.producer, &self.settings.alerts_topic, &events).await
-            {
-                warn!("alert records not published to Kafka (they are in the alerts table): {e}");
-            }
-        }
+        let events = self.announce(&applied, state).await;
         let Some(redis) = &self.redis else {
             return;
         };
@@ -70,6 +56,28 @@ impl Pipeline {
             self.stats.redis_error();
             self.redis_gap_begins(state, &e.to_string()).await;
         }
+    }
+
+    /// The records of committed alert transitions, counted and sent to the Kafka
+    /// `alerts` topic (when one is set); a failed send is logged, as the rows are in the
+    /// `alerts` table already.
+    pub(super) async fn announce(&self, applied: &[Applied], state: &LoopState) -> Vec<AlertEvent> {
+        let at_ms = service::clock::now_ms_i64();
+        let events: Vec<AlertEvent> = applied
+            .iter()
+            .map(|applied| alert_publish::event(applied, state.alerts.rules(), at_ms))
+            .collect();
+        for event in &events {
+            self.stats.alert_transition(event.transition);
+        }
+        if !events.is_empty() && !self.settings.alerts_topic.is_empty() {
+            if let Err(e) =
+                alert_publish::to_kafka(&self.producer, &self.settings.alerts_topic, &events).await
+            {
+                warn!("alert records not published to Kafka (they are in the alerts table): {e}");
+            }
+        }
+        events
     }
 
     /// The batch's newest values and alert transitions into Redis, best effort: while
