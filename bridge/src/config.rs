@@ -336,6 +336,40 @@ impl CliOverrides {
 pub use service::config::ConfigError;
 
 impl BridgeConfig {
+    /// One line on what this configuration makes the bridge do, for `--check-config`.
+    pub fn summary(&self) -> String {
+        let mqtt = match self.mode {
+            Mode::Embedded => format!("embedded broker on {}", self.embedded.listen),
+            Mode::Client => format!("client of {}:{}", self.mqtt.host, self.mqtt.port),
+        };
+        let confirmations = if self.kafka.confirm_topic.is_empty() {
+            "not relaying confirmations".to_owned()
+        } else {
+            format!("relaying confirmations from {}", self.kafka.confirm_topic)
+        };
+        format!(
+            "{} ({mqtt}) forwarding {}/+/+/+/telemetry to Kafka {} topic {} (DLQ {}), \
+             {confirmations}, metrics on http://{}/metrics",
+            self.id,
+            self.topic_prefix,
+            self.kafka.brokers,
+            self.kafka.topic,
+            self.kafka.dlq_topic,
+            self.http.listen,
+        )
+    }
+
+    /// This configuration with its secrets hidden, for `--check-config`.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        service::config::redact(&mut shown.mqtt.password);
+        for password in shown.embedded.users.values_mut() {
+            *password = "***".to_owned();
+        }
+        shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
+        shown
+    }
+
     /// Loads the layers (the file only if given) and validates the result.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
         let mut layers = Layers::defaults(BridgeConfig::default());

@@ -61,7 +61,7 @@ struct Cli {
     /// Log format (overrides log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// Check the configuration, print a summary and exit.
+    /// Check the configuration, print it (secrets hidden) and exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -78,10 +78,7 @@ fn main() -> ExitCode {
         http_listen: cli.http_listen,
         log_format: cli.log_format,
     };
-    let source = cli
-        .config
-        .as_ref()
-        .map_or("defaults".to_owned(), |p| p.display().to_string());
+    let source = service::config::source_name(cli.config.as_deref());
     let config = match BridgeConfig::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -90,25 +87,12 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        let mqtt = match config.mode {
-            Mode::Embedded => format!("embedded broker on {}", config.embedded.listen),
-            Mode::Client => format!("client of {}:{}", config.mqtt.host, config.mqtt.port),
-        };
-        println!(
-            "{source}: ok: {} ({mqtt}) forwarding {}/+/+/+/telemetry to Kafka {} topic {} (DLQ {}), {}, metrics on http://{}/metrics",
-            config.id,
-            config.topic_prefix,
-            config.kafka.brokers,
-            config.kafka.topic,
-            config.kafka.dlq_topic,
-            if config.kafka.confirm_topic.is_empty() {
-                "not relaying confirmations".to_owned()
-            } else {
-                format!("relaying confirmations from {}", config.kafka.confirm_topic)
-            },
-            config.http.listen,
+        return service::config::print_check(
+            "bridge",
+            &source,
+            &config.summary(),
+            &config.redacted(),
         );
-        return ExitCode::SUCCESS;
     }
     // rumqttd logs every device connection at info and every disconnect as an error;
     // RUST_LOG=info,rumqttd=info brings it back.

@@ -44,7 +44,58 @@ fn the_configuration_file_can_be_named_by_bridge_config() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.starts_with(example), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("# {example}: ok: ")),
+        "{stdout}"
+    );
+}
+
+/// `--check-config` prints the effective configuration, secrets hidden, in a form the
+/// bridge itself takes back: what an operator sees is what runs.
+#[test]
+fn the_printed_configuration_loads_back_with_secrets_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let given = dir.path().join("given.toml");
+    std::fs::write(
+        &given,
+        "mode = \"client\"\n\
+         [mqtt]\npassword = \"hunter2\"\n\
+         [embedded.users]\nplc = \"hunter3\"\n\
+         [kafka]\nbrokers = \"kafka.invalid:9092\"\n\
+         [kafka.properties]\n\"sasl.password\" = \"hunter4\"\n",
+    )
+    .unwrap();
+    let output = bridge()
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&given)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("hunter"), "a secret is printed: {stdout}");
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, stdout.as_bytes()).unwrap();
+    let again = bridge()
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&printed)
+        .output()
+        .unwrap();
+    let again_stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        again_stdout.contains("client of") && again_stdout.contains("kafka.invalid:9092"),
+        "{again_stdout}"
+    );
 }
 
 #[test]

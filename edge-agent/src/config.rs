@@ -269,6 +269,27 @@ pub struct CliOverrides {
 pub use service::config::ConfigError;
 
 impl AgentConfig {
+    /// One line on what this configuration makes the agent do, for `--check-config`.
+    pub fn summary(&self) -> String {
+        let channels: usize = self.devices.iter().map(|d| d.channels.len()).sum();
+        format!(
+            "gateway {} publishing {} devices ({channels} channels) to {}:{}, queue in {} (cap {})",
+            self.gateway.id,
+            self.devices.len(),
+            self.mqtt.host,
+            self.mqtt.port,
+            self.queue.dir.display(),
+            self.queue.max_bytes,
+        )
+    }
+
+    /// This configuration with the MQTT password hidden, for `--check-config`.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        service::config::redact(&mut shown.mqtt.password);
+        shown
+    }
+
     /// Loads and checks the configuration from `file`, the environment and `cli`.
     pub fn load(file: &Path, cli: &CliOverrides) -> Result<Self, ConfigError> {
         if !file.exists() {

@@ -41,7 +41,7 @@ struct Cli {
     /// Log format (overrides log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// Check the configuration, print a summary and exit.
+    /// Check the configuration, print it (the password hidden) and exit.
     #[arg(long)]
     check_config: bool,
     /// How long to keep delivering queued frames after SIGTERM before exiting.
@@ -65,18 +65,13 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        let channels: usize = config.devices.iter().map(|d| d.channels.len()).sum();
-        println!(
-            "{}: ok: gateway {} publishing {} devices ({channels} channels) to {}:{}, queue in {} (cap {})",
-            cli.config.display(),
-            config.gateway.id,
-            config.devices.len(),
-            config.mqtt.host,
-            config.mqtt.port,
-            config.queue.dir.display(),
-            config.queue.max_bytes,
+        let source = cli.config.display().to_string();
+        return service::config::print_check(
+            "edge-agent",
+            &source,
+            &config.summary(),
+            &config.redacted(),
         );
-        return ExitCode::SUCCESS;
     }
     service::logging::init(config.log.format, "info");
 

@@ -64,6 +64,32 @@ fn the_config_file_can_be_named_by_environment() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+/// `--check-config` prints the effective configuration, the password hidden, in a form
+/// the agent itself takes back: what an operator sees is what runs.
+#[test]
+fn the_printed_configuration_loads_back_with_the_password_hidden() {
+    let setup = Setup::new();
+    let toml = setup
+        .config_toml(1883, "1 MiB")
+        .replace("[mqtt]", "[mqtt]\npassword = \"hunter2\"");
+    let output = check_config(&toml);
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(printed.contains("publishing"), "{printed}");
+    assert!(
+        !printed.contains("hunter2"),
+        "the password is printed: {printed}"
+    );
+    let again = check_config(&printed);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let again = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(
+        again.lines().skip(1).collect::<Vec<_>>(),
+        printed.lines().skip(1).collect::<Vec<_>>(),
+        "the printed configuration is not what the agent loads from it"
+    );
+}
+
 fn check_config(toml: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");

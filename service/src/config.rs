@@ -5,6 +5,7 @@
 //! layer names the key to fix, and `--check-config` reports the same in every binary.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::Value;
@@ -85,6 +86,68 @@ impl Layers {
     }
 }
 
+/// What `--check-config` prints, the same in every binary: a comment line naming where
+/// the configuration came from, `ok` and what the binary will do, then the effective
+/// configuration (every layer applied, secrets hidden by the caller) as TOML, so the
+/// output is itself a valid configuration file.
+pub fn check_report<T: Serialize>(
+    source: &str,
+    summary: &str,
+    effective: &T,
+) -> Result<String, toml::ser::Error> {
+    Ok(format!(
+        "# {source}: ok: {summary}\n{}",
+        toml::to_string(effective)?
+    ))
+}
+
+/// Prints the [`check_report`] of a configuration that loaded: `--check-config`'s whole
+/// job once the layers are merged and checked (a bad one has already exited 2).
+pub fn print_check<T: Serialize>(
+    binary: &str,
+    source: &str,
+    summary: &str,
+    effective: &T,
+) -> ExitCode {
+    match check_report(source, summary, effective) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{binary}: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `--check-config` calls the configuration's origin: the file, or the defaults.
+pub fn source_name(file: Option<&Path>) -> String {
+    file.map_or_else(|| "defaults".to_owned(), |path| path.display().to_string())
+}
+
+/// A secret as `--check-config` shows it: that one is set, never what it is.
+pub fn redact(secret: &mut Option<String>) {
+    if let Some(secret) = secret {
+        *secret = "***".to_owned();
+    }
+}
+
+/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`; anything else as is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +198,43 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("mqtt.port"), "{err}");
+    }
+
+    #[test]
+    fn the_check_report_is_a_configuration_that_loads_back(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let report = check_report("defaults", "talking to broker:1883", &defaults())?;
+        assert!(
+            report.starts_with("# defaults: ok: talking to broker:1883\n"),
+            "{report}"
+        );
+        let dir = std::env::temp_dir().join(format!("check-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("settings.toml");
+        std::fs::write(&file, &report)?;
+        let loaded: Result<Settings, _> = Layers::empty().file(&file).extract();
+        std::fs::remove_dir_all(&dir)?;
+        assert_eq!(loaded?, defaults());
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_are_hidden_and_the_rest_kept() {
+        assert_eq!(
+            redact_url("postgres://telemetry:hunter2@db:5432/x"),
+            "postgres://telemetry:***@db:5432/x"
+        );
+        for kept in [
+            "redis://cache:6379",
+            "postgres://user@db/x",
+            "not a url",
+            "",
+        ] {
+            assert_eq!(redact_url(kept), kept);
+        }
+        let (mut set, mut unset) = (Some("hunter2".to_owned()), None);
+        redact(&mut set);
+        redact(&mut unset);
+        assert_eq!((set.as_deref(), unset), (Some("***"), None));
     }
 }

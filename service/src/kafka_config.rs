@@ -31,6 +31,25 @@ where
         .collect()
 }
 
+/// The passthrough properties as `--check-config` shows them: passwords, secrets and
+/// private keys (SASL, TLS) hidden, everything else as given.
+pub fn redacted_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(key, value)| {
+            let secret = ["password", "secret", "ssl.key.pem", "ssl_key"]
+                .iter()
+                .any(|word| key.contains(word));
+            let shown = if secret {
+                "***".to_owned()
+            } else {
+                value.clone()
+            };
+            (key.clone(), shown)
+        })
+        .collect()
+}
+
 /// One problem per property of `managed` found in `properties`: the service sets those
 /// itself, and `why` says what depends on them.
 pub fn refuse_managed(
@@ -59,6 +78,29 @@ pub fn valid_topic(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_properties_are_hidden() {
+        let given: BTreeMap<String, String> = [
+            ("sasl.password", "hunter2"),
+            ("ssl.key.password", "hunter3"),
+            ("sasl.oauthbearer.client.secret", "hunter4"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("sasl.username", "ingester"),
+            ("linger.ms", "5"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let shown = redacted_properties(&given);
+        let text = format!("{shown:?}");
+        for hidden in ["hunter", "PRIVATE"] {
+            assert!(!text.contains(hidden), "{text}");
+        }
+        assert_eq!(shown["sasl.username"], "ingester");
+        assert_eq!(shown["linger.ms"], "5");
+        assert_eq!(shown["sasl.password"], "***");
+    }
 
     #[test]
     fn topic_names_follow_kafkas_rule() {
