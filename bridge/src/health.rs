@@ -7,47 +7,51 @@
 //! on, a bridge that cannot forward, including one whose producer is stuck behind a
 //! connected broker (an idempotent producer whose broker lost its state is one).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use service::http::Readiness;
+use service::readiness::{Flag, StallWatch};
 
 /// Messages in flight with none confirmed by Kafka for this long: not ready.
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
-    mqtt: AtomicBool,
-    kafka: AtomicBool,
-    progress: Mutex<Option<Progress>>,
+    mqtt: Flag,
+    kafka: Flag,
+    /// Kafka's confirmations as last seen: a change is progress.
+    produced: AtomicU64,
+    stall: StallWatch,
 }
 
-/// The last look at the forwarder: what was in flight, how many Kafka had confirmed,
-/// and since when nothing has moved while something waited.
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    in_flight: u64,
-    produced: u64,
-    moved: Instant,
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            mqtt: Flag::default(),
+            kafka: Flag::default(),
+            produced: AtomicU64::new(0),
+            stall: StallWatch::new(STALL_AFTER, Instant::now()),
+        }
+    }
 }
 
 impl Health {
     pub fn set_mqtt(&self, up: bool) {
-        self.mqtt.store(up, Ordering::Relaxed);
+        self.mqtt.set(up);
     }
 
     /// Returns the previous state, so callers log only the transitions.
     pub fn set_kafka(&self, up: bool) -> bool {
-        self.kafka.swap(up, Ordering::Relaxed)
+        self.kafka.set(up)
     }
 
     pub fn mqtt(&self) -> bool {
-        self.mqtt.load(Ordering::Relaxed)
+        self.mqtt.get()
     }
 
     pub fn kafka(&self) -> bool {
-        self.kafka.load(Ordering::Relaxed)
+        self.kafka.get()
     }
 
     pub fn ready(&self) -> bool {
@@ -56,29 +60,21 @@ impl Health {
 
     /// Takes a look at the forwarder's counters (every second, from the app).
     pub fn observe(&self, in_flight: u64, produced: u64, now: Instant) {
-        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-        let moved = match *progress {
-            Some(last) if in_flight > 0 && produced == last.produced => last.moved,
-            _ => now,
-        };
-        *progress = Some(Progress {
-            in_flight,
-            produced,
-            moved,
-        });
+        if self.produced.swap(produced, Ordering::Relaxed) != produced {
+            self.stall.progressed(now);
+        }
+        self.stall.set_waiting(in_flight, now);
     }
 
     /// Why the bridge is not making progress, if it is not.
     pub fn stall(&self, now: Instant) -> Option<String> {
-        let progress = (*self.progress.lock().unwrap_or_else(PoisonError::into_inner))?;
-        let still = now.saturating_duration_since(progress.moved);
-        (progress.in_flight > 0 && still >= STALL_AFTER).then(|| {
+        self.stall.stall(now).map(|stall| {
             format!(
                 "{} messages wait for Kafka and none was confirmed for {} s (a producer \
                  stuck behind a connected broker: restart the bridge; the agents resend \
                  what it held)",
-                progress.in_flight,
-                still.as_secs()
+                stall.waiting,
+                stall.still.as_secs()
             )
         })
     }

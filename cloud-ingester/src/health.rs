@@ -7,11 +7,10 @@
 //! quiet plant. The stall is judged when `/readyz` is asked, so a loop that is itself
 //! stuck cannot keep reporting ready.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use service::http::Readiness;
+use service::readiness::{Flag, StallWatch};
 
 /// How long records may wait on a held partition without its offset moving before the
 /// instance is not ready (and the pipeline re-reads its partitions from their offsets).
@@ -19,28 +18,18 @@ pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Health {
-    kafka: AtomicBool,
-    postgres: AtomicBool,
-    progress: Mutex<Progress>,
-}
-
-#[derive(Debug)]
-struct Progress {
-    /// Records in the held partitions beyond the stored offsets, as last seen.
-    waiting: u64,
-    /// The last commit, or the last time nothing waited.
-    moved: Instant,
+    kafka: Flag,
+    postgres: Flag,
+    /// Records in the held partitions beyond the stored offsets, moved by commits.
+    stall: StallWatch,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Self {
-            kafka: AtomicBool::new(false),
-            postgres: AtomicBool::new(false),
-            progress: Mutex::new(Progress {
-                waiting: 0,
-                moved: Instant::now(),
-            }),
+            kafka: Flag::default(),
+            postgres: Flag::default(),
+            stall: StallWatch::new(STALL_AFTER, Instant::now()),
         }
     }
 }
@@ -48,57 +37,47 @@ impl Default for Health {
 impl Health {
     /// Returns the previous state, so callers log only the transitions.
     pub fn set_kafka(&self, up: bool) -> bool {
-        self.kafka.swap(up, Ordering::Relaxed)
+        self.kafka.set(up)
     }
 
     /// Returns the previous state, so callers log only the transitions.
     pub fn set_postgres(&self, up: bool) -> bool {
-        self.postgres.swap(up, Ordering::Relaxed)
+        self.postgres.set(up)
     }
 
     pub fn kafka(&self) -> bool {
-        self.kafka.load(Ordering::Relaxed)
+        self.kafka.get()
     }
 
     pub fn postgres(&self) -> bool {
-        self.postgres.load(Ordering::Relaxed)
+        self.postgres.get()
     }
 
     /// A batch's offsets were committed.
     pub fn progressed(&self) {
-        self.progress().moved = Instant::now();
+        self.stall.progressed(Instant::now());
     }
 
     /// How many records wait in the held partitions beyond their stored offsets.
     pub fn set_waiting(&self, waiting: u64) {
-        let mut progress = self.progress();
-        progress.waiting = waiting;
-        if waiting == 0 {
-            progress.moved = Instant::now();
-        }
+        self.stall.set_waiting(waiting, Instant::now());
     }
 
     /// Why the instance is stalled, if it is: records wait and nothing was committed for
     /// [`STALL_AFTER`].
     pub fn stall(&self) -> Option<String> {
-        let progress = self.progress();
-        let still = progress.moved.elapsed();
-        (progress.waiting > 0 && still >= STALL_AFTER).then(|| {
+        self.stall.stall(Instant::now()).map(|stall| {
             format!(
                 "{} records wait in the partitions this instance holds and nothing was stored \
                  for {} s",
-                progress.waiting,
-                still.as_secs()
+                stall.waiting,
+                stall.still.as_secs()
             )
         })
     }
 
     pub fn ready(&self) -> bool {
         self.kafka() && self.postgres() && self.stall().is_none()
-    }
-
-    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
-        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -123,14 +102,14 @@ mod tests {
         health.set_postgres(true);
         health.set_waiting(500);
         assert!(health.ready(), "a fresh backlog is not a stall");
-        health.progress().moved = Instant::now() - STALL_AFTER;
+        health.stall.progressed(Instant::now() - STALL_AFTER);
         let stall = health.stall().expect("stalled");
         assert!(stall.starts_with("500 records wait"), "{stall}");
         assert!(!health.ready());
         assert_eq!(health.problems().len(), 1);
         health.progressed();
         assert!(health.ready(), "a commit ends the stall");
-        health.progress().moved = Instant::now() - STALL_AFTER;
+        health.stall.progressed(Instant::now() - STALL_AFTER);
         health.set_waiting(0);
         assert!(health.ready(), "nothing waiting is never a stall");
     }

@@ -1,10 +1,12 @@
-//! What every long-running binary of the pipeline shares: signals, the Prometheus
-//! recorder, the health/metrics HTTP endpoint, the periodic metrics record.
+//! What every long-running binary of the pipeline shares: signals, the clock policy,
+//! configuration layering and `--check-config`, logging, the Prometheus recorder, the
+//! health/metrics HTTP endpoint and readiness, the periodic metrics record.
 //!
-//! Without features it is only [`shutdown_signal`] and the [`clock`] policy, which is all
-//! the edge agent on the Pi takes. The cloud services enable `http` (the recorder in [`metrics`] and the endpoint
-//! in [`http`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules in
-//! [`dead_letter`], the configuration checks in [`kafka_config`]).
+//! Without features it is only [`shutdown_signal`] and the [`clock`] policy; the edge
+//! agent on the Pi adds `config` and `logging`. The cloud services also enable `http`
+//! (the recorder in [`metrics`], the endpoint in [`http`], what readiness is made of in
+//! [`readiness`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules
+//! in [`dead_letter`], the configuration checks in [`kafka_config`]).
 
 pub mod clock;
 #[cfg(feature = "config")]
@@ -21,6 +23,8 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "kafka")]
 pub mod metrics_record;
+#[cfg(feature = "http")]
+pub mod readiness;
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the signals a service manager, a container
 /// runtime or a person at the terminal use to ask for a clean stop.
