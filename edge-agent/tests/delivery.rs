@@ -100,25 +100,6 @@ async fn wait_for_queued_frames(setup: &Setup, earlier: BootId) {
     .await
 }
 
-fn assert_every_reading_once(ledger: &Ledger, report: &RunReport) {
-    for (device, sealed) in &report.sealed {
-        assert!(*sealed > 0, "{device} produced nothing");
-        let received = ledger.received(device, report.boot_id);
-        let missing: Vec<u64> = (0..*sealed).filter(|s| !received.contains(s)).collect();
-        assert!(
-            missing.is_empty(),
-            "{device}: {} of {sealed} readings never arrived, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
-        assert_eq!(
-            received.len() as u64,
-            *sealed,
-            "{device}: readings beyond what was sealed"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reading_arrives_through_a_broker_outage() {
     let setup = Setup::new();
@@ -153,7 +134,7 @@ async fn every_reading_arrives_through_a_broker_outage() {
         report.health.reconnects >= 1,
         "the agent noticed the outage"
     );
-    assert_every_reading_once(&ledger, &report);
+    ledger.assert_holds_every_sealed_reading(&report, "arrived");
     assert_eq!(report.health.dropped_frames, 0);
     assert_eq!(
         report.health.queue_records, 0,
@@ -503,7 +484,7 @@ async fn live_frames_overtake_a_rate_limited_backlog() {
     let report = stop_agent(stop, agent).await;
 
     let ledger = wait_for_every_reading(&subscriber, &report).await;
-    assert_every_reading_once(&ledger, &report);
+    ledger.assert_holds_every_sealed_reading(&report, "arrived");
     // Arrival order: backlog = frames sealed during the outage, live = after it ended.
     let frames = subscriber.frames();
     let last_backlog = frames
@@ -564,7 +545,7 @@ async fn a_device_with_many_channels_still_gets_its_meta_and_telemetry_through()
         .expect("the large meta message arrived");
     assert_eq!(meta["channels"].as_array().map(Vec::len), Some(121));
     let ledger = wait_for_every_reading(&subscriber, &report).await;
-    assert_every_reading_once(&ledger, &report);
+    ledger.assert_holds_every_sealed_reading(&report, "arrived");
     assert_eq!(report.health.reconnects, 0, "the connection held");
 }
 

@@ -402,27 +402,30 @@ fn health_field(report: &RunReport, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("the health report has no {name}: {health}"))
 }
 
+fn show(what: &str, log: &Log, report: &RunReport) {
+    println!(
+        "{what}: sealed {:?}, reconnects {}, connections {}, stored {}",
+        report.sealed,
+        report.health.reconnects,
+        log.connections,
+        log.stored.len()
+    );
+}
+
+/// The agent counted one protocol error and dropped the connection over it.
+fn assert_dropped_for_one_protocol_error(report: &RunReport) {
+    assert_eq!(health_field(report, "protocol_errors"), 1);
+    assert!(
+        report.health.reconnects >= 1,
+        "the agent dropped the connection"
+    );
+}
+
 /// Every reading sealed was kept by the broker (acknowledged correctly) at least once,
 /// none twice on one connection, and the agent holds nothing more.
 fn assert_nothing_lost(log: &Log, report: &RunReport) {
     let all: Vec<Received> = log.stored.iter().map(|(_, r)| r.clone()).collect();
-    let ledger = Ledger::of(&all);
-    for (device, sealed) in &report.sealed {
-        assert!(*sealed > 0, "{device} produced nothing");
-        let received = ledger.received(device, report.boot_id);
-        let missing: Vec<u64> = (0..*sealed).filter(|s| !received.contains(s)).collect();
-        assert!(
-            missing.is_empty(),
-            "{device}: {} of {sealed} readings never correctly acknowledged, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
-        assert_eq!(
-            received.len() as u64,
-            *sealed,
-            "{device}: readings beyond what was sealed"
-        );
-    }
+    Ledger::of(&all).assert_holds_every_sealed_reading(report, "correctly acknowledged");
     for connection in 1..=log.connections {
         let on_it: Vec<Received> = log
             .stored
@@ -482,19 +485,9 @@ async fn a_duplicate_puback_is_a_protocol_error_and_deletes_nothing() {
     let (broker, report, _setup) =
         run_against(Misbehaviour::DuplicatePuback, ConfirmMode::Broker).await;
     let log = broker.log();
-    println!(
-        "duplicate: sealed {:?}, reconnects {}, connections {}, stored {}",
-        report.sealed,
-        report.health.reconnects,
-        log.connections,
-        log.stored.len()
-    );
+    show("duplicate", &log, &report);
     assert_nothing_lost(&log, &report);
-    assert_eq!(health_field(&report, "protocol_errors"), 1);
-    assert!(
-        report.health.reconnects >= 1,
-        "the agent dropped the connection"
-    );
+    assert_dropped_for_one_protocol_error(&report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,20 +495,10 @@ async fn a_puback_for_an_unknown_packet_id_is_a_protocol_error_and_deletes_nothi
     let (broker, report, _setup) =
         run_against(Misbehaviour::UnknownPuback, ConfirmMode::Broker).await;
     let log = broker.log();
-    println!(
-        "unknown id: sealed {:?}, reconnects {}, connections {}, stored {}",
-        report.sealed,
-        report.health.reconnects,
-        log.connections,
-        log.stored.len()
-    );
+    show("unknown id", &log, &report);
     assert_eq!(log.held.len(), 2);
     assert_nothing_lost(&log, &report);
-    assert_eq!(health_field(&report, "protocol_errors"), 1);
-    assert!(
-        report.health.reconnects >= 1,
-        "the agent dropped the connection"
-    );
+    assert_dropped_for_one_protocol_error(&report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,6 +368,27 @@ impl Ledger {
             .unwrap_or_default()
     }
 
+    /// Every reading the run sealed arrived (`how`: "arrived", "correctly acknowledged"
+    /// …), and nothing beyond.
+    pub fn assert_holds_every_sealed_reading(&self, report: &RunReport, how: &str) {
+        for (device, sealed) in &report.sealed {
+            assert!(*sealed > 0, "{device} produced nothing");
+            let received = self.received(device, report.boot_id);
+            let missing: Vec<u64> = (0..*sealed).filter(|s| !received.contains(s)).collect();
+            assert!(
+                missing.is_empty(),
+                "{device}: {} of {sealed} readings never {how}, first {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+            assert_eq!(
+                received.len() as u64,
+                *sealed,
+                "{device}: readings beyond what was sealed"
+            );
+        }
+    }
+
     /// Readings that arrived more than once.
     pub fn duplicates(&self) -> u64 {
         self.seqs
