@@ -9,20 +9,22 @@ fn bridge() -> Command {
     command
 }
 
+/// Runs `bridge … --check-config`, which must accept the configuration; its report.
+fn accepted(command: &mut Command) -> String {
+    let output = command.arg("--check-config").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[test]
 fn the_example_configuration_is_valid_in_both_modes() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bridge.toml");
     for mode in ["embedded", "client"] {
-        let output = bridge()
-            .args(["--config", example, "--mode", mode, "--check-config"])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{mode}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = accepted(bridge().args(["--config", example, "--mode", mode]));
         assert!(
             stdout.contains("ok:") && stdout.contains("sensors-data"),
             "{stdout}"
@@ -33,17 +35,7 @@ fn the_example_configuration_is_valid_in_both_modes() {
 #[test]
 fn the_configuration_file_can_be_named_by_bridge_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bridge.toml");
-    let output = bridge()
-        .arg("--check-config")
-        .env("BRIDGE_CONFIG", example)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = accepted(bridge().env("BRIDGE_CONFIG", example));
     assert!(
         stdout.starts_with(&format!("# {example}: ok: ")),
         "{stdout}"
@@ -65,33 +57,11 @@ fn the_printed_configuration_loads_back_with_secrets_hidden() {
          [kafka.properties]\n\"sasl.password\" = \"hunter4\"\n",
     )
     .unwrap();
-    let output = bridge()
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&given)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = accepted(bridge().arg("--config").arg(&given));
     assert!(!stdout.contains("hunter"), "a secret is printed: {stdout}");
     let printed = dir.path().join("printed.toml");
     std::fs::write(&printed, stdout.as_bytes()).unwrap();
-    let again = bridge()
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&printed)
-        .output()
-        .unwrap();
-    let again_stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    let again_stdout = accepted(bridge().arg("--config").arg(&printed));
     assert!(
         again_stdout.contains("client of") && again_stdout.contains("kafka.invalid:9092"),
         "{again_stdout}"

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use figment::providers::Env;
 use serde::{Deserialize, Serialize};
-use service::config::{Flags, Layers};
+use service::config::{redact_url, Flags, Layers};
 
 pub use service::logging::LogFormat;
 
@@ -477,21 +477,6 @@ const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
     "delivery.timeout.ms",
     "statistics.interval.ms",
 ];
-
-/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`; anything else as is.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
-}
 
 #[cfg(test)]
 mod tests {
