@@ -94,9 +94,7 @@ fn main() -> ExitCode {
             &config.redacted(),
         );
     }
-    // rumqttd logs every device connection at info and every disconnect as an error;
-    // RUST_LOG=info,rumqttd=info brings it back.
-    service::logging::init(config.log.format, "info,rumqttd=off");
+    config.log.init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -70,7 +70,7 @@ fn the_printed_configuration_loads_back_with_secrets_hidden() {
 
 #[test]
 fn bad_settings_exit_2_naming_the_key() {
-    let cases: [(&str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str); 9] = [
         ("BRIDGE_KAFKA__LINGER", "banana", "LINGER"),
         (
             "BRIDGE_FORWARD__MAX_IN_FLIGHT",
@@ -84,6 +84,7 @@ fn bad_settings_exit_2_naming_the_key() {
             "kafka.confirm_topic",
         ),
         ("BRIDGE_MQTT__KEEP_ALIVE", "2s", "mqtt.keep_alive"),
+        ("BRIDGE_LOG__LEVEL", "bridge=loud", "log.level"),
         ("BRIDGE_CLOCK__MAX_AHEAD", "2days", "clock.max_ahead"),
         (
             "BRIDGE_KAFKA__PROPERTIES__ACKS",

@@ -16,7 +16,9 @@ use figment::providers::Env;
 use serde::{Deserialize, Serialize};
 use service::config::{redact_url, Flags, Layers};
 
-pub use service::logging::LogFormat;
+pub use service::clock::ClockConfig;
+pub use service::http::HttpConfig;
+pub use service::logging::{LogConfig, LogFormat};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +38,11 @@ pub struct IngesterConfig {
     pub batch: BatchConfig,
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
+    /// A reading dated more than `clock.max_ahead` ahead of the ingester's clock is
+    /// stored but drives neither Redis `latest`, `last_seen` nor the `recent` stream, nor
+    /// alert evaluation (counted in `ingester_readings_future_dated_total`, a
+    /// `future_dated` system event per device and episode): a device clock gone wrong
+    /// must not pin them.
     pub clock: ClockConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
@@ -55,7 +62,7 @@ impl Default for IngesterConfig {
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
             clock: ClockConfig::default(),
-            http: HttpConfig::default(),
+            http: HttpConfig::on_port(9102),
             log: LogConfig::default(),
         }
     }
@@ -203,66 +210,6 @@ impl AlertsConfig {
     /// an alert; above a day a loss would go unreported for longer than anyone waits.
     pub const WINDOW_RANGE: std::ops::RangeInclusive<Duration> =
         Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
-}
-
-/// The pipeline's clock policy (`service::clock`), as far as the ingester applies it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClockConfig {
-    /// A reading dated more than this ahead of the ingester's clock is stored but
-    /// drives neither Redis `latest`, `last_seen` nor the `recent` stream, nor alert
-    /// evaluation (counted in `ingester_readings_future_dated_total`, a `future_dated`
-    /// system event per device and episode): a device clock gone wrong must not pin them.
-    #[serde(with = "humantime_serde")]
-    pub max_ahead: Duration,
-}
-
-impl Default for ClockConfig {
-    fn default() -> Self {
-        Self {
-            max_ahead: service::clock::DEFAULT_MAX_AHEAD,
-        }
-    }
-}
-
-impl ClockConfig {
-    /// Below a second, honest skew between a synchronised Pi and the ingester would hide
-    /// live values; beyond a day is no bound (validation refuses readings further ahead).
-    pub const MAX_AHEAD_RANGE: std::ops::RangeInclusive<Duration> =
-        Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// `/metrics` (Prometheus), `/livez` and `/readyz`.
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// Which log lines to write: `tracing` filter directives (`info`,
-    /// `warn,cloud_ingester=debug`). `RUST_LOG`, when set, takes its place.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Human,
-            level: "info".to_owned(),
-        }
-    }
 }
 
 /// Values given on the command line; they override the file and the environment.
@@ -438,12 +385,8 @@ impl IngesterConfig {
         if !AlertsConfig::WINDOW_RANGE.contains(&self.alerts.data_loss_window) {
             problems.push("alerts.data_loss_window: between 1 s and 24 h".to_owned());
         }
-        if !ClockConfig::MAX_AHEAD_RANGE.contains(&self.clock.max_ahead) {
-            problems.push("clock.max_ahead: between 1 s and 24 h".to_owned());
-        }
-        if let Err(e) = service::logging::directives(&self.log.level) {
-            problems.push(format!("log.level: {:?}: {e}", self.log.level));
-        }
+        self.clock.check(&mut problems);
+        self.log.check(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -207,13 +207,7 @@ impl Default for HealthConfig {
     }
 }
 
-pub use service::logging::LogFormat;
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
-}
+pub use service::logging::{LogConfig, LogFormat};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -316,6 +310,7 @@ impl AgentConfig {
     /// instead of stopping at the first, so one edit fixes them all.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        self.log.check(&mut problems);
         check_id(&mut problems, "gateway.id", &self.gateway.id);
         check_id(&mut problems, "gateway.site", &self.gateway.site);
         check_id(&mut problems, "gateway.line", &self.gateway.line);

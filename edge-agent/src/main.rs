@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             &config.redacted(),
         );
     }
-    service::logging::init(config.log.format, "info");
+    config.log.init();
 
     // One thread: the agent is I/O bound and small; a thread pool would only add memory.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -36,6 +36,41 @@ pub fn is_future_dated(ts_ms: i64, now_ms: i64, max_ahead: Duration) -> bool {
     ts_ms > now_ms.saturating_add(max_ahead_ms)
 }
 
+/// `[clock]` in each service's configuration: the policy's one setting.
+#[cfg(feature = "config")]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// A reading dated more than this ahead of the service's clock is future-dated (see
+    /// the module's documentation for what that changes in each service).
+    #[serde(with = "humantime_serde")]
+    pub max_ahead: Duration,
+}
+
+#[cfg(feature = "config")]
+impl Default for ClockConfig {
+    fn default() -> Self {
+        Self {
+            max_ahead: DEFAULT_MAX_AHEAD,
+        }
+    }
+}
+
+#[cfg(feature = "config")]
+impl ClockConfig {
+    /// Below a second, honest skew between a synchronised Pi and a server would hide live
+    /// values; beyond a day is no bound.
+    pub const MAX_AHEAD_RANGE: std::ops::RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
+    /// Adds what is wrong with the section to `problems`, naming the key.
+    pub fn check(&self, problems: &mut Vec<String>) {
+        if !Self::MAX_AHEAD_RANGE.contains(&self.max_ahead) {
+            problems.push("clock.max_ahead: between 1 s and 24 h".to_owned());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,24 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// `[http]` in each cloud service's configuration. No default address: each service
+/// has its own port, set in its configuration's defaults.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/metrics` (Prometheus), `/livez` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl HttpConfig {
+    /// Listening on every interface on `port`.
+    pub fn on_port(port: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+        }
+    }
+}
+
 /// What `/readyz` reports: each dependency's name and whether it is usable now, and
 /// why the service is not doing its work although its dependencies are (a stall). Ready
 /// when every dependency is usable and there is no problem.

@@ -22,6 +22,44 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[log]` in every binary's configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// Which log lines to write: filter directives (`info`, `warn,cloud_ingester=debug`).
+    /// `RUST_LOG`, when set, takes its place.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self::at("info")
+    }
+}
+
+impl LogConfig {
+    /// Human lines filtered by `level`: a binary's default.
+    pub fn at(level: &str) -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: level.to_owned(),
+        }
+    }
+
+    /// Adds what is wrong with the section to `problems`, naming the key.
+    pub fn check(&self, problems: &mut Vec<String>) {
+        if let Err(e) = directives(&self.level) {
+            problems.push(format!("log.level: {:?}: {e}", self.level));
+        }
+    }
+
+    /// Installs the process's logger as configured (see [`init`]).
+    pub fn init(&self) {
+        init(self.format, &self.level);
+    }
+}
+
 /// Reads filter directives; the error names what is wrong with them.
 pub fn directives(text: &str) -> Result<Targets, String> {
     text.parse::<Targets>().map_err(|e| e.to_string())
