@@ -111,6 +111,25 @@ fn field(health: &Value, name: &str) -> u64 {
     health.get(name).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Waits until the agent's published health has `name` at `at_least` or more; that
+/// health.
+async fn wait_for_health(
+    subscriber: &Subscriber,
+    prefix: &str,
+    name: &str,
+    at_least: u64,
+) -> Value {
+    wait_until(PATIENCE, &format!("health {name} >= {at_least}"), || {
+        let health = health(subscriber, prefix).ok_or("no health yet")?;
+        if field(&health, name) >= at_least {
+            Ok(health)
+        } else {
+            Err(health.to_string())
+        }
+    })
+    .await
+}
+
 /// Confirms, every 100 ms, every reading the broker delivered, except `hole`.
 fn confirm_continuously(
     cloud: Arc<Cloud>,
@@ -177,15 +196,8 @@ async fn frames_wait_on_disk_after_their_puback_until_a_confirmation_covers_them
         Arc::default(),
         running.clone(),
     );
-    wait_until(PATIENCE, "confirmed frames deleted", || {
-        let health = health(&subscriber, &setup.prefix).ok_or("no health yet")?;
-        if field(&health, "confirmed_frames") >= field(&waiting, "awaiting_confirm") {
-            Ok(())
-        } else {
-            Err(health.to_string())
-        }
-    })
-    .await;
+    let waited = field(&waiting, "awaiting_confirm");
+    wait_for_health(&subscriber, &setup.prefix, "confirmed_frames", waited).await;
     stop.send(()).expect("agent running");
     let report = agent.await.expect("agent task");
     running.store(false, Ordering::Relaxed);
@@ -315,14 +327,13 @@ async fn hostile_confirmations_delete_nothing_and_are_counted() {
     for payload in forged.iter().cloned() {
         cloud.send(&topic, payload).await;
     }
-    let after = wait_until(PATIENCE, "the forged confirmations counted", || {
-        let health = health(&subscriber, &setup.prefix).ok_or("no health yet")?;
-        if field(&health, "ignored_confirmations") >= forged.len() as u64 {
-            Ok(health)
-        } else {
-            Err(health.to_string())
-        }
-    })
+    let forged_count = forged.len() as u64;
+    let after = wait_for_health(
+        &subscriber,
+        &setup.prefix,
+        "ignored_confirmations",
+        forged_count,
+    )
     .await;
     assert_eq!(field(&after, "confirmed_frames"), 0, "{after}");
     assert_eq!(field(&after, "refused_frames"), 0, "{after}");
@@ -333,15 +344,7 @@ async fn hostile_confirmations_delete_nothing_and_are_counted() {
     cloud
         .send(&topic, confirmation(furnace, boot, &delivered, None))
         .await;
-    wait_until(PATIENCE, "the true confirmation applied", || {
-        let health = health(&subscriber, &setup.prefix).ok_or("no health yet")?;
-        if field(&health, "confirmed_frames") > 0 {
-            Ok(())
-        } else {
-            Err(health.to_string())
-        }
-    })
-    .await;
+    wait_for_health(&subscriber, &setup.prefix, "confirmed_frames", 1).await;
     stop.send(()).expect("agent running");
     let report = agent.await.expect("agent task");
     assert_eq!(
