@@ -15,6 +15,33 @@ use support::{create_topic, json, kafka, run, stderr, stdout};
 
 /// Every record of `topic` from the start: (key, value), until `expected` arrived or
 /// 15 s passed.
+/// The open-alerts hash in Redis under a test's prefix.
+struct OpenAlerts {
+    redis: redis::aio::MultiplexedConnection,
+    key: String,
+}
+
+impl OpenAlerts {
+    async fn of(prefix: &str) -> Self {
+        let redis = redis::Client::open(testkit::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let key = contracts::redis::RedisKeys::new(prefix).open_alerts();
+        Self { redis, key }
+    }
+
+    async fn view(&mut self, id: i64) -> Option<Value> {
+        let view: Option<String> = self.redis.hget(&self.key, id).await.unwrap();
+        view.map(|text| serde_json::from_str(&text).unwrap())
+    }
+
+    async fn clear(&mut self) {
+        let _: () = self.redis.del(&self.key).await.unwrap();
+    }
+}
+
 fn read_topic(topic: &str, expected: usize) -> Vec<(String, Value)> {
     let consumer: BaseConsumer = kafka()
         .set("group.id", testkit::unique_name("reader"))
@@ -85,14 +112,11 @@ async fn alerts_are_listed_acknowledged_and_resolved_and_announced(pool: PgPool)
         (state.as_str(), by.as_deref()),
         ("acknowledged", Some("alice"))
     );
-    let mut redis = redis::Client::open(testkit::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
+    let mut open_alerts = OpenAlerts::of(&prefix).await;
+    let view = open_alerts
+        .view(id)
         .await
-        .unwrap();
-    let key = format!("{prefix}:alerts:open");
-    let view: Option<String> = redis.hget(&key, id).await.unwrap();
-    let view: Value = serde_json::from_str(&view.expect("acknowledged alert in Redis")).unwrap();
+        .expect("the acknowledged alert in Redis");
     assert_eq!(view["state"], "acknowledged");
     assert_eq!(view["alert_id"], id);
 
@@ -112,8 +136,11 @@ async fn alerts_are_listed_acknowledged_and_resolved_and_announced(pool: PgPool)
         .await
         .unwrap();
     assert_eq!(state, "resolved");
-    let view: Option<String> = redis.hget(&key, id).await.unwrap();
-    assert_eq!(view, None, "resolved alerts leave the open-alerts hash");
+    assert_eq!(
+        open_alerts.view(id).await,
+        None,
+        "resolved alerts leave the open-alerts hash"
+    );
 
     let late = alerts_cmd(&["alerts", "ack", &id_text, "--by", "carol"]);
     assert_eq!(late.status.code(), Some(1));
@@ -145,7 +172,7 @@ async fn alerts_are_listed_acknowledged_and_resolved_and_announced(pool: PgPool)
     .await
     .unwrap();
     assert_eq!(logged, 2, "each change is in the operation log");
-    let _: () = redis.del(&key).await.unwrap();
+    open_alerts.clear().await;
 }
 
 /// A device-level alert (`data_loss`, no channel) goes through list, ack and resolve
@@ -188,14 +215,11 @@ async fn a_data_loss_alert_without_a_channel_is_listed_acknowledged_and_resolved
         "{}",
         stdout(&acked)
     );
-    let mut redis = redis::Client::open(testkit::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
+    let mut open_alerts = OpenAlerts::of(&prefix).await;
+    let view = open_alerts
+        .view(id)
         .await
-        .unwrap();
-    let key = format!("{prefix}:alerts:open");
-    let view: Option<String> = redis.hget(&key, id).await.unwrap();
-    let view: Value = serde_json::from_str(&view.expect("acknowledged alert in Redis")).unwrap();
+        .expect("the acknowledged alert in Redis");
     assert_eq!(
         (&view["state"], &view["channel_id"]),
         (&"acknowledged".into(), &Value::Null)
@@ -211,8 +235,7 @@ async fn a_data_loss_alert_without_a_channel_is_listed_acknowledged_and_resolved
             .unwrap();
     // No resolved_value: by hand, which the ingester reads as "this loss is accepted".
     assert_eq!((state.as_str(), resolved_value), ("resolved", None));
-    let view: Option<String> = redis.hget(&key, id).await.unwrap();
-    assert_eq!(view, None);
+    assert_eq!(open_alerts.view(id).await, None);
     let records = read_topic(&topic, 2);
     assert_eq!(records.len(), 2, "{records:?}");
     for ((key, record), transition) in records.iter().zip(["acknowledged", "resolved"]) {
