@@ -7,6 +7,7 @@
 
 mod support;
 
+use cloud_ingester::rows::Row;
 use cloud_ingester::store::{
     BatchOutcome, EventLevel, InvalidRow, Store, StoreError, WritePath, DEDUP_STREAK,
 };
@@ -159,15 +160,7 @@ async fn a_failed_batch_leaves_nothing_behind(
         .await
         .expect("drop constraint");
     let next = series("press-01", 0, T0, 10, 100);
-    assert_eq!(
-        store.write_batch(&next).await.expect("next batch"),
-        outcome(10, 0, WritePath::Plain)
-    );
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM sensor_readings").await,
-        10
-    );
-    assert_eq!(stats(&pool).await, expected_stats(&next));
+    assert_the_only_rows_after_a_plain_batch(&store, &pool, &next).await;
     // And the failed batch, retried, now goes through whole.
     assert_eq!(store.write_batch(&rows).await.expect("retry").inserted, 20);
 }
@@ -192,15 +185,21 @@ async fn each_batch_stages_only_its_own_rows(
         .await
         .expect("truncate");
     let second = series("press-01", 100, T0, 5, 100);
+    assert_the_only_rows_after_a_plain_batch(&store, &pool, &second).await;
+}
+
+/// Writes `rows` into tables that hold none, by the plain path: afterwards the tables
+/// hold exactly those rows and their statistics.
+async fn assert_the_only_rows_after_a_plain_batch(store: &Store, pool: &PgPool, rows: &[Row]) {
     assert_eq!(
-        store.write_batch(&second).await.expect("second"),
-        outcome(5, 0, WritePath::Plain)
+        store.write_batch(rows).await.expect("write the batch"),
+        outcome(rows.len() as u64, 0, WritePath::Plain)
     );
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM sensor_readings").await,
-        5
+        count(pool, "SELECT count(*) FROM sensor_readings").await,
+        rows.len() as i64
     );
-    assert_eq!(stats(&pool).await, expected_stats(&second));
+    assert_eq!(stats(pool).await, expected_stats(rows));
 }
 
 /// Fresh batches take the plain statement; a batch that meets stored readings is redone
