@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use sqlx::PgPool;
+use support::process::{events, eventually};
 use support::{create_topics, frame, kafka, produce};
 use testkit::ChildGuard;
 
@@ -25,39 +26,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     Some((status, body.to_owned()))
-}
-
-/// Polls `check` every 200 ms until it returns something, or fails the test.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The details of the `kind` events of `instance`.
-async fn events(pool: &PgPool, instance: &str, kind: &str) -> Vec<serde_json::Value> {
-    let details: Vec<String> = sqlx::query_scalar(
-        "SELECT details::text FROM system_events \
-         WHERE service = 'cloud-ingester' AND instance = $1 AND kind = $2",
-    )
-    .bind(instance)
-    .bind(kind)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    details
-        .iter()
-        .map(|text| serde_json::from_str(text).unwrap())
-        .collect()
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -107,7 +75,7 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
             .env("RUST_LOG", "warn"),
     );
 
-    let ready = eventually("/readyz 200", Duration::from_secs(30), || async {
+    let ready = eventually("/readyz 200", Duration::from_secs(30), &running, || async {
         http_get(http, "/readyz")
             .await
             .filter(|(status, _)| *status == 200)
@@ -122,6 +90,7 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
     let metrics = eventually(
         "every reading counted and the lag reported on /metrics",
         Duration::from_secs(30),
+        &running,
         || async {
             let (_, body) = http_get(http, "/metrics").await?;
             let counted = body

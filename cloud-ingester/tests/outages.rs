@@ -18,6 +18,7 @@ use rdkafka::ClientConfig;
 use service::clock::now_ms;
 use sqlx::PgPool;
 use support::frame;
+use support::process::{events, eventually};
 use testkit::ChildGuard;
 
 /// The ingester's `shutdown_grace` in the stop test: short, so the test is quick.
@@ -83,29 +84,6 @@ fn log_of(child: &ChildGuard) -> String {
     std::fs::read_to_string(child.log_path()).unwrap_or_default()
 }
 
-/// Polls `check` every 200 ms until it returns something, or fails the test quoting the
-/// ingester's log.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    within: Duration,
-    ingester: &ChildGuard,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {within:?}; the ingester's log {}:\n{}",
-            ingester.log_path().display(),
-            ingester.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The stored next offset of each partition of `topic`, in partition order.
 async fn next_offsets(pool: &PgPool, topic: &str) -> Vec<Option<i64>> {
     sqlx::query_scalar(
@@ -115,23 +93,6 @@ async fn next_offsets(pool: &PgPool, topic: &str) -> Vec<Option<i64>> {
     .fetch_all(pool)
     .await
     .unwrap()
-}
-
-/// The `kind` events of `instance`, their details.
-async fn events(pool: &PgPool, instance: &str, kind: &str) -> Vec<serde_json::Value> {
-    let details: Vec<String> = sqlx::query_scalar(
-        "SELECT details::text FROM system_events \
-         WHERE service = 'cloud-ingester' AND instance = $1 AND kind = $2",
-    )
-    .bind(instance)
-    .bind(kind)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    details
-        .iter()
-        .map(|text| serde_json::from_str(text).unwrap())
-        .collect()
 }
 
 /// The URL of the database `pool` is connected to, on the stack's server.

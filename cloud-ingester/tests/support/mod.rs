@@ -1,11 +1,12 @@
 //! What the ingester's integration tests share: the stack's Kafka, topics of their own,
 //! frames of seed devices, and producing them; and, by subject, the helpers of the
-//! pipeline (`ingester`), schema, store and Redis sink tests.
+//! pipeline (`ingester`), process (`process`), schema, store and Redis sink tests.
 
 // Each test binary uses its own subset.
 #![allow(dead_code)]
 
 pub mod ingester;
+pub mod process;
 pub mod redis_sink;
 pub mod schema;
 pub mod store;
