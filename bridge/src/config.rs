@@ -321,7 +321,7 @@ impl BridgeConfig {
     /// This configuration with its secrets hidden, for `--check-config`.
     pub fn redacted(&self) -> Self {
         let mut shown = self.clone();
-        service::config::redact(&mut shown.mqtt.password);
+        service::redact::secret(&mut shown.mqtt.password);
         for password in shown.embedded.users.values_mut() {
             *password = "***".to_owned();
         }

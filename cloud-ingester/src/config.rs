@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use figment::providers::Env;
 use serde::{Deserialize, Serialize};
-use service::config::{redact_url, Flags, Layers};
+use service::config::{Flags, Layers};
+use service::redact::url as redact_url;
 
 pub use service::clock::ClockConfig;
 pub use service::http::HttpConfig;

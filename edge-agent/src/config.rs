@@ -280,7 +280,7 @@ impl AgentConfig {
     /// This configuration with the MQTT password hidden, for `--check-config`.
     pub fn redacted(&self) -> Self {
         let mut shown = self.clone();
-        service::config::redact(&mut shown.mqtt.password);
+        service::redact::secret(&mut shown.mqtt.password);
         shown
     }
 

@@ -20,22 +20,6 @@ use crate::global::{Global, MqttAddr};
 /// How long any one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A URL with its password replaced by `***`, fit for messages and logs.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{}{user}:***{}", &url[..scheme_end], &rest[at..]),
-        None => url.to_owned(),
-    }
-}
-
 /// The PostgreSQL URL, or a message saying where to give it.
 pub fn database_url(global: &Global) -> Result<&str> {
     global.database_url.as_deref().ok_or_else(|| {
@@ -51,7 +35,7 @@ pub fn database_url(global: &Global) -> Result<&str> {
 pub async fn postgres(global: &Global) -> Result<PgPool> {
     let url = database_url(global)?;
     let options = PgConnectOptions::from_str(url)
-        .with_context(|| format!("invalid database URL {}", redact(url)))?;
+        .with_context(|| format!("invalid database URL {}", service::redact::url(url)))?;
     let target = format!(
         "{}:{}/{}",
         options.get_host(),
@@ -86,15 +70,15 @@ pub fn redis_url(global: &Global) -> Result<&str> {
 /// One multiplexed Redis connection, bounded in time for connecting and per command.
 pub async fn redis(global: &Global) -> Result<MultiplexedConnection> {
     let url = redis_url(global)?;
-    let client =
-        redis::Client::open(url).with_context(|| format!("invalid Redis URL {}", redact(url)))?;
+    let client = redis::Client::open(url)
+        .with_context(|| format!("invalid Redis URL {}", service::redact::url(url)))?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(CONNECT_TIMEOUT));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .with_context(|| format!("cannot connect to Redis at {}", redact(url)))
+        .with_context(|| format!("cannot connect to Redis at {}", service::redact::url(url)))
 }
 
 /// The ingester's Redis key layout under `--redis-prefix`.
@@ -189,24 +173,4 @@ pub async fn channels_if_available(global: &Global) -> Channels {
         );
         Channels::new()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(
-            redact("postgres://telemetry:secret@127.0.0.1:5432/telemetry"),
-            "postgres://telemetry:***@127.0.0.1:5432/telemetry"
-        );
-        assert_eq!(
-            redact("redis://:secret@host:6379/0"),
-            "redis://:***@host:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact("redis://user@host"), "redis://user@host");
-        assert_eq!(redact("not a url"), "not a url");
-    }
 }

@@ -88,7 +88,7 @@ impl Layers {
 
 /// What `--check-config` prints, the same in every binary: a comment line naming where
 /// the configuration came from, `ok` and what the binary will do, then the effective
-/// configuration (every layer applied, secrets hidden by the caller) as TOML, so the
+/// configuration (every layer applied, secrets hidden by the caller with [`crate::redact`]) as TOML, so the
 /// output is itself a valid configuration file.
 pub fn check_report<T: Serialize>(
     source: &str,
@@ -124,28 +124,6 @@ pub fn print_check<T: Serialize>(
 /// What `--check-config` calls the configuration's origin: the file, or the defaults.
 pub fn source_name(file: Option<&Path>) -> String {
     file.map_or_else(|| "defaults".to_owned(), |path| path.display().to_string())
-}
-
-/// A secret as `--check-config` shows it: that one is set, never what it is.
-pub fn redact(secret: &mut Option<String>) {
-    if let Some(secret) = secret {
-        *secret = "***".to_owned();
-    }
-}
-
-/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`; anything else as is.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -216,25 +194,5 @@ mod tests {
         std::fs::remove_dir_all(&dir)?;
         assert_eq!(loaded?, defaults());
         Ok(())
-    }
-
-    #[test]
-    fn secrets_are_hidden_and_the_rest_kept() {
-        assert_eq!(
-            redact_url("postgres://telemetry:hunter2@db:5432/x"),
-            "postgres://telemetry:***@db:5432/x"
-        );
-        for kept in [
-            "redis://cache:6379",
-            "postgres://user@db/x",
-            "not a url",
-            "",
-        ] {
-            assert_eq!(redact_url(kept), kept);
-        }
-        let (mut set, mut unset) = (Some("hunter2".to_owned()), None);
-        redact(&mut set);
-        redact(&mut unset);
-        assert_eq!((set.as_deref(), unset), (Some("***"), None));
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::{Check, HealthArgs};
 use crate::global::Global;
 use crate::output;
-use crate::services::{self, redact};
+use crate::services;
 
 pub(super) async fn redis_checks(global: &Global, args: &HealthArgs) -> Vec<Check> {
     let mut con = match services::redis(global).await {
@@ -25,7 +25,7 @@ pub(super) async fn redis_checks(global: &Global, args: &HealthArgs) -> Vec<Chec
             ];
         }
     };
-    let url = redact(global.redis_url.as_deref().unwrap_or_default());
+    let url = service::redact::url(global.redis_url.as_deref().unwrap_or_default());
     let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(&mut con).await;
     let reachable = match info {
         Ok(info) => {
