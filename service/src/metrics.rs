@@ -106,9 +106,78 @@ impl Level {
     }
 }
 
+/// One [`Count`] per reason of a fixed set: a series each (`{label}="{code}"`), exported
+/// at zero from the start so a dashboard sees every reason before the first one, and
+/// readable per reason and in total for the metrics record. Reasons are few (a handful),
+/// so a lookup is a scan.
+pub struct CountsByReason {
+    counts: Vec<(&'static str, Count)>,
+}
+
+impl CountsByReason {
+    /// The series `name{label=code}` for every code in `codes`.
+    pub fn new(name: &'static str, label: &'static str, codes: &[&'static str]) -> Self {
+        prometheus();
+        Self {
+            counts: codes
+                .iter()
+                .map(|&code| (code, Count::new(metrics::counter!(name, label => code))))
+                .collect(),
+        }
+    }
+
+    /// Counts one more of `code`, which must be one of the set (a code outside it is a
+    /// bug, caught in debug builds; release builds count it in no series).
+    pub fn add(&self, code: &str) {
+        let count = self.counts.iter().find(|(known, _)| *known == code);
+        debug_assert!(count.is_some(), "{code} is not one of the counted reasons");
+        if let Some((_, count)) = count {
+            count.add(1);
+        }
+    }
+
+    pub fn get(&self, code: &str) -> u64 {
+        self.counts
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map_or(0, |(_, count)| count.get())
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|(_, count)| count.get()).sum()
+    }
+
+    /// Every reason with its count, in the set's order.
+    pub fn by_code(&self) -> Vec<(&'static str, u64)> {
+        self.counts
+            .iter()
+            .map(|(code, count)| (*code, count.get()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_by_reason_export_every_reason_from_zero_and_read_back() {
+        let counts = CountsByReason::new("service_test_refused_total", "reason", &["big", "odd"]);
+        counts.add("odd");
+        counts.add("odd");
+        assert_eq!(
+            (counts.get("big"), counts.get("odd"), counts.total()),
+            (0, 2, 2)
+        );
+        assert_eq!(counts.by_code(), [("big", 0), ("odd", 2)]);
+        let text = prometheus().render();
+        for line in [
+            "service_test_refused_total{reason=\"big\"} 0",
+            "service_test_refused_total{reason=\"odd\"} 2",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn histograms_get_buckets_by_name_suffix_and_values_read_back() {
