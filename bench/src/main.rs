@@ -7,7 +7,7 @@ mod chart;
 mod components;
 mod e2e;
 mod machine;
-mod pipeline;
+mod deployment;
 mod probe;
 mod procstat;
 mod report;
@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::pipeline::{Binaries, Pipeline, Workload};
+use crate::deployment::{Binaries, Deployment, Workload};
 
 /// End-to-end benchmark of the telemetry pipeline, and the report writer.
 ///
@@ -130,30 +130,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bins = Binaries::in_dir(&args.bin_dir)?;
     let [five, five_hundred, lat] = Workload::standard();
     let config_dir = tempfile::tempdir().context("temp dir for the configuration files")?;
-    let mut pipeline = Pipeline::start(
+    let mut deployment = Deployment::start(
         bins,
         config_dir.path().to_owned(),
         work.clone(),
         &[&five, &five_hundred, &lat],
     )
     .await?;
-    let probe = probe::Probe::start(pipeline.mqtt_port, pipeline.pool.clone()).await?;
+    let probe = probe::Probe::start(deployment.mqtt_port, deployment.pool.clone()).await?;
 
     let mut throughput = Vec::new();
     let profile_dir = args.perf.then_some(work.as_path());
-    throughput.push(e2e::throughput(&mut pipeline, &probe, &five, &timing, profile_dir).await?);
+    throughput.push(e2e::throughput(&mut deployment, &probe, &five, &timing, profile_dir).await?);
     // The same 5-device scenario with delete-on-PUBACK (the old behaviour), straight after,
     // for the cost of waiting for the cloud's confirmation.
-    let five_broker = pipeline::Workload {
+    let five_broker = deployment::Workload {
         confirm: "broker",
         ..five.clone()
     };
-    let broker = e2e::throughput(&mut pipeline, &probe, &five_broker, &timing, None).await?;
+    let broker = e2e::throughput(&mut deployment, &probe, &five_broker, &timing, None).await?;
     throughput
-        .push(e2e::throughput(&mut pipeline, &probe, &five_hundred, &timing, profile_dir).await?);
-    let mut latency = vec![e2e::latency(&mut pipeline, &probe, &lat, &timing).await?];
-    pipeline.restart_ingester(Some("200ms")).await?;
-    latency.push(e2e::latency(&mut pipeline, &probe, &lat, &timing).await?);
+        .push(e2e::throughput(&mut deployment, &probe, &five_hundred, &timing, profile_dir).await?);
+    let mut latency = vec![e2e::latency(&mut deployment, &probe, &lat, &timing).await?];
+    deployment.restart_ingester(Some("200ms")).await?;
+    latency.push(e2e::latency(&mut deployment, &probe, &lat, &timing).await?);
     let pl = &throughput[0];
     println!();
     println!("== confirmations (issue 14): delivery.confirm = \"pipeline\" against \"broker\"");
@@ -181,9 +181,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("note: {} latency polls failed", probe.poll_errors());
     }
 
-    let configs = pipeline.configs(&[&five, &five_hundred, &lat]);
+    let configs = deployment.configs(&[&five, &five_hundred, &lat]);
     probe.stop().await;
-    pipeline.stop();
+    deployment.stop();
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::format::rate;
 use super::Report;
 use crate::e2e::{Profile, Throughput};
-use crate::pipeline::Workload;
+use crate::deployment::Workload;
 
 impl Report<'_> {
     /// Bottleneck, in words chosen by the numbers, plus the profile.

@@ -8,7 +8,7 @@ use crate::components::{
     BridgeFigures, CoverageUpkeep, FootprintFigures, IngestFigures, SmallBatchUpkeep,
 };
 use crate::e2e::{ConfirmWait, Profile};
-use crate::pipeline::Workload;
+use crate::deployment::Workload;
 use crate::probe::Latency;
 use crate::procstat::CpuWindow;
 
