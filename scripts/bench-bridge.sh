@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench-bridge.sh - runs the bridge throughput benchmark (bridge/benches/throughput.rs)
-# against the local stack, after making sure what its shell-pipeline baseline needs is
+# bench-bridge.sh - runs the bridge throughput benchmark (`bench bridge`, the bench crate's
+# bench/src/bridge_throughput/) against the local stack, built in release like the rest of
+# the benchmark suite, after making sure what its shell-pipeline baseline needs is
 # installed: a Python venv under target/bench-venv with confluent-kafka (a PyPI wheel
 # that bundles a librdkafka recent enough for Tansu; Debian's kcat is too old for it).
 #
@@ -9,7 +10,8 @@
 #   scripts/bench-bridge.sh --frames 50000 --connections 2     (flags go to the bench)
 #
 # Needs the stack: `scripts/stack.sh up` first (this script does not start or stop it).
-# Environment knobs are listed at the top of bridge/benches/throughput.rs.
+# Flags and environment knobs: `target/release/bench bridge --help`, or the top of
+# bench/src/bridge_throughput/mod.rs.
 
 set -euo pipefail
 
@@ -43,4 +45,5 @@ if ! "$VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
 fi
 export BENCH_PYTHON="${BENCH_PYTHON:-$VENV/bin/python}"
 
-exec cargo bench -p bridge --bench throughput -- "$@"
+cargo build --release --locked -p bench
+exec "${CARGO_TARGET_DIR:-target}/release/bench" bridge "$@"

@@ -10,12 +10,14 @@
 #   scripts/bench.sh --no-perf  skip the perf profiles of the throughput windows
 #
 # Starts the local stack if needed (scripts/stack.sh up), builds the release binaries,
-# runs, in order: the bridge throughput bench (scripts/bench-bridge.sh: Kafka ceiling,
-# embedded mode, client mode against Mosquitto), the ingest bench (cloud-ingester), the
-# edge-agent footprint bench, and the end-to-end bench (target/release/bench), which
-# parses the component benches' output and writes the report. Each bench's raw output
-# goes to target/bench-logs/<run>/ and into the report's appendix. Installs Debian's
-# linux-perf when missing and running as root (the profile is optional otherwise).
+# runs, in order: the bridge throughput bench (scripts/bench-bridge.sh, which runs
+# `target/release/bench bridge`: Kafka ceiling, embedded mode, client mode against
+# Mosquitto), the ingest bench (cloud-ingester), the edge-agent footprint bench, and the
+# end-to-end bench (target/release/bench), which parses the component benches' output
+# and writes the report (release binaries under $CARGO_TARGET_DIR when it is set). Each
+# bench's raw output goes to target/bench-logs/<run>/ and into the report's appendix.
+# Installs Debian's linux-perf when missing and running as root (the profile is optional
+# otherwise).
 
 set -euo pipefail
 
@@ -30,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK=1 ;;
     --no-perf) PERF=0 ;;
     --out) OUT="${2:?--out needs a directory}"; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -74,6 +76,7 @@ fi
 
 step "building the release binaries"
 cargo build --release --locked -p edge-agent -p bridge -p cloud-ingester -p bench
+RELEASE="${CARGO_TARGET_DIR:-target}/release"
 
 # Runs one component bench: its stdout to $LOGS/NAME.log (parsed by the report), its
 # stderr (build output, progress) to $LOGS/NAME.err, the command line to $LOGS/NAME.cmd.
@@ -116,7 +119,8 @@ QUICK_FLAG=()
 if [[ $QUICK == 1 ]]; then
   QUICK_FLAG=(--quick)
 fi
-target/release/bench \
+"$RELEASE/bench" \
+  --bin-dir "$RELEASE" \
   --components "$LOGS" \
   --work "$LOGS/e2e" \
   --out "$OUT" \

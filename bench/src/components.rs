@@ -112,7 +112,7 @@ impl Components {
         let footprint = load("footprint")?;
         Ok(Self {
             bridge: parse_bridge(&bridge.3)
-                .context("bridge throughput bench (bridge/benches/throughput.rs)")?,
+                .context("bridge throughput bench (bench bridge, bench/src/bridge_throughput/)")?,
             ingest: parse_ingest(&ingest.3)
                 .context("ingest bench (cloud-ingester/benches/ingest.rs)")?,
             footprint: parse_footprint(&footprint.3)

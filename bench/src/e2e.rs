@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::pipeline::{stop, Pipeline, Workload};
+use crate::deployment::{stop, Deployment, Workload};
 use crate::probe::{Counts, Latency, Probe};
 use crate::procstat::{self, CpuWindow, Snapshot};
 use e2e::process::Process;
@@ -154,7 +154,7 @@ struct Sample {
     procs: Snapshot,
 }
 
-fn sample(p: &Pipeline, probe: &Probe) -> anyhow::Result<Sample> {
+fn sample(p: &Deployment, probe: &Probe) -> anyhow::Result<Sample> {
     let b = p.bridge_metrics()?;
     let i = p.ingester_metrics()?;
     Ok(Sample {
@@ -176,7 +176,7 @@ fn check_agents(agents: &mut [Process]) -> anyhow::Result<()> {
 }
 
 pub async fn throughput(
-    p: &mut Pipeline,
+    p: &mut Deployment,
     probe: &Probe,
     w: &Workload,
     timing: &Timing,
@@ -309,7 +309,7 @@ pub async fn throughput(
 }
 
 pub async fn latency(
-    p: &mut Pipeline,
+    p: &mut Deployment,
     probe: &Probe,
     w: &Workload,
     timing: &Timing,

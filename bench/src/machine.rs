@@ -68,8 +68,17 @@ impl Machine {
 
 /// `YYYY-MM-DD HH:MM UTC`, from `date` (the clock of this machine is correct).
 pub fn now_utc() -> String {
+    date_utc("+%Y-%m-%d %H:%M UTC")
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`: the bridge bench's heading, a run of seconds.
+pub fn now_utc_seconds() -> String {
+    date_utc("+%Y-%m-%d %H:%M:%S UTC")
+}
+
+fn date_utc(format: &str) -> String {
     Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .args(["-u", format])
         .output()
         .ok()
         .filter(|o| o.status.success())

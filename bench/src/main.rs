@@ -2,12 +2,18 @@
 //! report. `scripts/bench.sh` runs the component benches first and hands their output to
 //! this program, which then runs the real binaries end to end, prints every figure and
 //! how it was measured, and writes `benchmarks.md` and `benchmarks.svg`.
+//!
+//! `bench bridge` is one of those component benches, the bridge throughput benchmark
+//! (`bridge_throughput`, run by `scripts/bench-bridge.sh`): it lives here, beside the
+//! report that parses its output, and shares this crate's process accounting and number
+//! formatting.
 
+mod bridge_throughput;
 mod chart;
 mod components;
+mod deployment;
 mod e2e;
 mod machine;
-mod pipeline;
 mod probe;
 mod procstat;
 mod report;
@@ -19,17 +25,41 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::pipeline::{Binaries, Pipeline, Workload};
+use crate::deployment::{Binaries, Deployment, Workload};
 
-/// End-to-end benchmark of the telemetry pipeline, and the report writer.
+/// End-to-end benchmark of the telemetry pipeline, and the report writer; `bench bridge`
+/// is the bridge throughput benchmark.
 ///
-/// Runs the release binaries of edge-agent, bridge (embedded broker) and cloud-ingester
-/// against private PostgreSQL, Redis and Tansu servers: throughput with 5 and with 500
-/// simulated devices, then publish → committed-row latency at about 10k readings/s
-/// (ingester defaults, then batch.age 200ms, its default until this bench showed the cost). Reads the component benches' output from
-/// --components and writes <out>/benchmarks.md and <out>/benchmarks.svg.
+/// Without a subcommand: runs the release binaries of edge-agent, bridge (embedded
+/// broker) and cloud-ingester against private PostgreSQL, Redis and Tansu servers:
+/// throughput with 5 and with 500 simulated devices, then publish → committed-row latency
+/// at about 10k readings/s (ingester defaults, then batch.age 200ms, its default until this
+/// bench showed the cost). Reads the component benches' output from --components and
+/// writes <out>/benchmarks.md and <out>/benchmarks.svg.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Present unless a subcommand is given (clap then requires --components and --out).
+    #[command(flatten)]
+    end_to_end: Option<Args>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// The bridge throughput benchmark: the bridge in client and embedded mode beside a
+    /// Kafka ceiling, Mosquitto alone, the bridge's MQTT side alone and a shell pipeline,
+    /// against the stack's Kafka (KAFKA_BROKERS). Run by scripts/bench-bridge.sh.
+    Bridge(bridge_throughput::Knobs),
+}
+
+/// The end-to-end run's arguments.
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Directory holding the component benches' output (bridge.log, ingest.log,
     /// footprint.log and their .cmd files), as scripts/bench.sh writes it.
@@ -59,10 +89,24 @@ struct Args {
     minutes_before: f64,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        // Builds its own runtimes: the CPU table tells their threads apart by name.
+        Some(Command::Bridge(knobs)) => bridge_throughput::run(knobs),
+        None => match cli.end_to_end {
+            Some(args) => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("tokio runtime")
+                .and_then(|runtime| runtime.block_on(run(args))),
+            None => Err(anyhow::anyhow!(
+                "--components and --out are required (see --help)"
+            )),
+        },
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");
@@ -130,30 +174,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bins = Binaries::in_dir(&args.bin_dir)?;
     let [five, five_hundred, lat] = Workload::standard();
     let config_dir = tempfile::tempdir().context("temp dir for the configuration files")?;
-    let mut pipeline = Pipeline::start(
+    let mut deployment = Deployment::start(
         bins,
         config_dir.path().to_owned(),
         work.clone(),
         &[&five, &five_hundred, &lat],
     )
     .await?;
-    let probe = probe::Probe::start(pipeline.mqtt_port, pipeline.pool.clone()).await?;
+    let probe = probe::Probe::start(deployment.mqtt_port, deployment.pool.clone()).await?;
 
     let mut throughput = Vec::new();
     let profile_dir = args.perf.then_some(work.as_path());
-    throughput.push(e2e::throughput(&mut pipeline, &probe, &five, &timing, profile_dir).await?);
+    throughput.push(e2e::throughput(&mut deployment, &probe, &five, &timing, profile_dir).await?);
     // The same 5-device scenario with delete-on-PUBACK (the old behaviour), straight after,
     // for the cost of waiting for the cloud's confirmation.
-    let five_broker = pipeline::Workload {
+    let five_broker = deployment::Workload {
         confirm: "broker",
         ..five.clone()
     };
-    let broker = e2e::throughput(&mut pipeline, &probe, &five_broker, &timing, None).await?;
+    let broker = e2e::throughput(&mut deployment, &probe, &five_broker, &timing, None).await?;
     throughput
-        .push(e2e::throughput(&mut pipeline, &probe, &five_hundred, &timing, profile_dir).await?);
-    let mut latency = vec![e2e::latency(&mut pipeline, &probe, &lat, &timing).await?];
-    pipeline.restart_ingester(Some("200ms")).await?;
-    latency.push(e2e::latency(&mut pipeline, &probe, &lat, &timing).await?);
+        .push(e2e::throughput(&mut deployment, &probe, &five_hundred, &timing, profile_dir).await?);
+    let mut latency = vec![e2e::latency(&mut deployment, &probe, &lat, &timing).await?];
+    deployment.restart_ingester(Some("200ms")).await?;
+    latency.push(e2e::latency(&mut deployment, &probe, &lat, &timing).await?);
     let pl = &throughput[0];
     println!();
     println!("== confirmations (issue 14): delivery.confirm = \"pipeline\" against \"broker\"");
@@ -181,9 +225,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("note: {} latency polls failed", probe.poll_errors());
     }
 
-    let configs = pipeline.configs(&[&five, &five_hundred, &lat]);
+    let configs = deployment.configs(&[&five, &five_hundred, &lat]);
     probe.stop().await;
-    pipeline.stop();
+    deployment.stop();
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

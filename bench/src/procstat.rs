@@ -6,8 +6,12 @@
 //! and its backends, say). Ticks are read at the start and the end of a window; a process
 //! that started inside the window counts from zero, one that ended inside it is missed
 //! (none of the measured parts start or stop inside a window).
+//!
+//! The bridge throughput bench (`bench bridge`) reads the same snapshots for the machine's
+//! share and for "what else ran" (`by_name`); its per-thread run and wait times come from
+//! schedstat, in its own `cpu` module.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux).
@@ -15,6 +19,8 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 #[derive(Debug, Clone)]
 struct Proc {
+    /// Command name (`comm`, as in /proc/PID/stat).
+    name: String,
     ppid: u32,
     ticks: u64,
 }
@@ -30,21 +36,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take() -> Self {
-        let mut procs = HashMap::new();
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if let Some(p) = read_proc(pid) {
-                    procs.insert(pid, p);
-                }
-            }
-        }
+        let procs = numeric_entries("/proc")
+            .into_iter()
+            .filter_map(|pid| Some((pid, read_proc(pid)?)))
+            .collect();
         Self {
             at: Instant::now(),
             procs,
@@ -94,6 +89,27 @@ impl CpuWindow {
     }
 }
 
+/// CPU of every process in `end` but those in `skip`, summed by command name, in % of
+/// one core, largest first: what else ran in the window (on a shared machine, other
+/// people's builds).
+pub fn by_name(start: &Snapshot, end: &Snapshot, skip: &HashSet<u32>) -> Vec<(String, f64)> {
+    let seconds = end.at.duration_since(start.at).as_secs_f64().max(1e-3);
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for (pid, p) in &end.procs {
+        if skip.contains(pid) {
+            continue;
+        }
+        let before = start.procs.get(pid).map_or(0, |b| b.ticks);
+        let pct = 100.0 * p.ticks.saturating_sub(before) as f64 / TICKS_PER_SECOND / seconds;
+        match out.iter_mut().find(|(n, _)| *n == p.name) {
+            Some((_, v)) => *v += pct,
+            None => out.push((p.name.clone(), pct)),
+        }
+    }
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 /// `parts`: (name, root pids). Only the roots' trees in `end` are counted.
 pub fn window(start: &Snapshot, end: &Snapshot, parts: &[(String, Vec<u32>)]) -> CpuWindow {
     let seconds = end.at.duration_since(start.at).as_secs_f64().max(1e-3);
@@ -125,16 +141,30 @@ pub fn window(start: &Snapshot, end: &Snapshot, parts: &[(String, Vec<u32>)]) ->
 
 fn read_proc(pid: u32) -> Option<Proc> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
+    let (head, after_name) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // After the name: state(0) ppid(1) ... utime(11) stime(12).
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(Proc {
+        name,
         ppid,
         ticks: utime + stime,
     })
+}
+
+/// The entries of `dir` named by a number: the processes in /proc, the threads in
+/// /proc/PID/task.
+pub fn numeric_entries(dir: &str) -> Vec<u32> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// (busy, idle, steal) from the first line of /proc/stat; iowait counts as idle.
@@ -160,12 +190,8 @@ pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
     snapshot
         .procs
         .iter()
-        .filter(|(_, p)| p.ppid == parent)
+        .filter(|(_, p)| p.ppid == parent && p.name.starts_with(comm))
         .map(|(pid, _)| *pid)
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim().starts_with(comm))
-        })
         .collect()
 }
 

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use super::format::rate;
 use super::Report;
+use crate::deployment::Workload;
 use crate::e2e::{Profile, Throughput};
-use crate::pipeline::Workload;
 
 impl Report<'_> {
     /// Bottleneck, in words chosen by the numbers, plus the profile.

@@ -1,7 +1,8 @@
-//! How the report writes its numbers and verdicts, the same in every section.
+//! How the report writes its numbers and verdicts, the same in every section (and, for
+//! rates, in the bridge bench's table: `bench bridge`).
 
 /// A rate with thousands separators, never negative: `123456.7` → `123,457`.
-pub(super) fn rate(v: f64) -> String {
+pub(crate) fn rate(v: f64) -> String {
     let s = format!("{:.0}", v.max(0.0));
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -14,7 +14,7 @@ mod bottleneck;
 mod confirmations;
 mod end_to_end;
 mod footprint;
-mod format;
+pub(crate) mod format;
 mod settings;
 mod summary;
 #[cfg(test)]

@@ -7,8 +7,8 @@ use super::*;
 use crate::components::{
     BridgeFigures, CoverageUpkeep, FootprintFigures, IngestFigures, SmallBatchUpkeep,
 };
+use crate::deployment::Workload;
 use crate::e2e::{ConfirmWait, Profile};
-use crate::pipeline::Workload;
 use crate::probe::Latency;
 use crate::procstat::CpuWindow;
 
@@ -77,7 +77,7 @@ fn components(complete: bool) -> Components {
         raw: vec![
             (
                 "bridge".to_owned(),
-                "cargo bench -p bridge --bench throughput".to_owned(),
+                "target/release/bench bridge".to_owned(),
                 PathBuf::from("target/bench/bridge.log"),
                 "bridge bench output\nembedded 4,321 msgs/s\n".to_owned(),
             ),

@@ -143,8 +143,10 @@ pub fn stop(process: &mut Process, grace: Duration) {
     }
 }
 
-/// The private servers and the two cloud-side binaries.
-pub struct Pipeline {
+/// The pipeline deployed for the run: the private servers and the two cloud-side
+/// binaries (bridge, ingester), which the agents of each workload are started against
+/// (`start_agents`). Not the ingester's `Pipeline` (its in-process processing loop).
+pub struct Deployment {
     pub bins: Binaries,
     pub dir: PathBuf,
     pub log_dir: PathBuf,
@@ -165,7 +167,7 @@ pub struct Pipeline {
     ingester_runs: u32,
 }
 
-impl Pipeline {
+impl Deployment {
     /// Starts the servers, applies the migrations, registers the workloads' devices, then
     /// starts the bridge and the ingester and waits until both are ready.
     pub async fn start(
@@ -212,7 +214,7 @@ impl Pipeline {
         );
         write(&dir.join("bridge.toml"), &bridge_config)?;
         write(&dir.join("cloud-ingester.toml"), &ingester_config)?;
-        let mut pipeline = Self {
+        let mut deployment = Self {
             bins,
             dir,
             log_dir,
@@ -231,18 +233,18 @@ impl Pipeline {
             ingester_runs: 0,
         };
         println!("starting the bridge (embedded broker on 127.0.0.1:{mqtt_port}) ...");
-        let config = pipeline.dir.join("bridge.toml");
+        let config = deployment.dir.join("bridge.toml");
         let mut bridge = Process::new(
             "bridge",
-            &pipeline.bins.bridge,
+            &deployment.bins.bridge,
             &["--config".to_owned(), config.display().to_string()],
-            &pipeline.log_dir,
+            &deployment.log_dir,
         );
         bridge.start()?;
-        wait_ready(&mut bridge, pipeline.bridge_http, Duration::from_secs(60)).await?;
-        pipeline.bridge = Some(bridge);
-        pipeline.restart_ingester(None).await?;
-        Ok(pipeline)
+        wait_ready(&mut bridge, deployment.bridge_http, Duration::from_secs(60)).await?;
+        deployment.bridge = Some(bridge);
+        deployment.restart_ingester(None).await?;
+        Ok(deployment)
     }
 
     /// (Re)starts the ingester, with `batch_age` (e.g. "50ms") or its default.
