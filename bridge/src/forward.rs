@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use contracts::dead_letter::Reason;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::inbound::{Ack, AckOutcome, Inbound};
-use crate::inspect::{inspect, RejectReason, Rejection};
+use crate::inspect::{inspect, Rejection};
 use crate::kafka::{dlq_headers, frame_headers, Producer};
 use crate::latest::Latest;
 use crate::stats::Stats;
@@ -72,7 +73,7 @@ struct Job {
 /// How a message ended, in arrival order.
 enum Settled {
     Forwarded { ack: Ack, latency: Duration },
-    DeadLettered { ack: Ack, reason: RejectReason },
+    DeadLettered { ack: Ack, reason: Reason },
     Failed(String),
 }
 
@@ -386,7 +387,7 @@ fn next_attempt(job: Job, error: &KafkaError) -> Result<Job, String> {
             warn!("Kafka refused a frame of {device} for good, dead-lettering it: {error}");
             Destination::DeadLetter {
                 rejection: Rejection {
-                    reason: RejectReason::KafkaRejected,
+                    reason: Reason::KafkaRejected,
                     detail: error.to_string(),
                     device: Some(device),
                 },
@@ -490,7 +491,7 @@ mod tests {
         else {
             panic!("a refused frame goes to the DLQ whole first");
         };
-        assert_eq!(rejection.reason, RejectReason::KafkaRejected);
+        assert_eq!(rejection.reason, Reason::KafkaRejected);
         assert_eq!(rejection.device.as_deref(), Some("d"));
         let second = next_attempt(first, &too_large()).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
