@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::inbound::{Ack, AckOutcome, Inbound};
-use crate::inspect::{inspect, Rejection};
 use crate::kafka::{dlq_headers, frame_headers, Producer};
 use crate::latest::Latest;
 use crate::stats::Stats;
+use crate::validate::{self, Rejection};
 
 /// How long to wait before offering a message again to a producer whose queue is full
 /// (it is also offered again as soon as any delivery report frees room).
@@ -247,20 +247,21 @@ impl Forwarder {
     /// Checks the message and feeds the `latest` topic.
     async fn prepare(&mut self, inbound: Inbound) -> Job {
         self.stats.received();
-        let destination = match inspect(&self.topic_prefix, &inbound.topic, &inbound.payload) {
-            Ok(accepted) => {
-                if let Some(latest) = &mut self.latest {
-                    latest.offer(&accepted, &inbound, Instant::now()).await;
+        let destination =
+            match validate::check(&self.topic_prefix, &inbound.topic, &inbound.payload) {
+                Ok(accepted) => {
+                    if let Some(latest) = &mut self.latest {
+                        latest.offer(&accepted, &inbound, Instant::now()).await;
+                    }
+                    Destination::Data {
+                        device: accepted.device,
+                    }
                 }
-                Destination::Data {
-                    device: accepted.device,
-                }
-            }
-            Err(rejection) => Destination::DeadLetter {
-                rejection,
-                truncated: false,
-            },
-        };
+                Err(rejection) => Destination::DeadLetter {
+                    rejection,
+                    truncated: false,
+                },
+            };
         Job {
             inbound,
             destination,

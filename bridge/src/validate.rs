@@ -1,8 +1,9 @@
-//! The checks every message passes before it may enter `sensors-data`, and the readable
-//! rendering of a frame for the `latest` topic.
+//! The checks every message passes before it may enter `sensors-data` (what the
+//! ingester's `validate` is to a record before it is stored), and the readable rendering
+//! of a frame for the `latest` topic.
 //!
 //! Kept free of I/O so that every rule is unit-tested and property-tested: whatever bytes
-//! arrive, `inspect` returns a verdict and never panics.
+//! arrive, `check` returns a verdict and never panics.
 
 use contracts::dead_letter::Reason;
 use protocol::{BootId, Frame, Quality, Topic, TopicKind};
@@ -34,7 +35,7 @@ pub struct Accepted {
 }
 
 /// Checks one MQTT message.
-pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejection> {
+pub fn check(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejection> {
     let topic_text = std::str::from_utf8(topic).map_err(|_| Rejection {
         reason: Reason::Topic,
         detail: "topic is not UTF-8".to_owned(),
@@ -84,7 +85,7 @@ pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, R
     })
 }
 
-/// The `latest` topic of a telemetry topic already accepted by `inspect`.
+/// The `latest` topic of a telemetry topic already accepted by `check`.
 pub fn latest_topic(telemetry_topic: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(telemetry_topic).ok()?;
     let topic = Topic::parse(text).ok()?;
@@ -196,7 +197,7 @@ mod tests {
     #[test]
     fn a_valid_frame_on_its_own_topic_passes_keyed_by_device() {
         assert_eq!(
-            inspect("plant", TOPIC, &frame_bytes("press-01")),
+            check("plant", TOPIC, &frame_bytes("press-01")),
             Ok(Accepted {
                 device: "press-01".to_owned(),
                 boot_id: BootId([1, 2, 3, 4, 5, 6, 7, 8]),
@@ -208,7 +209,7 @@ mod tests {
 
     #[test]
     fn each_kind_of_bad_message_gets_its_reason() {
-        let reason = |topic: &[u8], payload: &[u8]| inspect("plant", topic, payload).unwrap_err();
+        let reason = |topic: &[u8], payload: &[u8]| check("plant", topic, payload).unwrap_err();
         let good = frame_bytes("press-01");
         assert_eq!(reason(b"\xff\xfe", &good).reason, Reason::Topic);
         assert_eq!(reason(b"plant/a/b/telemetry", &good).reason, Reason::Topic);
@@ -278,7 +279,7 @@ mod tests {
         #[test]
         fn no_input_panics(topic in proptest::collection::vec(any::<u8>(), 0..80),
                            payload in proptest::collection::vec(any::<u8>(), 0..900)) {
-            let verdict = inspect("plant", &topic, &payload);
+            let verdict = check("plant", &topic, &payload);
             if verdict.is_ok() {
                 prop_assert!(latest_json(&payload, 0, None).is_some());
             }
