@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use contracts::dead_letter::Reason;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
@@ -28,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::inbound::{Ack, AckOutcome, Inbound};
-use crate::inspect::{inspect, RejectReason, Rejection};
 use crate::kafka::{dlq_headers, frame_headers, Producer};
 use crate::latest::Latest;
 use crate::stats::Stats;
+use crate::validate::{self, Rejection};
 
 /// How long to wait before offering a message again to a producer whose queue is full
 /// (it is also offered again as soon as any delivery report frees room).
@@ -72,7 +73,7 @@ struct Job {
 /// How a message ended, in arrival order.
 enum Settled {
     Forwarded { ack: Ack, latency: Duration },
-    DeadLettered { ack: Ack, reason: RejectReason },
+    DeadLettered { ack: Ack, reason: Reason },
     Failed(String),
 }
 
@@ -246,20 +247,21 @@ impl Forwarder {
     /// Checks the message and feeds the `latest` topic.
     async fn prepare(&mut self, inbound: Inbound) -> Job {
         self.stats.received();
-        let destination = match inspect(&self.topic_prefix, &inbound.topic, &inbound.payload) {
-            Ok(accepted) => {
-                if let Some(latest) = &mut self.latest {
-                    latest.offer(&accepted, &inbound, Instant::now()).await;
+        let destination =
+            match validate::check(&self.topic_prefix, &inbound.topic, &inbound.payload) {
+                Ok(accepted) => {
+                    if let Some(latest) = &mut self.latest {
+                        latest.offer(&accepted, &inbound, Instant::now()).await;
+                    }
+                    Destination::Data {
+                        device: accepted.device,
+                    }
                 }
-                Destination::Data {
-                    device: accepted.device,
-                }
-            }
-            Err(rejection) => Destination::DeadLetter {
-                rejection,
-                truncated: false,
-            },
-        };
+                Err(rejection) => Destination::DeadLetter {
+                    rejection,
+                    truncated: false,
+                },
+            };
         Job {
             inbound,
             destination,
@@ -386,7 +388,7 @@ fn next_attempt(job: Job, error: &KafkaError) -> Result<Job, String> {
             warn!("Kafka refused a frame of {device} for good, dead-lettering it: {error}");
             Destination::DeadLetter {
                 rejection: Rejection {
-                    reason: RejectReason::KafkaRejected,
+                    reason: Reason::KafkaRejected,
                     detail: error.to_string(),
                     device: Some(device),
                 },
@@ -490,7 +492,7 @@ mod tests {
         else {
             panic!("a refused frame goes to the DLQ whole first");
         };
-        assert_eq!(rejection.reason, RejectReason::KafkaRejected);
+        assert_eq!(rejection.reason, Reason::KafkaRejected);
         assert_eq!(rejection.device.as_deref(), Some("d"));
         let second = next_attempt(first, &too_large()).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(

@@ -18,8 +18,8 @@ use tracing::{error, info, warn};
 
 use crate::config::KafkaConfig;
 use crate::health::Health;
-use crate::inspect::Rejection;
 use crate::stats::Stats;
+use crate::validate::Rejection;
 use protocol::kafka::headers;
 
 pub type Producer = FutureProducer<KafkaContext>;

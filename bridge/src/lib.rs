@@ -15,12 +15,12 @@ pub mod embedded;
 pub mod forward;
 pub mod health;
 pub mod inbound;
-pub mod inspect;
 pub mod kafka;
 pub mod latest;
 pub mod meta;
 pub mod mqtt_client;
 pub mod stats;
+pub mod validate;
 
 pub use app::Bridge;
 pub use config::{BridgeConfig, CliOverrides, Mode};

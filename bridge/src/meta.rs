@@ -1,13 +1,13 @@
 //! Each device's channel names and units, from the retained JSON the edge agent publishes
-//! on `{prefix}/{site}/{line}/{device}/meta` (`edge-agent/src/status.rs`), so the
+//! on `{prefix}/{site}/{line}/{device}/meta` ([`contracts::meta::DeviceMeta`]), so the
 //! retained `latest` can say `temperature 851.2 °C` instead of `"0": 851.2`.
 //!
 //! Both MQTT sides feed [`Metas`]: embedded mode through the `latest` publisher's
 //! in-process link, subscribed to the meta topics; client mode through its connection,
 //! with a QoS 0 subscription beside the telemetry one (the broker sends the retained
 //! metas on every subscribe). The `latest` publisher reads it when it renders a device's
-//! JSON. Only `channels[].id`, `.name` and `.unit` are read; the rest of the meta is the
-//! agent's and may change freely.
+//! JSON. Only `channels[].id`, `.name` and `.unit` are used; the rest of the meta is for
+//! people, and may change freely.
 //!
 //! In memory, bounded: at most `latest.max_devices` devices, a name or unit cut to
 //! [`MAX_LABEL_LEN`] bytes. A meta for one device more, or one that is not the JSON
@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use contracts::meta::DeviceMeta;
 use protocol::{Topic, TopicKind};
-use serde_json::Value;
 
 use crate::stats::Stats;
 
@@ -38,21 +38,18 @@ pub type Labels = HashMap<u8, Label>;
 
 /// The labels of a meta message's channels; `None` when it is not a meta JSON (no
 /// `channels` array). A channel entry without a valid `id` (0 to 255) is skipped, one
-/// without a string `name` or `unit` lacks that part.
+/// without a string `name` or `unit` lacks that part ([`contracts::meta`] reads it so).
 pub fn parse(payload: &[u8]) -> Option<Labels> {
-    let meta: Value = serde_json::from_slice(payload).ok()?;
-    let channels = meta.get("channels")?.as_array()?;
-    let text = |channel: &Value, key: &str| channel.get(key)?.as_str().map(cut);
+    let meta: DeviceMeta = serde_json::from_slice(payload).ok()?;
     Some(
-        channels
-            .iter()
-            .filter_map(|channel| {
-                let id = u8::try_from(channel.get("id")?.as_u64()?).ok()?;
+        meta.channels
+            .into_iter()
+            .map(|channel| {
                 let label = Label {
-                    name: text(channel, "name"),
-                    unit: text(channel, "unit"),
+                    name: channel.name.as_deref().map(cut),
+                    unit: channel.unit.as_deref().map(cut),
                 };
-                Some((id, label))
+                (channel.id, label)
             })
             .collect(),
     )

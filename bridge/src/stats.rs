@@ -4,18 +4,18 @@
 
 use std::time::Duration;
 
+use contracts::dead_letter::Reason;
 use metrics::Histogram;
 use serde::Serialize;
 use service::metrics::{prometheus, Count, Level};
 
 use crate::confirm_relay::Refusal;
-use crate::inspect::RejectReason;
 
 /// Counters of one bridge instance.
 pub struct Stats {
     received: Count,
     produced: Count,
-    dead_lettered: [Count; RejectReason::ALL.len()],
+    dead_lettered: [Count; Reason::BRIDGE.len()],
     failed: Count,
     latest_published: Count,
     latest_skipped: Count,
@@ -54,7 +54,7 @@ impl Stats {
         Self {
             received: count("bridge_messages_received_total"),
             produced: count("bridge_messages_produced_total"),
-            dead_lettered: RejectReason::ALL.map(|reason| {
+            dead_lettered: Reason::BRIDGE.map(|reason| {
                 Count::new(metrics::counter!(
                     "bridge_messages_dead_lettered_total",
                     "reason" => reason.code()
@@ -98,8 +98,14 @@ impl Stats {
         self.produce_latency.record(latency.as_secs_f64());
     }
 
-    pub fn dead_lettered(&self, reason: RejectReason) {
-        self.dead_lettered[reason as usize].add(1);
+    /// A message dead-lettered for one of [`Reason::BRIDGE`], the only ones the bridge's
+    /// checks give (their tests say which); another would have no series of its own.
+    pub fn dead_lettered(&self, reason: Reason) {
+        let index = reason.index_in(&Reason::BRIDGE);
+        debug_assert!(index.is_some(), "{reason:?} is not a bridge reason");
+        if let Some(count) = index.and_then(|i| self.dead_lettered.get(i)) {
+            count.add(1);
+        }
     }
 
     /// A Kafka error that stops the bridge.
@@ -209,7 +215,7 @@ impl Stats {
             received: self.received.get(),
             produced: self.produced.get(),
             dead_lettered: self.dead_lettered.iter().map(Count::get).sum(),
-            dead_lettered_by_reason: RejectReason::ALL
+            dead_lettered_by_reason: Reason::BRIDGE
                 .iter()
                 .zip(&self.dead_lettered)
                 .map(|(reason, count)| (reason.code(), count.get()))
@@ -268,7 +274,7 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    pub fn dead_lettered_for(&self, reason: RejectReason) -> u64 {
+    pub fn dead_lettered_for(&self, reason: Reason) -> u64 {
         self.dead_lettered_by_reason
             .iter()
             .find(|(code, _)| *code == reason.code())

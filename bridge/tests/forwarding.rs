@@ -7,8 +7,8 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use bridge::inspect::RejectReason;
 use bridge::Mode;
+use contracts::dead_letter::Reason;
 use protocol::kafka::headers;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use support::*;
@@ -429,23 +429,23 @@ async fn client_mode_dead_letters_bad_messages_with_their_reason_and_keeps_the_r
         bytes.truncate(bytes.len() / 2);
         bytes
     };
-    let bad: Vec<(String, Vec<u8>, RejectReason)> = vec![
-        (good_topic.clone(), truncated, RejectReason::Decode),
+    let bad: Vec<(String, Vec<u8>, Reason)> = vec![
+        (good_topic.clone(), truncated, Reason::Decode),
         (
             good_topic.clone(),
             b"\x01random garbage".to_vec(),
-            RejectReason::Decode,
+            Reason::Decode,
         ),
-        (good_topic.clone(), Vec::new(), RejectReason::Decode),
+        (good_topic.clone(), Vec::new(), Reason::Decode),
         (
             good_topic.clone(),
             frame("dev-b", 2, 0, 5),
-            RejectReason::DeviceMismatch,
+            Reason::DeviceMismatch,
         ),
         (
             format!("{prefix}/{SITE}/li ne/dev-a/telemetry"),
             good(9_100),
-            RejectReason::Topic,
+            Reason::Topic,
         ),
     ];
     let mut messages = Vec::new();
@@ -478,15 +478,15 @@ async fn client_mode_dead_letters_bad_messages_with_their_reason_and_keeps_the_r
         assert!(!record.headers[headers::DLQ_DETAIL].is_empty());
         assert_eq!(record.headers[headers::DLQ_SOURCE], "bridge");
         // Keyed by the topic's device, when the topic is well-formed enough to name one.
-        let key = (*reason != RejectReason::Topic).then_some("dev-a");
+        let key = (*reason != Reason::Topic).then_some("dev-a");
         assert_eq!(record.key.as_deref(), key, "{reason:?}");
     }
 
     let stats = bridge.stop().await;
     assert_eq!(stats.produced, 40);
-    assert_eq!(stats.dead_lettered_for(RejectReason::Decode), 3);
-    assert_eq!(stats.dead_lettered_for(RejectReason::DeviceMismatch), 1);
-    assert_eq!(stats.dead_lettered_for(RejectReason::Topic), 1);
+    assert_eq!(stats.dead_lettered_for(Reason::Decode), 3);
+    assert_eq!(stats.dead_lettered_for(Reason::DeviceMismatch), 1);
+    assert_eq!(stats.dead_lettered_for(Reason::Topic), 1);
 
     // A clean stop acknowledged everything it forwarded: the same session, resumed,
     // gets nothing redelivered. `start` waits until the bridge is ready, i.e. subscribed

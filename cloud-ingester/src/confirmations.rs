@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use contracts::dead_letter::Reason;
 use protocol::confirm::{Ranges, MAX_CONFIRM_RANGES};
 use protocol::kafka::{headers, CONFIRM_CONTENT_TYPE};
 use protocol::{BootId, Confirmation, DeviceId, Frame, SeqRange, Topic, TopicKind};
@@ -38,7 +39,6 @@ use tracing::warn;
 use crate::coverage::Held;
 use crate::dead_letters::DeadLetter;
 use crate::stats::IngestStats;
-use crate::validate::RejectReason;
 
 /// Where confirmations go and how often at most, per (device, boot).
 pub struct ConfirmSink {
@@ -185,8 +185,12 @@ pub fn add_refused(list: &mut Ranges, start: u64, end: u64) {
 /// decodes and the reason is one a resend cannot change.
 fn refused(letter: &DeadLetter) -> Option<(DeviceId, BootId, u64, u64)> {
     match letter.rejection.reason {
-        RejectReason::Decode => return None,
-        RejectReason::UnknownDevice | RejectReason::UnknownChannel => {}
+        Reason::UnknownDevice | Reason::UnknownChannel => {}
+        // A record that is no frame names nothing to refuse; the bridge's reasons are
+        // never the ingester's.
+        Reason::Decode | Reason::Topic | Reason::DeviceMismatch | Reason::KafkaRejected => {
+            return None
+        }
     }
     let frame = Frame::decode(&letter.payload).ok()?;
     let end = frame.first_seq.checked_add(frame.readings.len() as u64)?;

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use contracts::dead_letter::Reason;
 use protocol::kafka::headers;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::stats::IngestStats;
-use crate::validate::{RejectReason, Rejection};
+use crate::validate::Rejection;
 use crate::SERVICE;
 
 /// At least this many dead letters within [`BURST_WINDOW`] is a burst worth a
@@ -38,7 +39,7 @@ impl DeadLetter {
     pub fn unknown_to_catalog(&self) -> bool {
         matches!(
             self.rejection.reason,
-            RejectReason::UnknownDevice | RejectReason::UnknownChannel
+            Reason::UnknownDevice | Reason::UnknownChannel
         )
     }
 

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use contracts::dead_letter::Reason;
 use metrics::Histogram;
 use serde::Serialize;
 use service::metrics::{prometheus, Count, Level};
 
 use crate::confirmations::Unsent;
-use crate::validate::RejectReason;
 
 /// The alert transitions counted, so each has a series (at zero) before the first one.
 pub const ALERT_TRANSITIONS: [&str; 3] = ["opened", "escalated", "resolved"];
@@ -25,7 +25,7 @@ pub struct IngestStats {
     batches: Count,
     inserted: Count,
     duplicates: Count,
-    dead_lettered: [Count; RejectReason::ALL.len()],
+    dead_lettered: [Count; Reason::INGESTER.len()],
     store_errors: Count,
     redis_errors: Count,
     confirmations_sent: Count,
@@ -55,7 +55,7 @@ impl IngestStats {
             batches: count("ingester_batches_total"),
             inserted: count("ingester_readings_inserted_total"),
             duplicates: count("ingester_duplicates_skipped_total"),
-            dead_lettered: RejectReason::ALL.map(|reason| {
+            dead_lettered: Reason::INGESTER.map(|reason| {
                 Count::new(metrics::counter!(
                     "ingester_records_dead_lettered_total",
                     "reason" => reason.code()
@@ -97,8 +97,14 @@ impl IngestStats {
         self.flush_seconds.record(took.as_secs_f64());
     }
 
-    pub fn dead_lettered(&self, reason: RejectReason) {
-        self.dead_lettered[reason as usize].add(1);
+    /// A record dead-lettered for one of [`Reason::INGESTER`], the only ones its checks
+    /// give (their tests say which); another would have no series of its own.
+    pub fn dead_lettered(&self, reason: Reason) {
+        let index = reason.index_in(&Reason::INGESTER);
+        debug_assert!(index.is_some(), "{reason:?} is not an ingester reason");
+        if let Some(count) = index.and_then(|i| self.dead_lettered.get(i)) {
+            count.add(1);
+        }
     }
 
     /// A PostgreSQL write that failed and will be retried.
@@ -176,7 +182,7 @@ impl IngestStats {
             inserted: self.inserted.get(),
             duplicates: self.duplicates.get(),
             dead_lettered: self.dead_lettered.iter().map(Count::get).sum(),
-            dead_lettered_by_reason: RejectReason::ALL
+            dead_lettered_by_reason: Reason::INGESTER
                 .iter()
                 .zip(&self.dead_lettered)
                 .map(|(reason, count)| (reason.code(), count.get()))

@@ -9,37 +9,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use contracts::dead_letter::Reason;
 use protocol::Frame;
 use sqlx::PgPool;
 
-/// Why a record went to the dead-letter topic; the code is its `dlq-reason` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// Not a valid frame (or not one of ours: wrong content type, no payload).
-    Decode,
-    UnknownDevice,
-    UnknownChannel,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 3] = [
-        RejectReason::Decode,
-        RejectReason::UnknownDevice,
-        RejectReason::UnknownChannel,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            RejectReason::Decode => "decode",
-            RejectReason::UnknownDevice => "unknown-device",
-            RejectReason::UnknownChannel => "unknown-channel",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub reason: RejectReason,
+    /// One of [`Reason::INGESTER`].
+    pub reason: Reason,
     pub detail: String,
 }
 
@@ -82,20 +59,20 @@ impl Catalog {
     /// Decodes and checks one record's value.
     pub fn check(&self, payload: &[u8]) -> Result<Frame, Rejection> {
         let frame = Frame::decode(payload).map_err(|e| Rejection {
-            reason: RejectReason::Decode,
+            reason: Reason::Decode,
             detail: e.to_string(),
         })?;
         let device = frame.device.as_str();
         let Some(channels) = self.channels.get(device) else {
             return Err(Rejection {
-                reason: RejectReason::UnknownDevice,
+                reason: Reason::UnknownDevice,
                 detail: format!("device {device:?} is not in the devices table"),
             });
         };
         for (_, _, reading) in frame.iter() {
             if !channels.contains(&reading.channel) {
                 return Err(Rejection {
-                    reason: RejectReason::UnknownChannel,
+                    reason: Reason::UnknownChannel,
                     detail: format!(
                         "device {device:?} has no channel {} in device_channels",
                         reading.channel
@@ -134,15 +111,9 @@ mod tests {
         let catalog = Catalog::from_pairs([("press-01", 0), ("press-01", 1)]);
         let reason = |payload: &[u8]| catalog.check(payload).unwrap_err().reason;
         assert!(catalog.check(&encode("press-01", 1, NOW)).is_ok());
-        assert_eq!(reason(b"garbage"), RejectReason::Decode);
-        assert_eq!(
-            reason(&encode("ghost-01", 0, NOW)),
-            RejectReason::UnknownDevice
-        );
-        assert_eq!(
-            reason(&encode("press-01", 7, NOW)),
-            RejectReason::UnknownChannel
-        );
+        assert_eq!(reason(b"garbage"), Reason::Decode);
+        assert_eq!(reason(&encode("ghost-01", 0, NOW)), Reason::UnknownDevice);
+        assert_eq!(reason(&encode("press-01", 7, NOW)), Reason::UnknownChannel);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use contracts::dead_letter::Reason;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -73,9 +74,9 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_neighbours_are_store
     create_topics(&[&topic, &dlq]).await;
     let now = now_ms();
     let poison = [
-        (b"garbage".to_vec(), "decode"),
-        (frame("ghost-01", &[0], 0, 5, now), "unknown-device"),
-        (frame("furnace-01", &[9], 0, 5, now), "unknown-channel"),
+        (b"garbage".to_vec(), Reason::Decode),
+        (frame("ghost-01", &[0], 0, 5, now), Reason::UnknownDevice),
+        (frame("furnace-01", &[9], 0, 5, now), Reason::UnknownChannel),
     ];
     let mut sent = Vec::new();
     for (i, (payload, _)) in poison.iter().enumerate() {
@@ -135,7 +136,7 @@ async fn poison_records_go_to_the_dlq_with_their_reason_and_neighbours_are_store
                 .iter()
                 .find(|(p, _)| *p == payload)
                 .expect("original bytes");
-            assert_eq!(&reason, expected);
+            assert_eq!(Reason::from_code(&reason), Some(*expected), "{reason}");
             reasons.push(reason);
         }
     }
@@ -198,7 +199,7 @@ async fn a_dead_letter_too_large_for_kafka_goes_cut_short(pool: PgPool) {
     );
     assert_eq!(
         header(protocol::kafka::headers::DLQ_REASON).as_deref(),
-        Some("decode")
+        Some(Reason::Decode.code())
     );
 }
 

@@ -4,7 +4,7 @@
 //! a ledger that holds every reading the agents produced against what PostgreSQL stored.
 //!
 //! - [`workload`]: what the agents simulate, and their configuration files.
-//! - [`pipeline`]: the running pipeline, its servers and processes ([`process`],
+//! - [`deployment`]: the running pipeline, its servers and processes ([`process`],
 //!   [`binaries`]), watched through their HTTP [`endpoints`].
 //! - [`observer`]: the independent witness of what the agents produced.
 //! - [`scenario`]: the faults and their seeded schedules.
@@ -14,10 +14,10 @@
 //! the `faults` binary (`scripts/faults.sh`) runs them in long mode.
 
 pub mod binaries;
+pub mod deployment;
 pub mod endpoints;
 pub mod ledger;
 pub mod observer;
-pub mod pipeline;
 pub mod process;
 pub mod scenario;
 pub mod workload;

@@ -11,9 +11,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+use crate::deployment::{BridgeMode, Deployment, Options, Server};
 use crate::endpoints;
 use crate::ledger::{Ledger, LossPolicy};
-use crate::pipeline::{BridgeMode, Options, Pipeline, Server};
 use crate::workload::{self, QueueSize};
 use service::clock::now_ms;
 
@@ -152,11 +152,11 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
         }),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut pipeline = Pipeline::start(options)
+    let mut deployment = Deployment::start(options)
         .await
         .with_context(|| format!("starting the pipeline for {}", scenario.name()))?;
     let mut faults = Faults {
-        pipeline: &mut pipeline,
+        deployment: &mut deployment,
         rng: &mut rng,
         mode,
         recoveries: Vec::new(),
@@ -172,7 +172,7 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
         faults.dead_letters,
     );
     if let Err(e) = outcome {
-        let logs = pipeline.keep_logs();
+        let logs = deployment.keep_logs();
         return Err(e.context(format!(
             "injecting {} (logs kept in {})",
             scenario.name(),
@@ -182,9 +182,9 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
     // A stretch of normal running after the last fault, then the clean stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     if dead_letters > 0 {
-        pipeline.wait_for_dead_letters(dead_letters).await?;
+        deployment.wait_for_dead_letters(dead_letters).await?;
     }
-    let finished = pipeline.finish().await?;
+    let finished = deployment.finish().await?;
     let mut ledger = Ledger::take(scenario.name(), seed, &finished).await?;
     ledger.recoveries = recoveries;
     ledger.injected = injected;
@@ -210,7 +210,7 @@ pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
 const READY_WITHIN: Duration = Duration::from_secs(15);
 
 struct Faults<'a> {
-    pipeline: &'a mut Pipeline,
+    deployment: &'a mut Deployment,
     rng: &'a mut ChaCha8Rng,
     mode: Mode,
     recoveries: Vec<(String, Duration)>,
@@ -228,14 +228,14 @@ impl Faults<'_> {
             Scenario::AgentKill => {
                 for n in 1..=repeats {
                     self.run_for(1, 4).await?;
-                    let agent = self.rng.random_range(0..self.pipeline.agents.len());
-                    self.pipeline.agents[agent].kill()?;
+                    let agent = self.rng.random_range(0..self.deployment.agents.len());
+                    self.deployment.agents[agent].kill()?;
                     self.down_for(0.1, 2.0).await;
-                    self.pipeline.agents[agent].start()?;
-                    let name = self.pipeline.agents[agent].name().to_owned();
+                    self.deployment.agents[agent].start()?;
+                    let name = self.deployment.agents[agent].name().to_owned();
                     self.recovered(
                         format!("SIGKILL {n} of {name}"),
-                        self.pipeline.agent_devices(agent),
+                        self.deployment.agent_devices(agent),
                     )
                     .await?;
                 }
@@ -246,21 +246,21 @@ impl Faults<'_> {
             Scenario::BrokerKill => {
                 for n in 1..=repeats {
                     self.run_for(1, 4).await?;
-                    self.pipeline.kill_broker()?;
+                    self.deployment.kill_broker()?;
                     self.down_for(0.2, 2.0).await;
-                    self.pipeline.start_server(Server::Broker)?;
+                    self.deployment.start_server(Server::Broker)?;
                     self.recovered(format!("Mosquitto SIGKILL {n}"), &workload::devices())
                         .await?;
                 }
             }
             Scenario::QueueCap => {
                 self.run_for(1, 2).await?;
-                self.pipeline.stop_server(Server::Broker)?;
+                self.deployment.stop_server(Server::Broker)?;
                 // The workload queues about 2.5 KB/s per agent: both 16 KiB queues
                 // overflow several times.
                 let outage = self.mode.outage(self.rng, (15, 18), (40, 60));
                 tokio::time::sleep(outage).await;
-                self.pipeline.start_server(Server::Broker)?;
+                self.deployment.start_server(Server::Broker)?;
                 self.recovered(
                     format!(
                         "broker outage of {:.1}s past the queue cap",
@@ -281,13 +281,13 @@ impl Faults<'_> {
                     if scenario == Scenario::EmbeddedBridgeKill && n == 1 {
                         // The bridge buffers what rumqttd acknowledged while Kafka is
                         // away, and dies holding it: only the agents still have it.
-                        self.pipeline.kafka.pause();
+                        self.deployment.kafka.pause();
                         let freeze = self.mode.outage(self.rng, (8, 12), (30, 35));
                         tokio::time::sleep(freeze).await;
-                        self.pipeline.bridge.kill()?;
+                        self.deployment.bridge.kill()?;
                         self.down_for(0.2, 2.0).await;
-                        self.pipeline.bridge.start()?;
-                        self.pipeline.kafka.resume();
+                        self.deployment.bridge.start()?;
+                        self.deployment.kafka.resume();
                         self.recovered(
                             format!(
                                 "bridge SIGKILL inside a Kafka freeze of {:.1}s",
@@ -298,23 +298,23 @@ impl Faults<'_> {
                         .await?;
                         continue;
                     }
-                    self.pipeline.bridge.kill()?;
+                    self.deployment.bridge.kill()?;
                     self.down_for(0.2, 2.0).await;
-                    self.pipeline.bridge.start()?;
+                    self.deployment.bridge.start()?;
                     self.recovered(format!("bridge SIGKILL {n}"), &workload::devices())
                         .await?;
                 }
             }
             Scenario::KafkaPause => {
                 self.run_for(1, 3).await?;
-                self.pipeline.kafka.pause();
+                self.deployment.kafka.pause();
                 // Beyond librdkafka's request.timeout.ms (30 s) and the bridge's stall
                 // bound (30 s) in short mode, with seconds to see the stall on /readyz;
                 // beyond its socket.timeout.ms (60 s) in long mode.
                 let pause = self.mode.outage(self.rng, (36, 40), (62, 75));
                 self.require_ready("before the freeze").await;
                 let unready = self.first_unready(pause).await;
-                self.pipeline.kafka.resume();
+                self.deployment.kafka.resume();
                 let said = |at: &Option<(Duration, String)>| {
                     at.as_ref().map_or("never".to_owned(), |(at, why)| {
                         format!("after {:.1}s ({why})", at.as_secs_f64())
@@ -342,14 +342,14 @@ impl Faults<'_> {
             Scenario::KafkaRestart => {
                 self.run_for(1, 3).await?;
                 // The ingester away, so Kafka holds records nobody has stored yet.
-                self.pipeline.ingesters[0].kill()?;
+                self.deployment.ingesters[0].kill()?;
                 self.run_for(2, 4).await?;
-                self.pipeline.restart_kafka().await?;
+                self.deployment.restart_kafka().await?;
                 // The bridge's producer cannot go on with a broker that forgot its id
                 // (it says so on /readyz): restarted, as its supervisor would.
-                self.pipeline.bridge.kill()?;
-                self.pipeline.bridge.start()?;
-                self.pipeline.ingesters[0].start()?;
+                self.deployment.bridge.kill()?;
+                self.deployment.bridge.start()?;
+                self.deployment.ingesters[0].start()?;
                 self.recovered(
                     "Kafka restarted, its records lost, with the ingester behind".to_owned(),
                     &workload::devices(),
@@ -359,12 +359,12 @@ impl Faults<'_> {
             Scenario::IngesterKill => {
                 for n in 1..=repeats {
                     self.run_for(1, 3).await?;
-                    self.pipeline.ingesters[0].kill()?;
+                    self.deployment.ingesters[0].kill()?;
                     // Restarted at once: the new instance takes the dead one's partition
                     // leases when they expire (10 s after its last renewal), from the
                     // offsets stored with the rows.
                     self.down_for(0.5, 2.0).await;
-                    self.pipeline.ingesters[0].start()?;
+                    self.deployment.ingesters[0].start()?;
                     self.recovered(format!("ingester SIGKILL {n}"), &workload::devices())
                         .await?;
                 }
@@ -373,15 +373,15 @@ impl Faults<'_> {
                 for n in 1..=repeats.div_ceil(3) {
                     self.run_for(1, 2).await?;
                     // The newest instance joins, the oldest running one leaves.
-                    self.pipeline.add_ingester()?;
+                    self.deployment.add_ingester()?;
                     self.run_for(3, 6).await?;
                     let leaving = self
-                        .pipeline
+                        .deployment
                         .ingesters
                         .iter()
                         .position(|i| i.is_running())
                         .context("no ingester running")?;
-                    self.pipeline.ingesters[leaving].terminate(Duration::from_secs(60))?;
+                    self.deployment.ingesters[leaving].terminate(Duration::from_secs(60))?;
                     self.recovered(
                         format!("rebalance {n}: join, then a leave"),
                         &workload::devices(),
@@ -411,10 +411,10 @@ impl Faults<'_> {
     async fn outages(&mut self, server: Server) -> Result<()> {
         for n in 1..=self.mode.repeats().div_ceil(2) {
             self.run_for(1, 3).await?;
-            self.pipeline.stop_server(server)?;
+            self.deployment.stop_server(server)?;
             let outage = self.mode.outage(self.rng, (3, 6), (10, 30));
             tokio::time::sleep(outage).await;
-            self.pipeline.start_server(server)?;
+            self.deployment.start_server(server)?;
             self.recovered(
                 format!(
                     "{} outage {n} of {:.1}s",
@@ -432,7 +432,7 @@ impl Faults<'_> {
     async fn run_for(&mut self, low: u64, high: u64) -> Result<()> {
         let pause = Duration::from_millis(self.rng.random_range(low * 1000..=high * 1000));
         tokio::time::sleep(pause).await;
-        self.pipeline.check_alive()
+        self.deployment.check_alive()
     }
 
     async fn down_for(&mut self, low: f64, high: f64) {
@@ -442,7 +442,7 @@ impl Faults<'_> {
 
     async fn recovered(&mut self, fault: String, devices: &[&str]) -> Result<()> {
         let took = self
-            .pipeline
+            .deployment
             .wait_for_fresh_rows(devices, now_ms())
             .await
             .with_context(|| format!("recovering from {fault}"))?;
@@ -454,7 +454,7 @@ impl Faults<'_> {
     /// either still does not after [`READY_WITHIN`].
     async fn require_ready(&mut self, when: &str) {
         let addresses: Vec<String> = self
-            .pipeline
+            .deployment
             .http_addresses()
             .iter()
             .take(2)
@@ -484,7 +484,7 @@ impl Faults<'_> {
     /// each how long it took to turn 503, and why (`None`: it never did).
     async fn first_unready(&self, length: Duration) -> [Option<(Duration, String)>; 2] {
         let addresses: Vec<String> = self
-            .pipeline
+            .deployment
             .http_addresses()
             .iter()
             .take(2)
@@ -516,7 +516,7 @@ impl Faults<'_> {
     /// become one dead letter; returns how many were published.
     async fn publish_bad_frames(&mut self, count: u64) -> Result<u64> {
         let port = self
-            .pipeline
+            .deployment
             .mosquitto
             .as_ref()
             .map(testkit::Mosquitto::port)

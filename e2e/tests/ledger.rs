@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use e2e::deployment::{BridgeMode, Deployment, Options};
 use e2e::ledger::{Ledger, LossPolicy};
-use e2e::pipeline::{BridgeMode, Options, Pipeline};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_run_shows_each_breach() {
@@ -15,9 +15,9 @@ async fn a_tampered_run_shows_each_breach() {
         bridge: BridgeMode::Client,
         queue: None,
     };
-    let pipeline = Pipeline::start(options).await.unwrap();
+    let deployment = Deployment::start(options).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let finished = pipeline.finish().await.unwrap();
+    let finished = deployment.finish().await.unwrap();
     let clean = Ledger::take("clean", 7, &finished).await.unwrap();
     assert!(clean.produced > 1000, "{clean}");
     assert_eq!(
@@ -26,7 +26,7 @@ async fn a_tampered_run_shows_each_breach() {
         "{clean}"
     );
 
-    let db = &finished.pipeline.db;
+    let db = &finished.deployment.db;
     let deleted = sqlx::query(
         "DELETE FROM sensor_readings
           WHERE (device_id, boot_id, seq) IN (
@@ -45,7 +45,7 @@ async fn a_tampered_run_shows_each_breach() {
     .execute(db)
     .await
     .unwrap();
-    let redis = redis::Client::open(finished.pipeline.redis.url()).unwrap();
+    let redis = redis::Client::open(finished.deployment.redis.url()).unwrap();
     let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("HSET")
         .arg("plant:latest:compressor-01")

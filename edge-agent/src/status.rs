@@ -7,6 +7,7 @@
 //! sees the gateway `offline` knows its devices are too; on a clean shutdown the agent
 //! also marks every device `offline` itself.
 
+use contracts::meta::{ChannelMeta, DeviceMeta, Thresholds};
 use serde_json::json;
 
 use crate::config::{AgentConfig, DeviceConfig};
@@ -81,31 +82,38 @@ pub fn device_offline(gateway: &str, device: &DeviceConfig, boot_id: &str) -> Ve
     }))
 }
 
-/// Channels, units, sampling periods, ranges and thresholds, for people and dashboards.
+/// Channels, units, sampling periods, ranges and thresholds, for people and dashboards
+/// (and the bridge's readable `latest`).
 pub fn device_meta(config: &AgentConfig, device: &DeviceConfig) -> Vec<u8> {
-    let channels: Vec<_> = device
+    let channels = device
         .channels
         .iter()
-        .map(|c| {
-            json!({
-                "id": c.id,
-                "name": c.name,
-                "unit": c.unit,
-                "period_ms": c.period.as_millis() as u64,
-                "range": c.range,
-                "thresholds": c.thresholds,
-                "source": c.source.kind(),
-            })
+        .map(|c| ChannelMeta {
+            id: c.id,
+            name: Some(c.name.clone()),
+            unit: Some(c.unit.clone()),
+            period_ms: Some(c.period.as_millis() as u64),
+            range: c.range,
+            // The configuration's own type refuses unknown fields; the message's does not.
+            thresholds: Some(Thresholds {
+                warn_low: c.thresholds.warn_low,
+                warn_high: c.thresholds.warn_high,
+                crit_low: c.thresholds.crit_low,
+                crit_high: c.thresholds.crit_high,
+            }),
+            source: Some(c.source.kind().to_owned()),
         })
         .collect();
-    to_bytes(json!({
-        "device": device.id,
-        "site": config.gateway.site,
-        "line": device.line(&config.gateway),
-        "gateway": config.gateway.id,
-        "encoding": "postcard frame v1 (protocol crate)",
-        "channels": channels,
-    }))
+    let meta = DeviceMeta {
+        device: Some(device.id.clone()),
+        site: Some(config.gateway.site.clone()),
+        line: Some(device.line(&config.gateway).to_owned()),
+        gateway: Some(config.gateway.id.clone()),
+        encoding: Some("postcard frame v1 (protocol crate)".to_owned()),
+        channels,
+    };
+    // Serialising plain data cannot fail.
+    serde_json::to_vec(&meta).unwrap_or_default()
 }
 
 fn to_bytes(value: serde_json::Value) -> Vec<u8> {

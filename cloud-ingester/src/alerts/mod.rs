@@ -6,7 +6,7 @@
 //! engine's state once the batch's PostgreSQL transaction, which writes them to `alerts`
 //! beside the readings, has committed. A batch that fails and is retried is therefore
 //! evaluated afresh, and a committed reading has had its transitions committed with it.
-//! `store` holds the SQL, `publish` the Kafka and Redis side; `state` is the engine's
+//! `sql` holds the SQL, `publish` the Kafka and Redis side; `state` is the engine's
 //! memory per device and channel, `evaluate` the rules applied to one reading.
 //!
 //! Rules, per channel (see [`rules::ChannelRules`]):
@@ -44,8 +44,11 @@ pub mod data_loss;
 mod evaluate;
 pub mod publish;
 pub mod rules;
+pub mod sql;
 mod state;
-pub mod store;
+/// The old name of [`sql`], for `pipeline/` until its users move to `sql` (it is being
+/// edited elsewhere); `crate::store` is the batched write path.
+pub use sql as store;
 
 use std::collections::{HashMap, HashSet};
 

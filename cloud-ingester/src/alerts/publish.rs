@@ -16,7 +16,7 @@ use sqlx::PgPool;
 pub use contracts::alerts::{AlertEvent, AlertView};
 
 use super::rules::RuleBook;
-use super::store::Applied;
+use super::sql::Applied;
 use super::{Change, Rule};
 use crate::redis_sink::{RedisSink, RedisSinkError};
 

@@ -9,8 +9,8 @@ use contracts::redis::{LatestValue, RedisKeys, DEFAULT_PREFIX};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 
+use crate::deployment::BootCompleteness;
 use crate::observer::Observed;
-use crate::pipeline::BootCompleteness;
 use crate::workload;
 
 /// Holds the pipeline's completeness report against the stored rows, boot by boot: the

@@ -17,7 +17,7 @@ use derived::{
 };
 use kafka::{dead_letter_reasons, kafka_hop};
 
-use crate::pipeline::Finished;
+use crate::deployment::Finished;
 use crate::workload::{FRAME_READINGS, GATEWAYS, QUEUE_CAP_INFLIGHT};
 
 /// What the design promises for a scenario's losses.
@@ -100,7 +100,7 @@ pub struct Ledger {
 impl Ledger {
     /// Holds PostgreSQL, Redis and Kafka against what was produced.
     pub async fn take(scenario: &str, seed: u64, finished: &Finished) -> Result<Self> {
-        let pipeline = &finished.pipeline;
+        let deployment = &finished.deployment;
         let mut ledger = Ledger {
             scenario: scenario.to_owned(),
             seed,
@@ -115,7 +115,7 @@ impl Ledger {
         let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT device_id, boot_id, seq, count(*) FROM sensor_readings GROUP BY 1, 2, 3",
         )
-        .fetch_all(&pipeline.db)
+        .fetch_all(&deployment.db)
         .await
         .context("reading the stored identities")?;
         let mut stored: HashSet<(String, i64, u64)> = HashSet::with_capacity(rows.len());
@@ -187,10 +187,10 @@ impl Ledger {
             .count() as u64;
 
         (ledger.stats_groups, ledger.stats_mismatches) =
-            stats_against_recount(&pipeline.db).await?;
+            stats_against_recount(&deployment.db).await?;
         (ledger.redis_channels, ledger.redis_mismatches) =
-            redis_against_rows(&pipeline.db, &pipeline.redis.url()).await?;
-        let brokers = pipeline.kafka.brokers();
+            redis_against_rows(&deployment.db, &deployment.redis.url()).await?;
+        let brokers = deployment.kafka.brokers();
         let (reasons, hop) = tokio::task::spawn_blocking(move || {
             Ok::<_, anyhow::Error>((dead_letter_reasons(&brokers)?, kafka_hop(&brokers)?))
         })
@@ -431,7 +431,7 @@ impl fmt::Display for Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::BootCompleteness;
+    use crate::deployment::BootCompleteness;
 
     fn queue_cap(lost_unreported: u64, reported_unsent_stored: u64) -> Vec<String> {
         let ledger = Ledger {

@@ -1,5 +1,6 @@
-//! The `alerts` table side of the engine: transitions written inside the batch's
-//! transaction, and the state the engine restarts from.
+//! The engine's SQL: its transitions written to the `alerts` table inside the batch's
+//! transaction, and the state it restarts from. (`crate::store` is the batched write
+//! path that runs the transaction.)
 //!
 //! Every statement is keyed by (device, channel, rule) among unresolved alerts, the
 //! table's partial unique index, so the engine needs no alert ids and a transition that

@@ -1,10 +1,10 @@
-//! The whole pipeline on one machine, every part a real process or server of its own:
-//! PostgreSQL, Redis, a Kafka-compatible broker (Tansu) and, in client mode, Mosquitto
-//! (private servers from `testkit`, so a scenario may stop them without touching the
-//! shared stack); the ingester, the bridge and two edge agents as child processes; and
-//! the observer on the broker the agents publish to. Scenarios reach into it to inject
-//! faults; [`Pipeline::finish`] stops the agents cleanly, waits for the pipeline to
-//! settle and hands back what the ledger needs.
+//! A deployment of the whole pipeline on one machine, every part a real process or
+//! server of its own: PostgreSQL, Redis, a Kafka-compatible broker (Tansu) and, in client
+//! mode, Mosquitto (private servers from `testkit`, so a scenario may stop them without
+//! touching the shared stack); the ingester, the bridge and two edge agents as child
+//! processes; and the observer on the broker the agents publish to. Scenarios reach into
+//! it to inject faults; [`Deployment::finish`] stops the agents cleanly, waits for the
+//! pipeline to settle and hands back what the ledger needs.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ const AGENT_GRACE: &str = "30s";
 const CAUGHT_UP_BACKLOG: u64 = 10;
 
 // Fields drop in this order: the processes before the servers they talk to.
-pub struct Pipeline {
+pub struct Deployment {
     /// One per gateway of [`GATEWAYS`], in that order.
     pub agents: Vec<Process>,
     pub bridge: Process,
@@ -87,7 +87,7 @@ pub struct Pipeline {
     dir: TempDir,
 }
 
-impl Pipeline {
+impl Deployment {
     /// Starts everything and returns once readings of every device are in PostgreSQL.
     pub async fn start(options: Options) -> Result<Self> {
         let dir = tempfile::Builder::new()
@@ -110,7 +110,7 @@ impl Pipeline {
             .connect_lazy(&postgres.url("postgres"))
             .context("PostgreSQL URL")?;
         let bridge_http = format!("127.0.0.1:{}", testkit::free_port());
-        let mut pipeline = Self {
+        let mut deployment = Self {
             bridge: bridge_process(
                 options.bridge,
                 mqtt_port,
@@ -131,11 +131,11 @@ impl Pipeline {
             db,
             dir,
         };
-        pipeline.add_ingester()?;
-        pipeline.wait_for_schema().await?;
-        pipeline.bridge.start()?;
-        wait_for_port(mqtt_port, &mut pipeline.bridge)?;
-        pipeline.observer =
+        deployment.add_ingester()?;
+        deployment.wait_for_schema().await?;
+        deployment.bridge.start()?;
+        wait_for_port(mqtt_port, &mut deployment.bridge)?;
+        deployment.observer =
             Some(Observer::start(mqtt_port, "e2e-observer", &workload::devices()).await?);
 
         let agent = binary("edge-agent")?;
@@ -145,23 +145,23 @@ impl Pipeline {
                 options.seed,
                 mqtt_port,
                 options.queue,
-                pipeline.dir.path(),
+                deployment.dir.path(),
             )?;
-            pipeline
+            deployment
                 .queue_dirs
-                .push(pipeline.dir.path().join(format!("{}-queue", gateway.id)));
+                .push(deployment.dir.path().join(format!("{}-queue", gateway.id)));
             let args = vec![
                 "--config".to_owned(),
                 config.display().to_string(),
                 "--shutdown-grace".to_owned(),
                 AGENT_GRACE.to_owned(),
             ];
-            let mut process = Process::new(gateway.id, &agent, &args, pipeline.dir.path());
+            let mut process = Process::new(gateway.id, &agent, &args, deployment.dir.path());
             process.start()?;
-            pipeline.agents.push(process);
+            deployment.agents.push(process);
         }
-        pipeline.wait_for_every_device().await?;
-        Ok(pipeline)
+        deployment.wait_for_every_device().await?;
+        Ok(deployment)
     }
 
     /// Stops everything, keeping the scenario's directory (every process's log, the
@@ -200,7 +200,7 @@ impl Pipeline {
         create_topics(&self.kafka.brokers()).await
     }
 
-    /// SIGKILLs Mosquitto: unlike [`Pipeline::stop_server`], it saves nothing.
+    /// SIGKILLs Mosquitto: unlike [`Deployment::stop_server`], it saves nothing.
     pub fn kill_broker(&mut self) -> Result<()> {
         self.mosquitto()?.kill();
         Ok(())
@@ -297,7 +297,7 @@ impl Pipeline {
                 completeness,
                 queues,
                 confirmed_dead_letters,
-                pipeline: self,
+                deployment: self,
             }),
             Err(e) => {
                 let logs = self.keep_logs();
@@ -309,7 +309,7 @@ impl Pipeline {
         }
     }
 
-    /// [`Pipeline::finish`]'s work: (what the observer saw, the pipeline's completeness
+    /// [`Deployment::finish`]'s work: (what the observer saw, the pipeline's completeness
     /// report, the agents' queues, the dead letters the services had confirmed).
     async fn stop_and_settle(
         &mut self,
@@ -378,14 +378,14 @@ pub struct Finished {
     /// Dead letters Kafka confirmed to the bridge and the running ingesters, by their
     /// own counters (since each one's last start).
     pub confirmed_dead_letters: u64,
-    pub pipeline: Pipeline,
+    pub deployment: Deployment,
 }
 
 impl Finished {
     /// Keeps the scenario's directory (every process's log, the agents' configs and
     /// queues) instead of deleting it, and returns its path.
     pub fn keep_logs(self) -> PathBuf {
-        self.pipeline.keep_logs()
+        self.deployment.keep_logs()
     }
 }
 
@@ -411,7 +411,7 @@ fn queue_state(dir: &std::path::Path) -> Result<(u64, u64)> {
     Ok((report.unacked_records, queue.stats().lost_records_total))
 }
 
-impl Pipeline {
+impl Deployment {
     async fn wait_for_schema(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -1,49 +1,21 @@
-//! The checks every message passes before it may enter `sensors-data`, and the readable
-//! rendering of a frame for the `latest` topic.
+//! The checks every message passes before it may enter `sensors-data` (what the
+//! ingester's `validate` is to a record before it is stored), and the readable rendering
+//! of a frame for the `latest` topic.
 //!
 //! Kept free of I/O so that every rule is unit-tested and property-tested: whatever bytes
-//! arrive, `inspect` returns a verdict and never panics.
+//! arrive, `check` returns a verdict and never panics.
 
+use contracts::dead_letter::Reason;
 use protocol::{BootId, Frame, Quality, Topic, TopicKind};
 use serde_json::{json, Map, Value};
 
 use crate::meta::Labels;
 
-/// Why a message went to the dead-letter topic. The code is the `dlq-reason` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// The topic is not `{prefix}/{site}/{line}/{device}/telemetry`.
-    Topic,
-    /// The payload is not a valid frame.
-    Decode,
-    /// The frame names a different device than its topic.
-    DeviceMismatch,
-    /// Kafka refused the record for good (e.g. too large for the topic).
-    KafkaRejected,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
-        RejectReason::Topic,
-        RejectReason::Decode,
-        RejectReason::DeviceMismatch,
-        RejectReason::KafkaRejected,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            RejectReason::Topic => "topic",
-            RejectReason::Decode => "decode",
-            RejectReason::DeviceMismatch => "device-mismatch",
-            RejectReason::KafkaRejected => "kafka-rejected",
-        }
-    }
-}
-
 /// A message that must not go to `sensors-data`, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub reason: RejectReason,
+    /// One of [`Reason::BRIDGE`].
+    pub reason: Reason,
     pub detail: String,
     /// The device the topic names, when it names one: the DLQ record's key.
     pub device: Option<String>,
@@ -63,33 +35,33 @@ pub struct Accepted {
 }
 
 /// Checks one MQTT message.
-pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejection> {
+pub fn check(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejection> {
     let topic_text = std::str::from_utf8(topic).map_err(|_| Rejection {
-        reason: RejectReason::Topic,
+        reason: Reason::Topic,
         detail: "topic is not UTF-8".to_owned(),
         device: None,
     })?;
     let parsed = Topic::parse(topic_text).map_err(|e| Rejection {
-        reason: RejectReason::Topic,
+        reason: Reason::Topic,
         detail: format!("topic {topic_text:?}: {e}"),
         device: None,
     })?;
     let topic_device = Some(parsed.device.to_owned());
     if parsed.prefix != prefix || parsed.kind != TopicKind::Telemetry {
         return Err(Rejection {
-            reason: RejectReason::Topic,
+            reason: Reason::Topic,
             detail: format!("topic {topic_text:?} is not a {prefix}/…/telemetry topic"),
             device: topic_device,
         });
     }
     let frame = Frame::decode(payload).map_err(|e| Rejection {
-        reason: RejectReason::Decode,
+        reason: Reason::Decode,
         detail: e.to_string(),
         device: topic_device.clone(),
     })?;
     if frame.device.as_str() != parsed.device {
         return Err(Rejection {
-            reason: RejectReason::DeviceMismatch,
+            reason: Reason::DeviceMismatch,
             detail: format!(
                 "frame is from device {:?} but was published on {topic_text:?}",
                 frame.device.as_str()
@@ -100,7 +72,7 @@ pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, R
     // `decode` refuses a frame without readings; checked again rather than indexed.
     let Some(newest) = frame.readings.last() else {
         return Err(Rejection {
-            reason: RejectReason::Decode,
+            reason: Reason::Decode,
             detail: "frame has no readings".to_owned(),
             device: topic_device,
         });
@@ -113,7 +85,7 @@ pub fn inspect(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, R
     })
 }
 
-/// The `latest` topic of a telemetry topic already accepted by `inspect`.
+/// The `latest` topic of a telemetry topic already accepted by `check`.
 pub fn latest_topic(telemetry_topic: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(telemetry_topic).ok()?;
     let topic = Topic::parse(text).ok()?;
@@ -225,7 +197,7 @@ mod tests {
     #[test]
     fn a_valid_frame_on_its_own_topic_passes_keyed_by_device() {
         assert_eq!(
-            inspect("plant", TOPIC, &frame_bytes("press-01")),
+            check("plant", TOPIC, &frame_bytes("press-01")),
             Ok(Accepted {
                 device: "press-01".to_owned(),
                 boot_id: BootId([1, 2, 3, 4, 5, 6, 7, 8]),
@@ -237,30 +209,27 @@ mod tests {
 
     #[test]
     fn each_kind_of_bad_message_gets_its_reason() {
-        let reason = |topic: &[u8], payload: &[u8]| inspect("plant", topic, payload).unwrap_err();
+        let reason = |topic: &[u8], payload: &[u8]| check("plant", topic, payload).unwrap_err();
         let good = frame_bytes("press-01");
-        assert_eq!(reason(b"\xff\xfe", &good).reason, RejectReason::Topic);
-        assert_eq!(
-            reason(b"plant/a/b/telemetry", &good).reason,
-            RejectReason::Topic
-        );
+        assert_eq!(reason(b"\xff\xfe", &good).reason, Reason::Topic);
+        assert_eq!(reason(b"plant/a/b/telemetry", &good).reason, Reason::Topic);
         let other_prefix = reason(b"other/plant1/line-a/press-01/telemetry", &good);
-        assert_eq!(other_prefix.reason, RejectReason::Topic);
+        assert_eq!(other_prefix.reason, Reason::Topic);
         assert_eq!(other_prefix.device.as_deref(), Some("press-01"));
         assert_eq!(
             reason(b"plant/plant1/line-a/press-01/status", &good).reason,
-            RejectReason::Topic
+            Reason::Topic
         );
         let truncated = reason(TOPIC, &good[..good.len() - 3]);
-        assert_eq!(truncated.reason, RejectReason::Decode);
+        assert_eq!(truncated.reason, Reason::Decode);
         assert!(
             truncated.detail.contains("truncated"),
             "{}",
             truncated.detail
         );
-        assert_eq!(reason(TOPIC, b"").reason, RejectReason::Decode);
+        assert_eq!(reason(TOPIC, b"").reason, Reason::Decode);
         let forged = reason(TOPIC, &frame_bytes("furnace-01"));
-        assert_eq!(forged.reason, RejectReason::DeviceMismatch);
+        assert_eq!(forged.reason, Reason::DeviceMismatch);
         assert_eq!(forged.device.as_deref(), Some("press-01"));
         assert!(forged.detail.contains("furnace-01"), "{}", forged.detail);
     }
@@ -310,7 +279,7 @@ mod tests {
         #[test]
         fn no_input_panics(topic in proptest::collection::vec(any::<u8>(), 0..80),
                            payload in proptest::collection::vec(any::<u8>(), 0..900)) {
-            let verdict = inspect("plant", &topic, &payload);
+            let verdict = check("plant", &topic, &payload);
             if verdict.is_ok() {
                 prop_assert!(latest_json(&payload, 0, None).is_some());
             }
