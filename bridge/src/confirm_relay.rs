@@ -40,7 +40,7 @@ use tracing::{debug, error, info, warn};
 use crate::completeness::{self, Offer, Summary, Table};
 use crate::config::KafkaConfig;
 use crate::kafka::{relay_consumer_config, QuietContext};
-use crate::stats::Stats;
+use crate::stats::{Refusal, Stats};
 use protocol::kafka::headers;
 use protocol::{Confirmation, Topic, TopicKind};
 
@@ -52,45 +52,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 type RelayConsumer = StreamConsumer<QuietContext>;
-
-/// Why a record on the confirm topic was not relayed. The code is the metric's label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// No `mqtt-topic` header, or not UTF-8.
-    Header,
-    /// The header is not a `{prefix}/{site}/{line}/{device}/{kind}` topic.
-    Topic,
-    /// A device topic, but not a `confirm` one.
-    Kind,
-    /// A confirm topic under another prefix than this bridge's.
-    Prefix,
-    /// The value is not a confirmation.
-    Decode,
-    /// The confirmation is of another device than the topic's.
-    DeviceMismatch,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 6] = [
-        Refusal::Header,
-        Refusal::Topic,
-        Refusal::Kind,
-        Refusal::Prefix,
-        Refusal::Decode,
-        Refusal::DeviceMismatch,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Refusal::Header => "header",
-            Refusal::Topic => "topic",
-            Refusal::Kind => "kind",
-            Refusal::Prefix => "prefix",
-            Refusal::Decode => "decode",
-            Refusal::DeviceMismatch => "device-mismatch",
-        }
-    }
-}
 
 /// A refused record: why, and the detail for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]

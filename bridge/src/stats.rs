@@ -7,15 +7,52 @@ use std::time::Duration;
 use contracts::dead_letter::Reason;
 use metrics::Histogram;
 use serde::Serialize;
-use service::metrics::{prometheus, Count, Level};
+use service::metrics::{prometheus, Count, CountsByReason, Level};
 
-use crate::confirm_relay::Refusal;
+/// Why a record on the confirm topic was not relayed. The code is the metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `mqtt-topic` header, or not UTF-8.
+    Header,
+    /// The header is not a `{prefix}/{site}/{line}/{device}/{kind}` topic.
+    Topic,
+    /// A device topic, but not a `confirm` one.
+    Kind,
+    /// A confirm topic under another prefix than this bridge's.
+    Prefix,
+    /// The value is not a confirmation.
+    Decode,
+    /// The confirmation is of another device than the topic's.
+    DeviceMismatch,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Header,
+        Refusal::Topic,
+        Refusal::Kind,
+        Refusal::Prefix,
+        Refusal::Decode,
+        Refusal::DeviceMismatch,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Header => "header",
+            Refusal::Topic => "topic",
+            Refusal::Kind => "kind",
+            Refusal::Prefix => "prefix",
+            Refusal::Decode => "decode",
+            Refusal::DeviceMismatch => "device-mismatch",
+        }
+    }
+}
 
 /// Counters of one bridge instance.
 pub struct Stats {
     received: Count,
     produced: Count,
-    dead_lettered: [Count; Reason::BRIDGE.len()],
+    dead_lettered: CountsByReason,
     failed: Count,
     latest_published: Count,
     latest_skipped: Count,
@@ -29,7 +66,7 @@ pub struct Stats {
     embedded_overruns: Count,
     dropped_at_shutdown: Count,
     confirmations_relayed: Count,
-    confirmations_refused: [Count; Refusal::ALL.len()],
+    confirmations_refused: CountsByReason,
     confirmations_unsent: Count,
     completeness_published: Count,
     completeness_skipped: Count,
@@ -54,12 +91,11 @@ impl Stats {
         Self {
             received: count("bridge_messages_received_total"),
             produced: count("bridge_messages_produced_total"),
-            dead_lettered: Reason::BRIDGE.map(|reason| {
-                Count::new(metrics::counter!(
-                    "bridge_messages_dead_lettered_total",
-                    "reason" => reason.code()
-                ))
-            }),
+            dead_lettered: CountsByReason::new(
+                "bridge_messages_dead_lettered_total",
+                "reason",
+                &Reason::BRIDGE.map(Reason::code),
+            ),
             failed: count("bridge_messages_failed_total"),
             latest_published: count("bridge_latest_published_total"),
             latest_skipped: count("bridge_latest_skipped_total"),
@@ -73,12 +109,11 @@ impl Stats {
             embedded_overruns: count("bridge_embedded_overruns_total"),
             dropped_at_shutdown: count("bridge_dropped_at_shutdown_total"),
             confirmations_relayed: count("bridge_confirmations_relayed_total"),
-            confirmations_refused: Refusal::ALL.map(|reason| {
-                Count::new(metrics::counter!(
-                    "bridge_confirmations_refused_total",
-                    "reason" => reason.code()
-                ))
-            }),
+            confirmations_refused: CountsByReason::new(
+                "bridge_confirmations_refused_total",
+                "reason",
+                &Refusal::ALL.map(Refusal::code),
+            ),
             confirmations_unsent: count("bridge_confirmations_unsent_total"),
             completeness_published: count("bridge_completeness_published_total"),
             completeness_skipped: count("bridge_completeness_skipped_total"),
@@ -101,11 +136,7 @@ impl Stats {
     /// A message dead-lettered for one of [`Reason::BRIDGE`], the only ones the bridge's
     /// checks give (their tests say which); another would have no series of its own.
     pub fn dead_lettered(&self, reason: Reason) {
-        let index = reason.index_in(&Reason::BRIDGE);
-        debug_assert!(index.is_some(), "{reason:?} is not a bridge reason");
-        if let Some(count) = index.and_then(|i| self.dead_lettered.get(i)) {
-            count.add(1);
-        }
+        self.dead_lettered.add(reason.code());
     }
 
     /// A Kafka error that stops the bridge.
@@ -181,7 +212,7 @@ impl Stats {
     /// A record on the confirm topic that is not a confirmation for this bridge's
     /// devices: dropped.
     pub fn confirmation_refused(&self, reason: Refusal) {
-        self.confirmations_refused[reason as usize].add(1);
+        self.confirmations_refused.add(reason.code());
     }
 
     /// A valid confirmation not published: no MQTT connection (client mode) or its
@@ -214,12 +245,8 @@ impl Stats {
         StatsSnapshot {
             received: self.received.get(),
             produced: self.produced.get(),
-            dead_lettered: self.dead_lettered.iter().map(Count::get).sum(),
-            dead_lettered_by_reason: Reason::BRIDGE
-                .iter()
-                .zip(&self.dead_lettered)
-                .map(|(reason, count)| (reason.code(), count.get()))
-                .collect(),
+            dead_lettered: self.dead_lettered.total(),
+            dead_lettered_by_reason: self.dead_lettered.by_code(),
             failed: self.failed.get(),
             latest_published: self.latest_published.get(),
             latest_skipped: self.latest_skipped.get(),
@@ -233,7 +260,7 @@ impl Stats {
             embedded_overruns: self.embedded_overruns.get(),
             dropped_at_shutdown: self.dropped_at_shutdown.get(),
             confirmations_relayed: self.confirmations_relayed.get(),
-            confirmations_refused: self.confirmations_refused.iter().map(Count::get).sum(),
+            confirmations_refused: self.confirmations_refused.total(),
             confirmations_unsent: self.confirmations_unsent.get(),
             completeness_published: self.completeness_published.get(),
             completeness_skipped: self.completeness_skipped.get(),

@@ -38,7 +38,7 @@ use tracing::warn;
 
 use crate::coverage::Held;
 use crate::dead_letters::DeadLetter;
-use crate::stats::IngestStats;
+use crate::stats::{IngestStats, Unsent};
 
 /// Where confirmations go and how often at most, per (device, boot).
 pub struct ConfirmSink {
@@ -47,30 +47,6 @@ pub struct ConfirmSink {
     pub producer: FutureProducer,
     pub topic: String,
     pub interval: Duration,
-}
-
-/// Why a confirmation was not sent (the `reason` of
-/// `ingester_confirmations_unsent_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unsent {
-    /// No valid `mqtt-topic` header on the device's records: nowhere to send it.
-    NoRoute,
-    /// It broke a rule of the format (a bug; logged).
-    Invalid,
-    /// Kafka did not take it (queue full, too many in flight, delivery failed).
-    Kafka,
-}
-
-impl Unsent {
-    pub const ALL: [Unsent; 3] = [Unsent::NoRoute, Unsent::Invalid, Unsent::Kafka];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Unsent::NoRoute => "no-route",
-            Unsent::Invalid => "invalid",
-            Unsent::Kafka => "kafka",
-        }
-    }
 }
 
 /// Most (device, boot) pairs remembered; at the cap the less recently changed half is

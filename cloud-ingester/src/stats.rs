@@ -11,12 +11,34 @@ use std::time::Duration;
 use contracts::dead_letter::Reason;
 use metrics::Histogram;
 use serde::Serialize;
-use service::metrics::{prometheus, Count, Level};
-
-use crate::confirmations::Unsent;
+use service::metrics::{prometheus, Count, CountsByReason, Level};
 
 /// The alert transitions counted, so each has a series (at zero) before the first one.
 pub const ALERT_TRANSITIONS: [&str; 3] = ["opened", "escalated", "resolved"];
+
+/// Why a confirmation was not sent (the `reason` of
+/// `ingester_confirmations_unsent_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// No valid `mqtt-topic` header on the device's records: nowhere to send it.
+    NoRoute,
+    /// It broke a rule of the format (a bug; logged).
+    Invalid,
+    /// Kafka did not take it (queue full, too many in flight, delivery failed).
+    Kafka,
+}
+
+impl Unsent {
+    pub const ALL: [Unsent; 3] = [Unsent::NoRoute, Unsent::Invalid, Unsent::Kafka];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Unsent::NoRoute => "no-route",
+            Unsent::Invalid => "invalid",
+            Unsent::Kafka => "kafka",
+        }
+    }
+}
 
 /// Counters of one ingester instance. Every instance in a process counts on its own here
 /// and adds to the same exported series (the recorder is global).
@@ -25,11 +47,11 @@ pub struct IngestStats {
     batches: Count,
     inserted: Count,
     duplicates: Count,
-    dead_lettered: [Count; Reason::INGESTER.len()],
+    dead_lettered: CountsByReason,
     store_errors: Count,
     redis_errors: Count,
     confirmations_sent: Count,
-    confirmations_unsent: [Count; Unsent::ALL.len()],
+    confirmations_unsent: CountsByReason,
     flush_micros: AtomicU64,
     batch_rows: Histogram,
     flush_seconds: Histogram,
@@ -55,21 +77,19 @@ impl IngestStats {
             batches: count("ingester_batches_total"),
             inserted: count("ingester_readings_inserted_total"),
             duplicates: count("ingester_duplicates_skipped_total"),
-            dead_lettered: Reason::INGESTER.map(|reason| {
-                Count::new(metrics::counter!(
-                    "ingester_records_dead_lettered_total",
-                    "reason" => reason.code()
-                ))
-            }),
+            dead_lettered: CountsByReason::new(
+                "ingester_records_dead_lettered_total",
+                "reason",
+                &Reason::INGESTER.map(Reason::code),
+            ),
             store_errors: count("ingester_store_errors_total"),
             redis_errors: count("ingester_redis_errors_total"),
             confirmations_sent: count("ingester_confirmations_sent_total"),
-            confirmations_unsent: Unsent::ALL.map(|reason| {
-                Count::new(metrics::counter!(
-                    "ingester_confirmations_unsent_total",
-                    "reason" => reason.code()
-                ))
-            }),
+            confirmations_unsent: CountsByReason::new(
+                "ingester_confirmations_unsent_total",
+                "reason",
+                &Unsent::ALL.map(Unsent::code),
+            ),
             flush_micros: AtomicU64::new(0),
             batch_rows: metrics::histogram!("ingester_batch_rows"),
             flush_seconds: metrics::histogram!("ingester_flush_seconds"),
@@ -100,11 +120,7 @@ impl IngestStats {
     /// A record dead-lettered for one of [`Reason::INGESTER`], the only ones its checks
     /// give (their tests say which); another would have no series of its own.
     pub fn dead_lettered(&self, reason: Reason) {
-        let index = reason.index_in(&Reason::INGESTER);
-        debug_assert!(index.is_some(), "{reason:?} is not an ingester reason");
-        if let Some(count) = index.and_then(|i| self.dead_lettered.get(i)) {
-            count.add(1);
-        }
+        self.dead_lettered.add(reason.code());
     }
 
     /// A PostgreSQL write that failed and will be retried.
@@ -123,7 +139,7 @@ impl IngestStats {
 
     /// A confirmation that was not sent (the next one says the same).
     pub fn confirmation_unsent(&self, reason: Unsent) {
-        self.confirmations_unsent[reason as usize].add(1);
+        self.confirmations_unsent.add(reason.code());
     }
 
     /// An alert changed state: `kind` is one of [`ALERT_TRANSITIONS`] (another kind gets
@@ -181,16 +197,12 @@ impl IngestStats {
             batches: self.batches.get(),
             inserted: self.inserted.get(),
             duplicates: self.duplicates.get(),
-            dead_lettered: self.dead_lettered.iter().map(Count::get).sum(),
-            dead_lettered_by_reason: Reason::INGESTER
-                .iter()
-                .zip(&self.dead_lettered)
-                .map(|(reason, count)| (reason.code(), count.get()))
-                .collect(),
+            dead_lettered: self.dead_lettered.total(),
+            dead_lettered_by_reason: self.dead_lettered.by_code(),
             store_errors: self.store_errors.get(),
             redis_errors: self.redis_errors.get(),
             confirmations_sent: self.confirmations_sent.get(),
-            confirmations_unsent: self.confirmations_unsent.iter().map(Count::get).sum(),
+            confirmations_unsent: self.confirmations_unsent.total(),
             flush_seconds: self.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
             alert_transitions: self
                 .alert_transitions
