@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use bridge::config::{BridgeConfig, CliOverrides, LogFormat, Mode};
 use clap::Parser;
-use tracing::error;
 
 /// Forwards device telemetry from MQTT into Kafka (`sensors-data`), checking every frame
 /// and setting bad ones aside in `sensors-dlq` with the reason.
@@ -113,26 +112,8 @@ fn main() -> ExitCode {
     // rumqttd logs every device connection at info and every disconnect as an error;
     // RUST_LOG=info,rumqttd=info brings it back.
     service::logging::init(config.log.format, "info,rumqttd=off");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("bridge: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    service::run::to_exit("bridge", async {
         let bridge = bridge::Bridge::start(config).await?;
         bridge.run_until(service::shutdown_signal()).await
-    });
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            eprintln!("bridge: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -436,14 +436,12 @@ async fn pipeline_rate(
     frames: &[KeyedFrame],
     readings: u64,
 ) -> anyhow::Result<PipelineRun> {
-    use cloud_ingester::config::KafkaConfig;
-    use cloud_ingester::kafka::IngestContext;
-    use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
+    use cloud_ingester::config::IngesterConfig;
+    use cloud_ingester::pipeline::Pipeline;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
     use rdkafka::ClientConfig;
-    use std::sync::Arc;
 
     reset(pool).await?;
     sqlx::query(
@@ -516,44 +514,21 @@ async fn pipeline_rate(
 
     let prefix = format!("bench{}", std::process::id());
     let redis = cloud_ingester::redis_sink::RedisSink::connect(&redis_url, &prefix).await?;
-    let stats = Arc::new(cloud_ingester::stats::IngestStats::default());
-    let health = Arc::new(cloud_ingester::health::Health::default());
-    let kafka = KafkaConfig {
-        brokers,
-        group: format!("bench-ingest-{suffix}"),
-        ..KafkaConfig::default()
+    let mut config = IngesterConfig {
+        id: "bench".to_owned(),
+        ..IngesterConfig::default()
     };
-    let pipeline = Pipeline {
-        consumer: Arc::new(cloud_ingester::kafka::consumer(
-            &kafka,
-            "bench",
-            IngestContext::new(health.clone()),
-        )?),
-        producer: producer.clone(),
-        store: Store::new(pool.clone()),
-        redis: Some(redis),
-        catalog: cloud_ingester::validate::Catalog::load(pool).await?,
-        confirm: Some(cloud_ingester::confirmations::ConfirmSink {
-            producer: cloud_ingester::kafka::confirm_producer(&kafka, "bench")?,
-            topic: confirms.clone(),
-            interval: Duration::from_millis(200),
-        }),
-        settings: PipelineSettings {
-            group: kafka.group.clone(),
-            topic: topic.clone(),
-            dlq_topic: dlq.clone(),
-            alerts_topic: alerts.clone(),
-            instance: "bench".to_owned(),
-            batch_rows: settings.batch,
-            batch_age: Duration::from_millis(200),
-            retention_days: None,
-            data_loss: Default::default(),
-            max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
-            shutdown_grace: Duration::from_secs(10),
-        },
-        stats: stats.clone(),
-        health,
-    };
+    config.kafka.brokers = brokers;
+    config.kafka.group = format!("bench-ingest-{suffix}");
+    config.kafka.topic = topic.clone();
+    config.kafka.dlq_topic = dlq.clone();
+    config.kafka.alerts_topic = alerts.clone();
+    config.kafka.confirm_topic = confirms.clone();
+    config.kafka.confirm_interval = Duration::from_millis(200);
+    config.batch.rows = settings.batch;
+    config.batch.age = Duration::from_millis(200);
+    let pipeline = Pipeline::connect(&config, pool, producer.clone(), Some(redis)).await?;
+    let stats = pipeline.stats();
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(pipeline.run(stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(600);

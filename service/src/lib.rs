@@ -4,7 +4,8 @@
 //! Without features it is only [`shutdown_signal`] and the [`clock`] policy, which is all
 //! the edge agent on the Pi takes. The cloud services enable `http` (the recorder in [`metrics`] and the endpoint
 //! in [`http`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules in
-//! [`dead_letter`], the configuration checks in [`kafka_config`]).
+//! [`dead_letter`], the configuration checks in [`kafka_config`]); `logging` also brings
+//! [`run`], the end of every service's `main`.
 
 pub mod clock;
 #[cfg(feature = "config")]
@@ -21,6 +22,8 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "kafka")]
 pub mod metrics_record;
+#[cfg(feature = "logging")]
+pub mod run;
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the signals a service manager, a container
 /// runtime or a person at the terminal use to ask for a clean stop.
