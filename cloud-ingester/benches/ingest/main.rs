@@ -22,7 +22,6 @@
 //! applies the migrations and drops the database at the end, so it never touches the
 //! stack's data; likewise its own Kafka topics on `KAFKA_BROKERS` and its own key prefix
 //! on `REDIS_URL`. A benchmark, not a test: it prints figures and asserts nothing.
-
 //!
 //! One module per concern: `data` (the generated readings and frames), `sql` (the COPY
 //! and statements the figures compare), `upkeep` ((f), coverage upkeep and its CPU),
