@@ -77,16 +77,12 @@ fn main() -> ExitCode {
         http_listen: cli.http_listen,
         log_format: cli.log_format,
     };
-    let source = cli
-        .config
-        .as_ref()
-        .map_or("defaults".to_owned(), |p| p.display().to_string());
-    let config = match BridgeConfig::load(cli.config.as_deref(), &overrides) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("bridge: {source}: {e}");
-            return ExitCode::from(2);
-        }
+    let loaded = service::run::load_config("bridge", cli.config.as_deref(), |file| {
+        BridgeConfig::load(file, &overrides)
+    });
+    let (config, source) = match loaded {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     if cli.check_config {
         let mqtt = match config.mode {

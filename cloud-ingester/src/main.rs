@@ -101,16 +101,12 @@ fn main() -> ExitCode {
         http_listen: cli.http_listen,
         log_format: cli.log_format,
     };
-    let source = cli
-        .config
-        .as_ref()
-        .map_or("defaults".to_owned(), |p| p.display().to_string());
-    let config = match IngesterConfig::load(cli.config.as_deref(), &overrides) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("cloud-ingester: {source}: {e}");
-            return ExitCode::from(2);
-        }
+    let loaded = service::run::load_config("cloud-ingester", cli.config.as_deref(), |file| {
+        IngesterConfig::load(file, &overrides)
+    });
+    let (config, source) = match loaded {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     if cli.check_config {
         return match config.to_redacted_toml() {
