@@ -30,6 +30,8 @@ use crate::SERVICE;
 /// How long the last flush of the metrics and alert records may take, at most.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
+/// The whole service, started: made by [`Ingester::start`] (the binary) or
+/// [`Ingester::start_on`] (a test's database), ended by [`Ingester::run_until`].
 pub struct Ingester {
     config: IngesterConfig,
     http_addr: SocketAddr,
