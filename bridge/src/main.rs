@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use bridge::config::{BridgeConfig, CliOverrides, LogFormat, Mode};
 use clap::Parser;
-use tracing::error;
 
 /// Forwards device telemetry from MQTT into Kafka (`sensors-data`), checking every frame
 /// and setting bad ones aside in `sensors-dlq` with the reason.
@@ -78,13 +77,12 @@ fn main() -> ExitCode {
         http_listen: cli.http_listen,
         log_format: cli.log_format,
     };
-    let source = service::config::source_name(cli.config.as_deref());
-    let config = match BridgeConfig::load(cli.config.as_deref(), &overrides) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("bridge: {source}: {e}");
-            return ExitCode::from(2);
-        }
+    let loaded = service::run::load_config("bridge", cli.config.as_deref(), |file| {
+        BridgeConfig::load(file, &overrides)
+    });
+    let (config, source) = match loaded {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     if cli.check_config {
         return service::config::print_check(
@@ -95,26 +93,8 @@ fn main() -> ExitCode {
         );
     }
     config.log.init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("bridge: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    service::run::to_exit("bridge", async {
         let bridge = bridge::Bridge::start(config).await?;
         bridge.run_until(service::shutdown_signal()).await
-    });
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            eprintln!("bridge: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

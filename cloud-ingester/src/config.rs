@@ -395,13 +395,32 @@ impl IngesterConfig {
         }
     }
 
-    /// The configuration as TOML, the format of the file, with the passwords in the URLs
-    /// replaced by `***` (this goes to terminals and logs).
-    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+    /// One line on what this configuration makes the ingester do, for `--check-config`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} in group {} storing Kafka {} topic {} (DLQ {}) into PostgreSQL {}, {}, metrics on http://{}/metrics",
+            self.id,
+            self.kafka.group,
+            self.kafka.brokers,
+            self.kafka.topic,
+            self.kafka.dlq_topic,
+            redact_url(&self.database.url),
+            if self.redis.url.is_empty() {
+                "no Redis".to_owned()
+            } else {
+                format!("Redis {}", redact_url(&self.redis.url))
+            },
+            self.http.listen,
+        )
+    }
+
+    /// This configuration with its secrets hidden, for `--check-config`.
+    pub fn redacted(&self) -> Self {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         shown.redis.url = redact_url(&shown.redis.url);
-        toml::to_string(&shown)
+        shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
+        shown
     }
 }
 
@@ -582,7 +601,7 @@ mod tests {
         );
         let mut config = with_url();
         config.redis.url = "rediss://:hunter2@cache:6380/0".to_owned();
-        let shown = config.to_redacted_toml().unwrap();
+        let shown = toml::to_string(&config.redacted()).unwrap();
         assert!(
             !shown.contains("hunter2") && !shown.contains(":p@"),
             "{shown}"

@@ -12,6 +12,8 @@
 //! - `coverage`, `confirmations`: which readings PostgreSQL holds per device and boot,
 //!   told to each device after every commit (`sensors-confirm`);
 //! - `pipeline`: the consumer loop that orders all of it so offsets follow commits;
+//! - `app`: the whole service ([`Ingester`]): started, run until a signal, shut down in
+//!   the order that loses nothing;
 //! - `config`, `kafka` (consumer settings, lag, rebalances), `stats` (Prometheus),
 //!   `health` (readiness).
 //!
@@ -21,6 +23,7 @@
 pub const SERVICE: &str = "cloud-ingester";
 
 pub mod alerts;
+pub mod app;
 pub mod config;
 pub mod confirmations;
 pub mod coverage;
@@ -35,3 +38,5 @@ pub mod rows;
 pub mod stats;
 pub mod store;
 pub mod validate;
+
+pub use app::Ingester;

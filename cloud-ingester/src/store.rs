@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use sqlx::postgres::PgPool;
 use sqlx::types::chrono::NaiveDate;
 
-use crate::alerts::store::Applied;
+use crate::alerts::sql::Applied;
 use crate::alerts::Transition;
 use crate::coverage::{self, Held};
 use crate::ownership::{self, Progress};
@@ -449,7 +449,7 @@ impl Store {
                 }
             }
         };
-        let applied = crate::alerts::store::apply(&mut tx, transitions)
+        let applied = crate::alerts::sql::apply(&mut tx, transitions)
             .await
             .map_err(StoreError::db("writing alert transitions"))?;
         let held = coverage::record(&mut tx, rows)

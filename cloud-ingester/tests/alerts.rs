@@ -10,32 +10,23 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloud_ingester::alerts::data_loss::DataLossRule;
 use cloud_ingester::alerts::rules::RuleBook;
 use cloud_ingester::alerts::AlertEngine;
-use cloud_ingester::config::KafkaConfig;
-use cloud_ingester::health::Health;
-use cloud_ingester::kafka::IngestContext;
-use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
+use cloud_ingester::config::AlertsConfig;
 use cloud_ingester::redis_sink::RedisSink;
 use cloud_ingester::rows::Row;
-use cloud_ingester::stats::IngestStats;
-use cloud_ingester::store::Store;
-use cloud_ingester::validate::Catalog;
 use edge_agent::sensors::{
     build_source, AnomalyConfig, AnomalyKind, SimModel, SimulatedSourceConfig, SourceConfig,
 };
 use protocol::{BootId, DeviceId, Frame, Quality, Reading};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use service::clock::now_ms;
 use sqlx::PgPool;
+use support::ingester::{self, Running};
 use support::{create_topics, frame, kafka, produce};
-use tokio_util::sync::CancellationToken;
 
 /// One sampling tick of a simulated channel: its device time and reading, if any.
 #[derive(Debug, Clone, Copy)]
@@ -161,18 +152,15 @@ struct Topics {
     alerts: String,
 }
 
-struct Running {
-    stats: Arc<IngestStats>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
+/// How long the alert tests wait for the pipeline to ingest what they sent.
+const INGESTED_WITHIN: Duration = Duration::from_secs(120);
 
 /// The pipeline with a `data_loss` window no run of the channel-rule test reaches: its
 /// frames leave holes on purpose (a breach sent at seq 2^40), which are not its subject.
 async fn start(pool: &PgPool, topics: &Topics, group: &str, redis: &RedisSink) -> Running {
-    let quiet = DataLossRule {
-        readings: 1,
-        window_ms: 3_600_000,
+    let quiet = AlertsConfig {
+        data_loss_readings: 1,
+        data_loss_window: Duration::from_secs(3600),
     };
     start_with(pool, topics, group, redis, quiet).await
 }
@@ -182,70 +170,20 @@ async fn start_with(
     topics: &Topics,
     group: &str,
     redis: &RedisSink,
-    data_loss: DataLossRule,
+    data_loss: AlertsConfig,
 ) -> Running {
-    let stats = Arc::new(IngestStats::default());
-    let health = Arc::new(Health::default());
-    let kafka_config = KafkaConfig {
-        brokers: testkit::kafka_brokers(),
-        group: group.to_owned(),
-        ..KafkaConfig::default()
-    };
-    let consumer = cloud_ingester::kafka::consumer(
-        &kafka_config,
-        "alerts-test",
-        IngestContext::new(health.clone()),
+    let mut config = ingester::config(&topics.data, &topics.dlq, group);
+    config.id = "alerts-test".to_owned();
+    config.kafka.alerts_topic = topics.alerts.clone();
+    config.batch.rows = 2000;
+    config.alerts = data_loss;
+    ingester::start_config(
+        &config,
+        pool,
+        Some(redis.clone()),
+        ingester::idempotent_producer(),
     )
-    .unwrap();
-    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
-    let pipeline = Pipeline {
-        consumer: Arc::new(consumer),
-        producer,
-        store: Store::new(pool.clone()),
-        redis: Some(redis.clone()),
-        catalog: Catalog::load(pool).await.unwrap(),
-        confirm: None,
-        settings: PipelineSettings {
-            group: group.to_owned(),
-            topic: topics.data.clone(),
-            dlq_topic: topics.dlq.clone(),
-            alerts_topic: topics.alerts.clone(),
-            instance: "alerts-test".to_owned(),
-            batch_rows: 2000,
-            batch_age: Duration::from_millis(100),
-            retention_days: None,
-            data_loss,
-            max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
-            shutdown_grace: Duration::from_secs(10),
-        },
-        stats: stats.clone(),
-        health,
-    };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { pipeline.run(stop).await.unwrap() }
-    });
-    Running { stats, stop, task }
-}
-
-impl Running {
-    async fn wait_records(&self, records: u64) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.stats.snapshot().records < records {
-            assert!(
-                Instant::now() < deadline,
-                "ingested only {:?}",
-                self.stats.snapshot()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap();
-    }
+    .await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -404,7 +342,7 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
 
     let group = testkit::unique_name("algroup");
     let running = start(&pool, &topics, &group, &redis).await;
-    running.wait_records(sent).await;
+    running.wait_records(sent, INGESTED_WITHIN).await;
     running.stop().await;
 
     let all = alerts(&pool).await;
@@ -515,7 +453,7 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
         .collect();
     produce(&topics.data, &frames("press-01", &mut breach, 1 << 40)).await;
     let running = start(&pool, &topics, &group, &redis).await;
-    running.wait_records(1).await;
+    running.wait_records(1, INGESTED_WITHIN).await;
     running.stop().await;
     let open: Vec<AlertRow> = alerts(&pool)
         .await
@@ -540,7 +478,7 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
         .collect();
     produce(&topics.data, &frames("press-01", &mut back, 1 << 41)).await;
     let running = start(&pool, &topics, &group, &redis).await;
-    running.wait_records(1).await;
+    running.wait_records(1, INGESTED_WITHIN).await;
     running.stop().await;
     let after = alerts(&pool).await;
     assert_eq!(after.len(), all.len() + 1, "no new alert");
@@ -549,7 +487,7 @@ async fn each_simulated_anomaly_raises_its_alert_once_and_a_restart_or_replay_ke
 
     // A new consumer group replays the whole topic: already evaluated, nothing new.
     let replay = start(&pool, &topics, &testkit::unique_name("alrepl"), &redis).await;
-    replay.wait_records(sent + 2).await;
+    replay.wait_records(sent + 2, INGESTED_WITHIN).await;
     replay.stop().await;
     assert_eq!(
         alerts(&pool).await.len(),
@@ -629,9 +567,9 @@ async fn a_hole_that_outlasts_the_window_raises_data_loss_until_a_resend_fills_i
     };
     create_topics(&[&topics.data, &topics.dlq, &topics.alerts]).await;
     let redis = RedisSink::new(&testkit::redis_url(), &testkit::unique_name("dloss")).unwrap();
-    let window = DataLossRule {
-        readings: 1,
-        window_ms: 2_000,
+    let window = AlertsConfig {
+        data_loss_readings: 1,
+        data_loss_window: Duration::from_secs(2),
     };
     let base = now_ms() - 60_000;
     // 0..100 and 200..300 reach PostgreSQL; 100..200 were lost on the way.
@@ -639,7 +577,7 @@ async fn a_hole_that_outlasts_the_window_raises_data_loss_until_a_resend_fills_i
     sent.extend(run_of("furnace-01", 200..300, base));
     produce(&topics.data, &sent).await;
     let group = testkit::unique_name("dlgroup");
-    let running = start_with(&pool, &topics, &group, &redis, window).await;
+    let running = start_with(&pool, &topics, &group, &redis, window.clone()).await;
 
     let open = wait_data_loss(&pool, "furnace-01", "opened", |rows| !rows.is_empty()).await;
     let (id, channel, state, value, message, waited_ms) = &open[0];
@@ -651,7 +589,7 @@ async fn a_hole_that_outlasts_the_window_raises_data_loss_until_a_resend_fills_i
         "{open:?}"
     );
     assert!(
-        *waited_ms >= window.window_ms as f64,
+        *waited_ms >= window.data_loss_window.as_millis() as f64,
         "opened {waited_ms} ms after the loss, before the window"
     );
     // (The frames' values, their sequence numbers, are far below a furnace's thresholds:

@@ -41,7 +41,7 @@ fn the_example_configuration_is_valid() {
     let (output, stdout, stderr) = run(ingester().args(["--config", EXAMPLE, "--check-config"]));
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stdout.contains("ok") && stdout.contains("sensors-data"),
+        stdout.starts_with(&format!("# {EXAMPLE}: ok: ")) && stdout.contains("sensors-data"),
         "{stdout}"
     );
     assert!(stdout.contains("telemetry:***@db.invalid"), "{stdout}");

@@ -5,17 +5,8 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloud_ingester::config::KafkaConfig;
-use cloud_ingester::confirmations::ConfirmSink;
-use cloud_ingester::health::Health;
-use cloud_ingester::kafka::IngestContext;
-use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
-use cloud_ingester::stats::IngestStats;
-use cloud_ingester::store::Store;
-use cloud_ingester::validate::Catalog;
 use protocol::kafka::{headers, CONFIRM_CONTENT_TYPE};
 use protocol::{BootId, Confirmation, SeqRange};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -24,8 +15,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use service::clock::now_ms;
 use sqlx::PgPool;
+use support::ingester::{self, Running};
 use support::{create_topics, frame, kafka};
-use tokio_util::sync::CancellationToken;
 
 /// How long any effect may take to show.
 const WITHIN: Duration = Duration::from_secs(60);
@@ -50,66 +41,15 @@ impl Topics {
     }
 }
 
-struct Running {
-    stats: Arc<IngestStats>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap();
-    }
-}
-
 /// The pipeline in this process, confirming to `topics.confirm`; a batch closes at
 /// `batch_rows` readings.
 async fn start(pool: &PgPool, topics: &Topics, batch_rows: usize) -> Running {
-    let stats = Arc::new(IngestStats::default());
-    let health = Arc::new(Health::default());
     let group = testkit::unique_name("ingest");
-    let kafka_config = KafkaConfig {
-        brokers: testkit::kafka_brokers(),
-        group: group.clone(),
-        ..KafkaConfig::default()
-    };
-    let consumer =
-        cloud_ingester::kafka::consumer(&kafka_config, "test", IngestContext::new(health.clone()))
-            .unwrap();
-    let pipeline = Pipeline {
-        consumer: Arc::new(consumer),
-        producer: kafka().set("enable.idempotence", "true").create().unwrap(),
-        store: Store::new(pool.clone()),
-        redis: None,
-        catalog: Catalog::load(pool).await.unwrap(),
-        confirm: Some(ConfirmSink {
-            producer: cloud_ingester::kafka::confirm_producer(&kafka_config, "test").unwrap(),
-            topic: topics.confirm.clone(),
-            interval: kafka_config.confirm_interval,
-        }),
-        settings: PipelineSettings {
-            group,
-            topic: topics.data.clone(),
-            dlq_topic: topics.dlq.clone(),
-            alerts_topic: String::new(),
-            instance: "test".to_owned(),
-            batch_rows,
-            batch_age: Duration::from_millis(50),
-            retention_days: None,
-            data_loss: Default::default(),
-            max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
-            shutdown_grace: Duration::from_secs(10),
-        },
-        stats: stats.clone(),
-        health,
-    };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { pipeline.run(stop).await.unwrap() }
-    });
-    Running { stats, stop, task }
+    let mut config = ingester::config(&topics.data, &topics.dlq, &group);
+    config.kafka.confirm_topic = topics.confirm.clone();
+    config.batch.rows = batch_rows;
+    config.batch.age = Duration::from_millis(50);
+    ingester::start_config(&config, pool, None, ingester::idempotent_producer()).await
 }
 
 fn telemetry_topic(device: &str) -> String {

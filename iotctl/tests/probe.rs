@@ -8,23 +8,21 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 
-use support::{iotctl, json, kafka, stderr};
+use support::{iotctl, json, stderr};
 
-/// The bridge (embedded broker) and the ingester's pipeline, in this process, on topics
-/// of their own; the ingester writes the test's database and Redis under `prefix`.
-struct Pipeline {
+/// The bridge (embedded broker) and the ingester, in this process, on topics of their
+/// own; the ingester writes the test's database and Redis under `prefix`.
+struct Services {
     mqtt: std::net::SocketAddr,
     bridge_http: std::net::SocketAddr,
     stop_bridge: tokio::sync::oneshot::Sender<()>,
     bridge: tokio::task::JoinHandle<anyhow::Result<bridge::stats::StatsSnapshot>>,
-    stop_ingester: tokio_util::sync::CancellationToken,
-    ingester: tokio::task::JoinHandle<()>,
+    stop_ingester: tokio::sync::oneshot::Sender<()>,
+    ingester: tokio::task::JoinHandle<anyhow::Result<cloud_ingester::stats::IngestSnapshot>>,
 }
 
-impl Pipeline {
+impl Services {
     async fn start(pool: &PgPool, prefix: &str) -> Self {
-        use cloud_ingester::pipeline::{Pipeline as Ingest, PipelineSettings};
-
         let mut config = bridge::BridgeConfig {
             id: testkit::unique_name("bridge"),
             ..Default::default()
@@ -35,8 +33,20 @@ impl Pipeline {
         config.kafka.metrics_topic = String::new();
         config.http.listen = ([127, 0, 0, 1], 0).into();
         config.embedded.listen = ([127, 0, 0, 1], testkit::free_port()).into();
-        let topic = config.kafka.topic.clone();
-        let dlq_topic = config.kafka.dlq_topic.clone();
+        let mut ingester_config = cloud_ingester::config::IngesterConfig {
+            id: "iotctl-test".to_owned(),
+            ..Default::default()
+        };
+        ingester_config.kafka.brokers = testkit::kafka_brokers();
+        ingester_config.kafka.group = testkit::unique_name("ingest");
+        ingester_config.kafka.topic = config.kafka.topic.clone();
+        ingester_config.kafka.dlq_topic = config.kafka.dlq_topic.clone();
+        ingester_config.kafka.alerts_topic = String::new();
+        ingester_config.kafka.confirm_topic = String::new();
+        ingester_config.kafka.metrics_topic = String::new();
+        ingester_config.redis.url = testkit::redis_url();
+        ingester_config.redis.prefix = prefix.to_owned();
+        ingester_config.http.listen = ([127, 0, 0, 1], 0).into();
         // Creates its topics before it returns.
         let started = bridge::Bridge::start(config).await.expect("bridge starts");
         let (mqtt, bridge_http) = (started.mqtt_addr().unwrap(), started.http_addr());
@@ -53,53 +63,14 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        let stats = std::sync::Arc::new(cloud_ingester::stats::IngestStats::default());
-        let health = std::sync::Arc::new(cloud_ingester::health::Health::default());
-        let kafka_config = cloud_ingester::config::KafkaConfig {
-            brokers: testkit::kafka_brokers(),
-            group: testkit::unique_name("ingest"),
-            ..Default::default()
-        };
-        let pipeline = Ingest {
-            consumer: std::sync::Arc::new(
-                cloud_ingester::kafka::consumer(
-                    &kafka_config,
-                    "iotctl-test",
-                    cloud_ingester::kafka::IngestContext::new(health.clone()),
-                )
-                .unwrap(),
-            ),
-            producer: kafka().create().unwrap(),
-            store: cloud_ingester::store::Store::new(pool.clone()),
-            redis: Some(
-                cloud_ingester::redis_sink::RedisSink::connect(&testkit::redis_url(), prefix)
-                    .await
-                    .unwrap(),
-            ),
-            // Read now, as the ingester does at start: the probe device must exist by then.
-            catalog: cloud_ingester::validate::Catalog::load(pool).await.unwrap(),
-            confirm: None,
-            settings: PipelineSettings {
-                group: kafka_config.group.clone(),
-                topic,
-                dlq_topic,
-                alerts_topic: String::new(),
-                instance: "iotctl-test".to_owned(),
-                batch_rows: 20_000,
-                batch_age: Duration::from_millis(50),
-                retention_days: None,
-                data_loss: Default::default(),
-                max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
-                shutdown_grace: Duration::from_secs(10),
-            },
-            stats,
-            health,
-        };
-        let stop_ingester = tokio_util::sync::CancellationToken::new();
-        let ingester = tokio::spawn({
-            let stop = stop_ingester.clone();
-            async move { pipeline.run(stop).await.unwrap() }
-        });
+        // Reads the catalog now, as at every start: the probe device must exist by then.
+        let started = cloud_ingester::Ingester::start_on(ingester_config, pool.clone())
+            .await
+            .expect("ingester starts");
+        let (stop_ingester, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ingester = tokio::spawn(started.run_until(async {
+            let _ = stopped.await;
+        }));
         Self {
             mqtt,
             bridge_http,
@@ -111,8 +82,8 @@ impl Pipeline {
     }
 
     async fn stop(self) {
-        self.stop_ingester.cancel();
-        self.ingester.await.unwrap();
+        let _ = self.stop_ingester.send(());
+        self.ingester.await.unwrap().unwrap();
         let _ = self.stop_bridge.send(());
         self.bridge.await.unwrap().unwrap();
     }
@@ -138,10 +109,10 @@ async fn the_probe_times_readings_end_to_end_and_leaves_no_trace(pool: PgPool) {
     .await
     .unwrap();
     let prefix = testkit::unique_name("iotctl");
-    let pipeline = Pipeline::start(&pool, &prefix).await;
+    let services = Services::start(&pool, &prefix).await;
 
-    let mqtt = pipeline.mqtt.to_string();
-    let bridge_http = format!("http://{}", pipeline.bridge_http);
+    let mqtt = services.mqtt.to_string();
+    let bridge_http = format!("http://{}", services.bridge_http);
     let mut command = iotctl(
         &pool,
         &[
@@ -206,5 +177,5 @@ async fn the_probe_times_readings_end_to_end_and_leaves_no_trace(pool: PgPool) {
         keys.is_empty(),
         "the probe's Redis keys are deleted: {keys:?}"
     );
-    pipeline.stop().await;
+    services.stop().await;
 }

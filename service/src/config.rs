@@ -121,11 +121,6 @@ pub fn print_check<T: Serialize>(
     }
 }
 
-/// What `--check-config` calls the configuration's origin: the file, or the defaults.
-pub fn source_name(file: Option<&Path>) -> String {
-    file.map_or_else(|| "defaults".to_owned(), |path| path.display().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

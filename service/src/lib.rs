@@ -6,7 +6,8 @@
 //! agent on the Pi adds `config` and `logging`. The cloud services also enable `http`
 //! (the recorder in [`metrics`], the endpoint in [`http`], what readiness is made of in
 //! [`readiness`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules
-//! in [`dead_letter`], the configuration checks in [`kafka_config`]).
+//! in [`dead_letter`], the configuration checks in [`kafka_config`]); `logging` also
+//! brings [`run`], the start and end of every cloud service's `main`.
 
 pub mod clock;
 #[cfg(feature = "config")]
@@ -26,6 +27,8 @@ pub mod metrics_record;
 #[cfg(feature = "http")]
 pub mod readiness;
 pub mod redact;
+#[cfg(feature = "logging")]
+pub mod run;
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the signals a service manager, a container
 /// runtime or a person at the terminal use to ask for a clean stop.

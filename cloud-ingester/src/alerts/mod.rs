@@ -46,9 +46,6 @@ pub mod publish;
 pub mod rules;
 pub mod sql;
 mod state;
-/// The old name of [`sql`], for `pipeline/` until its users move to `sql` (it is being
-/// edited elsewhere); `crate::store` is the batched write path.
-pub use sql as store;
 
 use std::collections::{HashMap, HashSet};
 

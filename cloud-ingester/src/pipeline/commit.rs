@@ -188,7 +188,7 @@ impl Pipeline {
         }
         let live = state.future_dated.live(rows, now_ms);
         let first_seen =
-            alerts::store::first_seen(self.store.pool(), &state.alerts.unfamiliar_boots(&live))
+            alerts::sql::first_seen(self.store.pool(), &state.alerts.unfamiliar_boots(&live))
                 .await
                 .map_err(PipelineError::AlertState)?;
         let evaluation = state.alerts.evaluate(&live, &first_seen);

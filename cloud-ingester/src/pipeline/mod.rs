@@ -49,6 +49,7 @@ use std::time::Duration;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -57,10 +58,12 @@ use crate::alerts::data_loss::DataLossRule;
 use crate::alerts::publish as alert_publish;
 use crate::alerts::rules::RuleBook;
 use crate::alerts::{self, AlertEngine};
+use crate::config::IngesterConfig;
 use crate::confirmations::{ConfirmSink, Confirmations};
 use crate::dead_letters::BurstWindow;
 use crate::future_dated::FutureDated;
-use crate::kafka::IngestContext;
+use crate::health::Health;
+use crate::kafka::{self, IngestContext};
 use crate::ownership::{Ownership, RENEW_EVERY};
 use crate::redis_sink::{LiveRow, RedisSink};
 use crate::stats::IngestStats;
@@ -95,6 +98,36 @@ pub struct PipelineSettings {
     /// After `stop`, how long the batch in hand may wait for Kafka (its dead letters,
     /// the last alert records) before the stop wins.
     pub shutdown_grace: Duration,
+}
+
+impl PipelineSettings {
+    /// The settings `config` gives the pipeline.
+    pub fn from_config(config: &IngesterConfig) -> Self {
+        Self {
+            group: config.kafka.group.clone(),
+            topic: config.kafka.topic.clone(),
+            dlq_topic: config.kafka.dlq_topic.clone(),
+            alerts_topic: config.kafka.alerts_topic.clone(),
+            instance: config.id.clone(),
+            batch_rows: config.batch.rows,
+            batch_age: config.batch.age,
+            retention_days: config.retention.days,
+            data_loss: DataLossRule::from(&config.alerts),
+            max_ahead: config.clock.max_ahead,
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+}
+
+/// What can keep a pipeline from being put together (see [`Pipeline::connect`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading the device catalog (run with --migrate on a new database): {0}")]
+    Catalog(sqlx::Error),
+    #[error("creating the Kafka consumer (check kafka.properties): {0}")]
+    Consumer(KafkaError),
+    #[error("creating the Kafka producer of confirmations (check kafka.properties): {0}")]
+    ConfirmProducer(KafkaError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,21 +169,82 @@ struct LoopState {
     grace: Grace,
 }
 
+/// The ingest loop and what it runs with; made by [`Pipeline::connect`] only, so the
+/// binary, the tests and the benchmark run the same one.
 pub struct Pipeline {
     /// Shared with the blocking metadata calls (`spawn_blocking`).
-    pub consumer: Arc<StreamConsumer<IngestContext>>,
-    pub producer: FutureProducer,
-    pub store: Store,
-    pub redis: Option<RedisSink>,
-    pub catalog: Catalog,
+    consumer: Arc<StreamConsumer<IngestContext>>,
+    producer: FutureProducer,
+    store: Store,
+    redis: Option<RedisSink>,
+    catalog: Catalog,
     /// Where the confirmations to the devices go; `None`: none are sent.
-    pub confirm: Option<ConfirmSink>,
-    pub settings: PipelineSettings,
-    pub stats: Arc<IngestStats>,
-    pub health: Arc<crate::health::Health>,
+    confirm: Option<ConfirmSink>,
+    settings: PipelineSettings,
+    stats: Arc<IngestStats>,
+    health: Arc<Health>,
 }
 
 impl Pipeline {
+    /// The pipeline `config` describes on the connected `pool`: reads the device catalog,
+    /// makes the Kafka consumer and, when `kafka.confirm_topic` is set, the producer of
+    /// confirmations, with fresh counters and health (PostgreSQL counted as up). The
+    /// caller's `producer` carries the dead letters and alert records; `redis`, when
+    /// given, takes the live view.
+    pub async fn connect(
+        config: &IngesterConfig,
+        pool: &PgPool,
+        producer: FutureProducer,
+        redis: Option<RedisSink>,
+    ) -> Result<Self, ConnectError> {
+        let catalog = Catalog::load(pool).await.map_err(ConnectError::Catalog)?;
+        let stats = Arc::new(IngestStats::new());
+        let health = Arc::new(Health::default());
+        health.set_postgres(true);
+        let consumer = kafka::consumer(
+            &config.kafka,
+            &config.id,
+            IngestContext::new(health.clone()),
+        )
+        .map_err(ConnectError::Consumer)?;
+        let confirm = if config.kafka.confirm_topic.is_empty() {
+            None
+        } else {
+            Some(ConfirmSink {
+                producer: kafka::confirm_producer(&config.kafka, &config.id)
+                    .map_err(ConnectError::ConfirmProducer)?,
+                topic: config.kafka.confirm_topic.clone(),
+                interval: config.kafka.confirm_interval,
+            })
+        };
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            producer,
+            store: Store::new(pool.clone()),
+            redis,
+            catalog,
+            confirm,
+            settings: PipelineSettings::from_config(config),
+            stats,
+            health,
+        })
+    }
+
+    /// The counters, live while the loop runs.
+    pub fn stats(&self) -> Arc<IngestStats> {
+        self.stats.clone()
+    }
+
+    /// What `/readyz` reports.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// How many devices the catalog read at the start holds.
+    pub fn devices(&self) -> usize {
+        self.catalog.devices()
+    }
+
     /// Consumes until `stop`; then writes the batch in hand, stores and commits its
     /// offsets, and returns.
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
@@ -235,25 +329,25 @@ impl Pipeline {
         let rules = RuleBook::load(pool)
             .await
             .map_err(PipelineError::AlertState)?;
-        let open = alerts::store::load_open(pool)
+        let open = alerts::sql::load_open(pool)
             .await
             .map_err(PipelineError::AlertState)?;
-        let resume = alerts::store::load_resume(pool)
+        let resume = alerts::sql::load_resume(pool)
             .await
             .map_err(PipelineError::AlertState)?;
         // Readings dated beyond the bound were never evaluated: durations do not start
         // from them.
         let max_ahead_ms = i64::try_from(self.settings.max_ahead.as_millis()).unwrap_or(i64::MAX);
-        let watermarks = alerts::store::load_watermarks(
+        let watermarks = alerts::sql::load_watermarks(
             pool,
             service::clock::now_ms_i64().saturating_add(max_ahead_ms),
         )
         .await
         .map_err(PipelineError::AlertState)?;
-        let coverage = alerts::store::load_coverage(pool)
+        let coverage = alerts::sql::load_coverage(pool)
             .await
             .map_err(PipelineError::AlertState)?;
-        let accepted = alerts::store::load_accepted(pool)
+        let accepted = alerts::sql::load_accepted(pool)
             .await
             .map_err(PipelineError::AlertState)?;
         info!(

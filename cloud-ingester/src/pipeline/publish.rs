@@ -7,7 +7,7 @@ use tracing::{info, warn};
 use super::{LoopState, Pipeline};
 use crate::alerts;
 use crate::alerts::publish::{self as alert_publish, AlertEvent};
-use crate::alerts::store::Applied;
+use crate::alerts::sql::Applied;
 use crate::redis_sink::LiveRow;
 use crate::store::EventLevel;
 
@@ -21,7 +21,7 @@ impl Pipeline {
         if evaluation.transitions.is_empty() {
             return Vec::new();
         }
-        match alerts::store::apply_alone(self.store.pool(), &evaluation.transitions).await {
+        match alerts::sql::apply_alone(self.store.pool(), &evaluation.transitions).await {
             Ok(applied) => {
                 state.alerts.adopt(evaluation);
                 applied

@@ -5,14 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::kafka;
-use cloud_ingester::config::KafkaConfig;
-use cloud_ingester::health::Health;
-use cloud_ingester::kafka::IngestContext;
-use cloud_ingester::pipeline::{Pipeline, PipelineSettings};
+use cloud_ingester::config::IngesterConfig;
+use cloud_ingester::pipeline::Pipeline;
 use cloud_ingester::redis_sink::RedisSink;
 use cloud_ingester::stats::IngestStats;
-use cloud_ingester::store::Store;
-use cloud_ingester::validate::Catalog;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -50,8 +46,7 @@ pub async fn start_in_group(
     dlq_topic: &str,
     group: &str,
 ) -> Running {
-    let producer: FutureProducer = kafka().set("enable.idempotence", "true").create().unwrap();
-    start_with_producer(pool, redis, topic, dlq_topic, group, producer).await
+    start_with_producer(pool, redis, topic, dlq_topic, group, idempotent_producer()).await
 }
 
 pub async fn start_with_producer(
@@ -76,40 +71,47 @@ pub async fn start_on(
     group: &str,
     producer: FutureProducer,
 ) -> Running {
-    let catalog = Catalog::load(pool).await.unwrap();
-    let stats = Arc::new(IngestStats::default());
-    let health = Arc::new(Health::default());
-    let kafka_config = KafkaConfig {
-        brokers: brokers.to_owned(),
-        group: group.to_owned(),
-        ..KafkaConfig::default()
+    let mut config = config(topic, dlq_topic, group);
+    config.kafka.brokers = brokers.to_owned();
+    start_config(&config, pool, redis, producer).await
+}
+
+/// What the tests run the pipeline with: the stack's Kafka, their own topics and group,
+/// instance `test`; no alert records, confirmations or metrics record; a batch closes at
+/// 500 readings or after 100 ms.
+pub fn config(topic: &str, dlq_topic: &str, group: &str) -> IngesterConfig {
+    let mut config = IngesterConfig {
+        id: "test".to_owned(),
+        ..IngesterConfig::default()
     };
-    let consumer =
-        cloud_ingester::kafka::consumer(&kafka_config, "test", IngestContext::new(health.clone()))
-            .unwrap();
-    let pipeline = Pipeline {
-        consumer: Arc::new(consumer),
-        producer,
-        store: Store::new(pool.clone()),
-        redis,
-        catalog,
-        confirm: None,
-        settings: PipelineSettings {
-            group: group.to_owned(),
-            topic: topic.to_owned(),
-            dlq_topic: dlq_topic.to_owned(),
-            alerts_topic: String::new(),
-            instance: "test".to_owned(),
-            batch_rows: 500,
-            batch_age: Duration::from_millis(100),
-            retention_days: None,
-            data_loss: Default::default(),
-            max_ahead: cloud_ingester::config::ClockConfig::default().max_ahead,
-            shutdown_grace: Duration::from_secs(10),
-        },
-        stats: stats.clone(),
-        health,
-    };
+    config.kafka.brokers = testkit::kafka_brokers();
+    config.kafka.group = group.to_owned();
+    config.kafka.topic = topic.to_owned();
+    config.kafka.dlq_topic = dlq_topic.to_owned();
+    config.kafka.alerts_topic = String::new();
+    config.kafka.confirm_topic = String::new();
+    config.kafka.metrics_topic = String::new();
+    config.batch.rows = 500;
+    config.batch.age = Duration::from_millis(100);
+    config
+}
+
+/// The producer of dead letters and alert records the tests give the pipeline.
+pub fn idempotent_producer() -> FutureProducer {
+    kafka().set("enable.idempotence", "true").create().unwrap()
+}
+
+/// The pipeline of `config` in this process, on the test's database.
+pub async fn start_config(
+    config: &IngesterConfig,
+    pool: &PgPool,
+    redis: Option<RedisSink>,
+    producer: FutureProducer,
+) -> Running {
+    let pipeline = Pipeline::connect(config, pool, producer, redis)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();
