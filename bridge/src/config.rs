@@ -294,9 +294,9 @@ impl CliOverrides {
 
 pub use service::config::ConfigError;
 
-impl BridgeConfig {
+impl service::run::Settings for BridgeConfig {
     /// One line on what this configuration makes the bridge do, for `--check-config`.
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> String {
         let mqtt = match self.mode {
             Mode::Embedded => format!("embedded broker on {}", self.embedded.listen),
             Mode::Client => format!("client of {}:{}", self.mqtt.host, self.mqtt.port),
@@ -319,7 +319,7 @@ impl BridgeConfig {
     }
 
     /// This configuration with its secrets hidden, for `--check-config`.
-    pub fn redacted(&self) -> Self {
+    fn redacted(&self) -> Self {
         let mut shown = self.clone();
         service::redact::secret(&mut shown.mqtt.password);
         for password in shown.embedded.users.values_mut() {
@@ -328,7 +328,12 @@ impl BridgeConfig {
         shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
         shown
     }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
 
+impl BridgeConfig {
     /// Loads the layers (the file only if given) and validates the result.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
         let mut layers = Layers::defaults(BridgeConfig::default());

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use bridge::config::{BridgeConfig, CliOverrides, LogFormat, Mode};
 use clap::Parser;
+use service::run::Runtime;
 
 /// Forwards device telemetry from MQTT into Kafka (`sensors-data`), checking every frame
 /// and setting bad ones aside in `sensors-dlq` with the reason.
@@ -77,24 +78,15 @@ fn main() -> ExitCode {
         http_listen: cli.http_listen,
         log_format: cli.log_format,
     };
-    let loaded = service::run::load_config("bridge", cli.config.as_deref(), |file| {
-        BridgeConfig::load(file, &overrides)
-    });
-    let (config, source) = match loaded {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    if cli.check_config {
-        return service::config::print_check(
-            "bridge",
-            &source,
-            &config.summary(),
-            &config.redacted(),
-        );
-    }
-    config.log.init();
-    service::run::to_exit("bridge", async {
-        let bridge = bridge::Bridge::start(config).await?;
-        bridge.run_until(service::shutdown_signal()).await
-    })
+    service::run::main(
+        "bridge",
+        cli.config.as_deref(),
+        cli.check_config,
+        |file| BridgeConfig::load(file, &overrides),
+        Runtime::MultiThread,
+        |config| async {
+            let bridge = bridge::Bridge::start(config).await?;
+            bridge.run_until(service::shutdown_signal()).await
+        },
+    )
 }

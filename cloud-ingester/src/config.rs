@@ -265,6 +265,39 @@ const CONVENTIONAL_ENV: [(&str, &str); 3] = [
     ("KAFKA_BROKERS", "kafka.brokers"),
 ];
 
+impl service::run::Settings for IngesterConfig {
+    /// One line on what this configuration makes the ingester do, for `--check-config`.
+    fn summary(&self) -> String {
+        format!(
+            "{} in group {} storing Kafka {} topic {} (DLQ {}) into PostgreSQL {}, {}, metrics on http://{}/metrics",
+            self.id,
+            self.kafka.group,
+            self.kafka.brokers,
+            self.kafka.topic,
+            self.kafka.dlq_topic,
+            redact_url(&self.database.url),
+            if self.redis.url.is_empty() {
+                "no Redis".to_owned()
+            } else {
+                format!("Redis {}", redact_url(&self.redis.url))
+            },
+            self.http.listen,
+        )
+    }
+
+    /// This configuration with its secrets hidden, for `--check-config`.
+    fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        shown.redis.url = redact_url(&shown.redis.url);
+        shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
+        shown
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
 impl IngesterConfig {
     /// Loads the layers (the file only if given) and validates the result.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
@@ -393,34 +426,6 @@ impl IngesterConfig {
         } else {
             Err(ConfigError::Invalid(problems))
         }
-    }
-
-    /// One line on what this configuration makes the ingester do, for `--check-config`.
-    pub fn summary(&self) -> String {
-        format!(
-            "{} in group {} storing Kafka {} topic {} (DLQ {}) into PostgreSQL {}, {}, metrics on http://{}/metrics",
-            self.id,
-            self.kafka.group,
-            self.kafka.brokers,
-            self.kafka.topic,
-            self.kafka.dlq_topic,
-            redact_url(&self.database.url),
-            if self.redis.url.is_empty() {
-                "no Redis".to_owned()
-            } else {
-                format!("Redis {}", redact_url(&self.redis.url))
-            },
-            self.http.listen,
-        )
-    }
-
-    /// This configuration with its secrets hidden, for `--check-config`.
-    pub fn redacted(&self) -> Self {
-        let mut shown = self.clone();
-        shown.database.url = redact_url(&shown.database.url);
-        shown.redis.url = redact_url(&shown.redis.url);
-        shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
-        shown
     }
 }
 
@@ -601,7 +606,7 @@ mod tests {
         );
         let mut config = with_url();
         config.redis.url = "rediss://:hunter2@cache:6380/0".to_owned();
-        let shown = toml::to_string(&config.redacted()).unwrap();
+        let shown = toml::to_string(&service::run::Settings::redacted(&config)).unwrap();
         assert!(
             !shown.contains("hunter2") && !shown.contains(":p@"),
             "{shown}"

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use cloud_ingester::config::{CliOverrides, IngesterConfig, LogFormat};
 use cloud_ingester::Ingester;
+use service::run::Runtime;
 
 /// Consumes device frames from Kafka (`sensors-data`) into PostgreSQL (`sensor_readings`,
 /// hourly statistics) and Redis (latest values), exactly once in effect: offsets are
@@ -101,26 +102,17 @@ fn main() -> ExitCode {
         http_listen: cli.http_listen,
         log_format: cli.log_format,
     };
-    let loaded = service::run::load_config("cloud-ingester", cli.config.as_deref(), |file| {
-        IngesterConfig::load(file, &overrides)
-    });
-    let (config, source) = match loaded {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    if cli.check_config {
-        return service::config::print_check(
-            "cloud-ingester",
-            &source,
-            &config.summary(),
-            &config.redacted(),
-        );
-    }
-    config.log.init();
-    service::run::to_exit("cloud-ingester", async {
-        Ingester::start(config)
-            .await?
-            .run_until(service::shutdown_signal())
-            .await
-    })
+    service::run::main(
+        "cloud-ingester",
+        cli.config.as_deref(),
+        cli.check_config,
+        |file| IngesterConfig::load(file, &overrides),
+        Runtime::MultiThread,
+        |config| async {
+            Ingester::start(config)
+                .await?
+                .run_until(service::shutdown_signal())
+                .await
+        },
+    )
 }

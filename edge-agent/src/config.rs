@@ -262,9 +262,9 @@ pub struct CliOverrides {
 
 pub use service::config::ConfigError;
 
-impl AgentConfig {
+impl service::run::Settings for AgentConfig {
     /// One line on what this configuration makes the agent do, for `--check-config`.
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> String {
         let channels: usize = self.devices.iter().map(|d| d.channels.len()).sum();
         format!(
             "gateway {} publishing {} devices ({channels} channels) to {}:{}, queue in {} (cap {})",
@@ -278,12 +278,17 @@ impl AgentConfig {
     }
 
     /// This configuration with the MQTT password hidden, for `--check-config`.
-    pub fn redacted(&self) -> Self {
+    fn redacted(&self) -> Self {
         let mut shown = self.clone();
         service::redact::secret(&mut shown.mqtt.password);
         shown
     }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
 
+impl AgentConfig {
     /// Loads and checks the configuration from `file`, the environment and `cli`.
     pub fn load(file: &Path, cli: &CliOverrides) -> Result<Self, ConfigError> {
         if !file.exists() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use edge_agent::config::{AgentConfig, CliOverrides, LogFormat};
-use tracing::error;
+use service::run::Runtime;
 
 /// Samples or simulates machine sensors and delivers every reading to an MQTT broker as
 /// compact binary frames, keeping each frame on disk until the broker acknowledges it.
@@ -57,45 +57,13 @@ fn main() -> ExitCode {
         queue_dir: cli.queue_dir.clone(),
         log_format: cli.log_format,
     };
-    let config = match AgentConfig::load(&cli.config, &overrides) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("edge-agent: {}: {e}", cli.config.display());
-            return ExitCode::from(2);
-        }
-    };
-    if cli.check_config {
-        let source = cli.config.display().to_string();
-        return service::config::print_check(
-            "edge-agent",
-            &source,
-            &config.summary(),
-            &config.redacted(),
-        );
-    }
-    config.log.init();
-
-    // One thread: the agent is I/O bound and small; a thread pool would only add memory.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("edge-agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(edge_agent::agent::run(
-        config,
-        service::shutdown_signal(),
-        cli.shutdown_grace,
-    )) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            eprintln!("edge-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let shutdown_grace = cli.shutdown_grace;
+    service::run::main(
+        "edge-agent",
+        Some(&cli.config),
+        cli.check_config,
+        |file| AgentConfig::load(file.unwrap_or(&cli.config), &overrides),
+        Runtime::CurrentThread,
+        |config| edge_agent::agent::run(config, service::shutdown_signal(), shutdown_grace),
+    )
 }

@@ -6,8 +6,8 @@
 //! agent on the Pi adds `config` and `logging`. The cloud services also enable `http`
 //! (the recorder in [`metrics`], the endpoint in [`http`], what readiness is made of in
 //! [`readiness`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules
-//! in [`dead_letter`], the configuration checks in [`kafka_config`]); `logging` also
-//! brings [`run`], the start and end of every cloud service's `main`.
+//! in [`dead_letter`], the configuration checks in [`kafka_config`]); `logging` with
+//! `config` brings [`run`], what every binary's `main` does after parsing its flags.
 
 pub mod clock;
 #[cfg(feature = "config")]
@@ -27,7 +27,7 @@ pub mod metrics_record;
 #[cfg(feature = "http")]
 pub mod readiness;
 pub mod redact;
-#[cfg(feature = "logging")]
+#[cfg(all(feature = "logging", feature = "config"))]
 pub mod run;
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the signals a service manager, a container
