@@ -63,12 +63,7 @@ impl Bridge {
         let stop_rest = CancellationToken::new();
 
         let (http_addr, http) =
-            service::http::serve(config.http.listen, health.clone(), stop_rest.clone())
-                .await
-                .with_context(|| {
-                    format!("cannot serve HTTP on {} (http.listen)", config.http.listen)
-                })?;
-        tokio::spawn(service::metrics::prometheus_upkeep(stop_rest.clone()));
+            service::http::serve(&config.http, health.clone(), stop_rest.clone()).await?;
         tokio::spawn(watch_progress(
             stats.clone(),
             health.clone(),

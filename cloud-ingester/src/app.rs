@@ -42,7 +42,6 @@ pub struct Ingester {
     stats: Arc<IngestStats>,
     health: Arc<Health>,
     http: JoinHandle<()>,
-    upkeep: JoinHandle<()>,
     /// `None` when `kafka.metrics_topic` is empty.
     metrics_record: Option<JoinHandle<()>>,
     stop_rest: CancellationToken,
@@ -89,12 +88,7 @@ impl Ingester {
 
         let stop_rest = CancellationToken::new();
         let (http_addr, http) =
-            service::http::serve(config.http.listen, health.clone(), stop_rest.clone())
-                .await
-                .with_context(|| {
-                    format!("cannot serve HTTP on {} (http.listen)", config.http.listen)
-                })?;
-        let upkeep = tokio::spawn(service::metrics::prometheus_upkeep(stop_rest.clone()));
+            service::http::serve(&config.http, health.clone(), stop_rest.clone()).await?;
         let metrics_record = (!config.kafka.metrics_topic.is_empty()).then(|| {
             let (stats, id) = (stats.clone(), config.id.clone());
             tokio::spawn(service::metrics_record::publish_periodically(
@@ -137,7 +131,6 @@ impl Ingester {
             stats,
             health,
             http,
-            upkeep,
             metrics_record,
             stop_rest,
         })
@@ -169,7 +162,6 @@ impl Ingester {
             producer,
             stats,
             http,
-            upkeep,
             metrics_record,
             stop_rest,
             ..
@@ -204,10 +196,7 @@ impl Ingester {
         )
         .await;
         stop_rest.cancel();
-        for task in [Some(http), Some(upkeep), metrics_record]
-            .into_iter()
-            .flatten()
-        {
+        for task in [Some(http), metrics_record].into_iter().flatten() {
             let _ = task.await;
         }
         // During a Kafka outage nothing would go out: wait no longer than the grace allows.

@@ -45,16 +45,32 @@ pub trait Readiness: Send + Sync + 'static {
     }
 }
 
+/// The endpoint could not listen where `http.listen` says.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve HTTP on {listen} (http.listen): {source}")]
+pub struct ServeError {
+    pub listen: SocketAddr,
+    pub source: std::io::Error,
+}
+
 /// Binds the listener now (so a taken port is a start-up error) and serves `/metrics`,
-/// `/livez` and `/readyz` until `shutdown`. Returns the bound address (`listen` may ask
-/// for port 0) and the serving task.
+/// `/livez` and `/readyz` until `shutdown`, keeping the Prometheus recorder's histograms
+/// folded meanwhile ([`crate::metrics::prometheus_upkeep`]). Returns the bound address
+/// (`http.listen` may ask for port 0) and the task, which ends after `shutdown`.
 pub async fn serve(
-    listen: SocketAddr,
+    config: &HttpConfig,
     readiness: Arc<dyn Readiness>,
     shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
+    let listen = config.listen;
+    let bound = async {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        Ok::<_, std::io::Error>((listener, addr))
+    };
+    let (listener, addr) = bound
+        .await
+        .map_err(|source| ServeError { listen, source })?;
     let app = Router::new()
         .route(
             "/metrics",
@@ -63,10 +79,10 @@ pub async fn serve(
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(readiness);
+    let upkeep = crate::metrics::prometheus_upkeep(shutdown.clone());
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+        let (served, ()) = tokio::join!(served, upkeep);
         if let Err(e) = served {
             tracing::error!("HTTP endpoint stopped: {e}");
         }
@@ -139,9 +155,15 @@ mod tests {
     async fn readyz_follows_the_checks_and_names_each_dependency() {
         let flags = Arc::new(Flags(AtomicBool::new(false)));
         let stop = CancellationToken::new();
-        let (addr, task) = serve(([127, 0, 0, 1], 0).into(), flags.clone(), stop.clone())
-            .await
-            .unwrap();
+        let (addr, task) = serve(
+            &HttpConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+            },
+            flags.clone(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             get(addr, "/readyz").await,
             (503, "always connected\nflag down\n".to_owned())
@@ -160,9 +182,15 @@ mod tests {
     #[tokio::test]
     async fn a_problem_makes_it_not_ready_and_says_why() {
         let stop = CancellationToken::new();
-        let (addr, task) = serve(([127, 0, 0, 1], 0).into(), Arc::new(Stalled), stop.clone())
-            .await
-            .unwrap();
+        let (addr, task) = serve(
+            &HttpConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+            },
+            Arc::new(Stalled),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             get(addr, "/readyz").await,
             (
