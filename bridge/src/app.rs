@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::producer::Producer as _;
+use service::http::Readiness as _;
+use service::metrics_record::Recorder;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -356,35 +358,25 @@ async fn watch_progress(stats: Arc<Stats>, health: Arc<Health>, stop: Cancellati
     }
 }
 
-/// The body of the metrics records: the counters, and the rates since the previous
-/// record.
+/// The body of the periodic records on the metrics topic
+/// (`contracts::metrics::MetricsRecord`).
 fn metrics_record(
     config: &BridgeConfig,
     stats: Arc<Stats>,
     health: Arc<Health>,
 ) -> impl FnMut() -> serde_json::Value + Send + 'static {
-    let (id, mode) = (config.id.clone(), config.mode);
-    let mut previous = stats.snapshot();
-    let mut previous_at = tokio::time::Instant::now();
+    let mode = match config.mode {
+        Mode::Embedded => "embedded",
+        Mode::Client => "client",
+    };
+    let mut recorder = Recorder::new("bridge", &config.id, &[("mode", mode)]);
     move || {
-        let now = tokio::time::Instant::now();
-        let snapshot = stats.snapshot();
-        let seconds = now.duration_since(previous_at).as_secs_f64().max(1e-3);
-        let rate = |now: u64, before: u64| (now.saturating_sub(before)) as f64 / seconds;
-        let record = serde_json::json!({
-            "service": "bridge",
-            "instance": id,
-            "mode": mode,
-            "ts_ms": service::clock::now_ms(),
-            "mqtt_connected": health.mqtt(),
-            "kafka_connected": health.kafka(),
-            "counters": snapshot,
-            "received_per_s": rate(snapshot.received, previous.received),
-            "produced_per_s": rate(snapshot.produced, previous.produced),
-            "dead_lettered_per_s": rate(snapshot.dead_lettered, previous.dead_lettered),
-        });
-        previous = snapshot;
-        previous_at = now;
-        record
+        let counters = stats.snapshot();
+        let rated = [
+            ("received", counters.received),
+            ("produced", counters.produced),
+            ("dead_lettered", counters.dead_lettered),
+        ];
+        recorder.record(&health.checks(), counters, &rated)
     }
 }

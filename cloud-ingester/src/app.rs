@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::producer::{FutureProducer, Producer as _};
+use service::http::Readiness as _;
+use service::metrics_record::Recorder;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -90,13 +92,14 @@ impl Ingester {
         let (http_addr, http) =
             service::http::serve(&config.http, health.clone(), stop_rest.clone()).await?;
         let metrics_record = (!config.kafka.metrics_topic.is_empty()).then(|| {
-            let (stats, id) = (stats.clone(), config.id.clone());
+            let (stats, health) = (stats.clone(), health.clone());
+            let mut recorder = Recorder::new(SERVICE, &config.id, &[]);
             tokio::spawn(service::metrics_record::publish_periodically(
                 producer.clone(),
                 config.kafka.metrics_topic.clone(),
                 config.id.clone(),
                 config.kafka.metrics_interval,
-                move || snapshot_json(&stats, &id),
+                move || record(&mut recorder, &stats, &health),
                 stop_rest.clone(),
             ))
         });
@@ -161,6 +164,7 @@ impl Ingester {
             pipeline,
             producer,
             stats,
+            health,
             http,
             metrics_record,
             stop_rest,
@@ -192,7 +196,11 @@ impl Ingester {
             level,
             "stop",
             &message,
-            snapshot_json(&stats, &config.id),
+            record(
+                &mut Recorder::new(SERVICE, &config.id, &[]),
+                &stats,
+                &health,
+            ),
         )
         .await;
         stop_rest.cancel();
@@ -222,18 +230,16 @@ impl Ingester {
     }
 }
 
-/// The counters as JSON with the instance and the time: the body of the metrics records
-/// and the details of the stop event.
-fn snapshot_json(stats: &IngestStats, instance: &str) -> serde_json::Value {
-    let mut record = match serde_json::to_value(stats.snapshot()) {
-        Ok(serde_json::Value::Object(fields)) => fields,
-        // A struct of numbers always serializes to an object; an empty record beats none.
-        _ => serde_json::Map::new(),
-    };
-    record.insert("service".to_owned(), SERVICE.into());
-    record.insert("instance".to_owned(), instance.into());
-    record.insert("at_ms".to_owned(), service::clock::now_ms_i64().into());
-    serde_json::Value::Object(record)
+/// The metrics record (`contracts::metrics::MetricsRecord`) of the counters now: the body
+/// of the records on the metrics topic and the details of the stop event.
+fn record(recorder: &mut Recorder, stats: &IngestStats, health: &Health) -> serde_json::Value {
+    let counters = stats.snapshot();
+    let rated = [
+        ("records", counters.records),
+        ("inserted", counters.inserted),
+        ("dead_lettered", counters.dead_lettered),
+    ];
+    recorder.record(&health.checks(), counters, &rated)
 }
 
 /// Appends a `system_events` row. A failure is logged, never fatal: the operation log

@@ -125,13 +125,16 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
             continue;
         };
         let record: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-        if record["inserted"] == inserted {
+        if record["counters"]["inserted"] == inserted {
             assert_eq!(message.key(), Some(id.as_bytes()));
             break record;
         }
     };
+    assert_eq!(record["service"], "cloud-ingester");
     assert_eq!(record["instance"], id.as_str());
     assert!(record["at_ms"].as_u64().unwrap() >= now);
+    assert_eq!(record["connected"]["postgresql"], true);
+    assert!(record["per_s"]["inserted"].as_f64().is_some(), "{record}");
 
     let started = events(&pool, &id, "start").await;
     assert_eq!(started.len(), 1, "{started:?}");
@@ -143,5 +146,5 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
     assert!(status.success(), "{status}");
     let stopped = events(&pool, &id, "stop").await;
     assert_eq!(stopped.len(), 1, "{stopped:?}");
-    assert_eq!(stopped[0]["inserted"], inserted);
+    assert_eq!(stopped[0]["counters"]["inserted"], inserted);
 }

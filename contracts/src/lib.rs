@@ -12,5 +12,6 @@
 pub mod alerts;
 pub mod dead_letter;
 pub mod meta;
+pub mod metrics;
 pub mod redis;
 pub mod status;
