@@ -26,11 +26,11 @@ use crate::config::{BridgeConfig, Mode};
 use crate::confirm_relay::{ConfirmRelay, ConfirmSink};
 use crate::embedded;
 use crate::forward::{Forwarder, ForwarderSettings};
-use crate::health::Health;
 use crate::kafka::{create_producer, ensure_topics, Producer};
 use crate::latest::{Latest, LatestSink};
 use crate::meta::Metas;
 use crate::mqtt_client::{ClientSource, Outlets};
+use crate::readiness::BridgeReadiness;
 use crate::stats::{Stats, StatsSnapshot};
 
 /// At most this long, embedded mode keeps forwarding at shutdown.
@@ -40,7 +40,7 @@ pub struct Bridge {
     http_addr: SocketAddr,
     mqtt_addr: Option<SocketAddr>,
     stats: Arc<Stats>,
-    health: Arc<Health>,
+    readiness: Arc<BridgeReadiness>,
     producer: Producer,
     forwarder: JoinHandle<anyhow::Result<()>>,
     source: JoinHandle<()>,
@@ -58,17 +58,17 @@ impl Bridge {
     /// forwarder waits for it (logging) before it takes any message.
     pub async fn start(config: BridgeConfig) -> anyhow::Result<Bridge> {
         let stats = Arc::new(Stats::new());
-        let health = Arc::new(Health::default());
+        let readiness = Arc::new(BridgeReadiness::default());
         let stop_forwarding = CancellationToken::new();
         let stop_source = CancellationToken::new();
         let stop_relay = CancellationToken::new();
         let stop_rest = CancellationToken::new();
 
         let (http_addr, http) =
-            service::http::serve(&config.http, health.clone(), stop_rest.clone()).await?;
+            service::http::serve(&config.http, readiness.clone(), stop_rest.clone()).await?;
         tokio::spawn(watch_progress(
             stats.clone(),
-            health.clone(),
+            readiness.clone(),
             stop_rest.clone(),
         ));
         let producer = create_producer(
@@ -76,7 +76,7 @@ impl Bridge {
             &config.id,
             config.forward.max_in_flight,
             stats.clone(),
-            health.clone(),
+            readiness.clone(),
         )
         .context("cannot create the Kafka producer (check kafka.properties)")?;
 
@@ -105,7 +105,7 @@ impl Bridge {
                 let filter = protocol::topic::filter(&config.topic_prefix, telemetry)
                     .map_err(|e| anyhow::anyhow!("topic_prefix: {e}"))?;
                 let broker = embedded::start(&config.embedded, &filter, meta_filter.as_deref())?;
-                health.set_mqtt(true);
+                readiness.set_mqtt(true);
                 let (sub_tx, sub_rx) = broker.subscription;
                 tokio::spawn(embedded::watch_overruns(broker.alerts, stats.clone()));
                 if let Some(metas) = &metas {
@@ -155,7 +155,7 @@ impl Bridge {
                 let (connected, connection) = watch::channel(None);
                 let source = tokio::spawn(client.run(Outlets {
                     tx,
-                    health: health.clone(),
+                    readiness: readiness.clone(),
                     stats: stats.clone(),
                     stop: stop_source.clone(),
                     connected,
@@ -211,7 +211,7 @@ impl Bridge {
             rx,
             stop_forwarding.clone(),
             stop_rest.clone(),
-            health.clone(),
+            readiness.clone(),
         ));
         info!(
             mode = ?config.mode,
@@ -223,7 +223,7 @@ impl Bridge {
             http_addr,
             mqtt_addr,
             stats,
-            health,
+            readiness,
             producer,
             forwarder,
             source,
@@ -250,8 +250,8 @@ impl Bridge {
         self.stats.clone()
     }
 
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
+    pub fn readiness(&self) -> Arc<BridgeReadiness> {
+        self.readiness.clone()
     }
 
     /// Runs until `shutdown` completes or forwarding fails, then shuts down gracefully.
@@ -317,7 +317,7 @@ async fn forward_when_ready(
     rx: mpsc::Receiver<crate::inbound::Inbound>,
     stop: CancellationToken,
     stop_rest: CancellationToken,
-    health: Arc<Health>,
+    readiness: Arc<BridgeReadiness>,
 ) -> anyhow::Result<()> {
     let mut topics = vec![config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
     if !config.kafka.metrics_topic.is_empty() {
@@ -333,7 +333,7 @@ async fn forward_when_ready(
             config.kafka.metrics_topic.clone(),
             config.id.clone(),
             config.kafka.metrics_interval,
-            metrics_record(&config, forwarder.stats().clone(), health),
+            metrics_record(&config, forwarder.stats().clone(), readiness),
             stop_rest,
         ));
     }
@@ -344,14 +344,18 @@ async fn forward_when_ready(
 }
 
 /// Shows the forwarder's counters to the readiness check every second, so a producer
-/// that stops confirming while messages wait turns `/readyz` to 503 (see `health`).
-async fn watch_progress(stats: Arc<Stats>, health: Arc<Health>, stop: CancellationToken) {
+/// that stops confirming while messages wait turns `/readyz` to 503 (see `readiness`).
+async fn watch_progress(
+    stats: Arc<Stats>,
+    readiness: Arc<BridgeReadiness>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let snapshot = stats.snapshot();
-                health.observe(snapshot.in_flight, snapshot.produced, std::time::Instant::now());
+                readiness.observe(snapshot.in_flight, snapshot.produced, std::time::Instant::now());
             }
             _ = stop.cancelled() => return,
         }
@@ -363,7 +367,7 @@ async fn watch_progress(stats: Arc<Stats>, health: Arc<Health>, stop: Cancellati
 fn metrics_record(
     config: &BridgeConfig,
     stats: Arc<Stats>,
-    health: Arc<Health>,
+    readiness: Arc<BridgeReadiness>,
 ) -> impl FnMut() -> serde_json::Value + Send + 'static {
     let mode = match config.mode {
         Mode::Embedded => "embedded",
@@ -377,6 +381,6 @@ fn metrics_record(
             ("produced", counters.produced),
             ("dead_lettered", counters.dead_lettered),
         ];
-        recorder.record(&health.checks(), counters, &rated)
+        recorder.record(&readiness.checks(), counters, &rated)
     }
 }

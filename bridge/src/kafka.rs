@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::KafkaConfig;
-use crate::health::Health;
+use crate::readiness::BridgeReadiness;
 use crate::stats::Stats;
 use crate::validate::Rejection;
 use protocol::kafka::headers;
@@ -27,7 +27,7 @@ pub type Producer = FutureProducer<KafkaContext>;
 /// Receives librdkafka's statistics (queue depth, broker states) and errors.
 pub struct KafkaContext {
     stats: Arc<Stats>,
-    health: Arc<Health>,
+    readiness: Arc<BridgeReadiness>,
     brokers: String,
 }
 
@@ -36,7 +36,7 @@ impl ClientContext for KafkaContext {
         self.stats
             .set_kafka_queue(statistics.msg_cnt, statistics.msg_size);
         let up = statistics.brokers.values().any(|b| b.state == "UP");
-        let was_up = self.health.set_kafka(up);
+        let was_up = self.readiness.set_kafka(up);
         if up && !was_up {
             info!(brokers = %self.brokers, "Kafka connected");
         } else if was_up && !up {
@@ -169,11 +169,11 @@ pub fn create_producer(
     client_id: &str,
     max_in_flight: usize,
     stats: Arc<Stats>,
-    health: Arc<Health>,
+    readiness: Arc<BridgeReadiness>,
 ) -> Result<Producer, KafkaError> {
     producer_config(config, client_id, max_in_flight).create_with_context(KafkaContext {
         stats,
-        health,
+        readiness,
         brokers: config.brokers.clone(),
     })
 }

@@ -13,12 +13,12 @@ pub mod config;
 pub mod confirm_relay;
 pub mod embedded;
 pub mod forward;
-pub mod health;
 pub mod inbound;
 pub mod kafka;
 pub mod latest;
 pub mod meta;
 pub mod mqtt_client;
+pub mod readiness;
 pub mod stats;
 pub mod validate;
 

@@ -55,7 +55,7 @@ struct Cli {
     /// Kafka bootstrap servers (overrides kafka.brokers).
     #[arg(long)]
     kafka_brokers: Option<String>,
-    /// Metrics and health endpoint address (overrides http.listen).
+    /// Address of /metrics, /livez and /readyz (overrides http.listen).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
     /// Log format (overrides log.format).

@@ -34,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::MqttClientConfig;
-use crate::health::Health;
 use crate::inbound::{Ack, Inbound};
 use crate::meta::{self, Metas};
+use crate::readiness::BridgeReadiness;
 use crate::stats::Stats;
 use service::clock::now_ms;
 
@@ -54,7 +54,7 @@ pub struct ClientSource {
 /// Where the client's messages and state go.
 pub struct Outlets {
     pub tx: mpsc::Sender<Inbound>,
-    pub health: Arc<Health>,
+    pub readiness: Arc<BridgeReadiness>,
     pub stats: Arc<Stats>,
     pub stop: CancellationToken,
     /// The client of the live connection, `None` between connections: the
@@ -116,7 +116,7 @@ impl ClientSource {
             let outcome = self
                 .serve(&mut connection, &outlets, &broker, &mut backoff)
                 .await;
-            outlets.health.set_mqtt(false);
+            outlets.readiness.set_mqtt(false);
             outlets.connected.send_replace(None);
             if let ConnectionEnd::Stop = outcome {
                 disconnect(&connection.client, &mut connection.eventloop).await;
@@ -175,7 +175,7 @@ impl ClientSource {
                         );
                     }
                     match telemetry {
-                        Some(SubscribeReasonCode::Success(_)) => outlets.health.set_mqtt(true),
+                        Some(SubscribeReasonCode::Success(_)) => outlets.readiness.set_mqtt(true),
                         code => error!(
                             filter = self.filter,
                             "the broker refused the subscription: {code:?}{}",
@@ -231,7 +231,7 @@ impl ClientSource {
                     };
                     if stalled {
                         outlets.stats.mqtt_stall();
-                        outlets.health.set_mqtt(false);
+                        outlets.readiness.set_mqtt(false);
                         warn!(
                             broker,
                             "the broker has sent more unacknowledged messages than the \
@@ -242,7 +242,7 @@ impl ClientSource {
                         // Fails only once the forwarder has stopped taking messages; the
                         // message stays unacknowledged and the broker keeps it.
                         let _ = send.await;
-                        outlets.health.set_mqtt(true);
+                        outlets.readiness.set_mqtt(true);
                     }
                 }
                 Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {

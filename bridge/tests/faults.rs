@@ -351,7 +351,7 @@ async fn a_bridge_started_before_its_brokers_waits_for_them_then_forwards() {
     let bridge = bridge::Bridge::start(config)
         .await
         .expect("starts without its brokers");
-    let health = bridge.health();
+    let readiness = bridge.readiness();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(bridge.run_until(async {
         let _ = stopped.await;
@@ -359,14 +359,14 @@ async fn a_bridge_started_before_its_brokers_waits_for_them_then_forwards() {
     // A negative check over a fixed window: with neither broker there, nothing can show
     // the bridge trying; it must neither claim a connection nor give up.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!health.mqtt() && !health.kafka() && !running.is_finished());
+    assert!(!readiness.mqtt() && !readiness.kafka() && !running.is_finished());
 
     mosquitto.restart();
     let kafka = tokio::task::spawn_blocking(move || testkit::Tansu::start_on(kafka_port))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !health.ready() {
+    while !readiness.ready() {
         assert!(
             Instant::now() < deadline,
             "not ready after the brokers came up"

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::IngesterConfig;
-use crate::health::Health;
 use crate::kafka;
 use crate::pipeline::Pipeline;
+use crate::readiness::IngesterReadiness;
 use crate::redis_sink::RedisSink;
 use crate::stats::{IngestSnapshot, IngestStats};
 use crate::store::{EventLevel, Store};
@@ -42,7 +42,7 @@ pub struct Ingester {
     pipeline: Pipeline,
     producer: FutureProducer,
     stats: Arc<IngestStats>,
-    health: Arc<Health>,
+    readiness: Arc<IngesterReadiness>,
     http: JoinHandle<()>,
     /// `None` when `kafka.metrics_topic` is empty.
     metrics_record: Option<JoinHandle<()>>,
@@ -86,20 +86,20 @@ impl Ingester {
             )
         };
         let pipeline = Pipeline::connect(&config, &pool, producer.clone(), redis).await?;
-        let (stats, health) = (pipeline.stats(), pipeline.health());
+        let (stats, readiness) = (pipeline.stats(), pipeline.readiness());
 
         let stop_rest = CancellationToken::new();
         let (http_addr, http) =
-            service::http::serve(&config.http, health.clone(), stop_rest.clone()).await?;
+            service::http::serve(&config.http, readiness.clone(), stop_rest.clone()).await?;
         let metrics_record = (!config.kafka.metrics_topic.is_empty()).then(|| {
-            let (stats, health) = (stats.clone(), health.clone());
+            let (stats, readiness) = (stats.clone(), readiness.clone());
             let mut recorder = Recorder::new(SERVICE, &config.id, &[]);
             tokio::spawn(service::metrics_record::publish_periodically(
                 producer.clone(),
                 config.kafka.metrics_topic.clone(),
                 config.id.clone(),
                 config.kafka.metrics_interval,
-                move || record(&mut recorder, &stats, &health),
+                move || record(&mut recorder, &stats, &readiness),
                 stop_rest.clone(),
             ))
         });
@@ -132,7 +132,7 @@ impl Ingester {
             pipeline,
             producer,
             stats,
-            health,
+            readiness,
             http,
             metrics_record,
             stop_rest,
@@ -148,8 +148,8 @@ impl Ingester {
         self.stats.clone()
     }
 
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
+    pub fn readiness(&self) -> Arc<IngesterReadiness> {
+        self.readiness.clone()
     }
 
     /// Consumes until `shutdown` completes or the loop fails, then shuts down in the order
@@ -164,7 +164,7 @@ impl Ingester {
             pipeline,
             producer,
             stats,
-            health,
+            readiness,
             http,
             metrics_record,
             stop_rest,
@@ -199,7 +199,7 @@ impl Ingester {
             record(
                 &mut Recorder::new(SERVICE, &config.id, &[]),
                 &stats,
-                &health,
+                &readiness,
             ),
         )
         .await;
@@ -232,14 +232,18 @@ impl Ingester {
 
 /// The metrics record (`contracts::metrics::MetricsRecord`) of the counters now: the body
 /// of the records on the metrics topic and the details of the stop event.
-fn record(recorder: &mut Recorder, stats: &IngestStats, health: &Health) -> serde_json::Value {
+fn record(
+    recorder: &mut Recorder,
+    stats: &IngestStats,
+    readiness: &IngesterReadiness,
+) -> serde_json::Value {
     let counters = stats.snapshot();
     let rated = [
         ("records", counters.records),
         ("inserted", counters.inserted),
         ("dead_lettered", counters.dead_lettered),
     ];
-    recorder.record(&health.checks(), counters, &rated)
+    recorder.record(&readiness.checks(), counters, &rated)
 }
 
 /// Appends a `system_events` row. A failure is logged, never fatal: the operation log

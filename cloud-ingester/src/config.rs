@@ -397,7 +397,7 @@ impl IngesterConfig {
         service::kafka_config::refuse_managed(
             &self.kafka.properties,
             MANAGED_KAFKA_PROPERTIES,
-            "set by the ingester (its delivery guarantee or health depends on it)",
+            "set by the ingester (its delivery guarantee or readiness depends on it)",
             &mut problems,
         );
         if !(1..=1_000_000).contains(&self.batch.rows) {
@@ -431,7 +431,7 @@ impl IngesterConfig {
 
 /// librdkafka properties the ingester sets itself and will not take from the config:
 /// offsets stored only after the PostgreSQL commit, no records skipped by a new group,
-/// dead letters never given up on, and the statistics that feed lag and health.
+/// dead letters never given up on, and the statistics that feed lag and readiness.
 const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
     "bootstrap.servers",
     "group.id",

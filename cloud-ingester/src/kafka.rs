@@ -1,6 +1,6 @@
 //! The Kafka side of the ingester: consumer and producer settings, and the consumer's
 //! context, which turns librdkafka's statistics into each partition's high watermark
-//! and the Kafka health flag.
+//! and the Kafka readiness flag.
 //!
 //! The consumer never joins a group: the pipeline assigns it the partitions this
 //! instance leases in PostgreSQL (`ownership`), from the offsets stored there. The group
@@ -20,22 +20,22 @@ use rdkafka::ClientContext;
 use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
-use crate::health::Health;
+use crate::readiness::IngesterReadiness;
 
 /// How often librdkafka reports statistics: the refresh of the lag gauges and of the
-/// Kafka health flag.
+/// Kafka readiness flag.
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// The consumer's context: statistics and errors.
 pub struct IngestContext {
-    health: Arc<Health>,
+    readiness: Arc<IngesterReadiness>,
     high_watermarks: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl IngestContext {
-    pub fn new(health: Arc<Health>) -> Self {
+    pub fn new(readiness: Arc<IngesterReadiness>) -> Self {
         Self {
-            health,
+            readiness,
             high_watermarks: Mutex::new(BTreeMap::new()),
         }
     }
@@ -49,7 +49,7 @@ impl IngestContext {
     }
 
     fn set_kafka(&self, up: bool) {
-        let was_up = self.health.set_kafka(up);
+        let was_up = self.readiness.set_kafka(up);
         if up && !was_up {
             info!("Kafka connected");
         } else if was_up && !up {

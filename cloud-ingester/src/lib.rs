@@ -15,7 +15,7 @@
 //! - `app`: the whole service ([`Ingester`]): started, run until a signal, shut down in
 //!   the order that loses nothing;
 //! - `config`, `kafka` (consumer settings, lag, rebalances), `stats` (Prometheus),
-//!   `health` (readiness).
+//!   `readiness` (`/readyz`).
 //!
 //! See ARCHITECTURE.md.
 
@@ -29,10 +29,10 @@ pub mod confirmations;
 pub mod coverage;
 pub mod dead_letters;
 pub mod future_dated;
-pub mod health;
 pub mod kafka;
 pub mod ownership;
 pub mod pipeline;
+pub mod readiness;
 pub mod redis_sink;
 pub mod rows;
 pub mod stats;

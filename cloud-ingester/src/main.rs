@@ -72,7 +72,7 @@ struct Cli {
     /// Run the database migrations before starting (sets database.migrate).
     #[arg(long)]
     migrate: bool,
-    /// Metrics and health endpoint address (overrides http.listen).
+    /// Address of /metrics, /livez and /readyz (overrides http.listen).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
     /// Log format (overrides log.format).

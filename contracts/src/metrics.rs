@@ -40,7 +40,7 @@ mod tests {
             "per_s":{"received":0.5}}"#;
         let record: MetricsRecord<serde_json::Value> = serde_json::from_str(text).unwrap();
         assert_eq!(record.counters["received"], 2);
-        assert_eq!(record.connected["mqtt"], false);
+        assert!(!record.connected["mqtt"]);
         assert_eq!(record.labels["mode"], "embedded");
         let bare = r#"{"service":"cloud-ingester","instance":"i","at_ms":1,"counters":{}}"#;
         let record: MetricsRecord<serde_json::Value> = serde_json::from_str(bare).unwrap();

@@ -50,7 +50,7 @@ impl Services {
         // Creates its topics before it returns.
         let started = bridge::Bridge::start(config).await.expect("bridge starts");
         let (mqtt, bridge_http) = (started.mqtt_addr().unwrap(), started.http_addr());
-        let bridge_health = started.health();
+        let bridge_readiness = started.readiness();
         let (stop_bridge, stopped) = tokio::sync::oneshot::channel::<()>();
         let bridge = tokio::spawn(started.run_until(async {
             let _ = stopped.await;
@@ -58,7 +58,7 @@ impl Services {
 
         // Kafka counts as connected once librdkafka's first statistics arrive.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !bridge_health.ready() {
+        while !bridge_readiness.ready() {
             assert!(Instant::now() < deadline, "the bridge is not ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

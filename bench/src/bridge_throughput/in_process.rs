@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bridge::config::{BridgeConfig, Mode};
-use bridge::health::Health;
+use bridge::readiness::BridgeReadiness;
 use bridge::stats::{Stats, StatsSnapshot};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -34,7 +34,7 @@ pub(super) fn bridge_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// apart from the publishers'.
 struct RunningBridge {
     stats: Arc<Stats>,
-    health: Arc<Health>,
+    readiness: Arc<BridgeReadiness>,
     mqtt_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     done: JoinHandle<anyhow::Result<StatsSnapshot>>,
@@ -49,7 +49,7 @@ impl RunningBridge {
         let (stop, stop_rx) = oneshot::channel::<()>();
         let done = runtime.spawn(async move {
             let bridge = bridge::Bridge::start(config).await?;
-            let _ = started_tx.send((bridge.stats(), bridge.health(), bridge.mqtt_addr()));
+            let _ = started_tx.send((bridge.stats(), bridge.readiness(), bridge.mqtt_addr()));
             bridge
                 .run_until(async {
                     let _ = stop_rx.await;
@@ -57,9 +57,9 @@ impl RunningBridge {
                 .await
         });
         match started_rx.await {
-            Ok((stats, health, mqtt_addr)) => Ok(RunningBridge {
+            Ok((stats, readiness, mqtt_addr)) => Ok(RunningBridge {
                 stats,
-                health,
+                readiness,
                 mqtt_addr,
                 stop,
                 done,
@@ -77,8 +77,8 @@ impl RunningBridge {
     }
 
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let health = self.health.clone();
-        wait_until(Instant::now() + timeout, || health.ready())
+        let readiness = self.readiness.clone();
+        wait_until(Instant::now() + timeout, || readiness.ready())
             .await
             .map(|_| ())
             .with_context(|| {

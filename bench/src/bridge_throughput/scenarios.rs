@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bridge::health::Health;
+use bridge::readiness::BridgeReadiness;
 use bridge::stats::Stats;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::RDKafkaErrorCode;
@@ -199,7 +199,7 @@ pub(super) async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
     let port = mosquitto.port();
     let runtime = bridge_runtime()?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let health = Arc::new(Health::default());
+    let readiness = Arc::new(BridgeReadiness::default());
     let acked = Arc::new(AtomicUsize::new(0));
     let filter =
         protocol::topic::shared_filter("bench", &workload.prefix, protocol::TopicKind::Telemetry)
@@ -220,7 +220,7 @@ pub(super) async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
         tokio::sync::mpsc::channel::<bridge::inbound::Inbound>(settings.max_in_flight);
     runtime.spawn(source.run(bridge::mqtt_client::Outlets {
         tx,
-        health: health.clone(),
+        readiness: readiness.clone(),
         stats: Arc::new(Stats::new()),
         stop: stop.clone(),
         connected: tokio::sync::watch::channel(None).0,
@@ -238,9 +238,11 @@ pub(super) async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
         }
     });
     let measured = async {
-        wait_until(Instant::now() + Duration::from_secs(10), || health.mqtt())
-            .await
-            .context("the MQTT side did not connect within 10 s")?;
+        wait_until(Instant::now() + Duration::from_secs(10), || {
+            readiness.mqtt()
+        })
+        .await
+        .context("the MQTT side did not connect within 10 s")?;
         warm_up(
             port,
             &workload,

@@ -220,7 +220,7 @@ pub struct InProcess {
     pub http: SocketAddr,
     pub mqtt: Option<SocketAddr>,
     pub stats: std::sync::Arc<bridge::stats::Stats>,
-    pub health: std::sync::Arc<bridge::health::Health>,
+    pub readiness: std::sync::Arc<bridge::readiness::BridgeReadiness>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<bridge::stats::StatsSnapshot>>,
 }
@@ -232,7 +232,7 @@ impl InProcess {
         let http = bridge.http_addr();
         let mqtt = bridge.mqtt_addr();
         let stats = bridge.stats();
-        let health = bridge.health();
+        let readiness = bridge.readiness();
         let task = tokio::spawn(bridge.run_until(async {
             let _ = stopped.await;
         }));
@@ -240,7 +240,7 @@ impl InProcess {
             http,
             mqtt,
             stats,
-            health,
+            readiness,
             stop,
             task,
         };
@@ -250,7 +250,7 @@ impl InProcess {
 
     pub async fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        while !self.health.ready() {
+        while !self.readiness.ready() {
             assert!(
                 Instant::now() < deadline,
                 "bridge not ready within {within:?}"

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{LoopState, Pipeline};
-use crate::health::STALL_AFTER;
 use crate::ownership::Change;
+use crate::readiness::STALL_AFTER;
 use crate::store::EventLevel;
 
 /// How long one renewal and balancing step may take before it is tried again later.
@@ -107,8 +107,8 @@ impl Pipeline {
                 waiting += lag as u64;
             }
         }
-        self.health.set_waiting(waiting);
-        match self.health.stall() {
+        self.readiness.set_waiting(waiting);
+        match self.readiness.stall() {
             Some(stall)
                 if state
                     .stall_handled

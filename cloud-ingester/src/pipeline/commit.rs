@@ -82,7 +82,7 @@ impl Pipeline {
                 .await
             {
                 Ok(done) => {
-                    self.health.set_postgres(true);
+                    self.readiness.set_postgres(true);
                     break done;
                 }
                 // A row the decoder should never have produced: retrying cannot help.
@@ -90,7 +90,7 @@ impl Pipeline {
                 // Another instance owns some of these partitions now: nothing of the batch
                 // was stored; its records are read again by whoever owns them.
                 Err(PipelineError::Store(StoreError::LeaseLost { partitions })) => {
-                    self.health.set_postgres(true);
+                    self.readiness.set_postgres(true);
                     warn!(
                         ?partitions,
                         "lost the lease on partitions while writing; the batch was rolled \
@@ -101,7 +101,7 @@ impl Pipeline {
                 }
                 Err(e) => {
                     self.stats.store_error();
-                    self.health.set_postgres(false);
+                    self.readiness.set_postgres(false);
                     error!(
                         "PostgreSQL write failed ({e}); retrying in {} with the same batch",
                         humantime::format_duration(backoff)
@@ -133,7 +133,7 @@ impl Pipeline {
         if let Some(confirmations) = &state.confirmations {
             confirmations.after_commit(&held, &batch.routes, &batch.dead_letters);
         }
-        self.health.progressed();
+        self.readiness.progressed();
         if let Some((since, attempts, last_error)) = failing {
             let seconds = since.elapsed().as_secs_f64();
             self.event(

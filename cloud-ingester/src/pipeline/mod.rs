@@ -11,7 +11,7 @@
 //!
 //! The loop never sits still while data waits: between batches it renews its leases and
 //! balances the partitions with the other instances, and when records wait on a held
-//! partition while nothing is committed for `health::STALL_AFTER` it says so (readiness,
+//! partition while nothing is committed for `readiness::STALL_AFTER` it says so (readiness,
 //! a `stalled` system event) and re-reads its partitions from the stored offsets. Redis comes last and is best effort: when it is
 //! down, ingestion goes on and the newest value per device and channel waits in memory
 //! (one row each, so bounded) until it is back.
@@ -62,9 +62,9 @@ use crate::config::IngesterConfig;
 use crate::confirmations::{ConfirmSink, Confirmations};
 use crate::dead_letters::BurstWindow;
 use crate::future_dated::FutureDated;
-use crate::health::Health;
 use crate::kafka::{self, IngestContext};
 use crate::ownership::{Ownership, RENEW_EVERY};
+use crate::readiness::IngesterReadiness;
 use crate::redis_sink::{LiveRow, RedisSink};
 use crate::stats::IngestStats;
 use crate::store::{EventLevel, Store, StoreError};
@@ -182,13 +182,13 @@ pub struct Pipeline {
     confirm: Option<ConfirmSink>,
     settings: PipelineSettings,
     stats: Arc<IngestStats>,
-    health: Arc<Health>,
+    readiness: Arc<IngesterReadiness>,
 }
 
 impl Pipeline {
     /// The pipeline `config` describes on the connected `pool`: reads the device catalog,
     /// makes the Kafka consumer and, when `kafka.confirm_topic` is set, the producer of
-    /// confirmations, with fresh counters and health (PostgreSQL counted as up). The
+    /// confirmations, with fresh counters and readiness (PostgreSQL counted as up). The
     /// caller's `producer` carries the dead letters and alert records; `redis`, when
     /// given, takes the live view.
     pub async fn connect(
@@ -199,12 +199,12 @@ impl Pipeline {
     ) -> Result<Self, ConnectError> {
         let catalog = Catalog::load(pool).await.map_err(ConnectError::Catalog)?;
         let stats = Arc::new(IngestStats::new());
-        let health = Arc::new(Health::default());
-        health.set_postgres(true);
+        let readiness = Arc::new(IngesterReadiness::default());
+        readiness.set_postgres(true);
         let consumer = kafka::consumer(
             &config.kafka,
             &config.id,
-            IngestContext::new(health.clone()),
+            IngestContext::new(readiness.clone()),
         )
         .map_err(ConnectError::Consumer)?;
         let confirm = if config.kafka.confirm_topic.is_empty() {
@@ -226,7 +226,7 @@ impl Pipeline {
             confirm,
             settings: PipelineSettings::from_config(config),
             stats,
-            health,
+            readiness,
         })
     }
 
@@ -236,8 +236,8 @@ impl Pipeline {
     }
 
     /// What `/readyz` reports.
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
+    pub fn readiness(&self) -> Arc<IngesterReadiness> {
+        self.readiness.clone()
     }
 
     /// How many devices the catalog read at the start holds.

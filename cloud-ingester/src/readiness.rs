@@ -17,14 +17,14 @@ use service::readiness::{Flag, StallWatch};
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
-pub struct Health {
+pub struct IngesterReadiness {
     kafka: Flag,
     postgres: Flag,
     /// Records in the held partitions beyond the stored offsets, moved by commits.
     stall: StallWatch,
 }
 
-impl Default for Health {
+impl Default for IngesterReadiness {
     fn default() -> Self {
         Self {
             kafka: Flag::default(),
@@ -34,7 +34,7 @@ impl Default for Health {
     }
 }
 
-impl Health {
+impl IngesterReadiness {
     /// Returns the previous state, so callers log only the transitions.
     pub fn set_kafka(&self, up: bool) -> bool {
         self.kafka.set(up)
@@ -81,7 +81,7 @@ impl Health {
     }
 }
 
-impl Readiness for Health {
+impl Readiness for IngesterReadiness {
     fn checks(&self) -> Vec<(&'static str, bool)> {
         vec![("kafka", self.kafka()), ("postgresql", self.postgres())]
     }
@@ -97,20 +97,20 @@ mod tests {
 
     #[test]
     fn waiting_records_with_no_commit_for_long_enough_make_it_not_ready() {
-        let health = Health::default();
-        health.set_kafka(true);
-        health.set_postgres(true);
-        health.set_waiting(500);
-        assert!(health.ready(), "a fresh backlog is not a stall");
-        health.stall.progressed(Instant::now() - STALL_AFTER);
-        let stall = health.stall().expect("stalled");
+        let readiness = IngesterReadiness::default();
+        readiness.set_kafka(true);
+        readiness.set_postgres(true);
+        readiness.set_waiting(500);
+        assert!(readiness.ready(), "a fresh backlog is not a stall");
+        readiness.stall.progressed(Instant::now() - STALL_AFTER);
+        let stall = readiness.stall().expect("stalled");
         assert!(stall.starts_with("500 records wait"), "{stall}");
-        assert!(!health.ready());
-        assert_eq!(health.problems().len(), 1);
-        health.progressed();
-        assert!(health.ready(), "a commit ends the stall");
-        health.stall.progressed(Instant::now() - STALL_AFTER);
-        health.set_waiting(0);
-        assert!(health.ready(), "nothing waiting is never a stall");
+        assert!(!readiness.ready());
+        assert_eq!(readiness.problems().len(), 1);
+        readiness.progressed();
+        assert!(readiness.ready(), "a commit ends the stall");
+        readiness.stall.progressed(Instant::now() - STALL_AFTER);
+        readiness.set_waiting(0);
+        assert!(readiness.ready(), "nothing waiting is never a stall");
     }
 }

@@ -17,7 +17,7 @@ use service::readiness::{Flag, StallWatch};
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
-pub struct Health {
+pub struct BridgeReadiness {
     mqtt: Flag,
     kafka: Flag,
     /// Kafka's confirmations as last seen: a change is progress.
@@ -25,7 +25,7 @@ pub struct Health {
     stall: StallWatch,
 }
 
-impl Default for Health {
+impl Default for BridgeReadiness {
     fn default() -> Self {
         Self {
             mqtt: Flag::default(),
@@ -36,7 +36,7 @@ impl Default for Health {
     }
 }
 
-impl Health {
+impl BridgeReadiness {
     pub fn set_mqtt(&self, up: bool) {
         self.mqtt.set(up);
     }
@@ -80,7 +80,7 @@ impl Health {
     }
 }
 
-impl Readiness for Health {
+impl Readiness for BridgeReadiness {
     fn checks(&self) -> Vec<(&'static str, bool)> {
         vec![("mqtt", self.mqtt()), ("kafka", self.kafka())]
     }
@@ -96,21 +96,21 @@ mod tests {
 
     #[test]
     fn waiting_messages_that_kafka_never_confirms_are_a_stall() {
-        let health = Health::default();
+        let readiness = BridgeReadiness::default();
         let t0 = Instant::now();
-        health.observe(10, 5, t0);
-        health.observe(10, 5, t0 + STALL_AFTER / 2);
-        assert_eq!(health.stall(t0 + STALL_AFTER / 2), None);
-        health.observe(10, 5, t0 + STALL_AFTER);
-        let stall = health.stall(t0 + STALL_AFTER).unwrap();
+        readiness.observe(10, 5, t0);
+        readiness.observe(10, 5, t0 + STALL_AFTER / 2);
+        assert_eq!(readiness.stall(t0 + STALL_AFTER / 2), None);
+        readiness.observe(10, 5, t0 + STALL_AFTER);
+        let stall = readiness.stall(t0 + STALL_AFTER).unwrap();
         assert!(stall.starts_with("10 messages wait"), "{stall}");
         // A confirmation, or nothing waiting, is progress.
-        health.observe(10, 6, t0 + STALL_AFTER);
+        readiness.observe(10, 6, t0 + STALL_AFTER);
         assert_eq!(
-            health.stall(t0 + STALL_AFTER * 2 - Duration::from_secs(1)),
+            readiness.stall(t0 + STALL_AFTER * 2 - Duration::from_secs(1)),
             None
         );
-        health.observe(0, 6, t0 + STALL_AFTER * 3);
-        assert_eq!(health.stall(t0 + STALL_AFTER * 4), None);
+        readiness.observe(0, 6, t0 + STALL_AFTER * 3);
+        assert_eq!(readiness.stall(t0 + STALL_AFTER * 4), None);
     }
 }
