@@ -1,7 +1,7 @@
 //! The throttled, retained, human-readable `latest` message per device, so a person
 //! browsing the broker (MQTT Explorer) sees live values while telemetry stays binary.
 //! Its JSON (channel names and units from the device's `meta`, see `crate::meta`) is
-//! described at `validate::latest_json`.
+//! described at `json::latest_json`.
 //!
 //! It never goes back, and no device clock can pin it (the pipeline's clock policy,
 //! `service::clock`):
@@ -34,7 +34,11 @@ use crate::config::LatestConfig;
 use crate::inbound::{Ack, Inbound};
 use crate::meta::Metas;
 use crate::stats::Stats;
-use crate::validate::{latest_json, latest_topic, Accepted};
+use crate::validate::Accepted;
+
+pub mod json;
+
+use json::{latest_json, latest_topic};
 
 /// Where `latest` messages are published.
 pub enum LatestSink {
