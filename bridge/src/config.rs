@@ -328,6 +328,7 @@ impl service::run::Settings for BridgeConfig {
         shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
         shown
     }
+
     fn log(&self) -> &LogConfig {
         &self.log
     }
@@ -336,11 +337,8 @@ impl service::run::Settings for BridgeConfig {
 impl BridgeConfig {
     /// Loads the layers (the file only if given) and validates the result.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
-        let mut layers = Layers::defaults(BridgeConfig::default());
-        if let Some(file) = file {
-            layers = layers.file(file);
-        }
-        let config: BridgeConfig = layers
+        let config: BridgeConfig = Layers::defaults(BridgeConfig::default())
+            .optional_file(file)
             .prefixed_env("BRIDGE_")
             .flags(overrides.flags())
             .extract()?;

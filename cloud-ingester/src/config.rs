@@ -293,6 +293,7 @@ impl service::run::Settings for IngesterConfig {
         shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
         shown
     }
+
     fn log(&self) -> &LogConfig {
         &self.log
     }
@@ -301,11 +302,8 @@ impl service::run::Settings for IngesterConfig {
 impl IngesterConfig {
     /// Loads the layers (the file only if given) and validates the result.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
-        let mut layers = Layers::defaults(IngesterConfig::default());
-        if let Some(file) = file {
-            layers = layers.file(file);
-        }
-        let config: IngesterConfig = layers
+        let config: IngesterConfig = Layers::defaults(IngesterConfig::default())
+            .optional_file(file)
             .env(Env::raw().filter_map(|name| {
                 CONVENTIONAL_ENV
                     .iter()

@@ -283,6 +283,7 @@ impl service::run::Settings for AgentConfig {
         service::redact::secret(&mut shown.mqtt.password);
         shown
     }
+
     fn log(&self) -> &LogConfig {
         &self.log
     }

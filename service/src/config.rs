@@ -61,6 +61,14 @@ impl Layers {
         Self(self.0.merge(Toml::file_exact(path)))
     }
 
+    /// The TOML file if one is given (a service runs on its defaults without one).
+    pub fn optional_file(self, path: Option<&Path>) -> Self {
+        match path {
+            Some(path) => self.file(path),
+            None => self,
+        }
+    }
+
     /// Another environment provider, e.g. conventional names such as `DATABASE_URL`.
     pub fn env(self, provider: Env) -> Self {
         Self(self.0.merge(provider))
