@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contracts::dead_letter::Reason;
+use contracts::dead_letter::{Reason, Rejection};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
@@ -32,7 +32,7 @@ use crate::inbound::{Ack, AckOutcome, Inbound};
 use crate::kafka::{dlq_headers, frame_headers, Producer};
 use crate::latest::Latest;
 use crate::stats::Stats;
-use crate::validate::{self, Rejection};
+use crate::validate;
 
 /// How long to wait before offering a message again to a producer whose queue is full
 /// (it is also offered again as soon as any delivery report frees room).
@@ -59,8 +59,10 @@ enum Destination {
     },
     /// `truncated`: the payload is cut to `DLQ_TRUNCATED_BYTES` because Kafka refused it
     /// whole.
+    /// `key`: the device the topic names, when it names one.
     DeadLetter {
         rejection: Rejection,
+        key: Option<String>,
         truncated: bool,
     },
 }
@@ -257,8 +259,9 @@ impl Forwarder {
                         device: accepted.device,
                     }
                 }
-                Err(rejection) => Destination::DeadLetter {
-                    rejection,
+                Err(rejected) => Destination::DeadLetter {
+                    rejection: rejected.rejection,
+                    key: rejected.device,
                     truncated: false,
                 },
             };
@@ -347,6 +350,7 @@ fn produce(
             .headers(frame_headers(&inbound.topic, inbound.received_at_ms)),
         Destination::DeadLetter {
             rejection,
+            key,
             truncated,
         } => {
             let payload = if *truncated {
@@ -363,7 +367,7 @@ fn produce(
                     rejection,
                     original_length,
                 ));
-            match &rejection.device {
+            match key {
                 Some(device) => record.key(device.as_str()),
                 None => record,
             }
@@ -387,19 +391,18 @@ fn next_attempt(job: Job, error: &KafkaError) -> Result<Job, String> {
         Destination::Data { device } => {
             warn!("Kafka refused a frame of {device} for good, dead-lettering it: {error}");
             Destination::DeadLetter {
-                rejection: Rejection {
-                    reason: Reason::KafkaRejected,
-                    detail: error.to_string(),
-                    device: Some(device),
-                },
+                rejection: Rejection::new(Reason::KafkaRejected, error.to_string()),
+                key: Some(device),
                 truncated: false,
             }
         }
         Destination::DeadLetter {
             rejection,
+            key,
             truncated: false,
         } => Destination::DeadLetter {
             rejection,
+            key,
             truncated: true,
         },
         Destination::DeadLetter {
@@ -487,13 +490,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let Destination::DeadLetter {
             rejection,
+            key,
             truncated: false,
         } = &first.destination
         else {
             panic!("a refused frame goes to the DLQ whole first");
         };
         assert_eq!(rejection.reason, Reason::KafkaRejected);
-        assert_eq!(rejection.device.as_deref(), Some("d"));
+        assert_eq!(key.as_deref(), Some("d"));
         let second = next_attempt(first, &too_large()).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             second.destination,

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::config::KafkaConfig;
 use crate::readiness::BridgeReadiness;
 use crate::stats::Stats;
-use crate::validate::Rejection;
+use contracts::dead_letter::Rejection;
 use protocol::kafka::headers;
 
 pub type Producer = FutureProducer<KafkaContext>;

@@ -4,17 +4,23 @@
 //! Kept free of I/O so that every rule is unit-tested and property-tested: whatever bytes
 //! arrive, `check` returns a verdict and never panics.
 
-use contracts::dead_letter::Reason;
+use contracts::dead_letter::{Reason, Rejection};
 use protocol::{BootId, Frame, Topic, TopicKind};
 
-/// A message that must not go to `sensors-data`, and why.
+/// A message that must not go to `sensors-data`: why (its dead letter's headers, with
+/// one of [`Reason::BRIDGE`]), and the device its topic names, when it names one (the
+/// dead letter's key).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// One of [`Reason::BRIDGE`].
-    pub reason: Reason,
-    pub detail: String,
-    /// The device the topic names, when it names one: the DLQ record's key.
+pub struct Rejected {
+    pub rejection: Rejection,
     pub device: Option<String>,
+}
+
+fn rejected(reason: Reason, detail: impl Into<String>, device: Option<String>) -> Rejected {
+    Rejected {
+        rejection: Rejection::new(reason, detail),
+        device,
+    }
 }
 
 /// A message that may go to `sensors-data`.
@@ -31,47 +37,38 @@ pub struct Accepted {
 }
 
 /// Checks one MQTT message.
-pub fn check(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejection> {
-    let topic_text = std::str::from_utf8(topic).map_err(|_| Rejection {
-        reason: Reason::Topic,
-        detail: "topic is not UTF-8".to_owned(),
-        device: None,
-    })?;
-    let parsed = Topic::parse(topic_text).map_err(|e| Rejection {
-        reason: Reason::Topic,
-        detail: format!("topic {topic_text:?}: {e}"),
-        device: None,
-    })?;
+pub fn check(prefix: &str, topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejected> {
+    let topic_text = std::str::from_utf8(topic)
+        .map_err(|_| rejected(Reason::Topic, "topic is not UTF-8", None))?;
+    let parsed = Topic::parse(topic_text)
+        .map_err(|e| rejected(Reason::Topic, format!("topic {topic_text:?}: {e}"), None))?;
     let topic_device = Some(parsed.device.to_owned());
     if parsed.prefix != prefix || parsed.kind != TopicKind::Telemetry {
-        return Err(Rejection {
-            reason: Reason::Topic,
-            detail: format!("topic {topic_text:?} is not a {prefix}/…/telemetry topic"),
-            device: topic_device,
-        });
+        return Err(rejected(
+            Reason::Topic,
+            format!("topic {topic_text:?} is not a {prefix}/…/telemetry topic"),
+            topic_device,
+        ));
     }
-    let frame = Frame::decode(payload).map_err(|e| Rejection {
-        reason: Reason::Decode,
-        detail: e.to_string(),
-        device: topic_device.clone(),
-    })?;
+    let frame = Frame::decode(payload)
+        .map_err(|e| rejected(Reason::Decode, e.to_string(), topic_device.clone()))?;
     if frame.device.as_str() != parsed.device {
-        return Err(Rejection {
-            reason: Reason::DeviceMismatch,
-            detail: format!(
+        return Err(rejected(
+            Reason::DeviceMismatch,
+            format!(
                 "frame is from device {:?} but was published on {topic_text:?}",
                 frame.device.as_str()
             ),
-            device: topic_device,
-        });
+            topic_device,
+        ));
     }
     // `decode` refuses a frame without readings; checked again rather than indexed.
     let Some(newest) = frame.readings.last() else {
-        return Err(Rejection {
-            reason: Reason::Decode,
-            detail: "frame has no readings".to_owned(),
-            device: topic_device,
-        });
+        return Err(rejected(
+            Reason::Decode,
+            "frame has no readings",
+            topic_device,
+        ));
     };
     Ok(Accepted {
         device: parsed.device.to_owned(),
@@ -133,27 +130,36 @@ pub(crate) mod tests {
     fn each_kind_of_bad_message_gets_its_reason() {
         let reason = |topic: &[u8], payload: &[u8]| check("plant", topic, payload).unwrap_err();
         let good = frame_bytes("press-01");
-        assert_eq!(reason(b"\xff\xfe", &good).reason, Reason::Topic);
-        assert_eq!(reason(b"plant/a/b/telemetry", &good).reason, Reason::Topic);
+        assert_eq!(reason(b"\xff\xfe", &good).rejection.reason, Reason::Topic);
+        assert_eq!(
+            reason(b"plant/a/b/telemetry", &good).rejection.reason,
+            Reason::Topic
+        );
         let other_prefix = reason(b"other/plant1/line-a/press-01/telemetry", &good);
-        assert_eq!(other_prefix.reason, Reason::Topic);
+        assert_eq!(other_prefix.rejection.reason, Reason::Topic);
         assert_eq!(other_prefix.device.as_deref(), Some("press-01"));
         assert_eq!(
-            reason(b"plant/plant1/line-a/press-01/status", &good).reason,
+            reason(b"plant/plant1/line-a/press-01/status", &good)
+                .rejection
+                .reason,
             Reason::Topic
         );
         let truncated = reason(TOPIC, &good[..good.len() - 3]);
-        assert_eq!(truncated.reason, Reason::Decode);
+        assert_eq!(truncated.rejection.reason, Reason::Decode);
         assert!(
-            truncated.detail.contains("truncated"),
+            truncated.rejection.detail.contains("truncated"),
             "{}",
-            truncated.detail
+            truncated.rejection.detail
         );
-        assert_eq!(reason(TOPIC, b"").reason, Reason::Decode);
+        assert_eq!(reason(TOPIC, b"").rejection.reason, Reason::Decode);
         let forged = reason(TOPIC, &frame_bytes("furnace-01"));
-        assert_eq!(forged.reason, Reason::DeviceMismatch);
+        assert_eq!(forged.rejection.reason, Reason::DeviceMismatch);
         assert_eq!(forged.device.as_deref(), Some("press-01"));
-        assert!(forged.detail.contains("furnace-01"), "{}", forged.detail);
+        assert!(
+            forged.rejection.detail.contains("furnace-01"),
+            "{}",
+            forged.rejection.detail
+        );
     }
 
     proptest! {

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::stats::IngestStats;
-use crate::validate::Rejection;
 use crate::SERVICE;
+use contracts::dead_letter::Rejection;
 
 /// At least this many dead letters within [`BURST_WINDOW`] is a burst worth a
 /// `system_events` row (one per window, so a flood does not flood the log too).

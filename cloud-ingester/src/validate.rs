@@ -9,16 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use contracts::dead_letter::Reason;
+use contracts::dead_letter::{Reason, Rejection};
 use protocol::Frame;
 use sqlx::PgPool;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// One of [`Reason::INGESTER`].
-    pub reason: Reason,
-    pub detail: String,
-}
 
 /// The devices and channels the database knows.
 #[derive(Debug, Clone, Default)]

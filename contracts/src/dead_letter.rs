@@ -68,6 +68,23 @@ impl Reason {
     }
 }
 
+/// Why one record was set aside: its dead letter's `dlq-reason` (the code) and
+/// `dlq-detail` (what a person needs to find the fault) headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
