@@ -96,8 +96,8 @@ impl Layers {
 
 /// What `--check-config` prints, the same in every binary: a comment line naming where
 /// the configuration came from, `ok` and what the binary will do, then the effective
-/// configuration (every layer applied, secrets hidden by the caller with [`crate::redact`]) as TOML, so the
-/// output is itself a valid configuration file.
+/// configuration (every layer applied, secrets hidden by the caller with
+/// [`crate::redact`]) as TOML, so the output is itself a valid configuration file.
 pub fn check_report<T: Serialize>(
     source: &str,
     summary: &str,

@@ -37,7 +37,7 @@ pub fn redacted_properties(properties: &BTreeMap<String, String>) -> BTreeMap<St
     properties
         .iter()
         .map(|(key, value)| {
-            let secret = ["password", "secret", "ssl.key.pem", "ssl_key"]
+            let secret = ["password", "secret", "ssl.key.pem"]
                 .iter()
                 .any(|word| key.contains(word));
             let shown = if secret {

@@ -1,13 +1,13 @@
-//! What every long-running binary of the pipeline shares: signals, the clock policy,
+//! What every binary of the pipeline shares: signals, the clock policy,
 //! configuration layering and `--check-config`, logging, the Prometheus recorder, the
 //! health/metrics HTTP endpoint and readiness, the periodic metrics record.
 //!
-//! Without features it is only [`shutdown_signal`], the [`clock`] policy and [`redact`]; the edge
-//! agent on the Pi adds `config` and `logging`. The cloud services also enable `http`
-//! (the recorder in [`metrics`], the endpoint in [`http`], what readiness is made of in
-//! [`readiness`]) and `kafka` (the record in [`metrics_record`], the dead-letter rules
-//! in [`dead_letter`], the configuration checks in [`kafka_config`]); `logging` with
-//! `config` brings [`run`], what every binary's `main` does after parsing its flags.
+//! Without features it is only [`shutdown_signal`], the [`clock`] policy and [`redact`];
+//! the edge agent on the Pi adds `config` and `logging`. The cloud services also enable
+//! `http` (the recorder in [`metrics`], the endpoint in [`http`], what readiness is made
+//! of in [`readiness`]) and `kafka` (the record in [`metrics_record`], the dead-letter
+//! rules in [`dead_letter`], the configuration checks in [`kafka_config`]); `logging`
+//! with `config` brings [`run`], what every binary's `main` does after parsing its flags.
 
 pub mod clock;
 #[cfg(feature = "config")]
