@@ -170,6 +170,7 @@ run 5m cargo fmt --all --check
 
 step "lint"
 run 40m cargo clippy --workspace --all-targets --locked -- -D warnings
+run 1m python3 scripts/check-module-cycles.py
 
 step "protocol builds for a microcontroller (no_std, no allocator)"
 run 10m cargo build --locked -p protocol --target thumbv7em-none-eabihf
