@@ -196,10 +196,12 @@ impl Ingester {
             level,
             "stop",
             &message,
-            record(
-                &mut Recorder::new(SERVICE, &config.id, &[]),
-                &stats,
-                &readiness,
+            // The totals only: a rate over the moment since this recorder was made
+            // would be meaningless.
+            Recorder::new(SERVICE, &config.id, &[]).record(
+                &readiness.checks(),
+                stats.snapshot(),
+                &[],
             ),
         )
         .await;
@@ -230,8 +232,8 @@ impl Ingester {
     }
 }
 
-/// The metrics record (`contracts::metrics::MetricsRecord`) of the counters now: the body
-/// of the records on the metrics topic and the details of the stop event.
+/// The metrics record (`contracts::metrics::MetricsRecord`) of the counters now, with
+/// their rates since the previous one: the body of the records on the metrics topic.
 fn record(
     recorder: &mut Recorder,
     stats: &IngestStats,

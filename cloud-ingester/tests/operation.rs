@@ -147,4 +147,5 @@ async fn the_binary_reports_readiness_metrics_and_its_start_and_stop(pool: PgPoo
     let stopped = events(&pool, &id, "stop").await;
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     assert_eq!(stopped[0]["counters"]["inserted"], inserted);
+    assert!(stopped[0].get("per_s").is_none(), "{}", stopped[0]);
 }

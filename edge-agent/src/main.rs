@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         "edge-agent",
         Some(&cli.config),
         cli.check_config,
-        |file| AgentConfig::load(file.unwrap_or(&cli.config), &overrides),
+        |_| AgentConfig::load(&cli.config, &overrides),
         Runtime::CurrentThread,
         |config| edge_agent::agent::run(config, service::shutdown_signal(), shutdown_grace),
     )
