@@ -21,7 +21,7 @@ use crate::binaries::binary;
 use crate::endpoints::Metrics;
 use crate::observer::{Observed, Observer};
 use crate::process::Process;
-use crate::workload::{self, QueueSize, GATEWAYS};
+use crate::workload::{self, QueueSize, Workload, FRAME_READINGS};
 
 /// Where the agents' broker lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,19 +58,27 @@ pub struct Options {
     pub bridge: BridgeMode,
     /// The agents' queue size; `None` keeps the defaults (64 MiB).
     pub queue: Option<QueueSize>,
+    /// Readings per second the agents make (see [`Workload::new`]).
+    pub rate: u64,
 }
 
 /// How long a stopped part may take to exit cleanly.
 const STOP_PATIENCE: Duration = Duration::from_secs(60);
 /// How long the agents keep delivering their queue after SIGTERM.
 const AGENT_GRACE: &str = "30s";
-/// Frames an agent may have queued and still count as caught up: about a second's worth.
+/// Frames an agent may have queued and still count as caught up: about a second's worth
+/// of its frames, and never fewer than this.
 const CAUGHT_UP_BACKLOG: u64 = 10;
+/// How long after its last catalog load the ingester re-reads it on meeting an unknown
+/// channel (`CATALOG_RECHECK` in cloud-ingester's `pipeline/batch.rs`), with a margin:
+/// frames of the added channels that arrive sooner could be dead-lettered.
+const CATALOG_RECHECK: Duration = Duration::from_secs(6);
 
 // Fields drop in this order: the processes before the servers they talk to.
 pub struct Deployment {
-    /// One per gateway of [`GATEWAYS`], in that order.
+    /// One per gateway of the workload, in that order.
     pub agents: Vec<Process>,
+    pub workload: Workload,
     pub bridge: Process,
     pub ingesters: Vec<Process>,
     observer: Option<Observer>,
@@ -98,6 +106,7 @@ impl Deployment {
         let redis = Redis::start();
         let kafka = Tansu::start();
         create_topics(&kafka.brokers()).await?;
+        let workload = Workload::new(options.rate)?;
         let mosquitto = (options.bridge == BridgeMode::Client).then(Mosquitto::start);
         let mqtt_port = match &mosquitto {
             Some(broker) => broker.port(),
@@ -121,6 +130,7 @@ impl Deployment {
             metrics: vec![bridge_http],
             ingesters: Vec::new(),
             agents: Vec::new(),
+            workload,
             observer: None,
             queue_dirs: Vec::new(),
             postgres,
@@ -133,15 +143,22 @@ impl Deployment {
         };
         deployment.add_ingester()?;
         deployment.wait_for_schema().await?;
+        if deployment.workload.rate() > workload::SEED_RATE {
+            deployment
+                .workload
+                .register_added_channels(&deployment.db)
+                .await?;
+            tokio::time::sleep(CATALOG_RECHECK).await;
+        }
         deployment.bridge.start()?;
         wait_for_port(mqtt_port, &mut deployment.bridge)?;
         deployment.observer =
             Some(Observer::start(mqtt_port, "e2e-observer", &workload::devices()).await?);
 
         let agent = binary("edge-agent")?;
-        for gateway in &GATEWAYS {
-            let config = workload::agent_config(
-                gateway,
+        for gateway in deployment.workload.gateways().to_vec() {
+            let config = deployment.workload.agent_config(
+                &gateway,
                 options.seed,
                 mqtt_port,
                 options.queue,
@@ -156,7 +173,7 @@ impl Deployment {
                 "--shutdown-grace".to_owned(),
                 AGENT_GRACE.to_owned(),
             ];
-            let mut process = Process::new(gateway.id, &agent, &args, deployment.dir.path());
+            let mut process = Process::new(&gateway.id, &agent, &args, deployment.dir.path());
             process.start()?;
             deployment.agents.push(process);
         }
@@ -242,8 +259,8 @@ impl Deployment {
     }
 
     /// The devices of agent `index`.
-    pub fn agent_devices(&self, index: usize) -> &'static [&'static str] {
-        GATEWAYS[index].devices
+    pub fn agent_devices(&self, index: usize) -> Vec<&'static str> {
+        self.workload.gateways()[index].devices.clone()
     }
 
     /// Fails, quoting its log, if a part that should be running has exited.
@@ -502,10 +519,10 @@ impl Deployment {
         while Instant::now() < deadline {
             self.check_alive()?;
             let observer = self.observer.as_ref().context("no observer")?;
-            if GATEWAYS
-                .iter()
-                .all(|g| observer.caught_up(g.id, CAUGHT_UP_BACKLOG))
-            {
+            if self.workload.gateways().iter().all(|g| {
+                let second = g.rate / FRAME_READINGS;
+                observer.caught_up(&g.id, second.max(CAUGHT_UP_BACKLOG))
+            }) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -114,6 +114,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The workload's rate unless told otherwise: the seed channels in short mode (the
+    /// test command's, debug binaries on a busy machine), the benchmark's in long mode.
+    pub fn default_rate(self) -> u64 {
+        match self {
+            Mode::Short => workload::SEED_RATE,
+            Mode::Long => workload::BENCH_RATE,
+        }
+    }
+
     /// How many times a repeated fault is injected.
     fn repeats(self) -> usize {
         match self {
@@ -132,6 +141,26 @@ impl Mode {
     }
 }
 
+/// How a scenario runs: the seed of its schedule and values, the mode, the workload's
+/// rate in readings per second.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub seed: u64,
+    pub mode: Mode,
+    pub rate: u64,
+}
+
+impl Settings {
+    /// `mode` at its default rate.
+    pub fn new(seed: u64, mode: Mode) -> Self {
+        Self {
+            seed,
+            mode,
+            rate: mode.default_rate(),
+        }
+    }
+}
+
 /// A finished scenario: its ledger and the breaches of the design's promise.
 pub struct Outcome {
     pub ledger: Ledger,
@@ -139,9 +168,11 @@ pub struct Outcome {
 }
 
 /// Runs `scenario` from start to ledger.
-pub async fn run(scenario: Scenario, seed: u64, mode: Mode) -> Result<Outcome> {
+pub async fn run(scenario: Scenario, settings: Settings) -> Result<Outcome> {
+    let Settings { seed, mode, rate } = settings;
     let options = Options {
         seed,
+        rate,
         bridge: match scenario {
             Scenario::EmbeddedBridgeKill => BridgeMode::Embedded,
             _ => BridgeMode::Client,
@@ -235,7 +266,7 @@ impl Faults<'_> {
                     let name = self.deployment.agents[agent].name().to_owned();
                     self.recovered(
                         format!("SIGKILL {n} of {name}"),
-                        self.deployment.agent_devices(agent),
+                        &self.deployment.agent_devices(agent),
                     )
                     .await?;
                 }
@@ -256,8 +287,8 @@ impl Faults<'_> {
             Scenario::QueueCap => {
                 self.run_for(1, 2).await?;
                 self.deployment.stop_server(Server::Broker)?;
-                // The workload queues about 2.5 KB/s per agent: both 16 KiB queues
-                // overflow several times.
+                // The seed workload queues about 2.5 KB/s per agent, and each queue is
+                // scaled with its agent's rate: every queue overflows several times.
                 let outage = self.mode.outage(self.rng, (15, 18), (40, 60));
                 tokio::time::sleep(outage).await;
                 self.deployment.start_server(Server::Broker)?;

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use e2e::scenario::{self, Mode, Scenario};
+use e2e::scenario::{self, Mode, Scenario, Settings};
 
 /// The seed of the short suite; `E2E_SEED` overrides it.
 const SEED: u64 = 20261130;
@@ -20,7 +20,7 @@ fn check(scenario: Scenario) {
         .unwrap_or(SEED);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let outcome = runtime
-        .block_on(scenario::run(scenario, seed, Mode::Short))
+        .block_on(scenario::run(scenario, Settings::new(seed, Mode::Short)))
         .unwrap_or_else(|e| panic!("{} (seed {seed}): {e:#}", scenario.name()));
     println!("{}", outcome.ledger);
     assert!(

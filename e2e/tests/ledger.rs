@@ -14,6 +14,7 @@ async fn a_tampered_run_shows_each_breach() {
         seed: 7,
         bridge: BridgeMode::Client,
         queue: None,
+        rate: e2e::workload::SEED_RATE,
     };
     let deployment = Deployment::start(options).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;

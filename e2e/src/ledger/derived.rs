@@ -9,6 +9,7 @@ use contracts::redis::{LatestValue, RedisKeys, DEFAULT_PREFIX};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 
+use super::Stored;
 use crate::deployment::BootCompleteness;
 use crate::observer::Observed;
 use crate::workload;
@@ -17,16 +18,13 @@ use crate::workload;
 /// same readings stored, the same highest, the same holes below it. Each disagreement,
 /// named.
 pub(super) fn completeness_against_rows(
-    stored: &HashSet<(String, i64, u64)>,
+    stored: &Stored,
     report: &[BootCompleteness],
 ) -> Vec<String> {
-    let mut boots: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-    for (device, boot, seq) in stored {
-        boots
-            .entry((device.clone(), format!("{:016x}", *boot as u64)))
-            .or_default()
-            .push(*seq);
-    }
+    let boots: BTreeMap<(String, String), &[u64]> = stored
+        .boots()
+        .map(|((device, boot), seqs)| ((device.clone(), format!("{:016x}", *boot as u64)), seqs))
+        .collect();
     let mut mismatches = Vec::new();
     let mut reported: HashSet<(String, String)> = HashSet::new();
     for entry in report {
@@ -36,11 +34,10 @@ pub(super) fn completeness_against_rows(
             mismatches.push(format!("{name}: reported twice"));
             continue;
         }
-        let Some(seqs) = boots.get_mut(&key) else {
+        let Some(&seqs) = boots.get(&key) else {
             mismatches.push(format!("{name}: reported, nothing stored"));
             continue;
         };
-        seqs.sort_unstable();
         let expected = seqs.last().map_or(0, |highest| highest + 1);
         let mut holes: Vec<(u64, u64)> = Vec::new();
         let mut next = 0;

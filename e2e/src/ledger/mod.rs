@@ -3,7 +3,7 @@
 //! statistics, Redis latest values) and the dead letters. It is printed whole, so a
 //! passing run shows its figures as plainly as a failing one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 mod derived;
 mod kafka;
+mod rows;
 
 use derived::{
     completeness_against_rows, redis_against_rows, reported_drops, stats_against_recount,
@@ -18,7 +19,9 @@ use derived::{
 use kafka::{dead_letter_reasons, kafka_hop};
 
 use crate::deployment::Finished;
-use crate::workload::{FRAME_READINGS, GATEWAYS, QUEUE_CAP_INFLIGHT};
+pub use rows::Stored;
+
+use crate::workload::{FRAME_READINGS, QUEUE_CAP_INFLIGHT};
 
 /// What the design promises for a scenario's losses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct Ledger {
     /// highest seen on the broker.
     pub produced: u64,
     pub boots: usize,
+    /// Agent processes, each with its own in-flight window.
+    pub gateways: u64,
     /// Distinct (device, boot, seq) in `sensor_readings`.
     pub stored: u64,
     /// Rows beyond the first for the same (device, boot, seq).
@@ -105,6 +110,7 @@ impl Ledger {
             scenario: scenario.to_owned(),
             seed,
             boots: finished.observed.seqs.len(),
+            gateways: deployment.workload.gateways().len() as u64,
             foreign_messages: finished.observed.foreign,
             queue_left: finished.queues.iter().map(|q| q.0).sum(),
             queue_dropped_frames: finished.queues.iter().map(|q| q.1).sum(),
@@ -112,27 +118,19 @@ impl Ledger {
             ..Ledger::default()
         };
 
-        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT device_id, boot_id, seq, count(*) FROM sensor_readings GROUP BY 1, 2, 3",
-        )
-        .fetch_all(&deployment.db)
-        .await
-        .context("reading the stored identities")?;
-        let mut stored: HashSet<(String, i64, u64)> = HashSet::with_capacity(rows.len());
-        for (device, boot, seq, count) in rows {
-            ledger.duplicates += (count - 1) as u64;
-            stored.insert((device, boot, seq as u64));
-        }
-        ledger.stored = stored.len() as u64;
+        let (stored, duplicates) = Stored::read(&deployment.db).await?;
+        ledger.duplicates = duplicates;
+        ledger.stored = stored.len();
 
         let mut produced = 0u64;
         for ((device, boot), seqs) in &finished.observed.seqs {
             let Some(&highest) = seqs.last() else {
                 continue;
             };
+            let have = stored.seqs(device, *boot);
             for seq in 0..=highest {
                 produced += 1;
-                if !stored.contains(&(device.clone(), *boot, seq)) {
+                if have.binary_search(&seq).is_err() {
                     ledger.lost += 1;
                     if !seqs.contains(&seq) {
                         ledger.unpublished += 1;
@@ -149,8 +147,7 @@ impl Ledger {
             .map(|h| h.resent_frames)
             .sum();
         for ((device, boot, seq), acknowledged) in &reported {
-            let key = (device.clone(), *boot, *seq);
-            match (acknowledged, stored.contains(&key)) {
+            match (acknowledged, stored.contains(device, *boot, *seq)) {
                 (true, _) => ledger.reported_after_puback += 1,
                 (false, stored) => {
                     ledger.reported_unsent += 1;
@@ -160,10 +157,11 @@ impl Ledger {
         }
         for ((device, boot), seqs) in &finished.observed.seqs {
             let highest = seqs.last().copied().unwrap_or(0);
+            let have = stored.seqs(device, *boot);
             ledger.lost_unreported += (0..=highest)
                 .filter(|seq| {
-                    let key = (device.clone(), *boot, *seq);
-                    !stored.contains(&key) && !reported.contains_key(&key)
+                    have.binary_search(seq).is_err()
+                        && !reported.contains_key(&(device.clone(), *boot, *seq))
                 })
                 .count() as u64;
         }
@@ -175,16 +173,14 @@ impl Ledger {
         }
         ledger.completeness_mismatches = completeness_against_rows(&stored, &finished.completeness);
         ledger.unexpected = stored
-            .iter()
-            .filter(|(device, boot, seq)| {
-                finished
-                    .observed
-                    .seqs
-                    .get(&(device.clone(), *boot))
-                    .and_then(|s| s.last())
-                    .is_none_or(|highest| seq > highest)
-            })
-            .count() as u64;
+            .boots()
+            .map(
+                |(boot, seqs)| match finished.observed.seqs.get(boot).and_then(|s| s.last()) {
+                    Some(highest) => seqs.iter().filter(|&seq| seq > highest).count() as u64,
+                    None => seqs.len() as u64,
+                },
+            )
+            .sum();
 
         (ledger.stats_groups, ledger.stats_mismatches) =
             stats_against_recount(&deployment.db).await?;
@@ -296,7 +292,7 @@ impl Ledger {
                 );
                 // The broker may take a frame just before it stops and never acknowledge
                 // it: at most one in-flight window per gateway.
-                let window = GATEWAYS.len() as u64 * u64::from(QUEUE_CAP_INFLIGHT) * FRAME_READINGS;
+                let window = self.gateways * u64::from(QUEUE_CAP_INFLIGHT) * FRAME_READINGS;
                 expect(
                     self.reported_unsent_stored <= window,
                     format!(
@@ -436,6 +432,7 @@ mod tests {
     fn queue_cap(lost_unreported: u64, reported_unsent_stored: u64) -> Vec<String> {
         let ledger = Ledger {
             produced: 10_000,
+            gateways: 2,
             queue_dropped_frames: 10,
             lost: 500,
             unpublished: 500,
@@ -451,7 +448,7 @@ mod tests {
     fn a_capped_queue_may_lose_only_what_the_agents_reported_dropping() {
         assert_eq!(queue_cap(0, 0), Vec::<String>::new());
         // One frame per gateway taken by the broker just before the outage.
-        let window = GATEWAYS.len() as u64 * FRAME_READINGS;
+        let window = 2 * FRAME_READINGS;
         assert_eq!(queue_cap(0, window), Vec::<String>::new());
         assert_eq!(queue_cap(0, window + 1).len(), 1);
         assert_eq!(queue_cap(1, 0).len(), 1);
@@ -482,10 +479,11 @@ mod tests {
 
     #[test]
     fn the_pipelines_completeness_must_match_the_rows_boot_by_boot() {
-        let stored: HashSet<(String, i64, u64)> = (0..10)
-            .chain(20..30)
-            .map(|seq| ("furnace-01".to_owned(), 7, seq))
-            .collect();
+        let stored = Stored::from_identities(
+            (0..10)
+                .chain(20..30)
+                .map(|seq| ("furnace-01".to_owned(), 7, seq)),
+        );
         assert!(
             completeness_against_rows(&stored, &[boot("furnace-01", 30, 20, &[(10, 20)])])
                 .is_empty()
