@@ -64,8 +64,12 @@ pub struct Options {
 
 /// How long a stopped part may take to exit cleanly.
 const STOP_PATIENCE: Duration = Duration::from_secs(60);
-/// How long the agents keep delivering their queue after SIGTERM.
-const AGENT_GRACE: &str = "30s";
+/// How long the agents keep delivering their queue after SIGTERM, per 12 000 readings/s
+/// of the workload, at least once: what waits for the cloud's confirmation when sampling
+/// stops grows with the rate (faster than it, when the rate is above what the pipeline
+/// commits on this machine), and the pipeline drains it no faster.
+const AGENT_GRACE: Duration = Duration::from_secs(30);
+const AGENT_GRACE_PER: u64 = 12_000;
 /// Frames an agent may have queued and still count as caught up: about a second's worth
 /// of its frames, and never fewer than this.
 const CAUGHT_UP_BACKLOG: u64 = 10;
@@ -171,7 +175,7 @@ impl Deployment {
                 "--config".to_owned(),
                 config.display().to_string(),
                 "--shutdown-grace".to_owned(),
-                AGENT_GRACE.to_owned(),
+                format!("{}s", deployment.agent_grace().as_secs()),
             ];
             let mut process = Process::new(&gateway.id, &agent, &args, deployment.dir.path());
             process.start()?;
@@ -258,6 +262,11 @@ impl Deployment {
         Ok(())
     }
 
+    /// The agents' shutdown grace: [`AGENT_GRACE`] per [`AGENT_GRACE_PER`] readings/s.
+    fn agent_grace(&self) -> Duration {
+        AGENT_GRACE * self.workload.rate().div_ceil(AGENT_GRACE_PER) as u32
+    }
+
     /// The devices of agent `index`.
     pub fn agent_devices(&self, index: usize) -> Vec<&'static str> {
         self.workload.gateways()[index].devices.clone()
@@ -333,9 +342,8 @@ impl Deployment {
     ) -> Result<(Observed, Vec<BootCompleteness>, Vec<(u64, u64)>, u64)> {
         self.check_alive()?;
         self.wait_for_agents_caught_up().await?;
-        for agent in &mut self.agents {
-            agent.terminate(STOP_PATIENCE)?;
-        }
+        let patience = self.agent_grace() + STOP_PATIENCE;
+        Process::terminate_all(&mut self.agents, patience)?;
         let observed = match self.observer.take() {
             // The agents have exited: whatever they published has reached the broker,
             // and the observer needs a moment to receive the last of it.
@@ -511,7 +519,7 @@ impl Deployment {
     }
 
     /// Waits until every agent reports itself connected with no more than a second's
-    /// frames queued, so the clean stop measures the pipeline rather than an agent
+    /// frames unsent, so the clean stop measures the pipeline rather than an agent
     /// still backing off its reconnection. Gives up after two minutes; the ledger then
     /// shows what stayed in the queues.
     async fn wait_for_agents_caught_up(&mut self) -> Result<()> {

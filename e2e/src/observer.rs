@@ -124,15 +124,19 @@ impl Observer {
     }
 
     /// Whether gateway `id` last reported itself online, connected, with at most
-    /// `backlog` frames waiting in its queue.
+    /// `backlog` frames in its queue not yet handed to the broker. Frames the broker has
+    /// and the cloud has not confirmed yet are the pipeline's to drain, not the agent's:
+    /// at a rate above what the pipeline commits they never fall to a second's worth.
     pub fn caught_up(&self, id: &str, backlog: u64) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.gateways.get(id).is_some_and(|status| {
+            let health = &status["health"];
+            let unsent = health["queue_records"].as_u64().map(|queued| {
+                queued.saturating_sub(health["awaiting_confirm"].as_u64().unwrap_or(0))
+            });
             status["state"] == "online"
-                && status["health"]["connected"] == true
-                && status["health"]["queue_records"]
-                    .as_u64()
-                    .is_some_and(|n| n <= backlog)
+                && health["connected"] == true
+                && unsent.is_some_and(|n| n <= backlog)
         })
     }
 

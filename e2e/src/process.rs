@@ -103,6 +103,35 @@ impl Process {
         }
     }
 
+    /// SIGTERM to each of `processes` at once, then waits up to `patience` (from the
+    /// signal) for each to exit cleanly. One at a time, the later ones would go on
+    /// working while the earlier ones stop: agents making readings the pipeline then
+    /// has to drain within their own grace.
+    pub fn terminate_all(processes: &mut [Process], patience: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut signalled = Vec::new();
+        for process in processes.iter_mut() {
+            let child = process.take_running()?;
+            child.signal(libc::SIGTERM);
+            signalled.push((process, child));
+        }
+        for (process, mut child) in signalled {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match child.wait_timeout(left) {
+                Some(status) => process.expect_success(status)?,
+                None => {
+                    child.kill();
+                    bail!(
+                        "{} did not exit within {patience:?} of SIGTERM; log:\n{}",
+                        process.name,
+                        process.log_tail()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Fails, quoting the log, if the program exited on its own.
     pub fn check_alive(&mut self) -> Result<()> {
         let Some(child) = self.child.as_mut() else {
