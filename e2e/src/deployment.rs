@@ -96,6 +96,8 @@ pub struct Deployment {
     queue_dirs: Vec<PathBuf>,
     /// The `/metrics` address of the bridge, then of each ingester.
     metrics: Vec<String>,
+    /// When the agents were started: the workload's rate is what they made since.
+    agents_started: Instant,
     dir: TempDir,
 }
 
@@ -143,6 +145,7 @@ impl Deployment {
             mosquitto,
             mqtt_port,
             db,
+            agents_started: Instant::now(),
             dir,
         };
         deployment.add_ingester()?;
@@ -160,6 +163,7 @@ impl Deployment {
             Some(Observer::start(mqtt_port, "e2e-observer", &workload::devices()).await?);
 
         let agent = binary("edge-agent")?;
+        deployment.agents_started = Instant::now();
         for gateway in deployment.workload.gateways().to_vec() {
             let config = deployment.workload.agent_config(
                 &gateway,
@@ -318,8 +322,9 @@ impl Deployment {
     /// the ledger needs. On failure the scenario's logs are kept.
     pub async fn finish(mut self) -> Result<Finished> {
         match self.stop_and_settle().await {
-            Ok((observed, completeness, queues, confirmed_dead_letters)) => Ok(Finished {
+            Ok((observed, sampled, completeness, queues, confirmed_dead_letters)) => Ok(Finished {
                 observed,
+                sampled,
                 completeness,
                 queues,
                 confirmed_dead_letters,
@@ -335,13 +340,21 @@ impl Deployment {
         }
     }
 
-    /// [`Deployment::finish`]'s work: (what the observer saw, the pipeline's completeness
-    /// report, the agents' queues, the dead letters the services had confirmed).
+    /// [`Deployment::finish`]'s work: (what the observer saw, how long the agents
+    /// sampled, the pipeline's completeness report, the agents' queues, the dead letters
+    /// the services had confirmed).
     async fn stop_and_settle(
         &mut self,
-    ) -> Result<(Observed, Vec<BootCompleteness>, Vec<(u64, u64)>, u64)> {
+    ) -> Result<(
+        Observed,
+        Duration,
+        Vec<BootCompleteness>,
+        Vec<(u64, u64)>,
+        u64,
+    )> {
         self.check_alive()?;
         self.wait_for_agents_caught_up().await?;
+        let sampled = self.agents_started.elapsed();
         let patience = self.agent_grace() + STOP_PATIENCE;
         Process::terminate_all(&mut self.agents, patience)?;
         let observed = match self.observer.take() {
@@ -388,7 +401,13 @@ impl Deployment {
         for dir in &self.queue_dirs {
             queues.push(queue_state(dir)?);
         }
-        Ok((observed, completeness, queues, confirmed_dead_letters))
+        Ok((
+            observed,
+            sampled,
+            completeness,
+            queues,
+            confirmed_dead_letters,
+        ))
     }
 }
 
@@ -396,6 +415,8 @@ impl Deployment {
 /// servers still run, for the ledger to read.
 pub struct Finished {
     pub observed: Observed,
+    /// From the agents' start to the SIGTERM that stopped their sampling.
+    pub sampled: Duration,
     /// The pipeline's own account of what it holds: `iotctl completeness`, per boot.
     pub completeness: Vec<BootCompleteness>,
     /// Per agent queue: (records still unacknowledged, records dropped over its life).

@@ -42,6 +42,8 @@ pub struct Ledger {
     /// highest seen on the broker.
     pub produced: u64,
     pub boots: usize,
+    /// How long the agents sampled: `produced` over it is the rate they made.
+    pub sampled: Duration,
     /// Agent processes, each with its own in-flight window.
     pub gateways: u64,
     /// Distinct (device, boot, seq) in `sensor_readings`.
@@ -110,6 +112,7 @@ impl Ledger {
             scenario: scenario.to_owned(),
             seed,
             boots: finished.observed.seqs.len(),
+            sampled: finished.sampled,
             gateways: deployment.workload.gateways().len() as u64,
             foreign_messages: finished.observed.foreign,
             queue_left: finished.queues.iter().map(|q| q.0).sum(),
@@ -328,8 +331,12 @@ impl fmt::Display for Ledger {
         writeln!(f, "ledger: {} (seed {})", self.scenario, self.seed)?;
         writeln!(
             f,
-            "  produced     {:>9}  readings numbered and queued by the agents ({} device boots)",
-            self.produced, self.boots
+            "  produced     {:>9}  readings numbered and queued by the agents ({} device boots), \
+             {:.0}/s over {:.1} s of sampling",
+            self.produced,
+            self.boots,
+            self.produced as f64 / self.sampled.as_secs_f64().max(1e-3),
+            self.sampled.as_secs_f64()
         )?;
         writeln!(
             f,
