@@ -541,22 +541,38 @@ impl Deployment {
 
     /// Waits until every agent reports itself connected with no more than a second's
     /// frames unsent, so the clean stop measures the pipeline rather than an agent
-    /// still backing off its reconnection. Gives up after two minutes; the ledger then
-    /// shows what stayed in the queues.
+    /// still backing off its reconnection or working through its backlog (at most
+    /// `delivery.catch_up_rate` frames a second, so after outages at a high rate that
+    /// takes minutes). Gives up once the agents' unsent frames have not fallen for two
+    /// minutes; the ledger then shows what stayed in the queues.
     async fn wait_for_agents_caught_up(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
+        let patience = Duration::from_secs(120);
+        let mut fewest = (u64::MAX, Instant::now());
+        loop {
             self.check_alive()?;
             let observer = self.observer.as_ref().context("no observer")?;
-            if self.workload.gateways().iter().all(|g| {
-                let second = g.rate / FRAME_READINGS;
-                observer.caught_up(&g.id, second.max(CAUGHT_UP_BACKLOG))
-            }) {
-                break;
+            let mut caught_up = true;
+            let mut unsent_total = 0;
+            for gateway in self.workload.gateways() {
+                let second = (gateway.rate / FRAME_READINGS).max(CAUGHT_UP_BACKLOG);
+                match observer.unsent(&gateway.id) {
+                    Some(unsent) => {
+                        caught_up &= unsent <= second;
+                        unsent_total += unsent;
+                    }
+                    None => caught_up = false,
+                }
+            }
+            if caught_up {
+                return Ok(());
+            }
+            if unsent_total < fewest.0 {
+                fewest = (unsent_total, Instant::now());
+            } else if fewest.1.elapsed() > patience {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(())
     }
 
     async fn wait_for_every_device(&mut self) -> Result<()> {

@@ -123,21 +123,19 @@ impl Observer {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Whether gateway `id` last reported itself online, connected, with at most
-    /// `backlog` frames in its queue not yet handed to the broker. Frames the broker has
-    /// and the cloud has not confirmed yet are the pipeline's to drain, not the agent's:
-    /// at a rate above what the pipeline commits they never fall to a second's worth.
-    pub fn caught_up(&self, id: &str, backlog: u64) -> bool {
+    /// The frames in gateway `id`'s queue not yet handed to the broker, by its last
+    /// report, if that report says it is online and connected. Frames the broker has and
+    /// the cloud has not confirmed yet are the pipeline's to drain, not the agent's: at a
+    /// rate above what the pipeline commits they never fall to a second's worth.
+    pub fn unsent(&self, id: &str) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.gateways.get(id).is_some_and(|status| {
-            let health = &status["health"];
-            let unsent = health["queue_records"].as_u64().map(|queued| {
-                queued.saturating_sub(health["awaiting_confirm"].as_u64().unwrap_or(0))
-            });
-            status["state"] == "online"
-                && health["connected"] == true
-                && unsent.is_some_and(|n| n <= backlog)
-        })
+        let status = seen.gateways.get(id)?;
+        let health = &status["health"];
+        if status["state"] != "online" || health["connected"] != true {
+            return None;
+        }
+        let queued = health["queue_records"].as_u64()?;
+        Some(queued.saturating_sub(health["awaiting_confirm"].as_u64().unwrap_or(0)))
     }
 
     /// Disconnects and returns what was seen; the task ends when the observer drops.
