@@ -1,8 +1,9 @@
 //! A deployment of the whole pipeline on one machine, every part a real process or
 //! server of its own: PostgreSQL, Redis, a Kafka-compatible broker (Tansu) and, in client
 //! mode, Mosquitto (private servers from `testkit`, so a scenario may stop them without
-//! touching the shared stack); the ingester, the bridge and two edge agents as child
-//! processes; and the observer on the broker the agents publish to. Scenarios reach into
+//! touching the shared stack); the ingester, the bridge and the workload's edge agents
+//! as child processes (with the workload's added channels registered in PostgreSQL);
+//! and the observer on the broker the agents publish to. Scenarios reach into
 //! it to inject faults; [`Deployment::finish`] stops the agents cleanly, waits for the
 //! pipeline to settle and hands back what the ledger needs.
 
