@@ -13,6 +13,11 @@
 //! one message never stops the bridge. Any other error (topic gone, not authorized, the
 //! idempotent producer's fatal state) stops the bridge without acknowledging the message:
 //! the broker keeps it, and nothing good is dead-lettered for a broker-side problem.
+//!
+//! A producer that confirms nothing while Kafka is connected is wedged (see `wedge`):
+//! the forwarder makes a new one, purges the old one and offers what it held to the new
+//! one, in arrival order, before it takes another message, so acknowledgements stay in
+//! order. Kafka may then hold some of those twice; identity makes that harmless.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,16 +28,18 @@ use std::time::{Duration, Instant};
 use contracts::dead_letter::{Reason, Rejection};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _, PurgeConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::inbound::{Ack, AckOutcome, Inbound};
-use crate::kafka::{dlq_headers, frame_headers, Producer};
+use crate::kafka::{dlq_headers, frame_headers, Producer, ProducerFactory};
 use crate::latest::Latest;
+use crate::readiness::BridgeReadiness;
 use crate::stats::Stats;
 use crate::validate;
+use crate::wedge::WedgeWatch;
 
 /// How long to wait before offering a message again to a producer whose queue is full
 /// (it is also offered again as soon as any delivery report frees room).
@@ -41,6 +48,8 @@ const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
 const ACK_RETRY: Duration = Duration::from_millis(2);
 /// While draining at shutdown (embedded mode), this long without a message means done.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
+/// How often the forwarder looks whether its producer is wedged.
+const WEDGE_CHECK: Duration = Duration::from_secs(1);
 /// Bytes of a payload kept in a dead-letter record Kafka refused at full size.
 pub const DLQ_TRUNCATED_BYTES: usize = service::dead_letter::TRUNCATED_BYTES;
 
@@ -74,8 +83,16 @@ struct Job {
 
 /// How a message ended, in arrival order.
 enum Settled {
-    Forwarded { ack: Ack, latency: Duration },
-    DeadLettered { ack: Ack, reason: Reason },
+    Forwarded {
+        ack: Ack,
+        latency: Duration,
+    },
+    DeadLettered {
+        ack: Ack,
+        reason: Reason,
+    },
+    /// Purged from a wedged producer: to be offered to its replacement.
+    Purged(Job),
     Failed(String),
 }
 
@@ -83,6 +100,15 @@ type Settling = Pin<Box<dyn Future<Output = Settled> + Send>>;
 
 pub struct Forwarder {
     producer: Producer,
+    producers: ProducerFactory,
+    readiness: Arc<BridgeReadiness>,
+    wedge: WedgeWatch,
+    /// Kafka confirmed a message since the last wedge check.
+    confirmed: bool,
+    /// A wedged producer being emptied, and how many of its messages are still to be
+    /// settled: they come first in `settling`, and until they are all back no new
+    /// message is taken.
+    retiring: Option<(Producer, usize)>,
     data_topic: Arc<str>,
     dlq_topic: Arc<str>,
     topic_prefix: String,
@@ -104,17 +130,28 @@ pub struct ForwarderSettings {
     /// `DRAIN_IDLE`). For the embedded broker, which has already acknowledged what it
     /// holds: what the forwarder does not take is lost.
     pub drain_on_stop: Option<Duration>,
+    /// A producer connected to Kafka that confirms nothing for this long while messages
+    /// wait is replaced.
+    pub replace_wedged_after: Duration,
 }
 
 impl Forwarder {
+    /// Makes its first producer from `producers`; `readiness` tells it whether Kafka is
+    /// connected.
     pub fn new(
-        producer: Producer,
+        producers: ProducerFactory,
+        readiness: Arc<BridgeReadiness>,
         settings: ForwarderSettings,
         latest: Option<Latest>,
         stats: Arc<Stats>,
-    ) -> Self {
-        Self {
-            producer,
+    ) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: producers.create()?,
+            producers,
+            readiness,
+            wedge: WedgeWatch::new(settings.replace_wedged_after, Instant::now()),
+            confirmed: false,
+            retiring: None,
             data_topic: settings.data_topic.into(),
             dlq_topic: settings.dlq_topic.into(),
             topic_prefix: settings.topic_prefix,
@@ -123,11 +160,7 @@ impl Forwarder {
             stats,
             drain_on_stop: settings.drain_on_stop,
             unsent_acks: VecDeque::new(),
-        }
-    }
-
-    pub fn producer(&self) -> &Producer {
-        &self.producer
+        })
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -145,7 +178,10 @@ impl Forwarder {
         grace: Duration,
     ) -> Result<(), ForwardError> {
         let mut settling: FuturesOrdered<Settling> = FuturesOrdered::new();
-        let mut refused: Option<Job> = None;
+        // Jobs to offer the producer before any new message, in arrival order: one its
+        // full queue refused, or those purged from a wedged producer.
+        let mut pending: VecDeque<Job> = VecDeque::new();
+        let mut wedge_check = tokio::time::interval(WEDGE_CHECK);
         let latest_period = self
             .latest
             .as_ref()
@@ -161,7 +197,9 @@ impl Forwarder {
             // Unsent acks do not count: they are a few bytes each, and counting them
             // would make the forwarder wait for the MQTT side, which may be waiting for
             // the forwarder (a deadlock this crate once had).
-            let window_open = refused.is_none() && settling.len() < self.max_in_flight;
+            let window_open = pending.is_empty()
+                && self.retiring.is_none()
+                && settling.len() < self.max_in_flight;
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !draining => match self.drain_on_stop {
@@ -175,16 +213,13 @@ impl Forwarder {
                 _ = tokio::time::sleep_until(drain_until), if draining => break,
                 _ = tokio::time::sleep_until(last_message + DRAIN_IDLE), if draining && window_open => break,
                 Some(settled) = settling.next(), if !settling.is_empty() => {
-                    self.settle(settled)?;
-                    if let Some(job) = refused.take() {
-                        refused = self.submit(job, &mut settling)?;
-                    }
+                    self.settle(settled, &mut pending)?;
+                    self.submit_pending(&mut pending, &mut settling)?;
                 }
-                _ = tokio::time::sleep(QUEUE_FULL_RETRY), if refused.is_some() => {
-                    if let Some(job) = refused.take() {
-                        refused = self.submit(job, &mut settling)?;
-                    }
+                _ = tokio::time::sleep(QUEUE_FULL_RETRY), if !pending.is_empty() => {
+                    self.submit_pending(&mut pending, &mut settling)?;
                 }
+                _ = wedge_check.tick() => self.replace_if_wedged(settling.len()),
                 _ = tokio::time::sleep(ACK_RETRY), if !self.unsent_acks.is_empty() => self.flush_acks(),
                 message = inbound.recv(), if window_open => {
                     let Some(message) = message else {
@@ -197,7 +232,8 @@ impl Forwarder {
                         self.stats.stale_message();
                     } else {
                         let job = self.prepare(message).await;
-                        refused = self.submit(job, &mut settling)?;
+                        pending.push_back(job);
+                        self.submit_pending(&mut pending, &mut settling)?;
                     }
                 }
                 _ = latest_tick.tick(), if self.latest.is_some() => {
@@ -210,19 +246,19 @@ impl Forwarder {
 
         inbound.close();
         let deadline = tokio::time::Instant::now() + grace;
-        while let Some(job) = refused.take() {
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            refused = self.submit(job, &mut settling)?;
-            if refused.is_some() {
+        while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+            self.submit_pending(&mut pending, &mut settling)?;
+            if !pending.is_empty() {
                 tokio::time::sleep(QUEUE_FULL_RETRY).await;
             }
         }
         while !settling.is_empty() {
             self.stats.set_in_flight(settling.len());
             match tokio::time::timeout_at(deadline, settling.next()).await {
-                Ok(Some(settled)) => self.settle(settled)?,
+                Ok(Some(settled)) => {
+                    self.settle(settled, &mut pending)?;
+                    self.submit_pending(&mut pending, &mut settling)?;
+                }
                 Ok(None) => break,
                 Err(_) => {
                     warn!(
@@ -300,6 +336,54 @@ impl Forwarder {
         }
     }
 
+    /// Offers the pending jobs to the producer, in order, until its queue is full.
+    fn submit_pending(
+        &self,
+        pending: &mut VecDeque<Job>,
+        settling: &mut FuturesOrdered<Settling>,
+    ) -> Result<(), ForwardError> {
+        while let Some(job) = pending.pop_front() {
+            if let Some(refused) = self.submit(job, settling)? {
+                pending.push_front(refused);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the producer when it is wedged: the new one takes over at once, and the
+    /// old one's messages come back purged, to be offered to it (see `settle`).
+    fn replace_if_wedged(&mut self, in_flight: usize) {
+        let confirmed = std::mem::take(&mut self.confirmed);
+        if self.retiring.is_some()
+            || !self.wedge.wedged(
+                in_flight > 0,
+                confirmed,
+                self.readiness.kafka(),
+                Instant::now(),
+            )
+        {
+            return;
+        }
+        let replacement = match self.producers.create() {
+            Ok(producer) => producer,
+            Err(e) => {
+                error!("the Kafka producer is wedged and a new one cannot be made: {e}");
+                return;
+            }
+        };
+        warn!(
+            in_flight,
+            "Kafka is connected but confirmed none of the messages waiting: the producer \
+             is wedged (a broker that lost its state does this); replacing it and sending \
+             those messages again"
+        );
+        self.stats.producer_replaced();
+        let wedged = std::mem::replace(&mut self.producer, replacement);
+        wedged.purge(PurgeConfig::default().queue().inflight());
+        self.retiring = Some((wedged, in_flight));
+    }
+
     /// Sends the acknowledgements waiting their turn, in order, as far as the MQTT
     /// client's request queue takes them. Never waits: the MQTT side may itself be
     /// waiting for the forwarder to take a message, and waiting here would deadlock.
@@ -314,15 +398,34 @@ impl Forwarder {
         }
     }
 
-    fn settle(&mut self, settled: Settled) -> Result<(), ForwardError> {
+    fn settle(
+        &mut self,
+        settled: Settled,
+        pending: &mut VecDeque<Job>,
+    ) -> Result<(), ForwardError> {
+        if let Some((_, left)) = &mut self.retiring {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                if let Some((wedged, _)) = self.retiring.take() {
+                    // Destroying a client joins its threads: not on the runtime's.
+                    tokio::task::spawn_blocking(move || drop(wedged));
+                }
+            }
+        }
         let ack = match settled {
             Settled::Forwarded { ack, latency } => {
+                self.confirmed = true;
                 self.stats.produced(latency);
                 ack
             }
             Settled::DeadLettered { ack, reason } => {
+                self.confirmed = true;
                 self.stats.dead_lettered(reason);
                 ack
+            }
+            Settled::Purged(job) => {
+                pending.push_back(job);
+                return Ok(());
             }
             Settled::Failed(failure) => {
                 self.stats.failed();
@@ -378,6 +481,14 @@ fn produce(
 
 fn is_queue_full(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+}
+
+/// Taken back from a wedged producer (see `Forwarder::replace_if_wedged`).
+fn is_purged(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
 }
 
 /// What to try after Kafka refused `job` with `error`: a frame goes to the dead-letter
@@ -442,6 +553,7 @@ async fn settle_delivery(
                     },
                 };
             }
+            Ok(Err((error, _))) if is_purged(&error) => return Settled::Purged(job),
             Ok(Err((error, _))) => error,
             Err(_) => return Settled::Failed("the Kafka producer was dropped".to_owned()),
         };
