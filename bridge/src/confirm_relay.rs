@@ -19,11 +19,8 @@
 //! faulty producer cannot make the bridge publish elsewhere in the topic tree.
 //!
 //! When the consumer loses its connection to Kafka, the relay drops it and starts a new
-//! one, which waits for Kafka and the topic again. The broker that comes back may not be
-//! the one that left: Tansu restarted without its storage gives the topics new ids, and
-//! answers a fetch by an old id in a way that crashes librdkafka 2.12 (a leader-change
-//! hint with a zero topic id, looked up by a null name). A new consumer asks for the
-//! metadata first; confirmations missed meanwhile are repeated by the next ones.
+//! one, which waits for Kafka and the topic again (`service::kafka_connection` says
+//! why); confirmations missed meanwhile are repeated by the next ones.
 //!
 //! Each relayed confirmation also updates the device's retained, human-readable summary
 //! on `{prefix}/{site}/{line}/{device}/completeness` (`crate::completeness`: newest boot
@@ -36,9 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
@@ -254,8 +249,7 @@ impl ConfirmRelay {
                 );
             }
             let ended = self.relay(&consumer, &topic, &mut relaying, &stop).await;
-            // Closing a consumer waits on librdkafka's threads: not on a runtime worker.
-            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+            let _ = service::kafka_connection::retire(Box::new(consumer)).await;
             match ended {
                 Ended::Stopped => break,
                 Ended::ConnectionLost => {
@@ -353,7 +347,7 @@ impl ConfirmRelay {
                     }
                 }
                 Err(e) => {
-                    if lost_connection(&e) {
+                    if service::kafka_connection::lost(&e) {
                         return Ended::ConnectionLost;
                     }
                     match errors.allow(Instant::now()) {
@@ -391,15 +385,6 @@ impl ConfirmRelay {
             }
         }
     }
-}
-
-/// The consumer lost its connection to Kafka (see the module's doc for why that means
-/// a new consumer).
-fn lost_connection(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
-    )
 }
 
 /// A checked record's destinations and content.

@@ -10,14 +10,17 @@
 //!
 //! Kafka errors are sorted by what they are about. An error about one record (too large,
 //! malformed) sends that record to the dead-letter topic, truncated if it has to be, so
-//! one message never stops the bridge. Any other error (topic gone, not authorized, the
-//! idempotent producer's fatal state) stops the bridge without acknowledging the message:
+//! one message never stops the bridge. Any other error but those below (topic gone, not
+//! authorized) stops the bridge without acknowledging the message:
 //! the broker keeps it, and nothing good is dead-lettered for a broker-side problem.
 //!
-//! A producer that confirms nothing while Kafka is connected is wedged (see `wedge`):
-//! the forwarder makes a new one, purges the old one and offers what it held to the new
-//! one, in arrival order, before it takes another message, so acknowledgements stay in
-//! order. Kafka may then hold some of those twice; identity makes that harmless.
+//! Two producer failures are not about a record and need no supervisor: an idempotent
+//! producer whose broker forgot it (an unknown producer id, a sequence out of order, a
+//! fatal state), and one that confirms nothing while Kafka is connected (wedged, see
+//! `wedge`). For both the forwarder makes a new producer, purges the old one and offers
+//! what it held to the new one, in arrival order, before it takes another message, so
+//! acknowledgements stay in order. Kafka may then hold some of those twice; identity
+//! makes that harmless. Replacements are at least `MIN_REPLACE_INTERVAL` apart.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -48,8 +51,12 @@ const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
 const ACK_RETRY: Duration = Duration::from_millis(2);
 /// While draining at shutdown (embedded mode), this long without a message means done.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
-/// How often the forwarder looks whether its producer is wedged.
+/// How often the forwarder looks whether its producer is wedged (or due for a
+/// replacement that had to wait).
 const WEDGE_CHECK: Duration = Duration::from_secs(1);
+/// Producers are replaced at most this often, so a broker that refuses every new one
+/// costs a replacement per interval, not a busy loop.
+const MIN_REPLACE_INTERVAL: Duration = Duration::from_secs(5);
 /// Bytes of a payload kept in a dead-letter record Kafka refused at full size.
 pub const DLQ_TRUNCATED_BYTES: usize = service::dead_letter::TRUNCATED_BYTES;
 
@@ -93,6 +100,12 @@ enum Settled {
     },
     /// Purged from a wedged producer: to be offered to its replacement.
     Purged(Job),
+    /// Refused because of the producer's state, not the record's: to be offered to a
+    /// new producer.
+    ProducerFailed {
+        job: Job,
+        error: String,
+    },
     Failed(String),
 }
 
@@ -109,6 +122,9 @@ pub struct Forwarder {
     /// settled: they come first in `settling`, and until they are all back no new
     /// message is taken.
     retiring: Option<(Producer, usize)>,
+    /// Why the producer is to be replaced as soon as `MIN_REPLACE_INTERVAL` allows.
+    replace_wanted: Option<String>,
+    last_replaced: Option<Instant>,
     data_topic: Arc<str>,
     dlq_topic: Arc<str>,
     topic_prefix: String,
@@ -152,6 +168,8 @@ impl Forwarder {
             wedge: WedgeWatch::new(settings.replace_wedged_after, Instant::now()),
             confirmed: false,
             retiring: None,
+            replace_wanted: None,
+            last_replaced: None,
             data_topic: settings.data_topic.into(),
             dlq_topic: settings.dlq_topic.into(),
             topic_prefix: settings.topic_prefix,
@@ -214,12 +232,17 @@ impl Forwarder {
                 _ = tokio::time::sleep_until(last_message + DRAIN_IDLE), if draining && window_open => break,
                 Some(settled) = settling.next(), if !settling.is_empty() => {
                     self.settle(settled, &mut pending)?;
+                    self.replace_if_wanted(settling.len());
                     self.submit_pending(&mut pending, &mut settling)?;
                 }
                 _ = tokio::time::sleep(QUEUE_FULL_RETRY), if !pending.is_empty() => {
                     self.submit_pending(&mut pending, &mut settling)?;
                 }
-                _ = wedge_check.tick() => self.replace_if_wedged(settling.len()),
+                _ = wedge_check.tick() => {
+                    self.watch_for_wedge(settling.len());
+                    self.replace_if_wanted(settling.len());
+                    self.submit_pending(&mut pending, &mut settling)?;
+                }
                 _ = tokio::time::sleep(ACK_RETRY), if !self.unsent_acks.is_empty() => self.flush_acks(),
                 message = inbound.recv(), if window_open => {
                     let Some(message) = message else {
@@ -247,6 +270,7 @@ impl Forwarder {
         inbound.close();
         let deadline = tokio::time::Instant::now() + grace;
         while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+            self.replace_if_wanted(settling.len());
             self.submit_pending(&mut pending, &mut settling)?;
             if !pending.is_empty() {
                 tokio::time::sleep(QUEUE_FULL_RETRY).await;
@@ -257,6 +281,7 @@ impl Forwarder {
             match tokio::time::timeout_at(deadline, settling.next()).await {
                 Ok(Some(settled)) => {
                     self.settle(settled, &mut pending)?;
+                    self.replace_if_wanted(settling.len());
                     self.submit_pending(&mut pending, &mut settling)?;
                 }
                 Ok(None) => break,
@@ -309,7 +334,7 @@ impl Forwarder {
 
     /// Hands the job to the producer. Returns it back when the producer's queue is full.
     fn submit(
-        &self,
+        &mut self,
         job: Job,
         settling: &mut FuturesOrdered<Settling>,
     ) -> Result<Option<Job>, ForwardError> {
@@ -328,6 +353,11 @@ impl Forwarder {
                 self.stats.producer_queue_full();
                 Ok(Some(job))
             }
+            Err(e) if is_about_the_producer(&e) => {
+                self.replace_wanted
+                    .get_or_insert_with(|| format!("the producer refuses records: {e}"));
+                Ok(Some(job))
+            }
             // Refused before it left (e.g. larger than message.max.bytes).
             Err(e) => match next_attempt(job, &e) {
                 Ok(job) => self.submit(job, settling),
@@ -336,13 +366,17 @@ impl Forwarder {
         }
     }
 
-    /// Offers the pending jobs to the producer, in order, until its queue is full.
+    /// Offers the pending jobs to the producer, in order, until its queue is full; none
+    /// while it is to be replaced.
     fn submit_pending(
-        &self,
+        &mut self,
         pending: &mut VecDeque<Job>,
         settling: &mut FuturesOrdered<Settling>,
     ) -> Result<(), ForwardError> {
-        while let Some(job) = pending.pop_front() {
+        while self.replace_wanted.is_none() {
+            let Some(job) = pending.pop_front() else {
+                break;
+            };
             if let Some(refused) = self.submit(job, settling)? {
                 pending.push_front(refused);
                 break;
@@ -351,37 +385,59 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Replaces the producer when it is wedged: the new one takes over at once, and the
-    /// old one's messages come back purged, to be offered to it (see `settle`).
-    fn replace_if_wedged(&mut self, in_flight: usize) {
+    /// Asks for a new producer when the current one is wedged.
+    fn watch_for_wedge(&mut self, in_flight: usize) {
         let confirmed = std::mem::take(&mut self.confirmed);
+        let waiting = in_flight > 0 && self.retiring.is_none();
+        if self
+            .wedge
+            .wedged(waiting, confirmed, self.readiness.kafka(), Instant::now())
+        {
+            self.replace_wanted.get_or_insert_with(|| {
+                "Kafka is connected but confirmed none of the messages waiting (a broker \
+                 that lost its state does this)"
+                    .to_owned()
+            });
+        }
+    }
+
+    /// Replaces the producer if that is wanted and allowed now: the new one takes over at
+    /// once, and the old one's messages come back purged, to be offered to it (see
+    /// `settle`).
+    fn replace_if_wanted(&mut self, in_flight: usize) {
         if self.retiring.is_some()
-            || !self.wedge.wedged(
-                in_flight > 0,
-                confirmed,
-                self.readiness.kafka(),
-                Instant::now(),
-            )
+            || self
+                .last_replaced
+                .is_some_and(|at| at.elapsed() < MIN_REPLACE_INTERVAL)
         {
             return;
         }
+        let Some(why) = self.replace_wanted.take() else {
+            return;
+        };
         let replacement = match self.producers.create() {
             Ok(producer) => producer,
             Err(e) => {
-                error!("the Kafka producer is wedged and a new one cannot be made: {e}");
+                error!(
+                    "the Kafka producer must be replaced ({why}) and a new one cannot be made: {e}"
+                );
+                self.replace_wanted = Some(why);
                 return;
             }
         };
         warn!(
             in_flight,
-            "Kafka is connected but confirmed none of the messages waiting: the producer \
-             is wedged (a broker that lost its state does this); replacing it and sending \
-             those messages again"
+            "replacing the Kafka producer and sending what it held again: {why}"
         );
         self.stats.producer_replaced();
-        let wedged = std::mem::replace(&mut self.producer, replacement);
-        wedged.purge(PurgeConfig::default().queue().inflight());
-        self.retiring = Some((wedged, in_flight));
+        self.last_replaced = Some(Instant::now());
+        let old = std::mem::replace(&mut self.producer, replacement);
+        old.purge(PurgeConfig::default().queue().inflight());
+        if in_flight == 0 {
+            tokio::task::spawn_blocking(move || drop(old));
+        } else {
+            self.retiring = Some((old, in_flight));
+        }
     }
 
     /// Sends the acknowledgements waiting their turn, in order, as far as the MQTT
@@ -403,12 +459,14 @@ impl Forwarder {
         settled: Settled,
         pending: &mut VecDeque<Job>,
     ) -> Result<(), ForwardError> {
+        // The retired producer's messages come first: this is one of them.
+        let from_retired = self.retiring.is_some();
         if let Some((_, left)) = &mut self.retiring {
             *left = left.saturating_sub(1);
             if *left == 0 {
-                if let Some((wedged, _)) = self.retiring.take() {
+                if let Some((retired, _)) = self.retiring.take() {
                     // Destroying a client joins its threads: not on the runtime's.
-                    tokio::task::spawn_blocking(move || drop(wedged));
+                    tokio::task::spawn_blocking(move || drop(retired));
                 }
             }
         }
@@ -425,6 +483,13 @@ impl Forwarder {
             }
             Settled::Purged(job) => {
                 pending.push_back(job);
+                return Ok(());
+            }
+            Settled::ProducerFailed { job, error } => {
+                pending.push_back(job);
+                if !from_retired {
+                    self.replace_wanted.get_or_insert(error);
+                }
                 return Ok(());
             }
             Settled::Failed(failure) => {
@@ -483,7 +548,24 @@ fn is_queue_full(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
 }
 
-/// Taken back from a wedged producer (see `Forwarder::replace_if_wedged`).
+/// The idempotent producer's state is lost or broken (its broker forgot it, or
+/// librdkafka gave up on it): a new producer gets past it, another attempt with this one
+/// would not.
+fn is_about_the_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// Taken back from a producer being replaced (see `Forwarder::replace_if_wanted`).
 fn is_purged(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
@@ -554,6 +636,12 @@ async fn settle_delivery(
                 };
             }
             Ok(Err((error, _))) if is_purged(&error) => return Settled::Purged(job),
+            Ok(Err((error, _))) if is_about_the_producer(&error) => {
+                return Settled::ProducerFailed {
+                    job,
+                    error: format!("Kafka refused a record for the producer's state: {error}"),
+                }
+            }
             Ok(Err((error, _))) => error,
             Err(_) => return Settled::Failed("the Kafka producer was dropped".to_owned()),
         };
