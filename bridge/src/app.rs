@@ -5,7 +5,7 @@
 //! Shutdown order: the confirmation relay stops at once (a confirmation is state: the
 //! device gets the next one) while the forwarder stops taking messages and waits for
 //! Kafka to confirm those in flight, acknowledging them; then the MQTT side sends those
-//! acknowledgements and disconnects; then the producer is flushed and the HTTP
+//! acknowledgements and disconnects; then the metrics records are flushed and the HTTP
 //! endpoints close.
 
 use std::future::Future;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::Producer as _;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use service::http::Readiness as _;
 use service::metrics_record::Recorder;
 use tokio::sync::{mpsc, watch};
@@ -26,7 +26,7 @@ use crate::config::{BridgeConfig, Mode};
 use crate::confirm_relay::{ConfirmRelay, ConfirmSink};
 use crate::embedded;
 use crate::forward::{Forwarder, ForwarderSettings};
-use crate::kafka::{create_producer, ensure_topics, Producer};
+use crate::kafka::{create_metrics_producer, ensure_topics, ProducerFactory, QuietContext};
 use crate::latest::{Latest, LatestSink};
 use crate::meta::Metas;
 use crate::mqtt_client::{ClientSource, Outlets};
@@ -41,7 +41,8 @@ pub struct Bridge {
     mqtt_addr: Option<SocketAddr>,
     stats: Arc<Stats>,
     readiness: Arc<BridgeReadiness>,
-    producer: Producer,
+    /// `None` when `kafka.metrics_topic` is empty.
+    metrics_producer: Option<FutureProducer<QuietContext>>,
     forwarder: JoinHandle<anyhow::Result<()>>,
     source: JoinHandle<()>,
     /// `None` when `kafka.confirm_topic` is empty.
@@ -58,7 +59,7 @@ impl Bridge {
     /// forwarder waits for it (logging) before it takes any message.
     pub async fn start(config: BridgeConfig) -> anyhow::Result<Bridge> {
         let stats = Arc::new(Stats::new());
-        let readiness = Arc::new(BridgeReadiness::default());
+        let readiness = Arc::new(BridgeReadiness::new(config.forward.stall_after));
         let stop_forwarding = CancellationToken::new();
         let stop_source = CancellationToken::new();
         let stop_relay = CancellationToken::new();
@@ -71,14 +72,21 @@ impl Bridge {
             readiness.clone(),
             stop_rest.clone(),
         ));
-        let producer = create_producer(
-            &config.kafka,
-            &config.id,
-            config.forward.max_in_flight,
-            stats.clone(),
-            readiness.clone(),
-        )
-        .context("cannot create the Kafka producer (check kafka.properties)")?;
+        let producers = ProducerFactory {
+            config: config.kafka.clone(),
+            client_id: config.id.clone(),
+            max_in_flight: config.forward.max_in_flight,
+            stats: stats.clone(),
+            readiness: readiness.clone(),
+        };
+        let metrics_producer = if config.kafka.metrics_topic.is_empty() {
+            None
+        } else {
+            Some(
+                create_metrics_producer(&config.kafka, &config.id)
+                    .context("cannot create the Kafka producer (check kafka.properties)")?,
+            )
+        };
 
         // Two windows: room for a broker that overshoots Receive Maximum (see
         // mqtt_client.rs) before the MQTT side has to wait.
@@ -194,20 +202,24 @@ impl Bridge {
         let drain_on_stop = (config.mode == Mode::Embedded)
             .then(|| config.forward.shutdown_grace.min(EMBEDDED_DRAIN));
         let forwarder = Forwarder::new(
-            producer.clone(),
+            producers,
+            readiness.clone(),
             ForwarderSettings {
                 data_topic: config.kafka.topic.clone(),
                 dlq_topic: config.kafka.dlq_topic.clone(),
                 topic_prefix: config.topic_prefix.clone(),
                 max_in_flight: config.forward.max_in_flight,
                 drain_on_stop,
+                replace_wedged_after: 2 * config.forward.stall_after,
             },
             latest,
             stats.clone(),
-        );
+        )
+        .context("cannot create the Kafka producer (check kafka.properties)")?;
         let forwarder = tokio::spawn(forward_when_ready(
             config.clone(),
             forwarder,
+            metrics_producer.clone(),
             rx,
             stop_forwarding.clone(),
             stop_rest.clone(),
@@ -224,7 +236,7 @@ impl Bridge {
             mqtt_addr,
             stats,
             readiness,
-            producer,
+            metrics_producer,
             forwarder,
             source,
             relay,
@@ -289,11 +301,12 @@ impl Bridge {
             warn!("the MQTT side did not stop within 10 s");
             self.source.abort();
         }
-        let producer = self.producer.clone();
-        let flushed =
-            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-        if !matches!(flushed, Ok(Ok(()))) {
-            warn!("some metrics records were not confirmed by Kafka before exit");
+        if let Some(producer) = self.metrics_producer.take() {
+            let flushed =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                warn!("some metrics records were not confirmed by Kafka before exit");
+            }
         }
         self.stop_rest.cancel();
         let _ = self.http.await;
@@ -314,6 +327,7 @@ impl Bridge {
 async fn forward_when_ready(
     config: BridgeConfig,
     forwarder: Forwarder,
+    metrics_producer: Option<FutureProducer<QuietContext>>,
     rx: mpsc::Receiver<crate::inbound::Inbound>,
     stop: CancellationToken,
     stop_rest: CancellationToken,
@@ -327,9 +341,9 @@ async fn forward_when_ready(
         return Ok(());
     }
     info!(topics = ?topics, "Kafka topics present");
-    if !config.kafka.metrics_topic.is_empty() {
+    if let Some(producer) = metrics_producer {
         tokio::spawn(service::metrics_record::publish_periodically(
-            forwarder.producer().clone(),
+            producer,
             config.kafka.metrics_topic.clone(),
             config.id.clone(),
             config.kafka.metrics_interval,

@@ -232,6 +232,11 @@ pub struct ForwardConfig {
     /// After SIGTERM, how long to wait for Kafka to confirm what is in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Messages waiting with none confirmed by Kafka for this long: `/readyz` says not
+    /// ready. When Kafka has been connected all along for twice this, the producer is
+    /// wedged (as behind a broker that lost its state) and the bridge replaces it.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -239,6 +244,7 @@ impl Default for ForwardConfig {
         Self {
             max_in_flight: 20_000,
             shutdown_grace: Duration::from_secs(10),
+            stall_after: Duration::from_secs(30),
         }
     }
 }
@@ -460,6 +466,9 @@ impl BridgeConfig {
                 "forward.max_in_flight: between 1 and 65535 (the MQTT Receive Maximum)".to_owned(),
             );
         }
+        if self.forward.stall_after < Duration::from_secs(1) {
+            problems.push("forward.stall_after: at least 1 s".to_owned());
+        }
         if self.latest.interval < Duration::from_millis(100) {
             problems.push("latest.interval: at least 100 ms".to_owned());
         }
@@ -542,6 +551,7 @@ mod tests {
         };
         config.kafka.dlq_topic = config.kafka.topic.clone();
         config.forward.max_in_flight = 0;
+        config.forward.stall_after = Duration::from_millis(10);
         config.mqtt.shared_group = "has space".to_owned();
         let Err(ConfigError::Invalid(problems)) = config.validate() else {
             panic!("invalid config accepted");
@@ -556,7 +566,8 @@ mod tests {
                 "topic_prefix",
                 "mqtt.shared_group",
                 "kafka.dlq_topic",
-                "forward.max_in_flight"
+                "forward.max_in_flight",
+                "forward.stall_after"
             ]
         );
     }

@@ -18,6 +18,10 @@
 //! else is dropped and counted (`bridge_confirmations_refused_total{reason}`), so a
 //! faulty producer cannot make the bridge publish elsewhere in the topic tree.
 //!
+//! When the consumer loses its connection to Kafka, the relay drops it and starts a new
+//! one, which waits for Kafka and the topic again (`service::kafka_connection` says
+//! why); confirmations missed meanwhile are repeated by the next ones.
+//!
 //! Each relayed confirmation also updates the device's retained, human-readable summary
 //! on `{prefix}/{site}/{line}/{device}/completeness` (`crate::completeness`: newest boot
 //! only, at most one publish per device per second, the newest state always sent in
@@ -193,30 +197,90 @@ pub struct ConfirmRelay {
     pub stats: Arc<Stats>,
 }
 
+/// Why one consumer's relaying ended.
+enum Ended {
+    Stopped,
+    /// The connection to Kafka was lost: start again with a new consumer.
+    ConnectionLost,
+}
+
+/// The relay's state that outlives a consumer.
+struct Relaying {
+    refusals: WarnLimiter,
+    errors: WarnLimiter,
+    summaries: Table,
+}
+
 impl ConfirmRelay {
-    /// Waits for the topic, then relays until `stop`.
+    /// Waits for the topic, then relays until `stop`, with a new consumer after each
+    /// lost connection.
     pub async fn run(mut self, stop: CancellationToken) {
         let topic = self.kafka.confirm_topic.clone();
-        let consumer: RelayConsumer = match relay_consumer_config(&self.kafka, &self.client_id)
-            .create_with_context(QuietContext)
-        {
-            Ok(consumer) => consumer,
-            Err(e) => {
-                error!("cannot create the confirmation relay's Kafka consumer (check kafka.properties): {e}; confirmations are not relayed");
-                return;
+        let mut relaying = Relaying {
+            refusals: WarnLimiter::new(),
+            errors: WarnLimiter::new(),
+            summaries: Table::new(completeness::INTERVAL, completeness::MAX_DEVICES),
+        };
+        let mut first = true;
+        loop {
+            let consumer: RelayConsumer = match relay_consumer_config(&self.kafka, &self.client_id)
+                .create_with_context(QuietContext)
+            {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    error!("cannot create the confirmation relay's Kafka consumer (check kafka.properties): {e}; confirmations are not relayed");
+                    return;
+                }
+            };
+            let Some(consumer) = assign_from_end(consumer, &topic, &stop).await else {
+                break;
+            };
+            if first {
+                info!(
+                    topic,
+                    prefix = self.topic_prefix,
+                    "relaying confirmations from Kafka to the devices' confirm topics"
+                );
+                first = false;
+            } else {
+                info!(
+                    topic,
+                    "relaying confirmations again, with a new Kafka consumer"
+                );
             }
-        };
-        let Some(consumer) = assign_from_end(consumer, &topic, &stop).await else {
-            return;
-        };
-        info!(
-            topic,
-            prefix = self.topic_prefix,
-            "relaying confirmations from Kafka to the devices' confirm topics"
-        );
-        let mut refusals = WarnLimiter::new();
-        let mut errors = WarnLimiter::new();
-        let mut summaries = Table::new(completeness::INTERVAL, completeness::MAX_DEVICES);
+            let ended = self.relay(&consumer, &topic, &mut relaying, &stop).await;
+            let _ = service::kafka_connection::retire(Box::new(consumer)).await;
+            match ended {
+                Ended::Stopped => break,
+                Ended::ConnectionLost => {
+                    warn!(
+                        topic,
+                        "the confirmation relay lost Kafka; starting a new consumer"
+                    );
+                    self.stats.relay_restarted();
+                }
+            }
+        }
+        // What waits for its interval goes now: nothing else would send it.
+        for (topic, summary) in relaying.summaries.take_all() {
+            self.publish_summary(&mut relaying.summaries, &topic, &summary)
+                .await;
+        }
+    }
+
+    /// Relays what `consumer` reads until `stop` or until it loses Kafka.
+    async fn relay(
+        &mut self,
+        consumer: &RelayConsumer,
+        topic: &str,
+        relaying: &mut Relaying,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let Relaying {
+            refusals,
+            errors,
+            summaries,
+        } = relaying;
         loop {
             // The trailing summaries' timer; a placeholder when nothing waits (the
             // branch is off then).
@@ -225,10 +289,10 @@ impl ConfirmRelay {
                 next_due.unwrap_or_else(|| Instant::now() + MAX_BACKOFF),
             );
             let received = tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = stop.cancelled() => return Ended::Stopped,
                 _ = tokio::time::sleep_until(due_at), if next_due.is_some() => {
                     for (topic, summary) in summaries.take_due(Instant::now()) {
-                        self.publish_summary(&mut summaries, &topic, &summary).await;
+                        self.publish_summary(summaries, &topic, &summary).await;
                     }
                     continue;
                 }
@@ -283,6 +347,9 @@ impl ConfirmRelay {
                     }
                 }
                 Err(e) => {
+                    if service::kafka_connection::lost(&e) {
+                        return Ended::ConnectionLost;
+                    }
                     match errors.allow(Instant::now()) {
                         Some(suppressed) => warn!(
                             suppressed,
@@ -293,7 +360,7 @@ impl ConfirmRelay {
                     // librdkafka retries on its own; pause so a persistent error
                     // cannot spin this loop.
                     tokio::select! {
-                        _ = stop.cancelled() => break,
+                        _ = stop.cancelled() => return Ended::Stopped,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     }
                     continue;
@@ -311,18 +378,12 @@ impl ConfirmRelay {
             let topic = relayed.completeness_topic;
             match summaries.offer(&topic, &relayed.confirmation, Instant::now()) {
                 Offer::Now(summary) => {
-                    self.publish_summary(&mut summaries, &topic, &summary).await;
+                    self.publish_summary(summaries, &topic, &summary).await;
                 }
                 Offer::TableFull => self.stats.completeness_skipped(),
                 Offer::Later | Offer::Old | Offer::Unchanged => {}
             }
         }
-        // What waits for its interval goes now: nothing else would send it.
-        for (topic, summary) in summaries.take_all() {
-            self.publish_summary(&mut summaries, &topic, &summary).await;
-        }
-        // Closing a consumer waits on librdkafka's threads: not on a runtime worker.
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     }
 }
 

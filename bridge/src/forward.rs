@@ -10,9 +10,17 @@
 //!
 //! Kafka errors are sorted by what they are about. An error about one record (too large,
 //! malformed) sends that record to the dead-letter topic, truncated if it has to be, so
-//! one message never stops the bridge. Any other error (topic gone, not authorized, the
-//! idempotent producer's fatal state) stops the bridge without acknowledging the message:
+//! one message never stops the bridge. Any other error but those below (topic gone, not
+//! authorized) stops the bridge without acknowledging the message:
 //! the broker keeps it, and nothing good is dead-lettered for a broker-side problem.
+//!
+//! Two producer failures are not about a record and need no supervisor: an idempotent
+//! producer whose broker forgot it (an unknown producer id, a sequence out of order, a
+//! fatal state), and one that confirms nothing while Kafka is connected (wedged, see
+//! `wedge`). For both the forwarder makes a new producer, purges the old one and offers
+//! what it held to the new one, in arrival order, before it takes another message, so
+//! acknowledgements stay in order. Kafka may then hold some of those twice; identity
+//! makes that harmless. Replacements are at least `MIN_REPLACE_INTERVAL` apart.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,16 +31,18 @@ use std::time::{Duration, Instant};
 use contracts::dead_letter::{Reason, Rejection};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _, PurgeConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::inbound::{Ack, AckOutcome, Inbound};
-use crate::kafka::{dlq_headers, frame_headers, Producer};
+use crate::kafka::{dlq_headers, frame_headers, Producer, ProducerFactory};
 use crate::latest::Latest;
+use crate::readiness::BridgeReadiness;
 use crate::stats::Stats;
 use crate::validate;
+use crate::wedge::WedgeWatch;
 
 /// How long to wait before offering a message again to a producer whose queue is full
 /// (it is also offered again as soon as any delivery report frees room).
@@ -41,6 +51,12 @@ const QUEUE_FULL_RETRY: Duration = Duration::from_millis(5);
 const ACK_RETRY: Duration = Duration::from_millis(2);
 /// While draining at shutdown (embedded mode), this long without a message means done.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
+/// How often the forwarder looks whether its producer is wedged (or due for a
+/// replacement that had to wait).
+const WEDGE_CHECK: Duration = Duration::from_secs(1);
+/// Producers are replaced at most this often, so a broker that refuses every new one
+/// costs a replacement per interval, not a busy loop.
+const MIN_REPLACE_INTERVAL: Duration = Duration::from_secs(5);
 /// Bytes of a payload kept in a dead-letter record Kafka refused at full size.
 pub const DLQ_TRUNCATED_BYTES: usize = service::dead_letter::TRUNCATED_BYTES;
 
@@ -74,8 +90,22 @@ struct Job {
 
 /// How a message ended, in arrival order.
 enum Settled {
-    Forwarded { ack: Ack, latency: Duration },
-    DeadLettered { ack: Ack, reason: Reason },
+    Forwarded {
+        ack: Ack,
+        latency: Duration,
+    },
+    DeadLettered {
+        ack: Ack,
+        reason: Reason,
+    },
+    /// Purged from a wedged producer: to be offered to its replacement.
+    Purged(Job),
+    /// Refused because of the producer's state, not the record's: to be offered to a
+    /// new producer.
+    ProducerFailed {
+        job: Job,
+        error: String,
+    },
     Failed(String),
 }
 
@@ -83,6 +113,18 @@ type Settling = Pin<Box<dyn Future<Output = Settled> + Send>>;
 
 pub struct Forwarder {
     producer: Producer,
+    producers: ProducerFactory,
+    readiness: Arc<BridgeReadiness>,
+    wedge: WedgeWatch,
+    /// Kafka confirmed a message since the last wedge check.
+    confirmed: bool,
+    /// A wedged producer being emptied, and how many of its messages are still to be
+    /// settled: they come first in `settling`, and until they are all back no new
+    /// message is taken.
+    retiring: Option<(Producer, usize)>,
+    /// Why the producer is to be replaced as soon as `MIN_REPLACE_INTERVAL` allows.
+    replace_wanted: Option<String>,
+    last_replaced: Option<Instant>,
     data_topic: Arc<str>,
     dlq_topic: Arc<str>,
     topic_prefix: String,
@@ -104,17 +146,30 @@ pub struct ForwarderSettings {
     /// `DRAIN_IDLE`). For the embedded broker, which has already acknowledged what it
     /// holds: what the forwarder does not take is lost.
     pub drain_on_stop: Option<Duration>,
+    /// A producer connected to Kafka that confirms nothing for this long while messages
+    /// wait is replaced.
+    pub replace_wedged_after: Duration,
 }
 
 impl Forwarder {
+    /// Makes its first producer from `producers`; `readiness` tells it whether Kafka is
+    /// connected.
     pub fn new(
-        producer: Producer,
+        producers: ProducerFactory,
+        readiness: Arc<BridgeReadiness>,
         settings: ForwarderSettings,
         latest: Option<Latest>,
         stats: Arc<Stats>,
-    ) -> Self {
-        Self {
-            producer,
+    ) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: producers.create()?,
+            producers,
+            readiness,
+            wedge: WedgeWatch::new(settings.replace_wedged_after, Instant::now()),
+            confirmed: false,
+            retiring: None,
+            replace_wanted: None,
+            last_replaced: None,
             data_topic: settings.data_topic.into(),
             dlq_topic: settings.dlq_topic.into(),
             topic_prefix: settings.topic_prefix,
@@ -123,11 +178,7 @@ impl Forwarder {
             stats,
             drain_on_stop: settings.drain_on_stop,
             unsent_acks: VecDeque::new(),
-        }
-    }
-
-    pub fn producer(&self) -> &Producer {
-        &self.producer
+        })
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -145,7 +196,10 @@ impl Forwarder {
         grace: Duration,
     ) -> Result<(), ForwardError> {
         let mut settling: FuturesOrdered<Settling> = FuturesOrdered::new();
-        let mut refused: Option<Job> = None;
+        // Jobs to offer the producer before any new message, in arrival order: one its
+        // full queue refused, or those purged from a wedged producer.
+        let mut pending: VecDeque<Job> = VecDeque::new();
+        let mut wedge_check = tokio::time::interval(WEDGE_CHECK);
         let latest_period = self
             .latest
             .as_ref()
@@ -161,7 +215,9 @@ impl Forwarder {
             // Unsent acks do not count: they are a few bytes each, and counting them
             // would make the forwarder wait for the MQTT side, which may be waiting for
             // the forwarder (a deadlock this crate once had).
-            let window_open = refused.is_none() && settling.len() < self.max_in_flight;
+            let window_open = pending.is_empty()
+                && self.retiring.is_none()
+                && settling.len() < self.max_in_flight;
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !draining => match self.drain_on_stop {
@@ -175,15 +231,17 @@ impl Forwarder {
                 _ = tokio::time::sleep_until(drain_until), if draining => break,
                 _ = tokio::time::sleep_until(last_message + DRAIN_IDLE), if draining && window_open => break,
                 Some(settled) = settling.next(), if !settling.is_empty() => {
-                    self.settle(settled)?;
-                    if let Some(job) = refused.take() {
-                        refused = self.submit(job, &mut settling)?;
-                    }
+                    self.settle(settled, &mut pending)?;
+                    self.replace_if_wanted(settling.len());
+                    self.submit_pending(&mut pending, &mut settling)?;
                 }
-                _ = tokio::time::sleep(QUEUE_FULL_RETRY), if refused.is_some() => {
-                    if let Some(job) = refused.take() {
-                        refused = self.submit(job, &mut settling)?;
-                    }
+                _ = tokio::time::sleep(QUEUE_FULL_RETRY), if !pending.is_empty() => {
+                    self.submit_pending(&mut pending, &mut settling)?;
+                }
+                _ = wedge_check.tick() => {
+                    self.watch_for_wedge(settling.len());
+                    self.replace_if_wanted(settling.len());
+                    self.submit_pending(&mut pending, &mut settling)?;
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if !self.unsent_acks.is_empty() => self.flush_acks(),
                 message = inbound.recv(), if window_open => {
@@ -197,7 +255,8 @@ impl Forwarder {
                         self.stats.stale_message();
                     } else {
                         let job = self.prepare(message).await;
-                        refused = self.submit(job, &mut settling)?;
+                        pending.push_back(job);
+                        self.submit_pending(&mut pending, &mut settling)?;
                     }
                 }
                 _ = latest_tick.tick(), if self.latest.is_some() => {
@@ -210,19 +269,21 @@ impl Forwarder {
 
         inbound.close();
         let deadline = tokio::time::Instant::now() + grace;
-        while let Some(job) = refused.take() {
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            refused = self.submit(job, &mut settling)?;
-            if refused.is_some() {
+        while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+            self.replace_if_wanted(settling.len());
+            self.submit_pending(&mut pending, &mut settling)?;
+            if !pending.is_empty() {
                 tokio::time::sleep(QUEUE_FULL_RETRY).await;
             }
         }
         while !settling.is_empty() {
             self.stats.set_in_flight(settling.len());
             match tokio::time::timeout_at(deadline, settling.next()).await {
-                Ok(Some(settled)) => self.settle(settled)?,
+                Ok(Some(settled)) => {
+                    self.settle(settled, &mut pending)?;
+                    self.replace_if_wanted(settling.len());
+                    self.submit_pending(&mut pending, &mut settling)?;
+                }
                 Ok(None) => break,
                 Err(_) => {
                     warn!(
@@ -273,7 +334,7 @@ impl Forwarder {
 
     /// Hands the job to the producer. Returns it back when the producer's queue is full.
     fn submit(
-        &self,
+        &mut self,
         job: Job,
         settling: &mut FuturesOrdered<Settling>,
     ) -> Result<Option<Job>, ForwardError> {
@@ -292,11 +353,90 @@ impl Forwarder {
                 self.stats.producer_queue_full();
                 Ok(Some(job))
             }
+            Err(e) if is_about_the_producer(&e) => {
+                self.replace_wanted
+                    .get_or_insert_with(|| format!("the producer refuses records: {e}"));
+                Ok(Some(job))
+            }
             // Refused before it left (e.g. larger than message.max.bytes).
             Err(e) => match next_attempt(job, &e) {
                 Ok(job) => self.submit(job, settling),
                 Err(failure) => Err(ForwardError::Kafka(failure)),
             },
+        }
+    }
+
+    /// Offers the pending jobs to the producer, in order, until its queue is full; none
+    /// while it is to be replaced.
+    fn submit_pending(
+        &mut self,
+        pending: &mut VecDeque<Job>,
+        settling: &mut FuturesOrdered<Settling>,
+    ) -> Result<(), ForwardError> {
+        while self.replace_wanted.is_none() {
+            let Some(job) = pending.pop_front() else {
+                break;
+            };
+            if let Some(refused) = self.submit(job, settling)? {
+                pending.push_front(refused);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks for a new producer when the current one is wedged.
+    fn watch_for_wedge(&mut self, in_flight: usize) {
+        let confirmed = std::mem::take(&mut self.confirmed);
+        let waiting = in_flight > 0 && self.retiring.is_none();
+        if self
+            .wedge
+            .wedged(waiting, confirmed, self.readiness.kafka(), Instant::now())
+        {
+            self.replace_wanted.get_or_insert_with(|| {
+                "Kafka is connected but confirmed none of the messages waiting (a broker \
+                 that lost its state does this)"
+                    .to_owned()
+            });
+        }
+    }
+
+    /// Replaces the producer if that is wanted and allowed now: the new one takes over at
+    /// once, and the old one's messages come back purged, to be offered to it (see
+    /// `settle`).
+    fn replace_if_wanted(&mut self, in_flight: usize) {
+        if self.retiring.is_some()
+            || self
+                .last_replaced
+                .is_some_and(|at| at.elapsed() < MIN_REPLACE_INTERVAL)
+        {
+            return;
+        }
+        let Some(why) = self.replace_wanted.take() else {
+            return;
+        };
+        let replacement = match self.producers.create() {
+            Ok(producer) => producer,
+            Err(e) => {
+                error!(
+                    "the Kafka producer must be replaced ({why}) and a new one cannot be made: {e}"
+                );
+                self.replace_wanted = Some(why);
+                return;
+            }
+        };
+        warn!(
+            in_flight,
+            "replacing the Kafka producer and sending what it held again: {why}"
+        );
+        self.stats.producer_replaced();
+        self.last_replaced = Some(Instant::now());
+        let old = std::mem::replace(&mut self.producer, replacement);
+        old.purge(PurgeConfig::default().queue().inflight());
+        if in_flight == 0 {
+            tokio::task::spawn_blocking(move || drop(old));
+        } else {
+            self.retiring = Some((old, in_flight));
         }
     }
 
@@ -314,15 +454,43 @@ impl Forwarder {
         }
     }
 
-    fn settle(&mut self, settled: Settled) -> Result<(), ForwardError> {
+    fn settle(
+        &mut self,
+        settled: Settled,
+        pending: &mut VecDeque<Job>,
+    ) -> Result<(), ForwardError> {
+        // The retired producer's messages come first: this is one of them.
+        let from_retired = self.retiring.is_some();
+        if let Some((_, left)) = &mut self.retiring {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                if let Some((retired, _)) = self.retiring.take() {
+                    // Destroying a client joins its threads: not on the runtime's.
+                    tokio::task::spawn_blocking(move || drop(retired));
+                }
+            }
+        }
         let ack = match settled {
             Settled::Forwarded { ack, latency } => {
+                self.confirmed = true;
                 self.stats.produced(latency);
                 ack
             }
             Settled::DeadLettered { ack, reason } => {
+                self.confirmed = true;
                 self.stats.dead_lettered(reason);
                 ack
+            }
+            Settled::Purged(job) => {
+                pending.push_back(job);
+                return Ok(());
+            }
+            Settled::ProducerFailed { job, error } => {
+                pending.push_back(job);
+                if !from_retired {
+                    self.replace_wanted.get_or_insert(error);
+                }
+                return Ok(());
             }
             Settled::Failed(failure) => {
                 self.stats.failed();
@@ -378,6 +546,31 @@ fn produce(
 
 fn is_queue_full(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+}
+
+/// The idempotent producer's state is lost or broken (its broker forgot it, or
+/// librdkafka gave up on it): a new producer gets past it, another attempt with this one
+/// would not.
+fn is_about_the_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// Taken back from a producer being replaced (see `Forwarder::replace_if_wanted`).
+fn is_purged(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
 }
 
 /// What to try after Kafka refused `job` with `error`: a frame goes to the dead-letter
@@ -441,6 +634,13 @@ async fn settle_delivery(
                         reason: rejection.reason,
                     },
                 };
+            }
+            Ok(Err((error, _))) if is_purged(&error) => return Settled::Purged(job),
+            Ok(Err((error, _))) if is_about_the_producer(&error) => {
+                return Settled::ProducerFailed {
+                    job,
+                    error: format!("Kafka refused a record for the producer's state: {error}"),
+                }
             }
             Ok(Err((error, _))) => error,
             Err(_) => return Settled::Failed("the Kafka producer was dropped".to_owned()),

@@ -164,18 +164,47 @@ pub fn relay_consumer_config(config: &KafkaConfig, client_id: &str) -> ClientCon
     client
 }
 
-pub fn create_producer(
+/// Makes the forwarder's producers: one at start, and a new one whenever the forwarder
+/// finds the current one wedged (see `wedge`).
+#[derive(Clone)]
+pub struct ProducerFactory {
+    pub config: KafkaConfig,
+    pub client_id: String,
+    pub max_in_flight: usize,
+    pub stats: Arc<Stats>,
+    pub readiness: Arc<BridgeReadiness>,
+}
+
+impl ProducerFactory {
+    pub fn create(&self) -> Result<Producer, KafkaError> {
+        producer_config(&self.config, &self.client_id, self.max_in_flight).create_with_context(
+            KafkaContext {
+                stats: self.stats.clone(),
+                readiness: self.readiness.clone(),
+                brokers: self.config.brokers.clone(),
+            },
+        )
+    }
+}
+
+/// The producer of the records on the metrics topic: apart from the forwarder's, so a
+/// replaced producer does not take the metrics with it, and without idempotence, so it
+/// cannot wedge. A record Kafka does not take within librdkafka's default timeout is
+/// dropped: the next one carries the totals.
+pub fn create_metrics_producer(
     config: &KafkaConfig,
     client_id: &str,
-    max_in_flight: usize,
-    stats: Arc<Stats>,
-    readiness: Arc<BridgeReadiness>,
-) -> Result<Producer, KafkaError> {
-    producer_config(config, client_id, max_in_flight).create_with_context(KafkaContext {
-        stats,
-        readiness,
-        brokers: config.brokers.clone(),
-    })
+) -> Result<FutureProducer<QuietContext>, KafkaError> {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", format!("{client_id}-metrics"))
+        .set("enable.idempotence", "false")
+        .set("compression.type", config.compression.as_librdkafka());
+    client.create_with_context(QuietContext)
 }
 
 #[derive(Debug, thiserror::Error)]

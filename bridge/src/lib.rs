@@ -21,6 +21,7 @@ pub mod mqtt_client;
 pub mod readiness;
 pub mod stats;
 pub mod validate;
+pub mod wedge;
 
 pub use app::Bridge;
 pub use config::{BridgeConfig, CliOverrides, Mode};

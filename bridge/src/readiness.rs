@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 use service::http::Readiness;
 use service::readiness::{Flag, StallWatch};
 
-/// Messages in flight with none confirmed by Kafka for this long: not ready.
-pub const STALL_AFTER: Duration = Duration::from_secs(30);
-
 #[derive(Debug)]
 pub struct BridgeReadiness {
     mqtt: Flag,
@@ -25,18 +22,18 @@ pub struct BridgeReadiness {
     stall: StallWatch,
 }
 
-impl Default for BridgeReadiness {
-    fn default() -> Self {
+impl BridgeReadiness {
+    /// Not ready once messages in flight have had none confirmed by Kafka for
+    /// `stall_after` (`forward.stall_after`).
+    pub fn new(stall_after: Duration) -> Self {
         Self {
             mqtt: Flag::default(),
             kafka: Flag::default(),
             produced: AtomicU64::new(0),
-            stall: StallWatch::new(STALL_AFTER, Instant::now()),
+            stall: StallWatch::new(stall_after, Instant::now()),
         }
     }
-}
 
-impl BridgeReadiness {
     pub fn set_mqtt(&self, up: bool) {
         self.mqtt.set(up);
     }
@@ -70,9 +67,9 @@ impl BridgeReadiness {
     pub fn stall(&self, now: Instant) -> Option<String> {
         self.stall.stall(now).map(|stall| {
             format!(
-                "{} messages wait for Kafka and none was confirmed for {} s (a producer \
-                 stuck behind a connected broker: restart the bridge; the agents resend \
-                 what it held)",
+                "{} messages wait for Kafka and none was confirmed for {} s (Kafka \
+                 unreachable, or a producer stuck behind a connected broker, which the \
+                 bridge replaces after twice this time)",
                 stall.waiting,
                 stall.still.as_secs()
             )
@@ -94,9 +91,11 @@ impl Readiness for BridgeReadiness {
 mod tests {
     use super::*;
 
+    const STALL_AFTER: Duration = Duration::from_secs(30);
+
     #[test]
     fn waiting_messages_that_kafka_never_confirms_are_a_stall() {
-        let readiness = BridgeReadiness::default();
+        let readiness = BridgeReadiness::new(STALL_AFTER);
         let t0 = Instant::now();
         readiness.observe(10, 5, t0);
         readiness.observe(10, 5, t0 + STALL_AFTER / 2);

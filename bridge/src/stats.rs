@@ -61,6 +61,7 @@ pub struct Stats {
     stale_acks: Count,
     stale_messages: Count,
     producer_queue_full: Count,
+    producer_replacements: Count,
     mqtt_connections: Count,
     mqtt_stalls: Count,
     embedded_overruns: Count,
@@ -68,6 +69,7 @@ pub struct Stats {
     confirmations_relayed: Count,
     confirmations_refused: CountsByReason,
     confirmations_unsent: Count,
+    relay_restarts: Count,
     completeness_published: Count,
     completeness_skipped: Count,
     in_flight: Level,
@@ -104,6 +106,7 @@ impl Stats {
             stale_acks: count("bridge_stale_acks_total"),
             stale_messages: count("bridge_stale_messages_total"),
             producer_queue_full: count("bridge_producer_queue_full_total"),
+            producer_replacements: count("bridge_producer_replacements_total"),
             mqtt_connections: count("bridge_mqtt_connections_total"),
             mqtt_stalls: count("bridge_mqtt_stalls_total"),
             embedded_overruns: count("bridge_embedded_overruns_total"),
@@ -115,6 +118,7 @@ impl Stats {
                 &Refusal::ALL.map(Refusal::code),
             ),
             confirmations_unsent: count("bridge_confirmations_unsent_total"),
+            relay_restarts: count("bridge_confirm_relay_restarts_total"),
             completeness_published: count("bridge_completeness_published_total"),
             completeness_skipped: count("bridge_completeness_skipped_total"),
             in_flight: level("bridge_messages_in_flight"),
@@ -182,6 +186,11 @@ impl Stats {
         self.producer_queue_full.add(1);
     }
 
+    /// The producer was wedged and a new one took its place.
+    pub fn producer_replaced(&self) {
+        self.producer_replacements.add(1);
+    }
+
     /// A (re)connection to the external broker (client mode).
     pub fn mqtt_connected(&self) {
         self.mqtt_connections.add(1);
@@ -221,6 +230,11 @@ impl Stats {
         self.confirmations_unsent.add(1);
     }
 
+    /// The confirmation relay lost Kafka and started a new consumer.
+    pub fn relay_restarted(&self) {
+        self.relay_restarts.add(1);
+    }
+
     /// A retained summary published on a device's `completeness` topic.
     pub fn completeness_published(&self) {
         self.completeness_published.add(1);
@@ -255,6 +269,7 @@ impl Stats {
             stale_acks: self.stale_acks.get(),
             stale_messages: self.stale_messages.get(),
             producer_queue_full: self.producer_queue_full.get(),
+            producer_replacements: self.producer_replacements.get(),
             mqtt_connections: self.mqtt_connections.get(),
             mqtt_stalls: self.mqtt_stalls.get(),
             embedded_overruns: self.embedded_overruns.get(),
@@ -286,6 +301,7 @@ pub struct StatsSnapshot {
     pub stale_acks: u64,
     pub stale_messages: u64,
     pub producer_queue_full: u64,
+    pub producer_replacements: u64,
     pub mqtt_connections: u64,
     pub mqtt_stalls: u64,
     pub embedded_overruns: u64,

@@ -1,7 +1,7 @@
 //! The bridge binary through the failures it promises to survive: Kafka frozen and
 //! thawed (nothing lost, nothing twice, memory within budget, MQTT kept alive), the
 //! bridge itself killed with SIGKILL in client mode (nothing the broker held is lost),
-//! and a Kafka that lost its state, which the bridge cannot go past but must report.
+//! and a Kafka that lost its state, which the bridge reports, then gets past by itself.
 
 mod support;
 
@@ -394,16 +394,17 @@ async fn a_bridge_started_before_its_brokers_waits_for_them_then_forwards() {
 
 /// Kafka restarted with its storage lost (the local stack's Tansu): the idempotent
 /// producer's id is gone with it and Tansu does not say so, so the producer confirms
-/// nothing more, though the broker is connected. The bridge cannot repair that itself;
-/// it must say so on `/readyz`, so a supervisor restarts it (the agents then resend what
-/// it held, since nothing confirmed it to them).
+/// nothing more, though the broker is connected. The bridge says so on `/readyz`, then
+/// replaces its producer and sends what it held again: nothing waits for a supervisor.
 #[test]
-fn a_kafka_that_lost_its_state_shows_as_a_stall_on_readyz() {
+fn a_kafka_that_lost_its_state_is_reported_then_the_bridge_replaces_its_producer() {
     let mut kafka = testkit::Tansu::start();
     let mosquitto = testkit::Mosquitto::start();
     let prefix = testkit::unique_name("plant");
     let mut config = test_config(Mode::Client, &prefix, &kafka.brokers());
     config.mqtt.port = mosquitto.port();
+    config.forward.stall_after = Duration::from_secs(5);
+    let data_topic = config.kafka.topic.clone();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let bridge = Process::spawn(&config);
     let devices = ["dev-a", "dev-b"];
@@ -443,19 +444,44 @@ fn a_kafka_that_lost_its_state_shows_as_a_stall_on_readyz() {
         &workload(&prefix, &devices, 10, 10),
     ));
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut stall_reported = false;
     loop {
-        let readiness = bridge.readiness();
+        // One look at /readyz: its status and the reason in its body, together.
+        let (status, readiness) = bridge.get("/readyz").unwrap_or_default();
         if readiness.contains("messages wait for Kafka") {
-            assert!(!bridge.ready(), "{readiness}");
+            assert_eq!(status, 503, "{readiness}");
+            stall_reported = true;
+        }
+        if bridge.metric("bridge_producer_replacements_total") >= 1.0
+            && bridge.metric("bridge_messages_produced_total") >= 40.0
+            && bridge.ready()
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no stall reported within 2 min of Kafka's restart; produced {}, in flight {}; {}",
+            "no recovery within 2 min of Kafka's restart; produced {}, in flight {}, \
+             producers replaced {}; {}",
             bridge.metric("bridge_messages_produced_total"),
             bridge.metric("bridge_messages_in_flight"),
+            bridge.metric("bridge_producer_replacements_total"),
             readiness.replace('\n', ", ")
         );
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stall_reported, "the stall never showed on /readyz");
+    // What the lost storage held is gone (the agents resend it); what came after is in
+    // the new storage, every frame, in order per device.
+    let records = read_until_unique(&kafka.brokers(), &data_topic, 20, Duration::from_secs(30));
+    let by_device = sequences_by_device(&records);
+    for device in devices {
+        let unique: BTreeSet<u64> = by_device
+            .get(device)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let expected: BTreeSet<u64> = (10..20).map(|i| i * 50).collect();
+        assert_eq!(unique, expected, "{device}");
     }
 }

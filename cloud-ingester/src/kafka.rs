@@ -8,6 +8,7 @@
 //! `kafka-consumer-groups` still show progress, but nothing is read back from Kafka.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::config::ClientConfig;
@@ -30,6 +31,8 @@ const STATISTICS_INTERVAL_MS: &str = "5000";
 pub struct IngestContext {
     readiness: Arc<IngesterReadiness>,
     high_watermarks: Mutex<BTreeMap<i32, i64>>,
+    /// A broker was up in some statistics of this consumer, or it read a record.
+    has_connected: AtomicBool,
 }
 
 impl IngestContext {
@@ -37,7 +40,19 @@ impl IngestContext {
         Self {
             readiness,
             high_watermarks: Mutex::new(BTreeMap::new()),
+            has_connected: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this consumer was ever connected: only such a consumer can have lost its
+    /// connection (a new one that has not reached Kafka yet is left to keep trying).
+    pub fn has_connected(&self) -> bool {
+        self.has_connected.load(Ordering::Relaxed)
+    }
+
+    /// The consumer read a record: it is connected, whether or not statistics said so.
+    pub fn read_a_record(&self) {
+        self.has_connected.store(true, Ordering::Relaxed);
     }
 
     /// The end of each assigned partition's log as of the last statistics (every 5 s).
@@ -74,7 +89,11 @@ impl ClientContext for IngestContext {
             .high_watermarks
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = marks;
-        self.set_kafka(statistics.brokers.values().any(|b| b.state == "UP"));
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        if up {
+            self.has_connected.store(true, Ordering::Relaxed);
+        }
+        self.set_kafka(up);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -50,6 +50,7 @@ pub struct IngestStats {
     dead_lettered: CountsByReason,
     store_errors: Count,
     redis_errors: Count,
+    consumer_replacements: Count,
     confirmations_sent: Count,
     confirmations_unsent: CountsByReason,
     flush_micros: AtomicU64,
@@ -84,6 +85,7 @@ impl IngestStats {
             ),
             store_errors: count("ingester_store_errors_total"),
             redis_errors: count("ingester_redis_errors_total"),
+            consumer_replacements: count("ingester_consumer_replacements_total"),
             confirmations_sent: count("ingester_confirmations_sent_total"),
             confirmations_unsent: CountsByReason::new(
                 "ingester_confirmations_unsent_total",
@@ -130,6 +132,11 @@ impl IngestStats {
 
     pub fn redis_error(&self) {
         self.redis_errors.add(1);
+    }
+
+    /// The Kafka consumer lost its connection and a new one took its place.
+    pub fn consumer_replaced(&self) {
+        self.consumer_replacements.add(1);
     }
 
     /// Kafka took a confirmation for a device.
@@ -201,6 +208,7 @@ impl IngestStats {
             dead_lettered_by_reason: self.dead_lettered.by_code(),
             store_errors: self.store_errors.get(),
             redis_errors: self.redis_errors.get(),
+            consumer_replacements: self.consumer_replacements.get(),
             confirmations_sent: self.confirmations_sent.get(),
             confirmations_unsent: self.confirmations_unsent.total(),
             flush_seconds: self.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
@@ -247,6 +255,7 @@ pub struct IngestSnapshot {
     pub dead_lettered_by_reason: Vec<(&'static str, u64)>,
     pub store_errors: u64,
     pub redis_errors: u64,
+    pub consumer_replacements: u64,
     /// Confirmations Kafka took for the devices, and those not sent (any reason).
     pub confirmations_sent: u64,
     pub confirmations_unsent: u64,

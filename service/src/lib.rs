@@ -18,6 +18,8 @@ pub mod dead_letter;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka_config;
+#[cfg(feature = "kafka")]
+pub mod kafka_connection;
 #[cfg(feature = "logging")]
 pub mod logging;
 #[cfg(feature = "http")]

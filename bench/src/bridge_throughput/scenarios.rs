@@ -199,7 +199,9 @@ pub(super) async fn mqtt_side(settings: &Settings) -> anyhow::Result<Outcome> {
     let port = mosquitto.port();
     let runtime = bridge_runtime()?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let readiness = Arc::new(BridgeReadiness::default());
+    let readiness = Arc::new(BridgeReadiness::new(
+        bridge::config::ForwardConfig::default().stall_after,
+    ));
     let acked = Arc::new(AtomicUsize::new(0));
     let filter =
         protocol::topic::shared_filter("bench", &workload.prefix, protocol::TopicKind::Telemetry)

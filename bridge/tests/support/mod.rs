@@ -319,7 +319,8 @@ impl Process {
         process
     }
 
-    fn get(&self, path: &str) -> Option<(u16, String)> {
+    /// Status and body of a GET to the bridge's HTTP endpoints.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
         // Generous: a loaded machine answers slowly, and no answer reads as "not ready".

@@ -2,6 +2,7 @@
 //! with the other instances, reset logs and stalls noticed, and the consumer assigned
 //! exactly the held partitions from their stored offsets.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{LoopState, Pipeline};
+use crate::kafka::{self, IngestContext};
 use crate::ownership::Change;
 use crate::readiness::STALL_AFTER;
 use crate::store::EventLevel;
@@ -24,6 +26,15 @@ pub(super) const BALANCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// in the middle of. Starting a batch's length earlier (librdkafka's producers put at most
 /// 10 000 records in a batch: `batch.num.messages`) makes every broker deliver it.
 pub(super) const REWIND_RECORDS: i64 = 10_000;
+/// What happens to the records an assignment reads again below the stored offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rewound {
+    /// Passed over: they were stored.
+    Skipped,
+    /// Written again: they may be new (see `Pipeline::replace_consumer`).
+    Kept,
+}
+
 /// How long to wait for the topic's metadata in one attempt.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -129,7 +140,7 @@ impl Pipeline {
             None => state.stall_handled = None,
         }
         if reassign {
-            self.assign(state);
+            self.assign(state, Rewound::Skipped);
         }
     }
 
@@ -197,15 +208,47 @@ impl Pipeline {
         any
     }
 
+    /// Drops a consumer that lost Kafka for a new one, assigned the held partitions from
+    /// their stored offsets (`service::kafka_connection` says why). If no new one can be
+    /// made, the old one goes on, as librdkafka would have it.
+    ///
+    /// The broker that comes back may have lost its logs, and a log that restarted from
+    /// offset 0 but is not yet shorter than the stored offset by [`REWIND_RECORDS`] does
+    /// not look reset (`restart_reset_logs`): its records below the stored offset are new.
+    /// So the rewound records are kept, not skipped, this once; those that were stored
+    /// are written again as nothing (the store's key).
+    pub(super) fn replace_consumer(&mut self, state: &mut LoopState) {
+        let consumer = match kafka::consumer(
+            &self.kafka,
+            &self.settings.instance,
+            IngestContext::new(self.readiness.clone()),
+        ) {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                warn!("the Kafka consumer lost its connection and a new one cannot be made: {e}");
+                return;
+            }
+        };
+        warn!("the Kafka consumer lost its connection; reading on with a new one from the stored offsets");
+        self.stats.consumer_replaced();
+        let lost = std::mem::replace(&mut self.consumer, Arc::new(consumer));
+        // Left to close by itself: the loop goes on with the new one.
+        drop(service::kafka_connection::retire(lost));
+        self.assign(state, Rewound::Kept);
+    }
+
     /// Assigns the consumer exactly the held partitions, each from a little before its
-    /// stored offset ([`REWIND_RECORDS`]).
-    fn assign(&self, state: &mut LoopState) {
+    /// stored offset ([`REWIND_RECORDS`]); the records read again below it are skipped
+    /// or kept as `rewound` says.
+    fn assign(&self, state: &mut LoopState, rewound: Rewound) {
         let mut list = TopicPartitionList::new();
         state.skip_below.clear();
         for (&partition, lease) in state.ownership.held() {
             let offset = match lease.next_offset {
                 Some(next) => {
-                    state.skip_below.insert(partition, next);
+                    if rewound == Rewound::Skipped {
+                        state.skip_below.insert(partition, next);
+                    }
                     Offset::Offset((next - REWIND_RECORDS).max(0))
                 }
                 None => Offset::Beginning,

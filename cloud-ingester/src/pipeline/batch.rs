@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,9 @@ pub(super) enum Fill {
     /// Nothing arrived before the leases were due for renewal.
     Idle,
     Stopped,
+    /// The consumer lost its connection to Kafka: it is to be made again
+    /// (`service::kafka_connection`).
+    ConnectionLost,
 }
 
 impl Pipeline {
@@ -100,6 +104,7 @@ impl Pipeline {
                 }
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
+                        self.consumer.context().read_a_record();
                         let stored = state.skip_below.get(&message.partition());
                         if stored.is_some_and(|&stored| message.offset() < stored) {
                             continue;
@@ -117,6 +122,8 @@ impl Pipeline {
                             return Fill::Full;
                         }
                     }
+                    Err(e) if service::kafka_connection::lost(&e)
+                        && self.consumer.context().has_connected() => return Fill::ConnectionLost,
                     Err(e) => warn!("Kafka consumer: {e}"),
                 },
             }

@@ -58,7 +58,7 @@ use crate::alerts::data_loss::DataLossRule;
 use crate::alerts::publish as alert_publish;
 use crate::alerts::rules::RuleBook;
 use crate::alerts::{self, AlertEngine};
-use crate::config::IngesterConfig;
+use crate::config::{IngesterConfig, KafkaConfig};
 use crate::confirmations::{ConfirmSink, Confirmations};
 use crate::dead_letters::BurstWindow;
 use crate::future_dated::FutureDated;
@@ -174,6 +174,8 @@ struct LoopState {
 pub struct Pipeline {
     /// Shared with the blocking metadata calls (`spawn_blocking`).
     consumer: Arc<StreamConsumer<IngestContext>>,
+    /// What a new consumer is made from, when one loses Kafka.
+    kafka: KafkaConfig,
     producer: FutureProducer,
     store: Store,
     redis: Option<RedisSink>,
@@ -219,6 +221,7 @@ impl Pipeline {
         };
         Ok(Self {
             consumer: Arc::new(consumer),
+            kafka: config.kafka.clone(),
             producer,
             store: Store::new(pool.clone()),
             redis,
@@ -296,6 +299,11 @@ impl Pipeline {
             }
             let mut batch = Batch::default();
             let fill = self.fill(&mut batch, &stop, &mut state).await;
+            if matches!(fill, Fill::ConnectionLost) {
+                // At once, before the batch's write: the lost consumer must be gone
+                // before it reconnects (`service::kafka_connection`).
+                self.replace_consumer(&mut state);
+            }
             let committed_any = !batch.is_empty();
             // `false`: stopped before the batch could be stored (PostgreSQL away, or its
             // dead letters unconfirmed when the grace ended); it is read again after a
