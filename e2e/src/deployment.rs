@@ -541,11 +541,13 @@ impl Deployment {
     }
 
     /// Waits until every agent reports itself connected with no more than a second's
-    /// frames unsent, so the clean stop measures the pipeline rather than an agent
-    /// still backing off its reconnection or working through its backlog (at most
-    /// `delivery.catch_up_rate` frames a second, so after outages at a high rate that
-    /// takes minutes). Gives up once the agents' unsent frames have not fallen for two
-    /// minutes; the ledger then shows what stayed in the queues.
+    /// frames queued (unsent or unconfirmed), so the clean stop measures the pipeline
+    /// rather than an agent still backing off its reconnection, working through its
+    /// backlog (at most `delivery.catch_up_rate` frames a second, so after outages at a
+    /// high rate that takes minutes) or waiting to resend what a broker lost. Gives up
+    /// once the agents' queued frames have not fallen for two minutes (at a rate above
+    /// what the pipeline commits they never do); the ledger then shows what stayed in
+    /// the queues.
     async fn wait_for_agents_caught_up(&mut self) -> Result<()> {
         let patience = Duration::from_secs(120);
         let mut fewest = (u64::MAX, Instant::now());
@@ -553,13 +555,13 @@ impl Deployment {
             self.check_alive()?;
             let observer = self.observer.as_ref().context("no observer")?;
             let mut caught_up = true;
-            let mut unsent_total = 0;
+            let mut queued_total = 0;
             for gateway in self.workload.gateways() {
                 let second = (gateway.rate / FRAME_READINGS).max(CAUGHT_UP_BACKLOG);
-                match observer.unsent(&gateway.id) {
-                    Some(unsent) => {
-                        caught_up &= unsent <= second;
-                        unsent_total += unsent;
+                match observer.queued(&gateway.id) {
+                    Some(queued) => {
+                        caught_up &= queued <= second;
+                        queued_total += queued;
                     }
                     None => caught_up = false,
                 }
@@ -567,8 +569,8 @@ impl Deployment {
             if caught_up {
                 return Ok(());
             }
-            if unsent_total < fewest.0 {
-                fewest = (unsent_total, Instant::now());
+            if queued_total < fewest.0 {
+                fewest = (queued_total, Instant::now());
             } else if fewest.1.elapsed() > patience {
                 return Ok(());
             }

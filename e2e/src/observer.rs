@@ -123,19 +123,18 @@ impl Observer {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The frames in gateway `id`'s queue not yet handed to the broker, by its last
-    /// report, if that report says it is online and connected. Frames the broker has and
-    /// the cloud has not confirmed yet are the pipeline's to drain, not the agent's: at a
-    /// rate above what the pipeline commits they never fall to a second's worth.
-    pub fn unsent(&self, id: &str) -> Option<u64> {
+    /// The frames in gateway `id`'s queue, by its last report, if that report says it is
+    /// online and connected: unsent, and sent but not confirmed yet (among those, the
+    /// frames a broker lost, which the agent resends only after `confirm_grace` or
+    /// `confirm_timeout`).
+    pub fn queued(&self, id: &str) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let status = seen.gateways.get(id)?;
         let health = &status["health"];
         if status["state"] != "online" || health["connected"] != true {
             return None;
         }
-        let queued = health["queue_records"].as_u64()?;
-        Some(queued.saturating_sub(health["awaiting_confirm"].as_u64().unwrap_or(0)))
+        health["queue_records"].as_u64()
     }
 
     /// Disconnects and returns what was seen; the task ends when the observer drops.
