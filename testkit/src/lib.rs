@@ -253,24 +253,34 @@ impl Drop for Redis {
     }
 }
 
-/// A loopback port nobody listens on right now, and never handed out before by this
-/// process: the kernel may offer a just-released port again, and two tests running in
-/// parallel must not both plan to listen on it.
+/// Where `free_port` looks: below the kernel's ephemeral range (`ip_local_port_range`,
+/// 32768 and up by default), which is where outgoing connections and port-0 listeners get
+/// their ports; a port picked there could be taken by any process's next connection
+/// between the pick and the test's bind (seen: the embedded broker's listen failing with
+/// "Address already in use" while another process made many connections).
+const FREE_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// A loopback port nobody listens on right now, outside the kernel's ephemeral range, and
+/// never handed out before by this process: two tests running in parallel must not both
+/// plan to listen on it.
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut handed_out = HANDED_OUT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return port;
+    let span = u64::from(FREE_PORTS.end - FREE_PORTS.start);
+    for _ in 0..10_000 {
+        // A different start per process and call, so parallel test processes spread out.
+        let mut hasher = DefaultHasher::new();
+        (std::process::id(), Instant::now(), handed_out.len()).hash(&mut hasher);
+        let port = FREE_PORTS.start + (hasher.finish() % span) as u16;
+        if handed_out.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        handed_out.push(port);
+        return port;
     }
+    panic!("no free loopback port in {FREE_PORTS:?} after 10 000 tries");
 }
 
 fn is_root() -> bool {
@@ -513,4 +523,22 @@ fn account_id(which: &str) -> u32 {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("no postgres account (`id {which} postgres` failed)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len());
+        for port in ports {
+            assert!(FREE_PORTS.contains(&port), "{port}");
+            TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
 }
