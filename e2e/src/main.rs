@@ -58,6 +58,11 @@ fn main() -> ExitCode {
         rate: cli.rate.unwrap_or(cli.mode.default_rate()),
         ..Settings::new(seed, cli.mode)
     };
+    // A rate the workload cannot make is refused before any server starts.
+    if let Err(e) = e2e::workload::Workload::new(settings.rate) {
+        eprintln!("faults: --rate: {e:#}");
+        return ExitCode::from(2);
+    }
     let mut failed = Vec::new();
     for scenario in scenarios {
         println!(
