@@ -14,13 +14,11 @@
 //! authorized) stops the bridge without acknowledging the message:
 //! the broker keeps it, and nothing good is dead-lettered for a broker-side problem.
 //!
-//! Two producer failures are not about a record and need no supervisor: an idempotent
-//! producer whose broker forgot it (an unknown producer id, a sequence out of order, a
-//! fatal state), and one that confirms nothing while Kafka is connected (wedged, see
-//! `wedge`). For both the forwarder makes a new producer, purges the old one and offers
-//! what it held to the new one, in arrival order, before it takes another message, so
+//! A producer that fails as a whole (its broker forgot it, or it confirms nothing while
+//! Kafka is connected) is replaced by `producer_slot`; what it held comes back purged
+//! and is offered to the new one, in arrival order, before any new message, so
 //! acknowledgements stay in order. Kafka may then hold some of those twice; identity
-//! makes that harmless. Replacements are at least `MIN_REPLACE_INTERVAL` apart.
+//! makes that harmless.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -31,7 +29,7 @@ use std::time::{Duration, Instant};
 use contracts::dead_letter::{Reason, Rejection};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -39,10 +37,10 @@ use tracing::{error, warn};
 use crate::inbound::{Ack, AckOutcome, Inbound};
 use crate::kafka::{dlq_headers, frame_headers, Producer, ProducerFactory};
 use crate::latest::Latest;
+use crate::producer_slot::ProducerSlot;
 use crate::readiness::BridgeReadiness;
 use crate::stats::Stats;
 use crate::validate;
-use crate::wedge::WedgeWatch;
 
 /// How long to wait before offering a message again to a producer whose queue is full
 /// (it is also offered again as soon as any delivery report frees room).
@@ -53,10 +51,7 @@ const ACK_RETRY: Duration = Duration::from_millis(2);
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// How often the forwarder looks whether its producer is wedged (or due for a
 /// replacement that had to wait).
-const WEDGE_CHECK: Duration = Duration::from_secs(1);
-/// Producers are replaced at most this often, so a broker that refuses every new one
-/// costs a replacement per interval, not a busy loop.
-const MIN_REPLACE_INTERVAL: Duration = Duration::from_secs(5);
+const PRODUCER_CHECK: Duration = Duration::from_secs(1);
 /// Bytes of a payload kept in a dead-letter record Kafka refused at full size.
 pub const DLQ_TRUNCATED_BYTES: usize = service::dead_letter::TRUNCATED_BYTES;
 
@@ -112,19 +107,8 @@ enum Settled {
 type Settling = Pin<Box<dyn Future<Output = Settled> + Send>>;
 
 pub struct Forwarder {
-    producer: Producer,
-    producers: ProducerFactory,
+    producer: ProducerSlot,
     readiness: Arc<BridgeReadiness>,
-    wedge: WedgeWatch,
-    /// Kafka confirmed a message since the last wedge check.
-    confirmed: bool,
-    /// A wedged producer being emptied, and how many of its messages are still to be
-    /// settled: they come first in `settling`, and until they are all back no new
-    /// message is taken.
-    retiring: Option<(Producer, usize)>,
-    /// Why the producer is to be replaced as soon as `MIN_REPLACE_INTERVAL` allows.
-    replace_wanted: Option<String>,
-    last_replaced: Option<Instant>,
     data_topic: Arc<str>,
     dlq_topic: Arc<str>,
     topic_prefix: String,
@@ -162,14 +146,8 @@ impl Forwarder {
         stats: Arc<Stats>,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: producers.create()?,
-            producers,
+            producer: ProducerSlot::new(producers, settings.replace_wedged_after)?,
             readiness,
-            wedge: WedgeWatch::new(settings.replace_wedged_after, Instant::now()),
-            confirmed: false,
-            retiring: None,
-            replace_wanted: None,
-            last_replaced: None,
             data_topic: settings.data_topic.into(),
             dlq_topic: settings.dlq_topic.into(),
             topic_prefix: settings.topic_prefix,
@@ -199,7 +177,7 @@ impl Forwarder {
         // Jobs to offer the producer before any new message, in arrival order: one its
         // full queue refused, or those purged from a wedged producer.
         let mut pending: VecDeque<Job> = VecDeque::new();
-        let mut wedge_check = tokio::time::interval(WEDGE_CHECK);
+        let mut producer_check = tokio::time::interval(PRODUCER_CHECK);
         let latest_period = self
             .latest
             .as_ref()
@@ -216,7 +194,7 @@ impl Forwarder {
             // would make the forwarder wait for the MQTT side, which may be waiting for
             // the forwarder (a deadlock this crate once had).
             let window_open = pending.is_empty()
-                && self.retiring.is_none()
+                && !self.producer.retiring()
                 && settling.len() < self.max_in_flight;
             tokio::select! {
                 biased;
@@ -238,8 +216,8 @@ impl Forwarder {
                 _ = tokio::time::sleep(QUEUE_FULL_RETRY), if !pending.is_empty() => {
                     self.submit_pending(&mut pending, &mut settling)?;
                 }
-                _ = wedge_check.tick() => {
-                    self.watch_for_wedge(settling.len());
+                _ = producer_check.tick() => {
+                    self.producer.look(settling.len(), self.readiness.kafka());
                     self.replace_if_wanted(settling.len());
                     self.submit_pending(&mut pending, &mut settling)?;
                 }
@@ -338,10 +316,15 @@ impl Forwarder {
         job: Job,
         settling: &mut FuturesOrdered<Settling>,
     ) -> Result<Option<Job>, ForwardError> {
-        match produce(&self.producer, &self.data_topic, &self.dlq_topic, &job) {
+        match produce(
+            self.producer.producer(),
+            &self.data_topic,
+            &self.dlq_topic,
+            &job,
+        ) {
             Ok(delivery) => {
                 settling.push_back(Box::pin(settle_delivery(
-                    self.producer.clone(),
+                    self.producer.producer().clone(),
                     self.dlq_topic.clone(),
                     delivery,
                     job,
@@ -354,8 +337,8 @@ impl Forwarder {
                 Ok(Some(job))
             }
             Err(e) if is_about_the_producer(&e) => {
-                self.replace_wanted
-                    .get_or_insert_with(|| format!("the producer refuses records: {e}"));
+                self.producer
+                    .want_replacement(|| format!("the producer refuses records: {e}"));
                 Ok(Some(job))
             }
             // Refused before it left (e.g. larger than message.max.bytes).
@@ -373,7 +356,7 @@ impl Forwarder {
         pending: &mut VecDeque<Job>,
         settling: &mut FuturesOrdered<Settling>,
     ) -> Result<(), ForwardError> {
-        while self.replace_wanted.is_none() {
+        while !self.producer.holds_messages_back() {
             let Some(job) = pending.pop_front() else {
                 break;
             };
@@ -385,58 +368,10 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Asks for a new producer when the current one is wedged.
-    fn watch_for_wedge(&mut self, in_flight: usize) {
-        let confirmed = std::mem::take(&mut self.confirmed);
-        let waiting = in_flight > 0 && self.retiring.is_none();
-        if self
-            .wedge
-            .wedged(waiting, confirmed, self.readiness.kafka(), Instant::now())
-        {
-            self.replace_wanted.get_or_insert_with(|| {
-                "Kafka is connected but confirmed none of the messages waiting (a broker \
-                 that lost its state does this)"
-                    .to_owned()
-            });
-        }
-    }
-
-    /// Replaces the producer if that is wanted and allowed now: the new one takes over at
-    /// once, and the old one's messages come back purged, to be offered to it (see
-    /// `settle`).
+    /// Replaces the producer if that is wanted and allowed now (see `ProducerSlot`).
     fn replace_if_wanted(&mut self, in_flight: usize) {
-        if self.retiring.is_some()
-            || self
-                .last_replaced
-                .is_some_and(|at| at.elapsed() < MIN_REPLACE_INTERVAL)
-        {
-            return;
-        }
-        let Some(why) = self.replace_wanted.take() else {
-            return;
-        };
-        let replacement = match self.producers.create() {
-            Ok(producer) => producer,
-            Err(e) => {
-                error!(
-                    "the Kafka producer must be replaced ({why}) and a new one cannot be made: {e}"
-                );
-                self.replace_wanted = Some(why);
-                return;
-            }
-        };
-        warn!(
-            in_flight,
-            "replacing the Kafka producer and sending what it held again: {why}"
-        );
-        self.stats.producer_replaced();
-        self.last_replaced = Some(Instant::now());
-        let old = std::mem::replace(&mut self.producer, replacement);
-        old.purge(PurgeConfig::default().queue().inflight());
-        if in_flight == 0 {
-            tokio::task::spawn_blocking(move || drop(old));
-        } else {
-            self.retiring = Some((old, in_flight));
+        if self.producer.replace_if_due(in_flight) {
+            self.stats.producer_replaced();
         }
     }
 
@@ -459,25 +394,17 @@ impl Forwarder {
         settled: Settled,
         pending: &mut VecDeque<Job>,
     ) -> Result<(), ForwardError> {
-        // The retired producer's messages come first: this is one of them.
-        let from_retired = self.retiring.is_some();
-        if let Some((_, left)) = &mut self.retiring {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                if let Some((retired, _)) = self.retiring.take() {
-                    // Destroying a client joins its threads: not on the runtime's.
-                    tokio::task::spawn_blocking(move || drop(retired));
-                }
-            }
-        }
+        let confirmed = matches!(
+            settled,
+            Settled::Forwarded { .. } | Settled::DeadLettered { .. }
+        );
+        let from_retired = self.producer.settled(confirmed);
         let ack = match settled {
             Settled::Forwarded { ack, latency } => {
-                self.confirmed = true;
                 self.stats.produced(latency);
                 ack
             }
             Settled::DeadLettered { ack, reason } => {
-                self.confirmed = true;
                 self.stats.dead_lettered(reason);
                 ack
             }
@@ -488,7 +415,7 @@ impl Forwarder {
             Settled::ProducerFailed { job, error } => {
                 pending.push_back(job);
                 if !from_retired {
-                    self.replace_wanted.get_or_insert(error);
+                    self.producer.want_replacement(|| error);
                 }
                 return Ok(());
             }

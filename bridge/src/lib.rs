@@ -18,10 +18,10 @@ pub mod kafka;
 pub mod latest;
 pub mod meta;
 pub mod mqtt_client;
+pub mod producer_slot;
 pub mod readiness;
 pub mod stats;
 pub mod validate;
-pub mod wedge;
 
 pub use app::Bridge;
 pub use config::{BridgeConfig, CliOverrides, Mode};
