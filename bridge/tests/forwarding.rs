@@ -603,7 +603,17 @@ async fn two_client_mode_bridges_share_the_load_and_lose_nothing() {
         .into_iter()
         .flat_map(|(d, seqs)| seqs.into_iter().map(move |s| (d.clone(), s)))
         .collect();
-    assert_eq!(stored, sent);
+    let missing: Vec<_> = sent.difference(&stored).collect();
+    let unexpected: Vec<_> = stored.difference(&sent).collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "read {} records back; {} frames missing (first: {:?}), {} never sent (first: {:?})",
+        records.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        unexpected.len(),
+        unexpected.iter().take(5).collect::<Vec<_>>(),
+    );
     // Shared subscriptions spread one device's messages over both bridges, so Kafka
     // holds each device's frames in one partition but not necessarily in order (see
     // README: the ingester relies on identity, not order).
