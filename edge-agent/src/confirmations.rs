@@ -9,7 +9,10 @@
 //! Resending follows TCP's rules rather than a timer per frame, so a stalled cloud (no
 //! confirmations at all) causes no resend loop:
 //! - a frame that waits while a frame of the same device sent after it is confirmed fell
-//!   into a hole after the broker: it is sent again once it has waited `grace`;
+//!   into a hole after the broker: it is sent again once it has waited `grace`. A resent
+//!   frame counts as sent when its first copy was: its confirmation may be that copy's,
+//!   late rather than lost, and so may be everything sent after it (without this rule
+//!   one resend made every frame of a slow pipeline look lost: a resend storm);
 //! - a device's last frame, which nothing later can reveal as lost, is sent again after
 //!   `timeout`, doubling with each resend.
 //!
@@ -52,6 +55,9 @@ struct Waiting {
     id: RecordId,
     end_seq: u64,
     pubacked_at: Instant,
+    /// Its first PUBACK: what a confirmation of it proves about the frames sent after
+    /// it, since the copy that got through may be the first (Karn's rule in TCP).
+    first_pubacked_at: Instant,
     resends: u32,
     /// Handed to the broker again, PUBACK pending.
     resending: bool,
@@ -139,7 +145,8 @@ pub struct Awaiting {
     records: BTreeMap<RecordId, (Stream, u64)>,
     /// Per stream, one past the highest sequence number ever published.
     sent_end: HashMap<Stream, u64>,
-    /// Per device, when the most recently sent frame that got confirmed was PUBACKed.
+    /// Per device, when the most recently sent frame that got confirmed was first
+    /// PUBACKed.
     newest_confirmed: HashMap<String, Instant>,
     /// Per device, when its most recently sent frame was PUBACKed.
     newest_sent: HashMap<String, Instant>,
@@ -188,6 +195,7 @@ impl Awaiting {
                 id,
                 end_seq: span.end_seq,
                 pubacked_at: now,
+                first_pubacked_at: now,
                 resends: 0,
                 resending: false,
             },
@@ -260,7 +268,7 @@ impl Awaiting {
                     .push((waiting.id, waiting.end_seq - first_seq)),
                 Verdict::Open => return true,
             }
-            newest = newest.max(Some(waiting.pubacked_at));
+            newest = newest.max(Some(waiting.first_pubacked_at));
             false
         });
         if frames.is_empty() {
@@ -439,6 +447,35 @@ mod tests {
         assert!(awaiting
             .due(t0 + Duration::from_secs(4), grace, timeout)
             .is_empty());
+    }
+
+    #[test]
+    fn a_resent_frames_confirmation_overtakes_only_what_was_sent_before_its_first_copy() {
+        // Which copy of a resent frame got through is unknown (Karn's problem in TCP):
+        // its first copy may just have been slow, and the frames sent after that copy
+        // are as slow, not lost.
+        let t0 = Instant::now();
+        let (grace, timeout) = (Duration::from_secs(2), Duration::from_secs(30));
+        let mut awaiting = Awaiting::default();
+        awaiting.pubacked(1, span(0, 50), t0);
+        awaiting.pubacked(2, span(50, 100), t0 + Duration::from_secs(1));
+        awaiting.pubacked(3, span(100, 150), t0 + Duration::from_secs(2));
+        awaiting.resending(1);
+        awaiting.pubacked(1, span(0, 50), t0 + Duration::from_secs(10));
+        let applied = awaiting.apply_now(&confirmation(50, &[], &[])).unwrap();
+        assert_eq!(applied.committed, vec![1]);
+        assert!(
+            awaiting
+                .due(t0 + Duration::from_secs(20), grace, timeout)
+                .is_empty(),
+            "frames 2 and 3 are not shown lost by frame 1"
+        );
+        // Frame 3 confirmed: frame 2, sent before it, is.
+        awaiting.apply_now(&confirmation(50, &[(100, 150)], &[])).unwrap();
+        assert_eq!(
+            awaiting.due(t0 + Duration::from_secs(20), grace, timeout),
+            vec![2]
+        );
     }
 
     #[test]
