@@ -14,7 +14,7 @@ use bridge::{Bridge, BridgeConfig, Mode};
 use protocol::{BootId, DeviceId, Frame, Quality, Reading};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use testkit::ChildGuard;
 
@@ -135,16 +135,42 @@ pub struct Record {
 }
 
 /// Reads `topic` from the start until `expected` records arrived, or `wait` passed
-/// with nothing new, and returns them in per-partition order.
+/// with nothing new, and returns them in per-partition order. The partitions are
+/// assigned, not subscribed to: a consumer group's rebalance would read a partition
+/// again from its start, and its repeats would count towards `expected`.
 pub fn read_topic(brokers: &str, topic: &str, expected: usize, wait: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", testkit::unique_name("reader"))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    // The topic may still be being created (by a bridge starting beside the test).
+    let started = Instant::now();
+    let partitions = loop {
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len() as i32)
+            })
+            .unwrap_or(0);
+        if partitions > 0 {
+            break partitions;
+        }
+        assert!(started.elapsed() < wait, "{topic} has no partitions after {wait:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
     let mut records = Vec::new();
     let mut last_progress = Instant::now();
     while records.len() < expected && last_progress.elapsed() < wait {
