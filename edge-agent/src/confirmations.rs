@@ -471,7 +471,9 @@ mod tests {
             "frames 2 and 3 are not shown lost by frame 1"
         );
         // Frame 3 confirmed: frame 2, sent before it, is.
-        awaiting.apply_now(&confirmation(50, &[(100, 150)], &[])).unwrap();
+        awaiting
+            .apply_now(&confirmation(50, &[(100, 150)], &[]))
+            .unwrap();
         assert_eq!(
             awaiting.due(t0 + Duration::from_secs(20), grace, timeout),
             vec![2]

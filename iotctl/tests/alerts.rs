@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use redis::AsyncCommands;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -42,14 +42,25 @@ impl OpenAlerts {
     }
 }
 
+/// Partitions of each test's private alerts topic.
+const ALERT_PARTITIONS: i32 = 2;
+
+/// Reads `topic` (created with `ALERT_PARTITIONS`) from its start by assignment: a
+/// consumer group's rebalance would read a partition again, and the repeats would
+/// count towards `expected`.
 fn read_topic(topic: &str, expected: usize) -> Vec<(String, Value)> {
     let consumer: BaseConsumer = kafka()
         .set("group.id", testkit::unique_name("reader"))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..ALERT_PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     while records.len() < expected && Instant::now() < deadline {
@@ -74,7 +85,7 @@ async fn alerts_are_listed_acknowledged_and_resolved_and_announced(pool: PgPool)
     .unwrap();
     let id_text = id.to_string();
     let topic = testkit::unique_name("alerts");
-    create_topic(&topic, 2).await;
+    create_topic(&topic, ALERT_PARTITIONS).await;
     let prefix = testkit::unique_name("iotctl");
     let isolated = [
         "--alerts-topic",
@@ -190,7 +201,7 @@ async fn a_data_loss_alert_without_a_channel_is_listed_acknowledged_and_resolved
     .unwrap();
     let id_text = id.to_string();
     let topic = testkit::unique_name("alerts");
-    create_topic(&topic, 2).await;
+    create_topic(&topic, ALERT_PARTITIONS).await;
     let prefix = testkit::unique_name("iotctl");
     let alerts_cmd = |args: &[&str]| {
         let mut all = vec!["--alerts-topic", &topic, "--redis-prefix", &prefix];

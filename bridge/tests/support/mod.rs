@@ -161,7 +161,10 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize, wait: Duration) -
         if partitions > 0 {
             break partitions;
         }
-        assert!(started.elapsed() < wait, "{topic} has no partitions after {wait:?}");
+        assert!(
+            started.elapsed() < wait,
+            "{topic} has no partitions after {wait:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut assignment = TopicPartitionList::new();
