@@ -356,7 +356,7 @@ impl Forwarder {
         pending: &mut VecDeque<Job>,
         settling: &mut FuturesOrdered<Settling>,
     ) -> Result<(), ForwardError> {
-        while !self.producer.holds_messages_back() {
+        while !self.producer.replacement_wanted() {
             let Some(job) = pending.pop_front() else {
                 break;
             };

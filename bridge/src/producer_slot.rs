@@ -56,10 +56,9 @@ impl ProducerSlot {
         &self.current
     }
 
-    /// True while the producer is to be replaced or the replaced one's messages are
-    /// still coming back: no message is to be offered to it then.
-    pub fn holds_messages_back(&self) -> bool {
-        self.wanted.is_some() || self.retiring.is_some()
+    /// True while the producer is to be replaced: no message is to be offered to it.
+    pub fn replacement_wanted(&self) -> bool {
+        self.wanted.is_some()
     }
 
     /// True while messages of a replaced producer are still to come back.
