@@ -272,6 +272,9 @@ ensure_software() {
   find_bin redis-server >/dev/null && find_bin redis-cli >/dev/null || packages+=(redis-server)
   find_bin mosquitto >/dev/null || packages+=(mosquitto)
   find_bin mosquitto_pub >/dev/null && find_bin mosquitto_sub >/dev/null || packages+=(mosquitto-clients)
+  # The console's browser tests drive a real headless Chromium through ChromeDriver.
+  find_bin chromium >/dev/null || packages+=(chromium)
+  find_bin chromedriver >/dev/null || packages+=(chromium-driver)
 
   if ! tansu_bin >/dev/null && tansu_install_running; then
     say "waiting for the 'cargo install ... tansu' already running to finish"

@@ -3,7 +3,7 @@
 //! `alerts` record ([`AlertEvent`], keyed by device, for notifiers) and as a value of the
 //! Redis open-alerts hash ([`AlertView`], for dashboards).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which rule an alert is about (`alerts.rule`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,7 +51,7 @@ impl Rule {
 
 /// An alert as readers see it: the value of its Redis hash field, and the body of its
 /// Kafka records.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertView {
     pub alert_id: i64,
     pub device_id: String,

@@ -62,6 +62,17 @@ pub async fn serve(
     readiness: Arc<dyn Readiness>,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
+    serve_with(config, readiness, Router::new(), shutdown).await
+}
+
+/// [`serve`], with a service's own `routes` beside the three endpoints on the same port
+/// (the console's pages).
+pub async fn serve_with(
+    config: &HttpConfig,
+    readiness: Arc<dyn Readiness>,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
     let listen = config.listen;
     let bound = async {
         let listener = TcpListener::bind(listen).await?;
@@ -78,7 +89,8 @@ pub async fn serve(
         )
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(readiness);
+        .with_state(readiness)
+        .merge(routes);
     let upkeep = crate::metrics::prometheus_upkeep(shutdown.clone());
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());

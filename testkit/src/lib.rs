@@ -39,6 +39,16 @@ pub fn database_url() -> String {
     stack_var("DATABASE_URL")
 }
 
+/// The URL of database `name` on the stack's server (a `#[sqlx::test]` database, whose
+/// name `SELECT current_database()` tells), for a service the test starts.
+pub fn database_url_of(name: &str) -> String {
+    let base = database_url();
+    match base.rfind('/') {
+        Some(slash) => format!("{}/{name}", &base[..slash]),
+        None => panic!("DATABASE_URL {base:?} has no database path"),
+    }
+}
+
 /// `redis://…` URL of the stack's Redis.
 pub fn redis_url() -> String {
     stack_var("REDIS_URL")

@@ -1,0 +1,308 @@
+//! The console's configuration, layered as every binary's is (defaults, TOML file, the
+//! conventional `DATABASE_URL`, `REDIS_URL` and `KAFKA_BROKERS`, `CONSOLE_*` variables,
+//! flags) and checked as a whole, each problem naming its key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::Env;
+use serde::{Deserialize, Serialize};
+use service::config::{ConfigError, Flags, Layers};
+use service::http::HttpConfig;
+use service::logging::LogConfig;
+use service::redact::url as redact_url;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub live: LiveConfig,
+    pub access: AccessConfig,
+    /// The pages, `/events`, `/metrics`, `/livez` and `/readyz`, on one port.
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            kafka: KafkaConfig::default(),
+            live: LiveConfig::default(),
+            access: AccessConfig::default(),
+            http: HttpConfig::on_port(8080),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL: devices, history, alerts. Required.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis URL: the live values the ingester keeps. Required.
+    pub url: String,
+    /// The ingester's key prefix.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            prefix: contracts::redis::DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Where an acknowledgement or resolution is announced, as iotctl announces it.
+    pub brokers: String,
+    pub alerts_topic: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".to_owned(),
+            alerts_topic: protocol::kafka::ALERTS.name.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// How often the one shared reader looks at Redis for every viewer.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How often the plant's devices and thresholds are read again from PostgreSQL.
+    #[serde(with = "humantime_serde")]
+    pub plant_refresh: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(250),
+            plant_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who may see and who may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Viewing {
+    /// Anyone on the plant network may look; acting needs a login.
+    Open,
+    /// Every page needs a login.
+    Login,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    pub viewing: Viewing,
+    /// The people who may acknowledge and resolve alerts. None: nobody can.
+    pub users: Vec<User>,
+    /// How long a login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            viewing: Viewing::Open,
+            users: Vec::new(),
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// An argon2 PHC string, as `console hash-password` prints it.
+    pub password_hash: String,
+}
+
+/// The flags of `console`, each overriding one key.
+#[derive(Debug, Default)]
+pub struct CliOverrides {
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub kafka_brokers: Option<String>,
+    pub http_listen: Option<std::net::SocketAddr>,
+}
+
+impl CliOverrides {
+    fn flags(&self) -> Flags {
+        Flags::default()
+            .set("database.url", self.database_url.as_ref())
+            .set("redis.url", self.redis_url.as_ref())
+            .set("kafka.brokers", self.kafka_brokers.as_ref())
+            .set("http.listen", self.http_listen.map(|a| a.to_string()))
+    }
+}
+
+const CONVENTIONAL_ENV: [(&str, &str); 3] = [
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("KAFKA_BROKERS", "kafka.brokers"),
+];
+
+impl ConsoleConfig {
+    pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
+        let config: ConsoleConfig = Layers::defaults(ConsoleConfig::default())
+            .optional_file(file)
+            .env(Env::raw().filter_map(|name| {
+                CONVENTIONAL_ENV
+                    .iter()
+                    .find(|(variable, _)| name == *variable)
+                    .map(|(_, key)| (*key).into())
+            }))
+            .prefixed_env("CONSOLE_")
+            .flags(overrides.flags())
+            .extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; collects every problem so one edit fixes them all.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let url = &self.database.url;
+        if url.is_empty() {
+            problems.push(
+                "database.url: required (set DATABASE_URL, CONSOLE_DATABASE__URL or --database-url)"
+                    .to_owned(),
+            );
+        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push(format!(
+                "database.url: {:?} is not a postgres:// URL",
+                redact_url(url)
+            ));
+        }
+        if !(1..=20).contains(&self.database.max_connections) {
+            problems.push("database.max_connections: between 1 and 20".to_owned());
+        }
+        let url = &self.redis.url;
+        if url.is_empty() {
+            problems.push(
+                "redis.url: required (set REDIS_URL, CONSOLE_REDIS__URL or --redis-url)".to_owned(),
+            );
+        } else if redis::Client::open(url.as_str()).is_err() {
+            problems.push(format!(
+                "redis.url: {:?} is not a redis:// URL",
+                redact_url(url)
+            ));
+        }
+        if self.redis.prefix.is_empty() {
+            problems.push("redis.prefix: must not be empty".to_owned());
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            problems.push("kafka.brokers: required".to_owned());
+        }
+        if !service::kafka_config::valid_topic(&self.kafka.alerts_topic) {
+            problems.push(format!(
+                "kafka.alerts_topic: {:?} is not a Kafka topic name",
+                self.kafka.alerts_topic
+            ));
+        }
+        if !(Duration::from_millis(50)..=Duration::from_secs(10)).contains(&self.live.interval) {
+            problems.push("live.interval: between 50 ms and 10 s".to_owned());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.live.plant_refresh)
+        {
+            problems.push("live.plant_refresh: between 1 s and 1 h".to_owned());
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86400))
+            .contains(&self.access.session_ttl)
+        {
+            problems.push("access.session_ttl: between 1 min and 30 days".to_owned());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, user) in self.access.users.iter().enumerate() {
+            if user.name.trim().is_empty() || user.name.chars().any(char::is_control) {
+                problems.push(format!("access.users[{i}].name: must be a printable name"));
+            } else if !names.insert(user.name.as_str()) {
+                problems.push(format!(
+                    "access.users[{i}].name: {:?} appears twice",
+                    user.name
+                ));
+            }
+            if let Err(e) = crate::auth::parse_hash(&user.password_hash) {
+                problems.push(format!(
+                    "access.users[{i}].password_hash: {e} (make one with `console hash-password`)"
+                ));
+            }
+        }
+        if self.access.viewing == Viewing::Login && self.access.users.is_empty() {
+            problems.push(
+                "access.viewing: \"login\" needs at least one entry in access.users".to_owned(),
+            );
+        }
+        let mut log = Vec::new();
+        self.log.check(&mut log);
+        problems.extend(log);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+impl service::run::Settings for ConsoleConfig {
+    fn summary(&self) -> String {
+        format!(
+            "plant console on http://{} from PostgreSQL {} and Redis {} (prefix {}), {} user(s), viewing {}",
+            self.http.listen,
+            redact_url(&self.database.url),
+            redact_url(&self.redis.url),
+            self.redis.prefix,
+            self.access.users.len(),
+            match self.access.viewing {
+                Viewing::Open => "open",
+                Viewing::Login => "after login",
+            }
+        )
+    }
+
+    fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        // Password hashes stay: the file holds them as they are, and they are no
+        // password.
+        shown.redis.url = redact_url(&shown.redis.url);
+        shown
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}

@@ -1,0 +1,431 @@
+//! The live view, read once for every viewer. One task looks at Redis every
+//! `live.interval` (the `latest` hash and `last_seen` of each device, the open-alerts
+//! hash: one pipelined round trip) and at PostgreSQL's device list every
+//! `live.plant_refresh`, and publishes a [`Snapshot`]. Pages render from the newest
+//! snapshot and `/events` streams its changes, so a hundred viewers cost what one does:
+//! no viewer ever queries Redis, and none queries PostgreSQL for the live view.
+//!
+//! A snapshot carries the change from the one before it (`delta`, JSON); a viewer that
+//! saw the previous version gets only that, one that missed versions gets the whole
+//! view (`full`), so a slow browser skips frames instead of falling behind.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use contracts::alerts::AlertView;
+use contracts::redis::{LatestValue, RedisKeys};
+use protocol::Quality;
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::plant::{Channel, Device, Level};
+
+/// How far back a sparkline reaches.
+pub const SPARK_SPAN_MS: i64 = 10 * 60 * 1000;
+/// A sparkline keeps a point every this often at most, so it stays 120 points.
+pub const SPARK_STEP_MS: i64 = 5_000;
+
+/// One channel's tile as the viewer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tile {
+    /// `furnace-01/0`, the element's key in the page.
+    pub id: String,
+    /// The value as measured, or `None` when the sensor faulted (NaN) or nothing came
+    /// yet.
+    pub value: Option<String>,
+    /// The reading's time (ms since the epoch, device clock).
+    pub ts: Option<i64>,
+    pub level: Level,
+    /// Quality flags in words.
+    pub flags: Vec<&'static str>,
+    /// The last 10 minutes: (ms, value) points, oldest first. Drawn into the page; the
+    /// browser extends it from the values that follow, so updates do not carry it.
+    #[serde(skip)]
+    pub spark: Arc<Vec<(i64, f32)>>,
+}
+
+/// One device's presence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Presence {
+    pub id: String,
+    /// Its newest reading's time, while Redis keeps `last_seen` (it expires when the
+    /// device falls silent).
+    pub last_seen: Option<i64>,
+}
+
+/// What every viewer sees at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Grows by one at each change.
+    pub version: u64,
+    /// The plant as PostgreSQL last described it.
+    pub plant: Arc<Vec<Device>>,
+    /// Whether the last read of the device list worked.
+    pub postgres_up: bool,
+    /// Whether the last look at Redis worked; if not, the values are the last known.
+    pub redis_up: bool,
+    /// By `device/channel`.
+    pub tiles: BTreeMap<String, Tile>,
+    /// By device.
+    pub presence: BTreeMap<String, Presence>,
+    /// The open and acknowledged alerts, by id.
+    pub alerts: BTreeMap<i64, AlertView>,
+    /// The change from `version - 1`, as the JSON `/events` sends.
+    pub delta: Arc<str>,
+    full: OnceLock<Arc<str>>,
+}
+
+/// What `/events` sends: the whole view or a change to it.
+#[derive(Debug, Serialize)]
+struct Update<'a> {
+    version: u64,
+    live: bool,
+    history: bool,
+    tiles: Vec<&'a Tile>,
+    devices: Vec<&'a Presence>,
+    /// Open alerts, and a fingerprint of them that changes whenever one does.
+    open_alerts: usize,
+    alerts_version: u64,
+}
+
+impl Snapshot {
+    /// The whole view as JSON, made once per snapshot, for the viewers that need it.
+    pub fn full(&self) -> Arc<str> {
+        self.full
+            .get_or_init(|| {
+                self.update(
+                    self.tiles.values().collect(),
+                    self.presence.values().collect(),
+                )
+            })
+            .clone()
+    }
+
+    fn update(&self, tiles: Vec<&Tile>, devices: Vec<&Presence>) -> Arc<str> {
+        let update = Update {
+            version: self.version,
+            live: self.redis_up,
+            history: self.postgres_up,
+            tiles,
+            devices,
+            open_alerts: self.alerts.len(),
+            alerts_version: self.alerts_version(),
+        };
+        serde_json::to_string(&update)
+            .unwrap_or_else(|_| "{}".to_owned())
+            .into()
+    }
+
+    /// Changes whenever the set of open alerts or any of them changes.
+    pub fn alerts_version(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for (id, alert) in &self.alerts {
+            id.hash(&mut hasher);
+            alert.state.hash(&mut hasher);
+            alert.severity.hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.plant.iter().find(|d| d.device_id == id)
+    }
+
+    pub fn tile(&self, device: &str, channel: i16) -> Option<&Tile> {
+        self.tiles.get(&tile_id(device, channel))
+    }
+}
+
+pub fn tile_id(device: &str, channel: i16) -> String {
+    format!("{device}/{channel}")
+}
+
+/// What the reader found in Redis for one device.
+struct DeviceRead {
+    latest: Vec<(i16, LatestValue)>,
+    last_seen: Option<i64>,
+}
+
+/// The live view's reader: owns the connections and the sparkline history.
+pub struct Reader {
+    pool: PgPool,
+    redis: redis::Client,
+    connection: Option<MultiplexedConnection>,
+    keys: RedisKeys,
+    interval: Duration,
+    plant_refresh: Duration,
+    sparks: BTreeMap<String, Arc<Vec<(i64, f32)>>>,
+    sender: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Reader {
+    pub fn new(
+        pool: PgPool,
+        redis: redis::Client,
+        keys: RedisKeys,
+        interval: Duration,
+        plant_refresh: Duration,
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let (sender, receiver) = watch::channel(Arc::new(Snapshot::default()));
+        let reader = Self {
+            pool,
+            redis,
+            connection: None,
+            keys,
+            interval,
+            plant_refresh,
+            sparks: BTreeMap::new(),
+            sender,
+        };
+        (reader, receiver)
+    }
+
+    /// Reads and publishes until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut plant: Arc<Vec<Device>> = Arc::default();
+        let mut postgres_up = false;
+        let mut plant_read_at: Option<Instant> = None;
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let plant_due =
+                plant_read_at.is_none_or(|at| at.elapsed() >= self.plant_refresh) || !postgres_up;
+            if plant_due {
+                match crate::plant::devices(&self.pool).await {
+                    Ok(devices) => {
+                        postgres_up = true;
+                        if *plant != devices {
+                            plant = Arc::new(devices);
+                        }
+                    }
+                    Err(e) => {
+                        if postgres_up || plant_read_at.is_none() {
+                            tracing::warn!("cannot read the devices from PostgreSQL: {e}");
+                        }
+                        postgres_up = false;
+                    }
+                }
+                plant_read_at = Some(Instant::now());
+            }
+            let started = Instant::now();
+            let read = self.read_redis(&plant).await;
+            metrics::histogram!("console_live_read_seconds").record(started.elapsed());
+            self.publish(&plant, postgres_up, read);
+        }
+    }
+
+    async fn connection(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let connection = self
+            .redis
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Every device's `latest` and `last_seen`, and the open alerts, in one round trip.
+    async fn read_redis(
+        &mut self,
+        plant: &[Device],
+    ) -> Option<(BTreeMap<String, DeviceRead>, BTreeMap<i64, AlertView>)> {
+        let mut connection = match self.connection().await {
+            Ok(connection) => connection,
+            Err(e) => {
+                tracing::debug!("Redis: {e}");
+                return None;
+            }
+        };
+        let mut pipe = redis::pipe();
+        for device in plant {
+            pipe.hgetall(self.keys.latest(&device.device_id));
+            pipe.get(self.keys.last_seen(&device.device_id));
+        }
+        pipe.hgetall(self.keys.open_alerts());
+        let replies: Vec<redis::Value> = match pipe.query_async(&mut connection).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                tracing::debug!("Redis: {e}");
+                self.connection = None;
+                return None;
+            }
+        };
+        let mut replies = replies.into_iter();
+        let mut devices = BTreeMap::new();
+        for device in plant {
+            let latest: BTreeMap<String, String> =
+                redis::from_redis_value(replies.next()?).unwrap_or_default();
+            let last_seen: Option<i64> =
+                redis::from_redis_value(replies.next()?).unwrap_or_default();
+            let latest = latest
+                .into_iter()
+                .filter_map(|(channel, json)| {
+                    // A field the ingester did not write is skipped, not fatal.
+                    Some((channel.parse().ok()?, serde_json::from_str(&json).ok()?))
+                })
+                .collect();
+            devices.insert(device.device_id.clone(), DeviceRead { latest, last_seen });
+        }
+        let open: BTreeMap<String, String> =
+            redis::from_redis_value(replies.next()?).unwrap_or_default();
+        let alerts = open
+            .into_iter()
+            .filter_map(|(id, json)| Some((id.parse().ok()?, serde_json::from_str(&json).ok()?)))
+            .collect();
+        Some((devices, alerts))
+    }
+
+    fn publish(
+        &mut self,
+        plant: &Arc<Vec<Device>>,
+        postgres_up: bool,
+        read: Option<(BTreeMap<String, DeviceRead>, BTreeMap<i64, AlertView>)>,
+    ) {
+        let previous = self.sender.borrow().clone();
+        let redis_up = read.is_some();
+        let (tiles, presence, alerts) = match read {
+            Some((devices, alerts)) => {
+                let (tiles, presence) = self.tiles(plant, &devices, &alerts);
+                (tiles, presence, alerts)
+            }
+            // Redis is away: the last known values stay, marked paused by `redis_up`.
+            None => (
+                previous.tiles.clone(),
+                previous.presence.clone(),
+                previous.alerts.clone(),
+            ),
+        };
+        let changed_tiles: Vec<&Tile> = tiles
+            .iter()
+            .filter(|(id, tile)| previous.tiles.get(*id) != Some(tile))
+            .map(|(_, tile)| tile)
+            .collect();
+        let changed_presence: Vec<&Presence> = presence
+            .iter()
+            .filter(|(id, p)| previous.presence.get(*id) != Some(p))
+            .map(|(_, p)| p)
+            .collect();
+        let unchanged = changed_tiles.is_empty()
+            && changed_presence.is_empty()
+            && alerts == previous.alerts
+            && redis_up == previous.redis_up
+            && postgres_up == previous.postgres_up
+            && Arc::ptr_eq(plant, &previous.plant)
+            && previous.version > 0;
+        if unchanged {
+            return;
+        }
+        let mut next = Snapshot {
+            version: previous.version + 1,
+            plant: plant.clone(),
+            postgres_up,
+            redis_up,
+            tiles: BTreeMap::new(),
+            presence: BTreeMap::new(),
+            alerts,
+            delta: Arc::from(""),
+            full: OnceLock::new(),
+        };
+        next.delta = next.update(changed_tiles, changed_presence);
+        next.tiles = tiles;
+        next.presence = presence;
+        self.sender.send_replace(Arc::new(next));
+    }
+
+    fn tiles(
+        &mut self,
+        plant: &[Device],
+        devices: &BTreeMap<String, DeviceRead>,
+        alerts: &BTreeMap<i64, AlertView>,
+    ) -> (BTreeMap<String, Tile>, BTreeMap<String, Presence>) {
+        let mut tiles = BTreeMap::new();
+        let mut presence = BTreeMap::new();
+        for device in plant {
+            let read = devices.get(&device.device_id);
+            presence.insert(
+                device.device_id.clone(),
+                Presence {
+                    id: device.device_id.clone(),
+                    last_seen: read.and_then(|r| r.last_seen),
+                },
+            );
+            for channel in &device.channels {
+                let latest = read.and_then(|r| {
+                    r.latest
+                        .iter()
+                        .find(|(c, _)| *c == channel.channel_id)
+                        .map(|(_, v)| v)
+                });
+                let id = tile_id(&device.device_id, channel.channel_id);
+                let spark = self.sparks.entry(id.clone()).or_default();
+                if let Some(LatestValue { ts, v: Some(v), .. }) = latest {
+                    if spark.last().is_none_or(|(t, _)| *ts >= t + SPARK_STEP_MS) {
+                        // A copy only when a point is added (every 5 s at most): the
+                        // published snapshot shares the old one.
+                        let points = Arc::make_mut(spark);
+                        points.push((*ts, *v));
+                        let old = points.partition_point(|(t, _)| *t < ts - SPARK_SPAN_MS);
+                        points.drain(..old);
+                    }
+                }
+                tiles.insert(
+                    id.clone(),
+                    tile(id, channel, latest, alerts, spark, &device.device_id),
+                );
+            }
+        }
+        (tiles, presence)
+    }
+}
+
+fn tile(
+    id: String,
+    channel: &Channel,
+    latest: Option<&LatestValue>,
+    alerts: &BTreeMap<i64, AlertView>,
+    spark: &Arc<Vec<(i64, f32)>>,
+    device: &str,
+) -> Tile {
+    let by_value = latest
+        .and_then(|l| l.v)
+        .map_or(Level::Normal, |v| channel.level(f64::from(v)));
+    let by_alert = alerts
+        .values()
+        .filter(|a| a.device_id == device && a.channel_id == Some(channel.channel_id))
+        .map(|a| Level::of_severity(&a.severity))
+        .max()
+        .unwrap_or(Level::Normal);
+    let quality = latest.map_or(Quality::empty(), |l| Quality::from_bits_truncate(l.q as u8));
+    let mut flags = Vec::new();
+    if quality.contains(Quality::SENSOR_FAULT) || latest.is_some_and(|l| l.v.is_none()) {
+        flags.push("sensor fault");
+    }
+    if quality.contains(Quality::OUT_OF_RANGE) {
+        flags.push("out of range");
+    }
+    if quality.contains(Quality::SIMULATED_ANOMALY) {
+        flags.push("simulated anomaly");
+    }
+    Tile {
+        id,
+        value: latest.and_then(|l| l.v).map(|v| v.to_string()),
+        ts: latest.map(|l| l.ts),
+        level: by_value.max(by_alert),
+        flags,
+        spark: spark.clone(),
+    }
+}

@@ -1,0 +1,212 @@
+//! A console started in the test process against the stack's PostgreSQL (the test's own
+//! database), Redis (under the test's own prefix) and Kafka (the test's own alerts
+//! topic), and the ways the tests put live values where the ingester puts them.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use console::config::{ConsoleConfig, User};
+use console::Console;
+use contracts::redis::{LatestValue, RedisKeys};
+use redis::AsyncCommands;
+use sqlx::PgPool;
+
+pub const USER: &str = "ana";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct Started {
+    pub console: Console,
+    pub base: String,
+    pub prefix: String,
+    pub alerts_topic: String,
+}
+
+/// The console's configuration for this test: its database, a fresh Redis prefix and
+/// alerts topic, one user, a random port.
+pub async fn config(pool: &PgPool) -> ConsoleConfig {
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut config = ConsoleConfig::default();
+    config.database.url = testkit::database_url_of(&db);
+    config.redis.url = testkit::redis_url();
+    config.redis.prefix = testkit::unique_name("console");
+    config.kafka.brokers = testkit::kafka_brokers();
+    config.kafka.alerts_topic = testkit::unique_name("alerts");
+    config.live.interval = Duration::from_millis(100);
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.access.users = vec![User {
+        name: USER.to_owned(),
+        password_hash: console::auth::hash_password(PASSWORD).unwrap(),
+    }];
+    config
+}
+
+pub async fn start(config: ConsoleConfig) -> Started {
+    let prefix = config.redis.prefix.clone();
+    let alerts_topic = config.kafka.alerts_topic.clone();
+    let console = Console::start(config).await.expect("the console starts");
+    let base = format!("http://{}", console.addr);
+    Started {
+        console,
+        base,
+        prefix,
+        alerts_topic,
+    }
+}
+
+/// A client that shows redirects instead of following them.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(testkit::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A channel's current value and the device's last-seen time, as the ingester writes
+/// them.
+pub async fn put_latest(prefix: &str, device: &str, channel: i16, value: f32) {
+    let keys = RedisKeys::new(prefix);
+    let now = service::clock::now_ms_i64();
+    let latest = LatestValue {
+        ts: now,
+        v: Some(value),
+        q: 0,
+        boot: "00000000000000aa".into(),
+        seq: now,
+        synced: true,
+        boot_seen_us: Some(1),
+    };
+    let mut redis = redis().await;
+    let _: () = redis
+        .hset(
+            keys.latest(device),
+            channel,
+            serde_json::to_string(&latest).unwrap(),
+        )
+        .await
+        .unwrap();
+    let _: () = redis.set(keys.last_seen(device), now).await.unwrap();
+}
+
+/// GETs `url` until its body satisfies `done` or `within` passes; the last body.
+pub async fn get_until(url: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if done(&body) || Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The HTML of the element whose attribute `data-tile` is `id`, up to its end.
+pub fn tile<'a>(page: &'a str, id: &str) -> &'a str {
+    let start = page
+        .find(&format!("data-tile=\"{id}\""))
+        .unwrap_or_else(|| panic!("no tile {id} in the page"));
+    let start = page[..start].rfind("<div").unwrap();
+    let end = page[start..]
+        .find("</svg>")
+        .map_or(page.len(), |e| start + e);
+    &page[start..end]
+}
+
+pub fn kafka() -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", testkit::kafka_brokers());
+    config
+}
+
+/// Partitions of each test's private alerts topic.
+pub const ALERT_PARTITIONS: i32 = 2;
+
+pub async fn create_topic(name: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka().create().unwrap();
+    let topic = NewTopic::new(name, ALERT_PARTITIONS, TopicReplication::Fixed(1));
+    for result in admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// Every record of `topic` (created by [`create_topic`]) from its start, read by
+/// assignment, until `expected` arrived or 15 s passed: (key, JSON value).
+pub fn read_topic(topic: &str, expected: usize) -> Vec<(String, serde_json::Value)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = kafka()
+        .set("group.id", testkit::unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..ALERT_PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while records.len() < expected && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let value = serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
+            records.push((key, value));
+        }
+    }
+    records
+}
+
+/// Logs in as [`USER`]: the session cookie (`name=value`).
+pub async fn log_in(base: &str) -> String {
+    let response = client()
+        .post(format!("{base}/login"))
+        .form(&[("name", USER), ("password", PASSWORD), ("next", "/alerts")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "a right password logs in");
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token in a page's forms.
+pub fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a csrf token")
+        + 19;
+    page[at..at + page[at..].find('"').unwrap()].to_owned()
+}
