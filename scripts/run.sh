@@ -37,6 +37,7 @@ esac
 
 BRIDGE_PORT=9101
 INGESTER_PORT=9102
+CONSOLE_PORT=8080
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # The process of a pid file, if it is alive and is what the file says.
@@ -92,6 +93,7 @@ if [[ ${1:-} == --stop ]]; then
   stop_one edge-agent
   stop_one bridge
   stop_one cloud-ingester
+  stop_one console
   scripts/stack.sh down
   exit 0
 fi
@@ -111,7 +113,7 @@ stop_started() {
   # Stop everything even if a message cannot be written (a closed terminal).
   set +e
   local name
-  for name in edge-agent bridge cloud-ingester; do
+  for name in edge-agent bridge cloud-ingester console; do
     [[ " ${started[*]-} " == *" $name "* ]] && stop_one "$name" 2>/dev/null
   done
   $stack_was_up || scripts/stack.sh down >/dev/null 2>&1
@@ -131,7 +133,7 @@ set +a
 
 command -v cargo >/dev/null || die "cargo is missing; install Rust (https://rustup.rs) and run again"
 say "building the release binaries (the first time takes a few minutes)"
-cargo build --release --locked -p bridge -p cloud-ingester -p edge-agent -p iotctl
+cargo build --release --locked -p bridge -p cloud-ingester -p edge-agent -p iotctl -p console
 
 # Starts a binary in the background unless it already runs; its log and pid file go to
 # RUN_DIR.
@@ -180,6 +182,8 @@ start_one bridge "$BRIDGE_PORT" --http-listen "127.0.0.1:$BRIDGE_PORT"
 wait_ready bridge "$BRIDGE_PORT"
 start_one edge-agent "" --config edge-agent/config/simulated-plant.toml \
   --queue-dir "$RUN_DIR/edge-queue"
+start_one console "$CONSOLE_PORT" --http-listen "0.0.0.0:$CONSOLE_PORT"
+wait_ready console "$CONSOLE_PORT"
 sleep 1
 alive edge-agent
 
@@ -187,6 +191,7 @@ cat <<EOF
 
 The pipeline is running: five simulated machines -> MQTT -> bridge -> Kafka -> ingester.
 
+  Plant console (browser)        http://127.0.0.1:$CONSOLE_PORT/   (operators who acknowledge alerts: console/config/console.toml)
   MQTT (devices, MQTT Explorer)  127.0.0.1:1883   (topics plant/#; 'latest' is readable JSON)
   bridge metrics and health      http://127.0.0.1:$BRIDGE_PORT/metrics   /readyz
   ingester metrics and health    http://127.0.0.1:$INGESTER_PORT/metrics   /readyz

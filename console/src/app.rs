@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,8 +69,9 @@ impl AppState {
     }
 }
 
-/// `/readyz`: PostgreSQL and Redis, as the live reader last found them.
-struct Readiness(watch::Receiver<Arc<Snapshot>>, Arc<AtomicBool>);
+/// `/readyz`: PostgreSQL and Redis, as the live reader last found them (both down
+/// until its first look).
+struct Readiness(watch::Receiver<Arc<Snapshot>>);
 
 impl service::http::Readiness for Readiness {
     fn checks(&self) -> Vec<(&'static str, bool)> {
@@ -80,14 +80,6 @@ impl service::http::Readiness for Readiness {
             ("postgres", snapshot.postgres_up),
             ("redis", snapshot.redis_up),
         ]
-    }
-
-    fn problems(&self) -> Vec<String> {
-        if self.1.load(Ordering::Relaxed) {
-            Vec::new()
-        } else {
-            vec!["the live view has not been read yet".to_owned()]
-        }
     }
 }
 
@@ -133,21 +125,10 @@ impl Console {
             keys,
         });
         let stop = CancellationToken::new();
-        let read_once = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        {
-            let read_once = read_once.clone();
-            let mut first = live.clone();
-            tasks.push(tokio::spawn(async move {
-                if first.changed().await.is_ok() {
-                    read_once.store(true, Ordering::Relaxed);
-                }
-            }));
-        }
-        tasks.push(tokio::spawn(reader.run(stop.clone())));
+        let mut tasks = vec![tokio::spawn(reader.run(stop.clone()))];
         let (addr, served) = service::http::serve_with(
             &config.http,
-            Arc::new(Readiness(live, read_once)),
+            Arc::new(Readiness(live)),
             routes(state),
             stop.clone(),
         )

@@ -306,3 +306,53 @@ impl service::run::Settings for ConsoleConfig {
         &self.log
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/console.toml");
+        let example: ConsoleConfig = Layers::defaults(ConsoleConfig::default())
+            .file(&path)
+            .extract()
+            .unwrap();
+        assert_eq!(example, ConsoleConfig::default());
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let mut config = ConsoleConfig::default();
+        config.database.url = "mysql://x".into();
+        config.redis.url = "redis://127.0.0.1".into();
+        config.kafka.alerts_topic = "bad topic".into();
+        config.access.users = vec![
+            User {
+                name: "ana".into(),
+                password_hash: "plain".into(),
+            },
+            User {
+                name: "ana".into(),
+                password_hash: crate::auth::hash_password("long enough").unwrap(),
+            },
+        ];
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("an invalid configuration passed");
+        };
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "database.url",
+                "kafka.alerts_topic",
+                "access.users[0].password_hash",
+                "access.users[1].name"
+            ],
+            "{problems:?}"
+        );
+    }
+}

@@ -71,6 +71,10 @@ pub struct Global {
     #[arg(long, default_value = "http://127.0.0.1:9102", global = true, value_name = "URL", value_parser = HttpUrl::parse)]
     pub ingester_metrics: HttpUrl,
 
+    /// The plant console (its pages and /readyz).
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true, value_name = "URL", value_parser = HttpUrl::parse)]
+    pub console_url: HttpUrl,
+
     /// Machine-readable output: JSON (one object per frame for `tail`).
     #[arg(long, global = true)]
     pub json: bool,

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use support::{json, run, stdout};
 
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "postgresql",
     "schema",
     "seed-devices",
@@ -20,6 +20,7 @@ const CHECKS: [&str; 10] = [
     "mqtt",
     "bridge",
     "ingester",
+    "console",
 ];
 
 #[sqlx::test(migrations = "../migrations")]
@@ -36,7 +37,7 @@ async fn health_lists_every_check_and_passes_what_the_stack_provides(pool: PgPoo
         let name = check["check"].as_str().unwrap();
         let ok = check["ok"].as_bool().unwrap();
         assert!(check["detail"].as_str().is_some_and(|d| !d.is_empty()));
-        if matches!(name, "bridge" | "ingester") {
+        if matches!(name, "bridge" | "ingester" | "console") {
             // Not running during the tests.
             assert!(!ok, "{check}");
             assert!(check["fix"].as_str().is_some_and(|f| f.contains("start")));
@@ -103,4 +104,47 @@ async fn without_a_broker_the_probe_fails_naming_the_address_and_leaves_nothing(
         devices, 0,
         "the probe registers nothing before it can publish"
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn health_asks_the_console_whether_it_is_ready(pool: PgPool) {
+    let mut config = console::config::ConsoleConfig::default();
+    config.database.url = support::database_url(&pool);
+    config.redis.url = testkit::redis_url();
+    config.kafka.brokers = testkit::kafka_brokers();
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    let console = console::Console::start(config).await.unwrap();
+    let url = format!("http://{}", console.addr);
+    let check = |output: &std::process::Output| {
+        json(output)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "console")
+            .cloned()
+            .unwrap()
+    };
+    // Ready once its live view has looked at PostgreSQL and Redis.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let console_check = loop {
+        let mut command = support::iotctl(
+            &pool,
+            &["--json", "--console-url", &url, "health", "--no-probe"],
+        );
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        let found = check(&output);
+        if found["ok"] == true || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(console_check["ok"], true, "{console_check}");
+    let detail = console_check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("postgres connected") && detail.contains("redis connected"),
+        "{detail}"
+    );
+    console.stop().await;
 }

@@ -18,6 +18,9 @@ pub(super) const BRIDGE_FIX: &str =
 pub(super) const INGESTER_FIX: &str =
     "start the ingester (`cargo run --release -p cloud-ingester -- \
      --migrate`; metrics on :9102) or point --ingester-metrics at it";
+pub(super) const CONSOLE_FIX: &str =
+    "start the console (`cargo run --release -p console`; pages on :8080) \
+     or point --console-url at it";
 
 pub(super) async fn mqtt_check(global: &Global) -> Check {
     let options = MqttOptions::new(

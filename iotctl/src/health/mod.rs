@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::global::{Global, Outcome};
 use crate::output::{emit, emit_json};
-use endpoints::{mqtt_check, readiness, BRIDGE_FIX, INGESTER_FIX};
+use endpoints::{mqtt_check, readiness, BRIDGE_FIX, CONSOLE_FIX, INGESTER_FIX};
 use kafka::kafka_checks;
 use postgres::postgres_checks;
 use redis_server::{parse_memory, redis_checks};
@@ -94,17 +94,18 @@ impl Check {
 }
 
 pub async fn run(global: &Global, args: &HealthArgs) -> Result<Outcome> {
-    let ((mut checks, pool), redis, kafka, mqtt, bridge, ingester) = tokio::join!(
+    let ((mut checks, pool), redis, kafka, mqtt, bridge, ingester, console) = tokio::join!(
         postgres_checks(global),
         redis_checks(global, args),
         kafka_checks(global),
         mqtt_check(global),
         readiness("bridge", &global.bridge_metrics, BRIDGE_FIX),
         readiness("ingester", &global.ingester_metrics, INGESTER_FIX),
+        readiness("console", &global.console_url, CONSOLE_FIX),
     );
     checks.extend(redis);
     checks.extend(kafka);
-    checks.extend([mqtt, bridge, ingester]);
+    checks.extend([mqtt, bridge, ingester, console]);
     if !args.no_probe {
         checks.push(match &pool {
             Some(pool) => probe::run(global, args, pool).await,

@@ -34,13 +34,17 @@ pub fn iotctl(pool: &PgPool, args: &[&str]) -> Command {
         ("--redis-url", testkit::redis_url()),
         ("--kafka-brokers", testkit::kafka_brokers()),
         ("--mqtt", format!("{mqtt_host}:{mqtt_port}")),
-        // Nothing listens there: no bridge or ingester runs during the tests.
+        // Nothing listens there: no bridge, ingester or console runs during the tests.
         (
             "--bridge-metrics",
             format!("http://127.0.0.1:{}", testkit::free_port()),
         ),
         (
             "--ingester-metrics",
+            format!("http://127.0.0.1:{}", testkit::free_port()),
+        ),
+        (
+            "--console-url",
             format!("http://127.0.0.1:{}", testkit::free_port()),
         ),
     ];
