@@ -162,6 +162,7 @@ fn routes(state: Shared) -> Router {
         .route("/alerts/:id/:action", post(pages::alerts::act))
         .route("/pipeline", get(pages::pipeline::page))
         .route("/events", get(events))
+        .route("/sparks", get(pages::overview::sparks))
         .route("/login", get(pages::login::form).post(pages::login::submit))
         .route("/logout", post(pages::login::log_out))
         .route("/static/console.css", get(stylesheet))

@@ -105,7 +105,7 @@ pub struct LiveConfig {
 impl Default for LiveConfig {
     fn default() -> Self {
         Self {
-            interval: Duration::from_millis(250),
+            interval: Duration::from_millis(500),
             plant_refresh: Duration::from_secs(30),
         }
     }

@@ -24,26 +24,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plant::{Channel, Device, Level};
 
-/// How far back a sparkline reaches.
-pub const SPARK_SPAN_MS: i64 = 10 * 60 * 1000;
-/// A sparkline keeps a point every this often at most, so it stays 120 points.
-pub const SPARK_STEP_MS: i64 = 5_000;
+/// A sparkline's step: it holds the last value of each 30 s slot...
+pub const SPARK_STEP_MS: i64 = 30_000;
+/// ...of the last 10 minutes: 20 points, small enough for 1 500 tiles in one page load.
+pub const SPARK_SLOTS: i64 = 20;
 
-/// One channel's tile as the viewer sees it.
+/// One channel's tile as the viewer sees it. Short names on the wire: a plant's
+/// updates carry a thousand of them every interval.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tile {
     /// `furnace-01/0`, the element's key in the page.
+    #[serde(rename = "i")]
     pub id: String,
     /// The value as measured, or `None` when the sensor faulted (NaN) or nothing came
     /// yet.
+    #[serde(rename = "v")]
     pub value: Option<String>,
     /// The reading's time (ms since the epoch, device clock).
+    #[serde(rename = "t")]
     pub ts: Option<i64>,
+    #[serde(rename = "l")]
     pub level: Level,
     /// Quality flags in words.
+    #[serde(rename = "f", skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<&'static str>,
-    /// The last 10 minutes: (ms, value) points, oldest first. Drawn into the page; the
-    /// browser extends it from the values that follow, so updates do not carry it.
+    /// The last 10 minutes: (slot, value), a slot being `ts / SPARK_STEP_MS`, oldest
+    /// first. Served once per page load (`/sparks`); the browser extends it from the
+    /// values that follow, so updates do not carry it.
     #[serde(skip)]
     pub spark: Arc<Vec<(i64, f32)>>,
 }
@@ -51,9 +58,11 @@ pub struct Tile {
 /// One device's presence.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Presence {
+    #[serde(rename = "i")]
     pub id: String,
     /// Its newest reading's time, while Redis keeps `last_seen` (it expires when the
     /// device falls silent).
+    #[serde(rename = "s")]
     pub last_seen: Option<i64>,
 }
 
@@ -373,13 +382,21 @@ impl Reader {
                 let id = tile_id(&device.device_id, channel.channel_id);
                 let spark = self.sparks.entry(id.clone()).or_default();
                 if let Some(LatestValue { ts, v: Some(v), .. }) = latest {
-                    if spark.last().is_none_or(|(t, _)| *ts >= t + SPARK_STEP_MS) {
-                        // A copy only when a point is added (every 5 s at most): the
-                        // published snapshot shares the old one.
-                        let points = Arc::make_mut(spark);
-                        points.push((*ts, *v));
-                        let old = points.partition_point(|(t, _)| *t < ts - SPARK_SPAN_MS);
-                        points.drain(..old);
+                    let slot = ts.div_euclid(SPARK_STEP_MS);
+                    match spark.last() {
+                        Some((last, value)) if *last == slot && value == v => {}
+                        Some((last, _)) if *last > slot => {}
+                        _ => {
+                            // Copied only when it changes: the published snapshot shares
+                            // the old one.
+                            let points = Arc::make_mut(spark);
+                            if points.last().is_some_and(|(last, _)| *last == slot) {
+                                points.pop();
+                            }
+                            points.push((slot, *v));
+                            let old = points.partition_point(|(s, _)| *s <= slot - SPARK_SLOTS);
+                            points.drain(..old);
+                        }
                     }
                 }
                 tiles.insert(

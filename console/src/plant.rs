@@ -160,23 +160,42 @@ pub struct Bucket {
 pub enum Source {
     /// The readings themselves, bucketed in SQL.
     Readings,
-    /// `device_stats_hourly`: a week of readings is too many to scan for a chart.
+    /// `device_stats_hourly`: too many readings to scan for a chart.
     Hourly,
 }
 
-/// A channel's history over `range` ending at `end`: raw readings bucketed into at most
-/// [`BUCKETS`] buckets up to a day, the hourly statistics beyond. Faulted readings (NaN)
-/// are left out, as the statistics leave them out.
+/// The most readings a chart buckets itself: beyond, it takes the hourly statistics.
+/// A day of a 1 Hz channel (86 400) is bucketed, a day of a 10 Hz one (864 000) would
+/// cost a scan of several hundred milliseconds and is not.
+pub const RAW_READINGS: u64 = 250_000;
+
+/// Where `channel`'s chart over `range` comes from: its readings, as many as its sample
+/// period makes, bucketed, up to [`RAW_READINGS`]; the hourly statistics beyond.
+pub fn source(channel: &Channel, range: Range) -> Source {
+    let period_ms = u64::try_from(channel.sample_period_ms).unwrap_or(1).max(1);
+    let readings = range.span().as_millis() as u64 / period_ms;
+    if readings <= RAW_READINGS {
+        Source::Readings
+    } else {
+        Source::Hourly
+    }
+}
+
+/// A channel's history over `range` ending at `end`, from [`source`]: readings bucketed
+/// in SQL into at most [`BUCKETS`] buckets, or the hourly statistics. Faulted readings
+/// (NaN) are left out, as the statistics leave them out.
 pub async fn history(
     pool: &PgPool,
     device: &str,
-    channel: i16,
+    channel: &Channel,
     range: Range,
     end: DateTime<Utc>,
 ) -> sqlx::Result<(Source, Vec<Bucket>)> {
     let span = range.span();
     let start = end - span;
-    if range == Range::Week {
+    let source = source(channel, range);
+    let channel = channel.channel_id;
+    if source == Source::Hourly {
         let rows = sqlx::query_as(
             "SELECT hour AS t, min, sum / count AS mean, max FROM device_stats_hourly \
               WHERE device_id = $1 AND channel_id = $2 AND hour >= $3 AND hour < $4 \
@@ -284,5 +303,18 @@ mod tests {
         assert_eq!(channel.level(951.0), Level::Critical);
         assert_eq!(Range::from_code("24h"), Some(Range::Day));
         assert_eq!(Range::from_code("2h"), None);
+        let fast = Channel {
+            sample_period_ms: 100,
+            ..channel.clone()
+        };
+        assert_eq!(source(&fast, Range::Hour), Source::Readings);
+        assert_eq!(source(&fast, Range::Day), Source::Hourly);
+        assert_eq!(source(&channel, Range::Day), Source::Readings);
+        assert_eq!(source(&channel, Range::Week), Source::Hourly);
+        let slow = Channel {
+            sample_period_ms: 60_000,
+            ..channel
+        };
+        assert_eq!(source(&slow, Range::Week), Source::Readings);
     }
 }

@@ -1,59 +1,95 @@
 // The console's live updates: one EventSource on /events, shared by the page's parts.
-// The pages work without it; this only keeps them current.
+// The pages work without it; this only keeps them current. Tiles are found by id
+// ("furnace-01/0"), devices too ("furnace-01").
 (function () {
   "use strict";
-  var SPARK_SPAN_MS = 600000, SPARK_STEP_MS = 5000;
+  var SVG = "http://www.w3.org/2000/svg";
+  var SLOTS = 20;
+  var step = 30000;
+  var sparks = {};   // tile id -> {first: slot, values: [v or null]}
+  var tileTs = {};   // tile id -> reading time (ms)
+  var seenTs = {};   // device id -> last seen (ms), null when offline
   var lastAlerts = null;
 
   function ago(ts) {
-    var s = Math.max(0, Math.round((Date.now() - ts) / 1000));
+    var s = Math.max(0, Math.floor((Date.now() - ts) / 1000));
     if (s < 60) return s + " s ago";
     if (s < 3600) return Math.floor(s / 60) + " min ago";
     return Math.floor(s / 3600) + " h ago";
   }
 
-  function drawSpark(svg, points) {
-    var line = svg.querySelector("polyline");
-    if (!line || points.length === 0) return;
-    var t0 = points[0][0], t1 = points[points.length - 1][0];
+  function drawSpark(id) {
+    var tile = document.getElementById(id), spark = sparks[id];
+    if (!tile || !spark) return;
+    var svg = tile.querySelector("svg");
+    if (!svg) {
+      svg = document.createElementNS(SVG, "svg");
+      svg.setAttribute("viewBox", "0 0 100 28");
+      svg.setAttribute("preserveAspectRatio", "none");
+      svg.setAttribute("aria-label", "last 10 minutes");
+      svg.setAttribute("role", "img");
+      svg.appendChild(document.createElementNS(SVG, "polyline"));
+      tile.insertBefore(svg, tile.querySelector("small"));
+    }
     var lo = Infinity, hi = -Infinity;
-    points.forEach(function (p) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); });
-    var dt = Math.max(1, t1 - t0), dv = hi - lo || 1;
-    line.setAttribute("points", points.map(function (p) {
-      return (((p[0] - t0) / dt) * 100).toFixed(1) + "," + (26 - ((p[1] - lo) / dv) * 24).toFixed(1);
-    }).join(" "));
+    spark.values.forEach(function (v) { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } });
+    var dv = hi - lo || 1, points = [];
+    spark.values.forEach(function (v, i) {
+      if (v !== null) points.push((i * 100 / (SLOTS - 1)).toFixed(1) + "," + (26 - ((v - lo) / dv) * 24).toFixed(1));
+    });
+    svg.firstChild.setAttribute("points", points.join(" "));
   }
 
+  function extendSpark(id, ts, value) {
+    var slot = Math.floor(ts / step), spark = sparks[id];
+    if (!spark) spark = sparks[id] = { first: slot, values: [] };
+    var index = slot - spark.first;
+    if (index < spark.values.length - 1) return; // older than what is drawn
+    while (spark.values.length <= index) spark.values.push(null);
+    spark.values[index] = value;
+    while (spark.values.length > SLOTS) { spark.values.shift(); spark.first += 1; }
+    drawSpark(id);
+  }
+
+  // A tile on the wire: i id, v value (text, null if faulted or none yet), t reading
+  // time (ms), l level, f quality flags (absent when none).
   function updateTile(tile) {
-    var el = document.querySelector('[data-tile="' + tile.id + '"]');
+    var el = document.getElementById(tile.i);
     if (!el) return;
-    el.className = "tile level-" + tile.level;
-    el.querySelector(".value-number").textContent = tile.value === null ? "—" : tile.value;
-    el.querySelector(".state").textContent = tile.level;
-    el.querySelector(".flags").textContent = tile.flags.join(", ");
-    var age = el.querySelector("[data-ts]");
-    if (tile.ts !== null) age.setAttribute("data-ts", tile.ts);
-    var svg = el.querySelector("svg.spark");
-    if (svg && tile.ts !== null && tile.value !== null) {
-      var points = JSON.parse(svg.getAttribute("data-points") || "[]");
-      var last = points[points.length - 1];
-      if (!last || tile.ts >= last[0] + SPARK_STEP_MS) {
-        points.push([tile.ts, parseFloat(tile.value)]);
-        points = points.filter(function (p) { return p[0] >= tile.ts - SPARK_SPAN_MS; });
-        svg.setAttribute("data-points", JSON.stringify(points));
-        drawSpark(svg, points);
-      }
+    el.className = "tile " + tile.l;
+    el.querySelector("i").textContent = tile.v === null ? "—" : tile.v;
+    el.querySelector("em").textContent = tile.l;
+    var words = (tile.f || []).join(", "), flags = el.querySelector("small.f");
+    if (words && !flags) {
+      flags = document.createElement("small");
+      flags.className = "f";
+      el.appendChild(flags);
+    }
+    if (flags) flags.textContent = words;
+    if (tile.t !== null) {
+      tileTs[tile.i] = tile.t;
+      if (tile.v !== null) extendSpark(tile.i, tile.t, parseFloat(tile.v));
     }
   }
 
+  // A device on the wire: i id, s last seen (ms), null when offline.
   function updateDevice(device) {
-    var el = document.querySelector('[data-presence="' + device.id + '"]');
-    if (!el) return;
-    var online = device.last_seen !== null;
-    el.className = "presence " + (online ? "online" : "offline");
-    el.querySelector(".word").textContent = online ? "online" : "offline";
-    var seen = el.querySelector("[data-ts]");
-    if (online) seen.setAttribute("data-ts", device.last_seen);
+    seenTs[device.i] = device.s;
+  }
+
+  function tickAges() {
+    Object.keys(tileTs).forEach(function (id) {
+      var el = document.getElementById(id);
+      if (el) el.querySelector("small").textContent = ago(tileTs[id]);
+    });
+    Object.keys(seenTs).forEach(function (id) {
+      var card = document.getElementById(id);
+      var el = card && card.querySelector("h3 > span");
+      if (!el) return;
+      var online = seenTs[id] !== null;
+      el.className = online ? "on" : "off";
+      el.textContent = online ? "online · last seen " + ago(seenTs[id]) : "offline";
+    });
   }
 
   function refreshAlerts() {
@@ -62,6 +98,7 @@
     var url = new URL(window.location.href);
     url.searchParams.set("fragment", "1");
     url.searchParams.delete("notice");
+    url.searchParams.delete("error");
     fetch(url, { credentials: "same-origin" }).then(function (r) {
       if (r.ok) return r.text();
     }).then(function (html) {
@@ -83,16 +120,21 @@
     tickAges();
   }
 
-  function tickAges() {
-    document.querySelectorAll("[data-ts]").forEach(function (el) {
-      var ts = parseInt(el.getAttribute("data-ts"), 10);
-      if (!isNaN(ts)) el.textContent = ago(ts);
+  if (document.querySelector(".tile")) {
+    fetch("/sparks", { credentials: "same-origin" }).then(function (r) {
+      if (r.ok) return r.json();
+    }).then(function (all) {
+      if (!all) return;
+      step = all.step;
+      Object.keys(all.sparks).forEach(function (id) {
+        var pair = all.sparks[id], mine = sparks[id];
+        sparks[id] = { first: pair[0], values: pair[1] };
+        // Values that arrived while this was loading go on top.
+        if (mine) mine.values.forEach(function (v, i) { if (v !== null) extendSpark(id, (mine.first + i) * step, v); });
+        drawSpark(id);
+      });
     });
   }
-
-  document.querySelectorAll("svg.spark").forEach(function (svg) {
-    drawSpark(svg, JSON.parse(svg.getAttribute("data-points") || "[]"));
-  });
   if (window.EventSource) {
     var source = new EventSource("/events");
     source.addEventListener("plant", function (e) { apply(JSON.parse(e.data)); });
@@ -101,6 +143,5 @@
       if (paused) paused.hidden = false;
     };
   }
-  tickAges();
   setInterval(tickAges, 1000);
 })();

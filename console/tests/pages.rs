@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use support::{client, config, get_until, put_latest, start, tile};
+use support::{client, config, element, get_until, put_latest, put_latest_at, start};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_overview_shows_every_seed_device_with_values_units_and_states(pool: PgPool) {
@@ -26,21 +26,23 @@ async fn the_overview_shows_every_seed_device_with_values_units_and_states(pool:
         "compressor-01",
     ] {
         assert!(
-            page.contains(&format!("data-device=\"{device}\"")),
+            page.contains(&format!("<section class=\"device\" id=\"{device}\"")),
             "{device} is on the overview"
         );
     }
-    let furnace = tile(&page, "furnace-01/0");
-    assert!(furnace.contains("851.25"), "{furnace}");
-    assert!(furnace.contains("°C"), "{furnace}");
+    let furnace = element(&page, "furnace-01/0");
+    assert!(furnace.contains("<i>851.25</i> °C"), "{furnace}");
     assert!(
-        furnace.contains("level-normal") && furnace.contains(">normal<"),
+        furnace.contains("class=\"tile normal\"") && furnace.contains("<em>normal</em>"),
         "{furnace}"
     );
-    assert!(page.contains("data-presence=\"furnace-01\""));
+    assert!(element(&page, "furnace-01").contains("online · last seen"));
     // A device that never reported is offline, in words.
-    let press = &page[page.find("data-presence=\"press-01\"").unwrap()..];
-    assert!(press[..200].contains("offline"), "{}", &press[..200]);
+    let press = element(&page, "press-01");
+    assert!(
+        press.contains("<span class=\"off\">offline</span>"),
+        "{press}"
+    );
 
     // Past the critical threshold (950 °C): the tile says so, in a word and a class.
     put_latest(&started.prefix, "furnace-01", 0, 980.5).await;
@@ -50,9 +52,9 @@ async fn the_overview_shows_every_seed_device_with_values_units_and_states(pool:
         |p| p.contains("980.5"),
     )
     .await;
-    let furnace = tile(&page, "furnace-01/0");
+    let furnace = element(&page, "furnace-01/0");
     assert!(
-        furnace.contains("level-critical") && furnace.contains(">critical<"),
+        furnace.contains("class=\"tile critical\"") && furnace.contains("<em>critical</em>"),
         "{furnace}"
     );
     started.console.stop().await;
@@ -85,7 +87,7 @@ async fn the_event_stream_sends_the_whole_view_then_only_what_changed(pool: PgPo
                     .as_array()
                     .unwrap()
                     .iter()
-                    .any(|t| t["id"] == "press-01/0" && t["value"] == "120.5");
+                    .any(|t| t["i"] == "press-01/0" && t["v"] == "120.5");
                 if updates.is_empty() && !mentions_press {
                     continue; // a view from before the value arrived
                 }
@@ -102,8 +104,8 @@ async fn the_event_stream_sends_the_whole_view_then_only_what_changed(pool: PgPo
     assert!(whole >= 8, "the first update has every tile, got {whole}");
     let change = updates[1]["tiles"].as_array().unwrap();
     assert_eq!(change.len(), 1, "only the changed tile: {change:?}");
-    assert_eq!(change[0]["id"], "press-01/0");
-    assert_eq!(change[0]["value"], "131.75");
+    assert_eq!(change[0]["i"], "press-01/0");
+    assert_eq!(change[0]["v"], "131.75");
     assert_eq!(updates[1]["live"], true);
     started.console.stop().await;
 }
@@ -140,38 +142,68 @@ async fn bad_requests_get_a_clear_message_and_unknown_devices_a_404(pool: PgPool
     started.console.stop().await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
-async fn a_day_of_a_10_hz_channel_is_charted_in_at_most_2000_points(pool: PgPool) {
-    // 24 h at 10 Hz: 864 000 readings of press-01's pressure.
-    sqlx::query(
-        "INSERT INTO sensor_readings (device_id, boot_id, seq, ts, value, channel_id, clock_synced) \
-         SELECT 'press-01', 1, i, now() - interval '24 hours' + i * interval '100 ms', \
-                150 + 20 * sin(i / 3000.0), 0, true \
-           FROM generate_series(0, 863999) AS i",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let started = start(config(&pool).await).await;
-    let response = client()
-        .get(format!("{}/devices/press-01?range=24h", started.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let page = response.text().await.unwrap();
+/// The chart of channel 0 in a device page: its point count and its markup.
+fn chart_zero(page: &str) -> (usize, &str) {
     let chart = &page[page.find("data-channel=\"0\"").unwrap()..];
-    let points: usize = chart["data-channel=\"0\" data-points=\"".len()..]
+    let points = chart["data-channel=\"0\" data-points=\"".len()..]
         .split('"')
         .next()
         .unwrap()
         .parse()
         .unwrap();
+    (points, &chart[..chart.find("</section>").unwrap()])
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_day_of_a_10_hz_channel_is_charted_in_at_most_2000_points(pool: PgPool) {
+    // 24 h of the spindle's 10 Hz vibration: 864 000 readings, and their hourly
+    // statistics as the ingester keeps them.
+    sqlx::query(
+        "INSERT INTO sensor_readings (device_id, boot_id, seq, ts, value, channel_id, clock_synced) \
+         SELECT 'cnc-spindle-01', 1, i, now() - interval '24 hours' + i * interval '100 ms', \
+                2.8 + sin(i / 3000.0), 0, true \
+           FROM generate_series(0, 863999) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO device_stats_hourly (device_id, channel_id, hour, count, min, max, sum, sum_sq) \
+         SELECT device_id, channel_id, to_timestamp(floor(extract(epoch FROM ts) / 3600) * 3600), \
+                count(*), min(value), max(value), sum(value), sum(value::float8 * value) \
+           FROM sensor_readings GROUP BY 1, 2, 3",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let started = start(config(&pool).await).await;
+    let page = |range: &'static str| {
+        let url = format!("{}/devices/cnc-spindle-01?range={range}", started.base);
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        }
+    };
+    let day = page("24h").await;
+    let (points, chart) = chart_zero(&day);
     assert!(
-        (1900..=2000).contains(&points),
-        "a day is about 1 000 buckets of min and max: {points} points"
+        chart.contains("hourly statistics"),
+        "864 000 readings are too many to scan: {chart}"
+    );
+    assert!(
+        (48..=50).contains(&points),
+        "24 or 25 hours of min and max: {points} points"
     );
     assert!(chart.contains("polygon"), "the band is drawn");
+
+    let hour = page("1h").await;
+    let (points, chart) = chart_zero(&hour);
+    assert!(chart.contains("readings, min–max band"), "{chart}");
+    assert!(
+        (1900..=2000).contains(&points),
+        "36 000 readings in about 1 000 buckets of min and max: {points} points"
+    );
     started.console.stop().await;
 }
 
@@ -291,5 +323,43 @@ async fn without_redis_the_pages_say_live_view_paused_and_resume_by_themselves(p
         "live values resume without a restart"
     );
     assert!(page.contains("id=\"live-paused\" role=\"status\" hidden"));
+    started.console.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn sparklines_keep_the_last_value_of_each_half_minute(pool: PgPool) {
+    let started = start(config(&pool).await).await;
+    let step = 30_000;
+    let now = service::clock::now_ms_i64();
+    let slot = now / step;
+    let sparks = format!("{}/sparks", started.base);
+    // Two readings in one slot (the later one stays), a slot with none, then one more.
+    for (ts, value) in [
+        ((slot - 3) * step + 1_000, 840.0),
+        ((slot - 3) * step + 2_000, 845.5),
+        (slot * step + 500, 851.25),
+    ] {
+        put_latest_at(&started.prefix, "furnace-01", 0, value, ts).await;
+        let expected = format!("{value}");
+        get_until(&sparks, Duration::from_secs(10), |body| {
+            body.contains(&expected)
+        })
+        .await;
+    }
+    let body = client()
+        .get(&sparks)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["step"], step);
+    assert_eq!(
+        json["sparks"]["furnace-01/0"],
+        serde_json::json!([slot - 3, [845.5, null, null, 851.25]]),
+        "{body}"
+    );
     started.console.stop().await;
 }

@@ -57,15 +57,9 @@ pub async fn page(
         .map_err(|e| PageError::history(&e))?;
     let mut charts = Vec::new();
     for channel in &device.channels {
-        let (source, buckets) = plant::history(
-            &state.pool,
-            &device.device_id,
-            channel.channel_id,
-            range,
-            end,
-        )
-        .await
-        .map_err(|e| PageError::history(&e))?;
+        let (source, buckets) = plant::history(&state.pool, &device.device_id, channel, range, end)
+            .await
+            .map_err(|e| PageError::history(&e))?;
         charts.push((channel, source, buckets));
     }
     let session = state.access.session(&headers);

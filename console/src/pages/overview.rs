@@ -1,14 +1,22 @@
 //! The plant overview: site, line, device, channel; each channel a tile with its value,
 //! state, sparkline, age and quality flags, each device online or offline. Rendered
 //! from the live snapshot alone: a viewer costs no query.
+//!
+//! The markup is terse on purpose: a plant of 500 devices is 1 500 tiles, and the page
+//! must stay under 300 KB. Elements are found by `id` (`furnace-01` for a device,
+//! `furnace-01/0` for a tile); sparklines come in one JSON request after the page
+//! (`/sparks`), since 1 500 of them would double its weight.
+
+use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::Json;
 use maud::{html, Markup};
+use serde::Serialize;
 
 use crate::app::Shared;
-use crate::layout::age;
-use crate::live::Tile;
+use crate::live::{Snapshot, Tile, SPARK_STEP_MS};
 use crate::plant::{Channel, Device};
 
 /// A line of a site: its name and its devices, in order.
@@ -33,6 +41,7 @@ pub async fn page(State(state): State<Shared>, headers: HeaderMap) -> Markup {
             devices.push(device);
         }
     }
+    let now = service::clock::now_ms_i64();
     let body = html! {
         h1 { "Plant overview" }
         @if snapshot.plant.is_empty() {
@@ -43,7 +52,7 @@ pub async fn page(State(state): State<Shared>, headers: HeaderMap) -> Markup {
                 h2 { "Site " (site) " · line " (line) }
                 div .devices {
                     @for device in devices {
-                        (device_card(&snapshot, device))
+                        (device_card(&snapshot, device, now))
                     }
                 }
             }
@@ -52,25 +61,40 @@ pub async fn page(State(state): State<Shared>, headers: HeaderMap) -> Markup {
     crate::layout::page(&frame, body)
 }
 
-fn device_card(snapshot: &crate::live::Snapshot, device: &Device) -> Markup {
+/// `12 s ago`, `3 min ago`, `2 h ago`, as the script writes it.
+fn ago(ts: Option<i64>, now: i64) -> String {
+    match ts {
+        None => "never".to_owned(),
+        Some(ts) => {
+            let s = (now - ts).max(0) / 1000;
+            match s {
+                0..60 => format!("{s} s ago"),
+                60..3600 => format!("{} min ago", s / 60),
+                _ => format!("{} h ago", s / 3600),
+            }
+        }
+    }
+}
+
+fn device_card(snapshot: &Snapshot, device: &Device, now: i64) -> Markup {
     let last_seen = snapshot
         .presence
         .get(&device.device_id)
         .and_then(|p| p.last_seen);
     let online = last_seen.is_some();
     html! {
-        section .device data-device=(device.device_id) {
+        section .device id=(device.device_id) {
             h3 {
                 a href={ "/devices/" (device.device_id) } { (device.name) " (" (device.device_id) ")" }
-                span .presence.online[online].offline[!online] data-presence=(device.device_id) {
-                    span .word { @if online { "online" } @else { "offline" } }
-                    " · last seen " (age(last_seen))
+                " "
+                span class=(if online { "on" } else { "off" }) {
+                    @if online { "online · last seen " (ago(last_seen, now)) } @else { "offline" }
                 }
             }
             div .tiles {
                 @for channel in &device.channels {
                     @if let Some(tile) = snapshot.tile(&device.device_id, channel.channel_id) {
-                        (tile_markup(channel, tile))
+                        (tile_markup(channel, tile, now))
                     }
                 }
             }
@@ -78,26 +102,43 @@ fn device_card(snapshot: &crate::live::Snapshot, device: &Device) -> Markup {
     }
 }
 
-fn tile_markup(channel: &Channel, tile: &Tile) -> Markup {
-    let points: Vec<[f64; 2]> = tile
-        .spark
-        .iter()
-        .map(|(t, v)| [*t as f64, f64::from(*v)])
-        .collect();
-    let points = serde_json::to_string(&points).unwrap_or_else(|_| "[]".to_owned());
+fn tile_markup(channel: &Channel, tile: &Tile, now: i64) -> Markup {
     html! {
-        div class={ "tile level-" (tile.level.word()) } data-tile=(tile.id) {
-            div .name { (channel.name) }
-            div .value {
-                span .value-number { (tile.value.as_deref().unwrap_or("—")) }
-                " " span .unit { (channel.unit) }
-            }
-            div .state { (tile.level.word()) }
-            svg .spark viewBox="0 0 100 28" preserveAspectRatio="none" role="img"
-                aria-label={ (channel.name) ", last 10 minutes" } data-points=(points) {
-                polyline points="" {}
-            }
-            div .meta { (age(tile.ts)) " " span .flags { (tile.flags.join(", ")) } }
+        div class={ "tile " (tile.level.word()) } id=(tile.id) {
+            b { (channel.name) }
+            i { (tile.value.as_deref().unwrap_or("—")) } " " (channel.unit)
+            em { (tile.level.word()) }
+            small { (ago(tile.ts, now)) }
+            @if !tile.flags.is_empty() { small .f { (tile.flags.join(", ")) } }
         }
     }
+}
+
+/// Every tile's sparkline: values per slot of `step` ms, the first at slot `from`
+/// (`null` where a slot had none).
+#[derive(Debug, Serialize)]
+pub struct Sparks {
+    step: i64,
+    sparks: BTreeMap<String, (i64, Vec<Option<f32>>)>,
+}
+
+pub async fn sparks(State(state): State<Shared>) -> Json<Sparks> {
+    let snapshot = state.snapshot();
+    let sparks = snapshot
+        .tiles
+        .iter()
+        .filter_map(|(id, tile)| {
+            let first = tile.spark.first()?.0;
+            let last = tile.spark.last()?.0;
+            let mut values = vec![None; (last - first + 1) as usize];
+            for (slot, value) in tile.spark.iter() {
+                values[(slot - first) as usize] = Some(*value);
+            }
+            Some((id.clone(), (first, values)))
+        })
+        .collect();
+    Json(Sparks {
+        step: SPARK_STEP_MS,
+        sparks,
+    })
 }

@@ -76,8 +76,12 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
 /// A channel's current value and the device's last-seen time, as the ingester writes
 /// them.
 pub async fn put_latest(prefix: &str, device: &str, channel: i16, value: f32) {
+    put_latest_at(prefix, device, channel, value, service::clock::now_ms_i64()).await;
+}
+
+/// [`put_latest`] of a reading made at `now` (ms).
+pub async fn put_latest_at(prefix: &str, device: &str, channel: i16, value: f32, now: i64) {
     let keys = RedisKeys::new(prefix);
-    let now = service::clock::now_ms_i64();
     let latest = LatestValue {
         ts: now,
         v: Some(value),
@@ -118,14 +122,19 @@ pub async fn get_until(url: &str, within: Duration, done: impl Fn(&str) -> bool)
     }
 }
 
-/// The HTML of the element whose attribute `data-tile` is `id`, up to its end.
-pub fn tile<'a>(page: &'a str, id: &str) -> &'a str {
-    let start = page
-        .find(&format!("data-tile=\"{id}\""))
-        .unwrap_or_else(|| panic!("no tile {id} in the page"));
-    let start = page[..start].rfind("<div").unwrap();
+/// The HTML of the element whose `id` is `id`, up to its closing tag (the overview's
+/// tiles and device cards hold no element of their own kind).
+pub fn element<'a>(page: &'a str, id: &str) -> &'a str {
+    let at = page
+        .find(&format!(" id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element {id} in the page"));
+    let start = page[..at].rfind('<').unwrap();
+    let tag: String = page[start + 1..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
     let end = page[start..]
-        .find("</svg>")
+        .find(&format!("</{tag}>"))
         .map_or(page.len(), |e| start + e);
     &page[start..end]
 }
