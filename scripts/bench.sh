@@ -2,7 +2,7 @@
 # bench.sh - the benchmark suite in one command: every component's benchmark, then the
 # pipeline end to end (bench/), written up as docs/benchmarks.md and docs/benchmarks.svg.
 #
-#   scripts/bench.sh            full run (about 12 minutes on a 2-core machine, once built);
+#   scripts/bench.sh            full run (about 15 minutes on a 2-core machine, once built);
 #                               writes docs/benchmarks.md and docs/benchmarks.svg
 #   scripts/bench.sh --quick    smoke run (2-3 minutes once built); writes
 #                               to a temporary directory and prints where
@@ -12,7 +12,8 @@
 # Starts the local stack if needed (scripts/stack.sh up), builds the release binaries,
 # runs, in order: the bridge throughput bench (scripts/bench-bridge.sh, which runs
 # `target/release/bench bridge`: Kafka ceiling, embedded mode, client mode against
-# Mosquitto), the ingest bench (cloud-ingester), the edge-agent footprint bench, and the
+# Mosquitto), the ingest bench (cloud-ingester), the edge-agent footprint bench, the
+# console bench (overview, live viewers, charts), and the
 # end-to-end bench (target/release/bench), which parses the component benches' output
 # and writes the report (release binaries under $CARGO_TARGET_DIR when it is set). Each
 # bench's raw output goes to target/bench-logs/<run>/ and into the report's appendix.
@@ -112,6 +113,9 @@ component ingest \
 component footprint \
   "cargo bench --locked -p edge-agent --bench footprint -- $FOOTPRINT_SECONDS" \
   cargo bench --locked -p edge-agent --bench footprint -- "$FOOTPRINT_SECONDS"
+component console \
+  "cargo bench --locked -p console --bench console" \
+  cargo bench --locked -p console --bench console
 
 step "end to end"
 MINUTES_BEFORE=$(awk -v s="$(( $(date +%s) - T0 ))" 'BEGIN { printf "%.2f", s / 60 }')

@@ -85,13 +85,15 @@ pub struct Components {
     pub bridge: BridgeFigures,
     pub ingest: IngestFigures,
     pub footprint: FootprintFigures,
+    /// The console bench's figure lines (issue 17), as it printed them, if it ran.
+    pub console: Option<Vec<String>>,
     /// (bench name, the command that ran it, its log file, its stdout).
     pub raw: Vec<(String, String, PathBuf, String)>,
 }
 
 impl Components {
-    /// Reads `bridge.log`, `ingest.log` and `footprint.log` (and the `*.cmd` files
-    /// holding the command lines) from `dir`.
+    /// Reads `bridge.log`, `ingest.log`, `footprint.log` and, if present, `console.log`
+    /// (and the `*.cmd` files holding the command lines) from `dir`.
     pub fn read(dir: &Path) -> anyhow::Result<Self> {
         let load = |name: &str| -> anyhow::Result<(String, String, PathBuf, String)> {
             let path = dir.join(format!("{name}.log"));
@@ -110,6 +112,9 @@ impl Components {
         let bridge = load("bridge")?;
         let ingest = load("ingest")?;
         let footprint = load("footprint")?;
+        let console = load("console").ok();
+        let mut raw = vec![bridge.clone(), ingest.clone(), footprint.clone()];
+        raw.extend(console.clone());
         Ok(Self {
             bridge: parse_bridge(&bridge.3)
                 .context("bridge throughput bench (bench bridge, bench/src/bridge_throughput/)")?,
@@ -117,9 +122,18 @@ impl Components {
                 .context("ingest bench (cloud-ingester/benches/ingest.rs)")?,
             footprint: parse_footprint(&footprint.3)
                 .context("footprint bench (edge-agent/benches/footprint.rs)")?,
-            raw: vec![bridge, ingest, footprint],
+            console: console.map(|(_, _, _, text)| console_lines(&text)),
+            raw,
         })
     }
+}
+
+/// The console bench's section headings (`(a) …`) and figure lines (`- …`), in order.
+fn console_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with("- ") || l.starts_with('('))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `1,234,567` → 1234567.

@@ -12,6 +12,7 @@
 
 mod bottleneck;
 mod confirmations;
+mod console;
 mod end_to_end;
 mod footprint;
 pub(crate) mod format;
@@ -63,6 +64,7 @@ impl Report<'_> {
         self.latency(&mut md);
         self.confirmations(&mut md);
         self.footprint(&mut md);
+        self.console(&mut md);
         self.bottleneck(&mut md);
         self.settings(&mut md);
         self.appendix(&mut md);
