@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checks docker-compose.yml and docker/*.Dockerfile without a Docker engine.
+"""Checks docker-compose.yml, docker/*.Dockerfile and the Grafana bundle of deploy/grafana/
+without a Docker engine.
 
     scripts/check-compose.py                         spec + consistency checks
     scripts/check-compose.py --binaries target/debug  also run each service's binary with
@@ -8,22 +9,38 @@
 No engine runs here, so the compose file is validated instead of run:
 
 1. The Compose spec. `docker-compose config` (Compose v1 from PyPI: it parses, interpolates
-   and validates without an engine) resolves the file; then, for each profile combination
-   (default, demo, client, tools, all), the services that combination starts are
-   validated against the Compose spec schema and checked for what only shows per
-   combination: a dependency the combination does not start, a health condition on a
-   service without a health check, a host port published twice.
+   and validates without an engine) resolves the file with no variable set (so a plain
+   `docker compose up -d` needs none: Compose interpolates every profile's services);
+   then, for each profile combination (default, demo, client, tools, grafana, all), the
+   services that combination starts are validated against the Compose spec schema and
+   checked for what only shows per combination: a dependency the combination does not
+   start, a health condition on a service without a health check, a host port published
+   twice.
 2. The code's sources of truth: every topic of protocol::kafka::ALL_TOPICS (parsed from
    protocol/src/kafka.rs) is created by kafka-init with its partition count; every
    service the pipeline needs exists, in its profile, with a health check; ports are the
-   defaults of bridge/config/bridge.toml and cloud-ingester/config/cloud-ingester.toml;
-   every BRIDGE_* / INGESTER_* / EDGE_AGENT_* variable names a key of the example TOML
-   (PREFIX_A__B -> a.b); URLs, brokers and credentials point at the right services and
-   match scripts/stack.sh; the five demo agents run the seed devices of migrations/ with
-   the simulated-plant.toml definitions; each build's Dockerfile exists, builds its
-   crate with --locked and ends as a non-root USER; .dockerignore keeps the junk out.
-3. With --binaries: each bridge, ingester and agent service's binary is run with the
-   service's environment and command plus --check-config, so the binaries themselves
+   defaults of bridge/config/bridge.toml, cloud-ingester/config/cloud-ingester.toml and
+   console/config/console.toml; every BRIDGE_* / INGESTER_* / CONSOLE_* / EDGE_AGENT_*
+   variable names a key of the example TOML (PREFIX_A__B -> a.b); URLs, brokers and
+   credentials point at the right services and match scripts/stack.sh; the console
+   waits for the ingester (which migrates the schema) and reads its Redis prefix and
+   alerts topic; the five demo agents run the seed devices of migrations/ with the
+   simulated-plant.toml definitions; each build's Dockerfile exists, builds its crate
+   with --locked, copies the example config and ends as a non-root USER; .dockerignore
+   keeps the junk out.
+3. The Grafana bundle (deploy/grafana/, the `grafana` profile): the provisioning YAMLs
+   parse and have their keys; the data source is the compose postgres service, its
+   database and user, with the password from an environment variable the grafana
+   service sets from the postgres service (no literal); the dashboard provider's path
+   is where compose mounts deploy/grafana/dashboards (read-only, as the provisioning);
+   every dashboard parses, uses the provisioned data source, and every query (panels,
+   template variables, annotations) names only tables and columns that migrations/*.sql
+   create and variables the dashboard defines, with $__timeFilter on a timestamp column
+   where it reads the readings or the hourly statistics; Grafana is pinned to a version,
+   published on 127.0.0.1 only, health-checked on /api/health, and has no literal or
+   default admin password.
+4. With --binaries: each bridge, ingester, console and agent service's binary is run with
+   the service's environment and command plus --check-config, so the binaries themselves
    confirm they accept the settings (their configs refuse unknown keys).
 
 Prints one line per problem and exits 1, or a summary and exits 0. The first run makes a
@@ -121,7 +138,8 @@ import yaml  # noqa: E402
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 # Profile combinations to check: each alone, and all together.
-COMBINATIONS = [(), ("demo",), ("client",), ("tools",), ("demo", "client", "tools")]
+COMBINATIONS = [(), ("demo",), ("client",), ("tools",), ("grafana",),
+                ("demo", "client", "tools", "grafana")]
 
 # What each Dockerfile builds and how that binary is configured.
 BINARIES = {
@@ -141,6 +159,14 @@ BINARIES = {
         # DATABASE_URL, REDIS_URL and KAFKA_BROKERS: read directly (config.rs).
         "extra_env": {"INGESTER_CONFIG", "DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "RUST_LOG"},
     },
+    "docker/console.Dockerfile": {
+        "crate": "console",
+        "binary": "console",
+        "prefix": "CONSOLE_",
+        "examples": ["console/config/console.toml"],
+        # DATABASE_URL, REDIS_URL and KAFKA_BROKERS: read directly (config.rs).
+        "extra_env": {"CONSOLE_CONFIG", "DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "RUST_LOG"},
+    },
     "docker/edge-agent.Dockerfile": {
         "crate": "edge-agent",
         "binary": "edge-agent",
@@ -159,10 +185,12 @@ EXPECTED = {
     "kafka-init": ((), True),
     "bridge": ((), False),
     "ingester": ((), False),
+    "console": ((), False),
     "mosquitto": (("client",), False),
     "bridge-client": (("client",), False),
     "kafka-ui": (("tools",), False),
     "redis-commander": (("tools",), False),
+    "grafana": (("grafana",), False),
 }
 
 problems: list[str] = []
@@ -308,6 +336,10 @@ def resolve() -> dict | None:
     if run.returncode != 0:
         for line in (run.stderr or run.stdout).strip().splitlines():
             problem(f"docker-compose config: {line}")
+        if "Missing mandatory value" in (run.stderr or run.stdout):
+            problem("docker-compose config: Compose interpolates every service, whatever the "
+                    "profiles, so a ${VAR:?} stops a plain `docker compose up` too; require "
+                    "the variable inside the container instead")
         return None
     return yaml.safe_load(run.stdout)
 
@@ -509,7 +541,8 @@ def check_topics(model: dict, topics: dict[str, int]) -> None:
                                                           "kafka.metrics_topic")),
                           ("cloud-ingester/config/cloud-ingester.toml",
                            ("kafka.topic", "kafka.dlq_topic", "kafka.alerts_topic",
-                            "kafka.metrics_topic"))):
+                            "kafka.metrics_topic")),
+                          ("console/config/console.toml", ("kafka.alerts_topic",))):
         for key in keys:
             name = example_values(ROOT / example, key)
             if name and name not in topics:
@@ -638,13 +671,12 @@ def check_env_and_ports(model: dict) -> None:
 
     # Ports: the example files' defaults (or the service's overrides) are what is
     # published, exposed and health-checked.
-    bridge_toml = ROOT / "bridge/config/bridge.toml"
-    ingester_toml = ROOT / "cloud-ingester/config/cloud-ingester.toml"
+    summary = []
     for name, svc in services.items():
         info = binary_info(svc)
         if not info or info["binary"] == "edge-agent":
             continue
-        example = bridge_toml if info["binary"] == "bridge" else ingester_toml
+        example = ROOT / info["examples"][0]
         settings = [("http.listen", "--http-listen")]
         if info["binary"] == "bridge" and effective(svc, info, example, "mode",
                                                     "--mode") == "embedded":
@@ -678,8 +710,9 @@ def check_env_and_ports(model: dict) -> None:
             for port in wanted:
                 if port not in exposed:
                     problem(f"{rel(dockerfile)}: does not EXPOSE {port}, which {name} uses")
-    notes.append("ports: bridge 1883/9101 and ingester 9102 as in their example TOML, "
-                 "published, exposed and health-checked on /readyz")
+        summary.append(f"{name} {'/'.join(str(p) for p in sorted(wanted))}")
+    notes.append(f"ports: {', '.join(summary)} as in their example TOML, published, exposed "
+                 "and health-checked on /readyz")
 
 
 def check_clients(model: dict) -> None:
@@ -806,6 +839,41 @@ def check_agents(model: dict, agents: dict[str, str]) -> None:
                  "simulated-plant.toml channels, own gateway id and queue volume")
 
 
+def check_console(model: dict) -> None:
+    """The console reads what the ingester writes: its schema (so it waits for the
+    ingester, which migrates it), its Redis keys (prefix) and its alerts topic."""
+    services = model["services"]
+    consoles = {n: s for n, s in services.items()
+                if (binary_info(s) or {}).get("binary") == "console"}
+    ingesters = {n: s for n, s in services.items()
+                 if (binary_info(s) or {}).get("binary") == "cloud-ingester"}
+    migrators = [n for n, s in ingesters.items() if "--migrate" in words(s.get("command"))]
+    console_toml = ROOT / "console/config/console.toml"
+    ingester_toml = ROOT / "cloud-ingester/config/cloud-ingester.toml"
+    for name, svc in consoles.items():
+        info = binary_info(svc)
+        depends = svc.get("depends_on") or {}
+        for dependency in ["postgres", "redis", *migrators[:1]]:
+            if ((depends.get(dependency) or {}).get("condition")) != "service_healthy":
+                why = "it migrates the schema the console reads" if dependency in migrators \
+                    else "the console needs it"
+                problem(f"{name}: must wait for {dependency} to be healthy ({why})")
+        if not migrators:
+            problem(f"{name}: no ingester service runs --migrate, so nothing creates the "
+                    "schema the console reads")
+        for ingester_name, ingester in ingesters.items():
+            ingester_info = binary_info(ingester)
+            for key in ("redis.prefix", "kafka.alerts_topic"):
+                mine = effective(svc, info, console_toml, key)
+                theirs = effective(ingester, ingester_info, ingester_toml, key)
+                if str(mine) != str(theirs):
+                    problem(f"{name}: {key} {mine!r} is not {ingester_name}'s {theirs!r} "
+                            "(the console reads what the ingester writes)")
+    if consoles:
+        notes.append(f"console: {', '.join(consoles)} waits for postgres, redis and the "
+                     "migrating ingester; Redis prefix and alerts topic as the ingester's")
+
+
 def check_state_volumes(model: dict) -> None:
     services = model["services"]
     declared = set(model.get("volumes") or {})
@@ -813,6 +881,9 @@ def check_state_volumes(model: dict) -> None:
     kafka = services.get("kafka")
     if kafka:
         data_dirs["kafka"] = env_of(kafka).get("KAFKA_LOG_DIRS", "/var/lib/kafka/data")
+    grafana = services.get("grafana")
+    if grafana:
+        data_dirs["grafana"] = env_of(grafana).get("GF_PATHS_DATA", "/var/lib/grafana")
     for name, directory in data_dirs.items():
         svc = services.get(name)
         if svc and not any(not bind and s in declared and t.rstrip("/") == directory
@@ -932,6 +1003,27 @@ def check_dockerfiles(model: dict) -> None:
             entry = " ".join(a for i, a in final if i == "ENTRYPOINT")
             if f"/usr/local/bin/{info['binary']}" not in entry:
                 problem(f"{label}: the ENTRYPOINT does not run /usr/local/bin/{info['binary']}")
+            copied = {}
+            for instruction, argument in final:
+                parts = [a for a in argument.split() if not a.startswith("--")]
+                if instruction == "COPY" and "--from=" not in argument and len(parts) == 2:
+                    copied[parts[0]] = parts[1]
+            examples = [e for e in info["examples"] if e in copied]
+            if not examples:
+                problem(f"{label}: the final stage does not COPY the example configuration "
+                        f"({' or '.join(info['examples'])})")
+            config_env = info["prefix"] + "CONFIG"
+            for instruction, argument in final:
+                if instruction != "ENV":
+                    continue
+                for assignment in shlex.split(argument):
+                    key, _, value = assignment.partition("=")
+                    if examples and key == config_env and \
+                            value not in {copied[e] for e in examples}:
+                        problem(f"{label}: ENV {config_env}={value} is not where the example "
+                                "configuration is copied")
+            if not any(i == "HEALTHCHECK" for i, _ in final):
+                problem(f"{label}: the final stage has no HEALTHCHECK")
     ignore = ROOT / ".dockerignore"
     if not ignore.exists():
         problem(".dockerignore is missing")
@@ -949,8 +1041,694 @@ def check_dockerfiles(model: dict) -> None:
             if ignored(needed):
                 problem(f".dockerignore: excludes {needed}, which the build needs")
     notes.append(f"Dockerfiles: {', '.join(sorted(seen))}: multi-stage, --locked builds, "
-                 "a Rust image no older than any locked package needs, non-root final USER; "
-                 ".dockerignore")
+                 "a Rust image no older than any locked package needs, the example config "
+                 "copied, a HEALTHCHECK, non-root final USER; .dockerignore")
+
+
+# ------------------------------------------------------------------- the Grafana bundle
+
+GRAFANA = ROOT / "deploy" / "grafana"
+GRAFANA_DATASOURCES = GRAFANA / "provisioning" / "datasources"
+GRAFANA_PROVIDERS = GRAFANA / "provisioning" / "dashboards"
+GRAFANA_DASHBOARDS = GRAFANA / "dashboards"
+# The built-in PostgreSQL plugin: its id, and the alias every Grafana version accepts.
+POSTGRES_TYPES = {"grafana-postgresql-datasource", "postgres"}
+# Grafana's SQL macros, $__name(...); $__name without arguments is a built-in variable.
+GRAFANA_MACROS = {
+    "__time", "__timeEpoch", "__timeFilter", "__timeFrom", "__timeTo", "__timeGroup",
+    "__timeGroupAlias", "__unixEpochFilter", "__unixEpochFrom", "__unixEpochTo",
+    "__unixEpochNanoFilter", "__unixEpochNanoFrom", "__unixEpochNanoTo",
+    "__unixEpochGroup", "__unixEpochGroupAlias",
+}
+# Macros that name their result "time", and those whose first argument is a time column.
+TIME_COLUMN_MACROS = {"__time", "__timeEpoch", "__timeGroupAlias", "__unixEpochGroupAlias"}
+TIME_ARGUMENT_MACROS = {"__time", "__timeEpoch", "__timeFilter", "__timeGroup",
+                        "__timeGroupAlias"}
+# Tables that grow without bound: a panel reads them within the dashboard's time range.
+TIME_FILTERED_TABLES = {"sensor_readings", "device_stats_hourly"}
+SQL_KEYWORDS = set("""
+    select from where and or not as on using join left right inner outer full cross
+    natural lateral group by order asc desc nulls first last limit offset fetch next rows
+    row only having distinct case when then else end is null true false in between like
+    ilike similar to exists interval filter over partition window with recursive union
+    intersect except all any some cast escape at time zone precision varying without
+    values default unknown isnull notnull collate
+""".split())
+
+SQL_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<comment>--[^\n]*|/\*.*?\*/)
+  | (?P<string>[EeBbXxUu]?'(?:[^']|'')*')
+  | (?P<dollar>\$(?P<tag>[A-Za-z_]\w*|)\$.*?\$(?P=tag)\$)
+  | (?P<macro>\$__\w+)
+  | (?P<var>\$\{[^}]*\}|\$\w+|\[\[[^\]]*\]\])
+  | (?P<qident>"(?:[^"]|"")*")
+  | (?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)
+  | (?P<ident>[A-Za-z_]\w*)
+  | (?P<op>::|<>|!=|<=|>=|\|\||.)
+""", re.S | re.X)
+SQL_KINDS = ("space", "comment", "string", "dollar", "macro", "var", "qident", "number",
+             "ident", "op")
+
+
+def sql_tokens(text: str) -> list[tuple[str, str]]:
+    """(kind, value) of each token, comments and white space left out: identifiers in
+    lower case, quoted ones unquoted, strings and dollar-quoted bodies as one token."""
+    tokens = []
+    for match in SQL_TOKEN.finditer(text):
+        kind = next(k for k in SQL_KINDS if match.group(k) is not None)
+        value = match.group(kind)
+        if kind in ("space", "comment"):
+            continue
+        if kind == "ident":
+            value = value.lower()
+        elif kind == "qident":
+            value = value[1:-1].replace('""', '"')
+        tokens.append((kind, value))
+    return tokens
+
+
+def _word(tokens: list, i: int, *words: str) -> bool:
+    return 0 <= i < len(tokens) and tokens[i][0] == "ident" and tokens[i][1] in words
+
+
+def _name(tokens: list, i: int) -> str | None:
+    return tokens[i][1] if 0 <= i < len(tokens) and tokens[i][0] in ("ident", "qident") \
+        else None
+
+
+def _qualified(tokens: list, i: int) -> tuple[str | None, int]:
+    """A possibly schema-qualified name at i: (its last part, the index after it)."""
+    name = _name(tokens, i)
+    while name is not None and i + 2 < len(tokens) and tokens[i + 1] == ("op", ".") \
+            and _name(tokens, i + 2):
+        i += 2
+        name = _name(tokens, i)
+    return name, i + 1
+
+
+def _split_top(tokens: list, separator: tuple[str, str]) -> list[list]:
+    """tokens split at separator, outside parentheses."""
+    parts, depth, current = [], 0, []
+    for token in tokens:
+        if token == ("op", "("):
+            depth += 1
+        elif token == ("op", ")"):
+            depth -= 1
+        if token == separator and depth == 0:
+            parts.append(current)
+            current = []
+        else:
+            current.append(token)
+    parts.append(current)
+    return parts
+
+
+def _parenthesised(tokens: list, i: int) -> tuple[list, int]:
+    """The tokens inside the parentheses opening at i, and the index after them."""
+    depth = 0
+    for j in range(i, len(tokens)):
+        if tokens[j] == ("op", "("):
+            depth += 1
+        elif tokens[j] == ("op", ")"):
+            depth -= 1
+            if depth == 0:
+                return tokens[i + 1:j], j + 1
+    return tokens[i + 1:], len(tokens)
+
+
+COLUMN_TYPE_END = {"not", "null", "default", "constraint", "primary", "references", "check",
+                   "generated", "unique", "collate"}
+TABLE_CONSTRAINTS = {"constraint", "primary", "unique", "check", "foreign", "exclude"}
+
+
+def _column_type(item: list) -> str:
+    words_ = []
+    for kind, value in item:
+        if kind != "ident" or value in COLUMN_TYPE_END:
+            break
+        words_.append(value)
+    return " ".join(words_)
+
+
+_schema: dict[str, dict[str, str]] | None = None
+
+
+def migration_schema() -> dict[str, dict[str, str]]:
+    """{table: {column: type}} as migrations/*.sql leave them: CREATE TABLE column lists
+    (and LIKE, PARTITION OF), ALTER TABLE ADD / DROP / RENAME COLUMN and RENAME TO, DROP
+    TABLE. Function bodies are strings to this parse, so the tables they make are not
+    counted (none is queried by name)."""
+    global _schema
+    if _schema is not None:
+        return _schema
+    tables: dict[str, dict[str, str]] = {}
+    for path in sorted(ROOT.glob("migrations/*.sql")):
+        for st in _split_top(sql_tokens(path.read_text()), ("op", ";")):
+            if _word(st, 0, "create"):
+                i = 1
+                while _word(st, i, "temp", "temporary", "unlogged", "global", "local"):
+                    i += 1
+                if not _word(st, i, "table"):
+                    continue
+                i += 1
+                if _word(st, i, "if"):
+                    i += 3
+                name, i = _qualified(st, i)
+                if name is None:
+                    continue
+                if i < len(st) and st[i] == ("op", "("):
+                    inner, _ = _parenthesised(st, i)
+                    columns: dict[str, str] = {}
+                    for item in _split_top(inner, ("op", ",")):
+                        head = _name(item, 0)
+                        if head is None or (item[0][0] == "ident" and head in TABLE_CONSTRAINTS):
+                            continue
+                        if item[0][0] == "ident" and head == "like":
+                            source, _ = _qualified(item, 1)
+                            columns.update(tables.get(source or "", {}))
+                            continue
+                        columns[head] = _column_type(item[1:])
+                    tables[name] = columns
+                elif _word(st, i, "partition") and _word(st, i + 1, "of"):
+                    parent, _ = _qualified(st, i + 2)
+                    tables[name] = dict(tables.get(parent or "", {}))
+            elif _word(st, 0, "alter") and _word(st, 1, "table"):
+                i = 2
+                if _word(st, i, "if"):
+                    i += 2
+                if _word(st, i, "only"):
+                    i += 1
+                name, i = _qualified(st, i)
+                if name not in tables:
+                    continue
+                for action in _split_top(st[i:], ("op", ",")):
+                    if _word(action, 0, "add"):
+                        j = 1
+                        if _word(action, j, *TABLE_CONSTRAINTS):
+                            continue
+                        if _word(action, j, "column"):
+                            j += 1
+                        if _word(action, j, "if"):
+                            j += 3
+                        column = _name(action, j)
+                        if column:
+                            tables[name][column] = _column_type(action[j + 1:])
+                    elif _word(action, 0, "drop") and _word(action, 1, "column"):
+                        j = 4 if _word(action, 2, "if") else 2
+                        tables[name].pop(_name(action, j) or "", None)
+                    elif _word(action, 0, "rename") and _word(action, 1, "to"):
+                        tables[_name(action, 2) or name] = tables.pop(name)
+                        name = _name(action, 2) or name
+                    elif _word(action, 0, "rename"):
+                        j = 2 if _word(action, 1, "column") else 1
+                        old, new = _name(action, j), _name(action, j + 2)
+                        if old in tables[name] and new:
+                            tables[name][new] = tables[name].pop(old)
+            elif _word(st, 0, "drop") and _word(st, 1, "table"):
+                for part in _split_top(st[2:], ("op", ",")):
+                    j = 2 if _word(part, 0, "if") else 0
+                    name, _ = _qualified(part, j)
+                    tables.pop(name or "", None)
+    if not tables:
+        problem("migrations/: no CREATE TABLE found (has their form changed?)")
+    _schema = tables
+    return tables
+
+
+GRAFANA_VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)(?::[^\]]*)?\]\]")
+
+
+def check_variables(where: str, text: str, variables: set[str]) -> None:
+    for match in GRAFANA_VARIABLE.finditer(text):
+        name = next(g for g in match.groups() if g)
+        if not name.startswith("__") and name not in variables:
+            problem(f"{where}: ${name} is not a variable of the dashboard")
+
+
+def check_query(where: str, sql: str, schema: dict[str, dict[str, str]],
+                variables: set[str]) -> dict:
+    """One dashboard query against the schema of migrations/: every table it reads is
+    created there, every column it names is a column of one of them (qualified names of
+    the table they qualify), every variable is the dashboard's and every macro
+    Grafana's. Returns the tables read and whether a time filter and column are there."""
+    check_variables(where, sql, variables)
+    raw = sql_tokens(sql)
+    tokens: list[tuple[str, str]] = []
+    time_column = time_filter = False
+    time_arguments: list[tuple[str, list]] = []
+    for i, (kind, value) in enumerate(raw):
+        if kind == "macro":
+            macro = value[1:]
+            if i + 1 < len(raw) and raw[i + 1] == ("op", "("):
+                if macro not in GRAFANA_MACROS:
+                    problem(f"{where}: ${macro}(...) is not a macro of Grafana's SQL data "
+                            "sources")
+                time_column |= macro in TIME_COLUMN_MACROS
+                time_filter |= macro in ("__timeFilter", "__unixEpochFilter",
+                                         "__unixEpochNanoFilter")
+                if macro in TIME_ARGUMENT_MACROS:
+                    inner, _ = _parenthesised(raw, i + 1)
+                    time_arguments.append((macro, _split_top(inner, ("op", ","))[0]))
+                continue  # the arguments stay, as the expression they are
+            tokens.append(("number", "0"))  # a built-in variable ($__interval, ...)
+        elif kind == "var":
+            tokens.append(("number", "0"))
+        else:
+            tokens.append((kind, value))
+
+    n = len(tokens)
+    relations: dict[str, str | None] = {}  # table or alias -> table (None: not a table)
+    aliases: set[str] = set()
+    consumed: set[int] = set()
+    query_group = [True]  # does each open parenthesis hold a query?
+    ctes: set[str] = set()
+    for i, (kind, value) in enumerate(tokens):
+        if (kind, value) == ("op", "("):
+            query_group.append(_word(tokens, i + 1, "select", "with", "values"))
+        elif (kind, value) == ("op", ")"):
+            if len(query_group) > 1 and query_group.pop():
+                # A subquery's alias, (SELECT ...) [AS] name: a relation of unknown columns.
+                j = i + 2 if _word(tokens, i + 1, "as") else i + 1
+                alias = _name(tokens, j)
+                if alias and (tokens[j][0] == "qident" or alias not in SQL_KEYWORDS):
+                    relations[alias] = None
+                    consumed.add(j)
+        elif _name(tokens, i) and _word(tokens, i + 1, "as") and i + 2 < n \
+                and tokens[i + 2] == ("op", "(") and _word(tokens, i + 3, "select", "with",
+                                                              "values"):
+            ctes.add(value)  # WITH name AS (SELECT ...)
+            relations[value] = None
+            consumed.add(i)
+        elif _word(tokens, i, "extract") and i + 1 < n and tokens[i + 1] == ("op", "("):
+            consumed.add(i + 2)  # extract(field FROM ...)
+        elif _word(tokens, i, "from", "join") and query_group[-1]:
+            j = i + 1
+            while True:
+                while _word(tokens, j, "lateral", "only"):
+                    j += 1
+                if j < n and tokens[j] == ("op", "("):
+                    break  # a subquery: its alias is taken as an alias below
+                start = j
+                table, j = _qualified(tokens, j)
+                if table is None:
+                    break
+                consumed.update(range(start, j))
+                if table in ctes:
+                    relations[table] = None
+                else:
+                    if table not in schema:
+                        problem(f"{where}: table {table} is not created by migrations/")
+                    relations[table] = table
+                if _word(tokens, j, "as"):
+                    j += 1
+                alias = _name(tokens, j)
+                if alias and (tokens[j][0] == "qident" or alias not in SQL_KEYWORDS):
+                    relations[alias] = relations[table]
+                    consumed.add(j)
+                    j += 1
+                if value == "from" and j < n and tokens[j] == ("op", ","):
+                    j += 1
+                    continue
+                break
+        if _word(tokens, i, "as") and _name(tokens, i + 1) and i + 1 not in consumed:
+            aliases.add(tokens[i + 1][1])
+    aliases -= set(relations)
+    in_scope = {t for t in relations.values() if t}
+    unknown_columns = any(t is None for t in relations.values())  # CTEs, subqueries
+    time_column |= "time" in aliases
+
+    def column_type(qualifier: str | None, column: str) -> str | None:
+        tables = [relations.get(qualifier)] if qualifier else sorted(in_scope)
+        for table in tables:
+            if table and column in schema.get(table, {}):
+                return schema[table][column]
+        return None
+
+    for i, (kind, value) in enumerate(tokens):
+        if i in consumed or kind not in ("ident", "qident"):
+            continue
+        if kind == "ident" and value in SQL_KEYWORDS:
+            continue
+        before = tokens[i - 1] if i else None
+        after = tokens[i + 1] if i + 1 < n else None
+        if before in (("op", "::"), ("op", ".")) or after == ("op", "(") or \
+                _word(tokens, i - 1, "as"):
+            continue  # a type, a qualified name's column, a function, an alias
+        if after == ("op", ".") and _name(tokens, i + 2):
+            column = tokens[i + 2][1]
+            if value in relations:
+                table = relations[value]
+                if table in schema and column not in schema[table]:
+                    problem(f"{where}: {value}.{column}: {table} has no column {column} "
+                            "(migrations/)")
+            elif value not in aliases:
+                problem(f"{where}: {value}.{column}: {value} is not a table of the query")
+            continue
+        if value in relations or value in aliases:
+            continue
+        if column_type(None, value) is None and not unknown_columns:
+            problem(f"{where}: column {value} is in none of its tables "
+                    f"({', '.join(sorted(in_scope)) or 'none'}; migrations/)")
+    for macro, argument in time_arguments:
+        names = [v for k, v in argument if k in ("ident", "qident")]
+        if len(argument) == 1 and names:
+            qualifier, column = None, names[0]
+        elif len(argument) == 3 and len(names) == 2 and argument[1] == ("op", "."):
+            qualifier, column = names
+        else:
+            continue
+        found = column_type(qualifier, column)
+        if found is not None and not found.startswith(("timestamp", "date")):
+            problem(f"{where}: ${macro}({column}): {column} is {found}, not a timestamp")
+    return {"tables": in_scope, "time_filter": time_filter, "time_column": time_column}
+
+
+def node_of(node, *keys):
+    """The YAML node at keys under a mapping node (yaml.compose), or None."""
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        node = next((v for k, v in node.value if k.value == key), None)
+    return node
+
+
+def env_reference(value: str) -> str | None:
+    """VAR of `${VAR}`, `${VAR:-}`, `${VAR-}` or `${VAR:?message}` (no default value)."""
+    match = re.fullmatch(r"\$\{(\w+)(?::?-|:?\?[^}]*)?\}", value)
+    return match[1] if match else None
+
+
+def bind_mounts(svc: dict) -> list[tuple[Path, str, bool]]:
+    """(host path, container path, read-only) of each bind mount."""
+    result = []
+    for entry in svc.get("volumes") or []:
+        if isinstance(entry, dict):
+            if entry.get("type") != "bind":
+                continue
+            result.append((Path(entry["source"]), entry["target"].rstrip("/"),
+                           bool(entry.get("read_only"))))
+            continue
+        parts = str(entry).split(":")
+        if len(parts) >= 2 and parts[0].startswith(("/", ".")):
+            options = parts[2].split(",") if len(parts) >= 3 else []
+            result.append((Path(parts[0]), parts[1].rstrip("/"), "ro" in options))
+    return result
+
+
+def check_grafana(model: dict, compose_text: str) -> None:
+    """The grafana service and the bundle it mounts from deploy/grafana/."""
+    services = model["services"]
+    grafana, postgres = services.get("grafana"), services.get("postgres")
+    if grafana is None or postgres is None:
+        return  # check_services reports it
+    env, penv = env_of(grafana), env_of(postgres)
+
+    # The service: a pinned image, 127.0.0.1 only, a health check, postgres first.
+    image = str(grafana.get("image", ""))
+    if not re.fullmatch(r"grafana/grafana(-oss)?:\d+\.\d+\.\d+(-[\w.]+)?(@sha256:[0-9a-f]{64})?",
+                        image):
+        problem(f"grafana: image {image!r} is not grafana/grafana-oss pinned to a version "
+                "(X.Y.Z)")
+    http = int(env.get("GF_SERVER_HTTP_PORT", "3000"))
+    for entry in grafana.get("ports") or []:
+        if isinstance(entry, dict):
+            address = entry.get("host_ip")
+        else:
+            text = str(entry).split("/")[0]
+            address = text.rsplit(":", 2)[0].strip("[]") if text.count(":") >= 2 else None
+        if address not in ("127.0.0.1", "::1"):
+            shown = entry if not isinstance(entry, dict) else \
+                f"{entry.get('published')}:{entry.get('target')}"
+            problem(f"grafana: port {shown} is published on every interface, not on "
+                    "127.0.0.1 only")
+    if http not in {target for _, target in published(grafana)}:
+        problem(f"grafana: its HTTP port {http} is not published")
+    check = healthcheck_text(grafana)
+    if f"127.0.0.1:{http}/api/health" not in check and f"localhost:{http}/api/health" not in check:
+        problem(f"grafana: the health check should ask /api/health on port {http} ({check!r})")
+    if ((grafana.get("depends_on") or {}).get("postgres") or {}).get("condition") != \
+            "service_healthy":
+        problem("grafana: must wait for postgres to be healthy")
+
+    # Passwords: none written in the file. Each is a ${VAR} reference without a default,
+    # or the postgres service's own (a YAML alias of its node).
+    root = yaml.compose(compose_text)
+    raw_env = node_of(root, "services", "grafana", "environment")
+    postgres_nodes = {id(v): k.value for k, v in
+                      getattr(node_of(root, "services", "postgres", "environment"), "value", [])}
+    if isinstance(raw_env, yaml.MappingNode):
+        for key, value in raw_env.value:
+            if "PASSWORD" not in key.value or key.value.endswith("__FILE"):
+                continue
+            if id(value) in postgres_nodes or env_reference(str(value.value)):
+                continue
+            problem(f"grafana: {key.value} is written in docker-compose.yml; take it from "
+                    "an environment variable (${VAR}, no default) or alias the postgres "
+                    "service's")
+    else:
+        problem("grafana: environment should be a mapping (so its passwords can be checked)")
+    admin = node_of(raw_env, "GF_SECURITY_ADMIN_PASSWORD") if raw_env is not None else None
+    if "GF_SECURITY_ADMIN_PASSWORD__FILE" not in env:
+        if admin is None:
+            problem("grafana: GF_SECURITY_ADMIN_PASSWORD is not set: Grafana's admin "
+                    "password would be `admin`")
+        elif env_reference(str(admin.value)) and ":?" not in str(admin.value):
+            # Possibly empty (Grafana then keeps `admin`): the container must refuse.
+            entry = " ".join(words(grafana.get("entrypoint")))
+            if not re.search(r"\$\{GF_SECURITY_ADMIN_PASSWORD:\?[^}]+\}", entry) or \
+                    "exec /run.sh" not in entry:
+                problem(f"grafana: GF_SECURITY_ADMIN_PASSWORD={admin.value} may be empty "
+                        "(Grafana then keeps `admin`), and the entrypoint does not refuse "
+                        "to start without it (${GF_SECURITY_ADMIN_PASSWORD:?...}; exec "
+                        "/run.sh)")
+
+    # Mounts: the bundle read-only where Grafana looks for it.
+    binds = bind_mounts(grafana)
+    for source, target, read_only in binds:
+        if not read_only:
+            problem(f"grafana: {rel(source)} is mounted read-write at {target} (:ro)")
+
+    def inside(host: Path) -> str | None:
+        for source, target, _ in binds:
+            try:
+                rest = host.resolve().relative_to(source.resolve())
+            except ValueError:
+                continue
+            return target + ("" if str(rest) == "." else "/" + str(rest))
+        return None
+
+    def outside(path: str) -> Path | None:
+        path = path.rstrip("/")
+        for source, target, _ in sorted(binds, key=lambda b: -len(b[1])):
+            if path == target or path.startswith(target + "/"):
+                return source / path[len(target):].lstrip("/")
+        return None
+
+    provisioning = env.get("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning").rstrip("/")
+    for host, kind in ((GRAFANA_DATASOURCES, "datasources"), (GRAFANA_PROVIDERS, "dashboards")):
+        if inside(host) != f"{provisioning}/{kind}":
+            problem(f"grafana: {rel(host)} is not mounted at {provisioning}/{kind} "
+                    f"(found {inside(host)})")
+    home = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home and not (outside(home) and outside(home).is_file()):
+        problem(f"grafana: GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH {home} is no mounted file")
+
+    # The data source: the compose postgres service, its database and user, the password
+    # from the grafana service's environment.
+    datasources: dict[str, dict] = {}
+    files = sorted(GRAFANA_DATASOURCES.glob("*.yaml")) + sorted(GRAFANA_DATASOURCES.glob("*.yml"))
+    if not files:
+        problem(f"{rel(GRAFANA_DATASOURCES)}: no data source file")
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            problem(f"{rel(path)}: not YAML: {' '.join(str(error).split())}")
+            continue
+        if not isinstance(data, dict) or data.get("apiVersion") != 1:
+            problem(f"{rel(path)}: apiVersion 1 expected")
+        entries = data.get("datasources") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not entries:
+            problem(f"{rel(path)}: no `datasources` list")
+            continue
+        for ds in entries:
+            if not isinstance(ds, dict):
+                problem(f"{rel(path)}: a data source that is not a mapping")
+                continue
+            label = f"{rel(path)}: data source {ds.get('name')!r}"
+            missing = [k for k in ("name", "uid", "type", "url", "user") if not ds.get(k)]
+            if missing:
+                problem(f"{label}: no {', '.join(missing)}")
+            if ds.get("type") not in POSTGRES_TYPES:
+                problem(f"{label}: type {ds.get('type')!r} is not PostgreSQL "
+                        f"({' or '.join(sorted(POSTGRES_TYPES))})")
+                continue
+            datasources[str(ds.get("uid"))] = ds
+            host, _, port = str(ds.get("url", "")).rpartition(":")
+            if host not in services or not str(services[host].get("image", "")).startswith(
+                    "postgres") or port != "5432":
+                problem(f"{label}: url {ds.get('url')!r} is not the compose postgres service "
+                        "(postgres:5432)")
+            if ds.get("user") != penv.get("POSTGRES_USER"):
+                problem(f"{label}: user {ds.get('user')!r} is not the postgres service's "
+                        f"POSTGRES_USER {penv.get('POSTGRES_USER')!r}")
+            database = (ds.get("jsonData") or {}).get("database") or ds.get("database")
+            if database != penv.get("POSTGRES_DB"):
+                problem(f"{label}: database {database!r} is not the postgres service's "
+                        f"POSTGRES_DB {penv.get('POSTGRES_DB')!r}")
+            if (ds.get("jsonData") or {}).get("sslmode") is None:
+                problem(f"{label}: no jsonData.sslmode (Grafana's default, verify-full, "
+                        "fails against the compose postgres)")
+            for literal in ("password", "basicAuthPassword"):
+                if literal in ds:
+                    problem(f"{label}: `{literal}` is plain text; use secureJsonData.password")
+            password = (ds.get("secureJsonData") or {}).get("password")
+            reference = re.fullmatch(r"\$(?:\{(\w+)\}|__env\{(\w+)\}|(\w+))", str(password or ""))
+            if password is None:
+                problem(f"{label}: no secureJsonData.password")
+            elif not reference:
+                problem(f"{label}: the password is written in the file; use an environment "
+                        "variable (${VAR})")
+            else:
+                variable = next(g for g in reference.groups() if g)
+                if variable not in env:
+                    problem(f"grafana: does not set {variable}, which {rel(path)} reads for "
+                            "the password")
+                elif env[variable] != penv.get("POSTGRES_PASSWORD"):
+                    problem(f"grafana: {variable} is not the postgres service's "
+                            "POSTGRES_PASSWORD")
+    names = {str(ds.get("name")): uid for uid, ds in datasources.items()}
+    default = [uid for uid, ds in datasources.items() if ds.get("isDefault")]
+
+    # The dashboard providers: files, at the path compose mounts the dashboards at.
+    files = sorted(GRAFANA_PROVIDERS.glob("*.yaml")) + sorted(GRAFANA_PROVIDERS.glob("*.yml"))
+    if not files:
+        problem(f"{rel(GRAFANA_PROVIDERS)}: no dashboard provider file")
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            problem(f"{rel(path)}: not YAML: {' '.join(str(error).split())}")
+            continue
+        if not isinstance(data, dict) or data.get("apiVersion") != 1:
+            problem(f"{rel(path)}: apiVersion 1 expected")
+        providers = data.get("providers") if isinstance(data, dict) else None
+        if not isinstance(providers, list) or not providers:
+            problem(f"{rel(path)}: no `providers` list")
+            continue
+        for provider in providers:
+            label = f"{rel(path)}: provider {provider.get('name')!r}"
+            if not provider.get("name"):
+                problem(f"{label}: no name")
+            if provider.get("type", "file") != "file":
+                problem(f"{label}: type {provider.get('type')!r}, expected file")
+            target = str((provider.get("options") or {}).get("path") or "")
+            if not target:
+                problem(f"{label}: no options.path")
+                continue
+            host = outside(target)
+            if host is None:
+                problem(f"{label}: options.path {target} is not mounted by the grafana "
+                        "service (docker-compose.yml)")
+            elif host.resolve() != GRAFANA_DASHBOARDS.resolve():
+                problem(f"{label}: options.path {target} is where docker-compose.yml mounts "
+                        f"{rel(host)}, not {rel(GRAFANA_DASHBOARDS)}")
+
+    # The dashboards.
+    schema = migration_schema()
+    dashboards = sorted(GRAFANA_DASHBOARDS.glob("*.json"))
+    if not dashboards:
+        problem(f"{rel(GRAFANA_DASHBOARDS)}: no dashboard")
+    read: set[str] = set()
+    count = 0
+    for path in dashboards:
+        try:
+            dashboard = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            problem(f"{rel(path)}: not JSON: {error}")
+            continue
+        for key in ("uid", "title", "panels"):
+            if not dashboard.get(key):
+                problem(f"{rel(path)}: no {key}")
+
+        def datasource(where: str, ref) -> None:
+            if not datasources:
+                return  # reported with the data source files
+            if isinstance(ref, dict) and ref.get("uid") in ("grafana", "-- Grafana --"):
+                return  # Grafana's built-in annotations
+            uid = ref.get("uid") if isinstance(ref, dict) else names.get(ref) if ref else \
+                (default[0] if default else None)
+            if uid not in datasources:
+                problem(f"{where}: data source {ref!r} is not one of "
+                        f"{rel(GRAFANA_DATASOURCES)} (uid {', '.join(sorted(datasources))})")
+            elif isinstance(ref, dict) and ref.get("type") and ref["type"] not in POSTGRES_TYPES:
+                problem(f"{where}: data source type {ref['type']!r} is not PostgreSQL")
+
+        variables = {v.get("name") for v in (dashboard.get("templating") or {}).get("list", [])}
+        queries: list[tuple[str, str, str | None, str]] = []
+        for variable in (dashboard.get("templating") or {}).get("list", []):
+            if variable.get("type") != "query":
+                continue
+            where = f"{rel(path)}: variable {variable.get('name')}"
+            datasource(where, variable.get("datasource"))
+            query = variable.get("query")
+            if isinstance(query, dict):
+                query = query.get("rawSql") or query.get("query")
+            queries.append((where, str(query or ""), None, "variable"))
+        for annotation in (dashboard.get("annotations") or {}).get("list", []):
+            ref = annotation.get("datasource")
+            if isinstance(ref, dict) and ref.get("uid") in ("grafana", "-- Grafana --"):
+                continue
+            where = f"{rel(path)}: annotation {annotation.get('name')!r}"
+            datasource(where, ref)
+            sql = (annotation.get("target") or {}).get("rawSql") or annotation.get("rawQuery")
+            if not sql:
+                problem(f"{where}: no SQL (target.rawSql)")
+                continue
+            queries.append((where, sql, "table", "annotation"))
+
+        def flatten(panels):
+            for panel in panels or []:
+                yield panel
+                yield from flatten(panel.get("panels"))
+
+        ids = [p.get("id") for p in flatten(dashboard.get("panels"))]
+        for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
+            problem(f"{rel(path)}: panel id {duplicate} appears twice")
+        for panel in flatten(dashboard.get("panels")):
+            if panel.get("type") == "row":
+                continue
+            where = f"{rel(path)}: panel {panel.get('id')} {panel.get('title')!r}"
+            check_variables(where, str(panel.get("title", "")), variables)
+            if not panel.get("targets"):
+                problem(f"{where}: no query")
+            for target in panel.get("targets") or []:
+                label = f"{where} query {target.get('refId')}"
+                datasource(label, target.get("datasource") or panel.get("datasource"))
+                fmt = target.get("format")
+                if fmt not in ("time_series", "table"):
+                    problem(f"{label}: format {fmt!r}, expected time_series or table")
+                if not target.get("rawSql"):
+                    problem(f"{label}: no rawSql")
+                    continue
+                queries.append((label, target["rawSql"], fmt, "panel"))
+        for where, sql, fmt, kind in queries:
+            count += 1
+            found = check_query(where, sql, schema, variables)
+            read |= found["tables"]
+            big = found["tables"] & TIME_FILTERED_TABLES
+            if kind != "variable" and big and not found["time_filter"]:
+                problem(f"{where}: reads {', '.join(sorted(big))} without $__timeFilter(...) "
+                        "(every partition, whatever the time range)")
+            if fmt == "time_series" and not found["time_column"]:
+                problem(f"{where}: a time_series query without a time column "
+                        "(AS \"time\", $__timeGroupAlias(...))")
+    notes.append(f"grafana: {image}, 127.0.0.1:{http} only, no admin password in the file; "
+                 f"data source postgres:5432/{penv.get('POSTGRES_DB')} as "
+                 f"{penv.get('POSTGRES_USER')}, password from the environment; "
+                 f"{len(dashboards)} dashboard(s) at the provider's path, {count} queries "
+                 f"over {', '.join(sorted(read))}: tables and columns of migrations/")
 
 
 def check_binaries(model: dict, directory: Path) -> None:
@@ -998,7 +1776,8 @@ def check_binaries(model: dict, directory: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binaries", type=Path,
-                        help="directory with bridge, cloud-ingester and edge-agent binaries")
+                        help="directory with bridge, cloud-ingester, console and edge-agent "
+                             "binaries")
     options = parser.parse_args()
 
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
@@ -1018,8 +1797,10 @@ def main() -> int:
         check_env_and_ports(model)
         check_clients(model)
         check_agents(model, agents)
+        check_console(model)
         check_state_volumes(model)
         check_dockerfiles(model)
+        check_grafana(model, COMPOSE_FILE.read_text())
         if options.binaries:
             directory = options.binaries if options.binaries.is_absolute() else \
                 Path.cwd() / options.binaries
@@ -1028,7 +1809,7 @@ def main() -> int:
         for message in problems:
             print(f"check-compose: {message}")
         print(f"check-compose: {len(problems)} problem(s) in docker-compose.yml, "
-              "docker/ or .dockerignore", file=sys.stderr)
+              "docker/, .dockerignore or deploy/grafana/", file=sys.stderr)
         return 1
     for note in notes:
         print(f"check-compose: ok: {note}")
