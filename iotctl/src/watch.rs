@@ -7,16 +7,15 @@
 //! the `alerts` table, the `latest` hashes in Redis. A source that does not answer shows
 //! as such on its line; the summary never stops for it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use contracts::status::{GatewayStatus, AGENT_KIND};
-use protocol::topic::TopicKind;
+use observe::agents::{AgentReports, Broker};
+use observe::metrics::{metric_sum, Rates};
 use redis::AsyncCommands;
-use rumqttc::{Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -87,7 +86,7 @@ pub async fn run(global: &Global, args: &WatchArgs) -> Result<Outcome> {
     let _ = tokio::time::timeout(Duration::from_secs(1), agents.changed()).await;
     let interval = Duration::from_secs(args.interval);
     let tty = std::io::stdout().is_terminal() && !global.json;
-    let mut previous: HashMap<&'static str, (Instant, f64)> = HashMap::new();
+    let mut rates = Rates::default();
     let mut refreshes = 0;
     // One Ctrl-C listener for the whole run: a SIGINT arriving between two listeners
     // would be lost.
@@ -95,7 +94,7 @@ pub async fn run(global: &Global, args: &WatchArgs) -> Result<Outcome> {
     tokio::pin!(ctrl_c);
     loop {
         let summary = tokio::select! {
-            summary = collect(global, &agents, &mut previous) => summary,
+            summary = collect(global, &agents, &mut rates) => summary,
             _ = &mut ctrl_c => return Ok(Outcome::Done),
         };
         if global.json {
@@ -123,115 +122,19 @@ pub async fn run(global: &Global, args: &WatchArgs) -> Result<Outcome> {
     }
 }
 
-/// Per gateway status topic: its last two health reports, (readings so far, uptime in s),
-/// and when the latest arrived.
-type AgentReports = HashMap<String, ([(f64, f64); 2], Instant)>;
-
-/// A gateway that has not reported for this long (agents report every 10 s by default)
-/// no longer counts.
-const AGENT_SILENT: Duration = Duration::from_secs(30);
-
-/// Follows the agents' retained status messages in the background; the receiver always
-/// holds what arrived so far.
 fn agent_health(global: &Global) -> watch::Receiver<Result<AgentReports, String>> {
-    let (tx, rx) = watch::channel(Ok(AgentReports::new()));
-    let mut options = MqttOptions::new(
-        services::mqtt_client_id("watch"),
-        global.mqtt.host.clone(),
-        global.mqtt.port,
-    );
-    options.set_keep_alive(Duration::from_secs(30));
-    let filter = protocol::topic::filter(&global.mqtt_prefix, TopicKind::Status)
-        .map(|f| f.to_string())
-        .unwrap_or_default();
-    let address = format!("{}:{}", global.mqtt.host, global.mqtt.port);
-    tokio::spawn(async move {
-        let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
-        let mut subscribed = false;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) if !subscribed => {
-                    subscribed = client.subscribe(&filter, QoS::AtMostOnce).await.is_ok();
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let topic = publish.topic.clone();
-                    let report = health_of(&publish.payload);
-                    tx.send_modify(|state| {
-                        // Messages flow again after a failure: start afresh.
-                        if state.is_err() {
-                            *state = Ok(AgentReports::new());
-                        }
-                        let Ok(reports) = state else {
-                            return;
-                        };
-                        match report {
-                            // A gateway gone offline: not counted.
-                            None => {
-                                reports.remove(&topic);
-                            }
-                            Some(Health::Online { readings, uptime }) => {
-                                let (samples, seen) = reports
-                                    .entry(topic)
-                                    .or_insert(([(readings, uptime); 2], Instant::now()));
-                                if uptime > samples[1].1 {
-                                    *samples = [samples[1], (readings, uptime)];
-                                } else if uptime < samples[1].1 {
-                                    // Restarted: its counters began again.
-                                    *samples = [(readings, uptime); 2];
-                                }
-                                *seen = Instant::now();
-                            }
-                            Some(Health::NotAnAgent) => {}
-                        }
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(format!("MQTT {address}: {e}")));
-                    subscribed = false;
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// What a retained status message says about an agent.
-#[derive(Debug, PartialEq)]
-enum Health {
-    Online {
-        readings: f64,
-        uptime: f64,
-    },
-    /// A device's status, or something else on a status topic.
-    NotAnAgent,
-}
-
-/// `None` for a gateway that is not online (offline, or its last will).
-fn health_of(payload: &[u8]) -> Option<Health> {
-    let Ok(status) = serde_json::from_slice::<GatewayStatus>(payload) else {
-        return Some(Health::NotAnAgent);
-    };
-    if status.kind != AGENT_KIND {
-        return Some(Health::NotAnAgent);
-    }
-    if status.state != "online" {
-        return None;
-    }
-    match status.health {
-        Some(health) => Some(Health::Online {
-            readings: health.readings as f64,
-            uptime: health.uptime_s as f64,
-        }),
-        None => Some(Health::NotAnAgent),
-    }
+    observe::agents::follow(Broker {
+        host: global.mqtt.host.clone(),
+        port: global.mqtt.port,
+        prefix: global.mqtt_prefix.clone(),
+        client_id: services::mqtt_client_id("watch"),
+    })
 }
 
 async fn collect(
     global: &Global,
     agents: &watch::Receiver<Result<AgentReports, String>>,
-    previous: &mut HashMap<&'static str, (Instant, f64)>,
+    rates: &mut Rates,
 ) -> Summary {
     let mut summary = Summary {
         at_ms: service::clock::now_ms_i64(),
@@ -239,30 +142,12 @@ async fn collect(
     };
     match &*agents.borrow() {
         Ok(reports) => {
-            let live: Vec<&[(f64, f64); 2]> = reports
-                .values()
-                .filter(|(_, seen)| seen.elapsed() < AGENT_SILENT)
-                .map(|(samples, _)| samples)
-                .collect();
-            summary.agents = live.len();
-            let rates: Vec<f64> = live
-                .iter()
-                .filter(|[(r0, u0), (r1, u1)]| u1 > u0 && r1 >= r0)
-                .map(|[(r0, u0), (r1, u1)]| (r1 - r0) / (u1 - u0))
-                .collect();
-            summary.agent_readings_per_s = (!rates.is_empty()).then(|| rates.iter().sum());
+            (summary.agents, summary.agent_readings_per_s) =
+                observe::agents::readings_per_s(reports);
         }
         Err(e) => summary.unavailable.push(e.clone()),
     }
-    let mut rate = |key: &'static str, total: f64| {
-        let now = Instant::now();
-        let per_s = previous.get(key).and_then(|(then, before)| {
-            let seconds = now.duration_since(*then).as_secs_f64();
-            (seconds > 0.0 && total >= *before).then(|| (total - before) / seconds)
-        });
-        previous.insert(key, (now, total));
-        per_s
-    };
+    let mut rate = |key: &'static str, total: f64| rates.rate(key, total);
     match scrape(&global.bridge_metrics).await {
         Ok(text) => {
             let total = metric_sum(&text, "bridge_messages_produced_total");
@@ -307,26 +192,6 @@ async fn scrape(url: &HttpUrl) -> Result<String> {
     let response = crate::http::get(url, "/metrics", Duration::from_secs(2)).await?;
     anyhow::ensure!(response.status == 200, "HTTP {}", response.status);
     Ok(response.body)
-}
-
-/// The sum of every series of `name` in a Prometheus text exposition (all label sets).
-fn metric_sum(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        // `name{...} value` or `name value`, not a longer name sharing the prefix.
-        let value = match rest.chars().next() {
-            Some('{') => rest.rsplit_once('}').map(|(_, v)| v),
-            Some(' ') => Some(rest),
-            _ => None,
-        };
-        if let Some(v) = value.and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()) {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
 }
 
 /// Open alerts by severity and the newest few; the channel names for the latest values.
@@ -462,41 +327,4 @@ fn render(s: &Summary, interval: u64) -> String {
         line(format!("  unavailable: {problem}"));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_sums_add_every_label_set_of_exactly_that_name() {
-        let text = "# HELP x\n\
-                    ingester_consumer_lag{partition=\"0\"} 5\n\
-                    ingester_consumer_lag{partition=\"1\"} 7\n\
-                    ingester_consumer_lag_other 100\n\
-                    bridge_messages_produced_total 42\n";
-        assert_eq!(metric_sum(text, "ingester_consumer_lag"), Some(12.0));
-        assert_eq!(
-            metric_sum(text, "bridge_messages_produced_total"),
-            Some(42.0)
-        );
-        assert_eq!(metric_sum(text, "missing"), None);
-    }
-
-    #[test]
-    fn an_agent_status_gives_its_readings_and_uptime_and_others_nothing() {
-        let online = br#"{"state":"online","kind":"edge-agent","boot_id":"ab","health":{"readings":120,"uptime_s":10}}"#;
-        assert_eq!(
-            health_of(online),
-            Some(Health::Online {
-                readings: 120.0,
-                uptime: 10.0
-            })
-        );
-        let offline = br#"{"state":"offline","kind":"edge-agent","boot_id":"ab"}"#;
-        assert_eq!(health_of(offline), None);
-        let device = br#"{"state":"online","gateway":"g"}"#;
-        assert_eq!(health_of(device), Some(Health::NotAnAgent));
-        assert_eq!(health_of(b"not json"), Some(Health::NotAnAgent));
-    }
 }
