@@ -30,10 +30,13 @@ use crate::config::{ConsoleConfig, Viewing};
 use crate::layout::Frame;
 use crate::live::{Reader, Snapshot};
 use crate::pages;
+use crate::pipeline::PipelineView;
 
 /// What every request handler reaches.
 pub struct AppState {
     pub live: watch::Receiver<Arc<Snapshot>>,
+    /// The pipeline page's figures.
+    pub pipeline: watch::Receiver<Arc<PipelineView>>,
     pub pool: PgPool,
     pub access: Access,
     pub viewing: Viewing,
@@ -114,8 +117,12 @@ impl Console {
             config.live.interval,
             config.live.plant_refresh,
         );
+        let stop = CancellationToken::new();
+        let pipeline =
+            crate::pipeline::start(&config.pipeline, &config.kafka.brokers, stop.clone());
         let state = Arc::new(AppState {
             live: live.clone(),
+            pipeline,
             pool,
             access: Access::new(config.access.users.clone(), config.access.session_ttl),
             viewing: config.access.viewing,
@@ -124,7 +131,6 @@ impl Console {
             redis,
             keys,
         });
-        let stop = CancellationToken::new();
         let mut tasks = vec![tokio::spawn(reader.run(stop.clone()))];
         let (addr, served) = service::http::serve_with(
             &config.http,

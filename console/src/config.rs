@@ -19,6 +19,7 @@ pub struct ConsoleConfig {
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
     pub live: LiveConfig,
+    pub pipeline: PipelineConfig,
     pub access: AccessConfig,
     /// The pages, `/events`, `/metrics`, `/livez` and `/readyz`, on one port.
     pub http: HttpConfig,
@@ -32,6 +33,7 @@ impl Default for ConsoleConfig {
             redis: RedisConfig::default(),
             kafka: KafkaConfig::default(),
             live: LiveConfig::default(),
+            pipeline: PipelineConfig::default(),
             access: AccessConfig::default(),
             http: HttpConfig::on_port(8080),
             log: LogConfig::default(),
@@ -107,6 +109,38 @@ impl Default for LiveConfig {
         Self {
             interval: Duration::from_millis(500),
             plant_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the pipeline page hears from the pipeline's parts.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// How often the figures are gathered, for every viewer at once.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The bridge's and the ingester's `/metrics`, `/readyz` (base URLs).
+    pub bridge_metrics: String,
+    pub ingester_metrics: String,
+    /// The broker the agents publish their retained status to.
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub topic_prefix: String,
+    /// Dead letters to show the latest of; empty: none.
+    pub dlq_topic: String,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            bridge_metrics: "http://127.0.0.1:9101".to_owned(),
+            ingester_metrics: "http://127.0.0.1:9102".to_owned(),
+            mqtt_host: "127.0.0.1".to_owned(),
+            mqtt_port: 1883,
+            topic_prefix: "plant".to_owned(),
+            dlq_topic: protocol::kafka::SENSORS_DLQ.name.to_owned(),
         }
     }
 }
@@ -239,6 +273,35 @@ impl ConsoleConfig {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.live.plant_refresh)
         {
             problems.push("live.plant_refresh: between 1 s and 1 h".to_owned());
+        }
+        let pipeline = &self.pipeline;
+        if !(Duration::from_millis(500)..=Duration::from_secs(600)).contains(&pipeline.interval) {
+            problems.push("pipeline.interval: between 500 ms and 10 min".to_owned());
+        }
+        for (key, url) in [
+            ("pipeline.bridge_metrics", &pipeline.bridge_metrics),
+            ("pipeline.ingester_metrics", &pipeline.ingester_metrics),
+        ] {
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                problems.push(format!("{key}: {url:?} is not an http:// URL"));
+            }
+        }
+        if pipeline.mqtt_host.trim().is_empty() || pipeline.mqtt_port == 0 {
+            problems.push("pipeline.mqtt_host, pipeline.mqtt_port: a host and a port".to_owned());
+        }
+        if let Err(e) = protocol::validate_id(&pipeline.topic_prefix) {
+            problems.push(format!(
+                "pipeline.topic_prefix: {:?} {e}",
+                pipeline.topic_prefix
+            ));
+        }
+        if !pipeline.dlq_topic.is_empty()
+            && !service::kafka_config::valid_topic(&pipeline.dlq_topic)
+        {
+            problems.push(format!(
+                "pipeline.dlq_topic: {:?} is not a Kafka topic name",
+                pipeline.dlq_topic
+            ));
         }
         if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86400))
             .contains(&self.access.session_ttl)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod layout;
 pub mod live;
 pub mod pages;
+pub mod pipeline;
 pub mod plant;
 
 pub use app::Console;

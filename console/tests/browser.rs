@@ -25,6 +25,9 @@ use support::{config, create_topic, read_topic, start, PASSWORD, USER};
 /// alerts on `alerts_topic`.
 struct Pipeline {
     mqtt: std::net::SocketAddr,
+    bridge_http: std::net::SocketAddr,
+    ingester_http: std::net::SocketAddr,
+    dlq_topic: String,
     stop_bridge: tokio::sync::oneshot::Sender<()>,
     bridge: tokio::task::JoinHandle<anyhow::Result<bridge::stats::StatsSnapshot>>,
     stop_ingester: tokio::sync::oneshot::Sender<()>,
@@ -57,8 +60,10 @@ impl Pipeline {
         ingester.redis.url = testkit::redis_url();
         ingester.redis.prefix = prefix.to_owned();
         ingester.http.listen = ([127, 0, 0, 1], 0).into();
+        let dlq_topic = config.kafka.dlq_topic.clone();
         let started = bridge::Bridge::start(config).await.expect("bridge starts");
         let mqtt = started.mqtt_addr().unwrap();
+        let bridge_http = started.http_addr();
         let readiness = started.readiness();
         let (stop_bridge, stopped) = tokio::sync::oneshot::channel::<()>();
         let bridge = tokio::spawn(started.run_until(async {
@@ -72,12 +77,16 @@ impl Pipeline {
         let started = cloud_ingester::Ingester::start_on(ingester, pool.clone())
             .await
             .expect("ingester starts");
+        let ingester_http = started.http_addr();
         let (stop_ingester, stopped) = tokio::sync::oneshot::channel::<()>();
         let ingester = tokio::spawn(started.run_until(async {
             let _ = stopped.await;
         }));
         Self {
             mqtt,
+            bridge_http,
+            ingester_http,
+            dlq_topic,
             stop_bridge,
             bridge,
             stop_ingester,
@@ -115,6 +124,23 @@ impl Agent {
             boot: BootId(rand::random()),
             next_seq: 0,
         }
+    }
+
+    /// Publishes the gateway's retained status, as the agent does every 10 s.
+    async fn report_health(&self, gateway: &str, readings: u64, uptime_s: u64) {
+        let status = json!({
+            "state": "online",
+            "kind": contracts::status::AGENT_KIND,
+            "health": { "connected": true, "readings": readings, "uptime_s": uptime_s,
+                        "queue_records": 3, "awaiting_confirm": 2 },
+        });
+        let topic = Topic::new("plant", "plant1", "line-a", gateway, TopicKind::Status)
+            .unwrap()
+            .to_string();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, status.to_string())
+            .await
+            .unwrap();
     }
 
     /// Publishes one frame of `device`: (channel, value) readings `period_ms` apart,
@@ -229,9 +255,15 @@ fn text_of(id: &str) -> String {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_console_shows_the_plant_live_and_an_operator_acknowledges_a_breach(pool: PgPool) {
-    let config = config(&pool).await;
+    let mut config = config(&pool).await;
     create_topic(&config.kafka.alerts_topic).await;
     let pipeline = Pipeline::start(&pool, &config.redis.prefix, &config.kafka.alerts_topic).await;
+    config.pipeline.bridge_metrics = format!("http://{}", pipeline.bridge_http);
+    config.pipeline.ingester_metrics = format!("http://{}", pipeline.ingester_http);
+    config.pipeline.mqtt_host = pipeline.mqtt.ip().to_string();
+    config.pipeline.mqtt_port = pipeline.mqtt.port();
+    config.pipeline.dlq_topic = pipeline.dlq_topic.clone();
+    config.pipeline.interval = Duration::from_millis(500);
     let started = start(config).await;
     let (_driver, browser) = browser().await;
     browser.set_window_size(1920, 1080).await.unwrap();
@@ -447,6 +479,62 @@ async fn the_console_shows_the_plant_live_and_an_operator_acknowledges_a_breach(
             && value["alert_id"] == alert_id
     });
     assert!(acknowledged, "the Kafka alerts record: {records:?}");
+
+    // The pipeline page: the hops' figures, a gateway's health, a dead letter decoded.
+    agent.report_health("gw-test-01", 1_000, 10).await;
+    agent.report_health("gw-test-01", 3_000, 20).await;
+    agent
+        .publish("plant1", "line-a", "ghost-01", &[(0, 1.0)], 1)
+        .await;
+    browser
+        .goto(&format!("{}/pipeline", started.base))
+        .await
+        .unwrap();
+    let shown = |script: &'static str| {
+        let browser = browser.clone();
+        async move {
+            // The page does not refresh itself: look again until it shows.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let found = browser.execute(script, vec![]).await.unwrap() == json!(true);
+                if found || Instant::now() > deadline {
+                    return found;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                browser.refresh().await.unwrap();
+            }
+        }
+    };
+    assert!(
+        shown(
+            "var t = document.getElementById('dead-letters'); \
+             return !!t && t.innerText.includes('ghost-01') && t.innerText.includes('unknown-device')"
+        )
+        .await,
+        "the dead letter is listed, decoded"
+    );
+    assert!(
+        shown(
+            "var t = document.getElementById('gateways'); \
+             return !!t && t.innerText.includes('gw-test-01') && t.innerText.includes('connected')"
+        )
+        .await,
+        "the gateway's health is listed"
+    );
+    let hops = browser
+        .execute("return document.getElementById('hops').innerText", vec![])
+        .await
+        .unwrap();
+    let hops = hops.as_str().unwrap();
+    assert!(
+        hops.contains("unknown-device"),
+        "dead letters by reason: {hops}"
+    );
+    assert!(hops.contains("readings sampled"), "{hops}");
+    assert!(
+        !hops.contains("no answer"),
+        "the bridge and the ingester answer: {hops}"
+    );
 
     // Nothing overflows sideways on a tablet or a wall screen; a picture of each page.
     let pages = [
