@@ -150,6 +150,61 @@ impl Snapshot {
     }
 }
 
+/// How often the devices are looked for in Redis while PostgreSQL has never answered.
+const DISCOVERY_REFRESH: Duration = Duration::from_secs(10);
+
+/// How often PostgreSQL is asked whether it answers, between reads of the device list.
+const POSTGRES_CHECK: Duration = Duration::from_secs(2);
+
+/// Reads the device list now and every `refresh`, and asks PostgreSQL every
+/// [`POSTGRES_CHECK`] in between whether it answers (what the banners show): the last
+/// list read, and whether the last question was answered (`None` until the first).
+fn plant_reader(
+    pool: PgPool,
+    refresh: Duration,
+    stop: CancellationToken,
+) -> watch::Receiver<(Arc<Vec<Device>>, Option<bool>)> {
+    let (tx, rx) = watch::channel((Arc::default(), None));
+    tokio::spawn(async move {
+        let mut was_up = true;
+        let mut read_at: Option<Instant> = None;
+        loop {
+            let due = read_at.is_none_or(|at| at.elapsed() >= refresh);
+            let answer = if due {
+                crate::plant::devices(&pool).await.map(Some)
+            } else {
+                sqlx::query("SELECT 1").execute(&pool).await.map(|_| None)
+            };
+            let up = answer.is_ok();
+            match answer {
+                Ok(Some(devices)) => {
+                    read_at = Some(Instant::now());
+                    tx.send_modify(|(plant, _)| {
+                        if **plant != devices {
+                            *plant = Arc::new(devices);
+                        }
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if was_up {
+                        tracing::warn!("PostgreSQL does not answer: {e}");
+                    }
+                    // Read the list again as soon as it answers.
+                    read_at = None;
+                }
+            }
+            tx.send_if_modified(|(_, current)| current.replace(up) != Some(up));
+            was_up = up;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POSTGRES_CHECK.min(refresh)) => {}
+            }
+        }
+    });
+    rx
+}
+
 pub fn tile_id(device: &str, channel: i16) -> String {
     format!("{device}/{channel}")
 }
@@ -194,11 +249,17 @@ impl Reader {
         (reader, receiver)
     }
 
-    /// Reads and publishes until `stop`.
+    /// Reads and publishes until `stop`. The device list is read by a task of its own,
+    /// so a PostgreSQL that does not answer never holds up the live values.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut plant: Arc<Vec<Device>> = Arc::default();
-        let mut postgres_up = false;
-        let mut plant_read_at: Option<Instant> = None;
+        let mut plant_rx = plant_reader(self.pool.clone(), self.plant_refresh, stop.clone());
+        // The first answer (or failure) first: a plant not yet asked for is not missing.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = plant_rx.wait_for(|(_, up)| up.is_some()) => {}
+        }
+        // Devices found in Redis while PostgreSQL has never answered, and when.
+        let mut discovered: (Arc<Vec<Device>>, Option<Instant>) = (Arc::default(), None);
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -206,30 +267,63 @@ impl Reader {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let plant_due =
-                plant_read_at.is_none_or(|at| at.elapsed() >= self.plant_refresh) || !postgres_up;
-            if plant_due {
-                match crate::plant::devices(&self.pool).await {
-                    Ok(devices) => {
-                        postgres_up = true;
-                        if *plant != devices {
-                            plant = Arc::new(devices);
-                        }
-                    }
-                    Err(e) => {
-                        if postgres_up || plant_read_at.is_none() {
-                            tracing::warn!("cannot read the devices from PostgreSQL: {e}");
-                        }
-                        postgres_up = false;
+            let (mut plant, postgres_up) = plant_rx.borrow_and_update().clone();
+            let postgres_up = postgres_up.unwrap_or(false);
+            if plant.is_empty() && !postgres_up {
+                if discovered
+                    .1
+                    .is_none_or(|at| at.elapsed() >= DISCOVERY_REFRESH)
+                {
+                    if let Some(devices) = self.devices_in_redis().await {
+                        discovered = (Arc::new(devices), Some(Instant::now()));
                     }
                 }
-                plant_read_at = Some(Instant::now());
+                plant = discovered.0.clone();
             }
             let started = Instant::now();
             let read = self.read_redis(&plant).await;
             metrics::histogram!("console_live_read_seconds").record(started.elapsed());
             self.publish(&plant, postgres_up, read);
         }
+    }
+
+    /// The devices and channels Redis holds values of, for an overview while PostgreSQL
+    /// has never answered: ids only, no names, units or thresholds.
+    async fn devices_in_redis(&mut self) -> Option<Vec<Device>> {
+        let mut connection = self.connection().await.ok()?;
+        let pattern = format!("{}*", self.keys.latest_prefix());
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .ok()?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() > 10_000 {
+                break;
+            }
+        }
+        keys.sort();
+        let mut devices = Vec::new();
+        for key in keys {
+            let id = key[self.keys.latest_prefix().len()..].to_owned();
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .ok()?;
+            let mut channels: Vec<i16> = fields.iter().filter_map(|f| f.parse().ok()).collect();
+            channels.sort_unstable();
+            devices.push(Device::known_only_by_id(&id, &channels));
+        }
+        Some(devices)
     }
 
     async fn connection(&mut self) -> redis::RedisResult<MultiplexedConnection> {

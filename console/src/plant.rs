@@ -39,6 +39,39 @@ pub struct Channel {
     pub crit_high: Option<f64>,
 }
 
+impl Device {
+    /// A device PostgreSQL has not described (it does not answer): its id and channel
+    /// numbers, as Redis knows them.
+    pub fn known_only_by_id(id: &str, channels: &[i16]) -> Self {
+        Self {
+            device_id: id.to_owned(),
+            name: id.to_owned(),
+            kind: String::new(),
+            site: "?".to_owned(),
+            line: "?".to_owned(),
+            description: String::new(),
+            enabled: true,
+            channels: channels
+                .iter()
+                .map(|&channel_id| Channel {
+                    device_id: id.to_owned(),
+                    channel_id,
+                    name: format!("ch{channel_id}"),
+                    unit: String::new(),
+                    sample_period_ms: 1000,
+                    range_min: f64::MIN,
+                    range_max: f64::MAX,
+                    nominal: None,
+                    warn_low: None,
+                    warn_high: None,
+                    crit_low: None,
+                    crit_high: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A value's standing against its channel's thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -480,6 +480,32 @@ async fn the_console_shows_the_plant_live_and_an_operator_acknowledges_a_breach(
     });
     assert!(acknowledged, "the Kafka alerts record: {records:?}");
 
+    // An alert that opens while the alerts page is open appears in it without a reload:
+    // the press past its critical 280 bar for more than its 1 s.
+    browser
+        .goto(&format!("{}/alerts", started.base))
+        .await
+        .unwrap();
+    browser
+        .execute("window.stillTheSamePage = true; return true", vec![])
+        .await
+        .unwrap();
+    let press: Vec<(u8, f32)> = (0..4).map(|i| (0, 300.0 + i as f32)).collect();
+    agent
+        .publish("plant1", "line-b", "press-01", &press, 1000)
+        .await;
+    assert!(
+        wait_for(
+            &browser,
+            "return Array.from(document.querySelectorAll('tr[data-alert]')).some(r => \
+             r.innerText.includes('press-01') && r.innerText.includes('critical') && \
+             r.dataset.state === 'open') && window.stillTheSamePage === true",
+            Duration::from_secs(60),
+        )
+        .await,
+        "the press's alert appears in the open alerts page, without a reload"
+    );
+
     // The pipeline page: the hops' figures, a gateway's health, a dead letter decoded.
     agent.report_health("gw-test-01", 1_000, 10).await;
     agent.report_health("gw-test-01", 3_000, 20).await;

@@ -363,3 +363,86 @@ async fn sparklines_keep_the_last_value_of_each_half_minute(pool: PgPool) {
     );
     started.console.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn without_postgresql_the_overview_shows_redis_and_says_history_unavailable(pool: PgPool) {
+    let mut postgres = testkit::Postgres::start();
+    let own = sqlx::PgPool::connect(&postgres.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::migrate!("../migrations").run(&own).await.unwrap();
+    own.close().await;
+    let mut config = config(&pool).await;
+    config.database.url = postgres.url("postgres");
+    let prefix = config.redis.prefix.clone();
+    let started = start(config).await;
+    put_latest(&prefix, "furnace-01", 0, 861.5).await;
+    let overview = format!("{}/", started.base);
+    let page = get_until(&overview, Duration::from_secs(10), |p| p.contains("861.5")).await;
+    assert!(
+        page.contains("Heat-treatment furnace 1"),
+        "names from PostgreSQL"
+    );
+    assert!(page.contains("id=\"history-unavailable\" role=\"status\" hidden"));
+
+    // PostgreSQL goes away: live values go on, the banner says what is missing.
+    postgres.stop();
+    put_latest(&prefix, "furnace-01", 0, 872.25).await;
+    let page = get_until(&overview, Duration::from_secs(20), |p| {
+        p.contains("872.25") && p.contains("id=\"history-unavailable\" role=\"status\">")
+    })
+    .await;
+    assert!(page.contains("872.25"), "live values go on");
+    assert!(
+        page.contains("id=\"history-unavailable\" role=\"status\">History unavailable"),
+        "the banner shows"
+    );
+    let device = client()
+        .get(format!("{}/devices/furnace-01", started.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(device.status(), 503);
+    let body = device.text().await.unwrap();
+    assert!(body.contains("History unavailable"), "{body}");
+    assert!(
+        !body.contains("error returned from database") && !body.contains("Connection refused"),
+        "no internals: {body}"
+    );
+    let ready = client()
+        .get(format!("{}/readyz", started.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    started.console.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_console_started_without_postgresql_finds_the_devices_in_redis(pool: PgPool) {
+    let mut config = config(&pool).await;
+    config.database.url = format!("postgres://nobody@127.0.0.1:{}/none", testkit::free_port());
+    let prefix = config.redis.prefix.clone();
+    put_latest(&prefix, "press-01", 0, 205.5).await;
+    let started = start(config).await;
+    let page = get_until(
+        &format!("{}/", started.base),
+        Duration::from_secs(15),
+        |p| p.contains("205.5"),
+    )
+    .await;
+    let tile = element(&page, "press-01/0");
+    assert!(tile.contains("<i>205.5</i>"), "{tile}");
+    assert!(page.contains("id=\"history-unavailable\" role=\"status\">History unavailable"));
+    let alerts = client()
+        .get(format!("{}/alerts", started.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        alerts.status(),
+        503,
+        "history pages say so, and do not crash"
+    );
+    started.console.stop().await;
+}
