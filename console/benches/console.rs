@@ -18,7 +18,8 @@
 //! - (b) 100 live viewers (Server-Sent Events, read as a browser reads them): the
 //!   console's CPU over a window without viewers and one with 100, its RSS with 100, and
 //!   the PostgreSQL transactions on the bench database in each window (viewers must add
-//!   none: the live view reads PostgreSQL once per `live.plant_refresh`, for everyone);
+//!   none: the live view reads the device list every `live.plant_refresh` and checks
+//!   PostgreSQL every 2 s, for everyone);
 //! - (c) a 24 h chart of a 10 Hz channel (864 000 readings): the device page's latency
 //!   and points, beside a bare `count(*)` over the same rows (the scan's floor).
 //!
@@ -477,7 +478,8 @@ async fn viewers(
     );
     println!(
         "- PostgreSQL: {} transactions with {VIEWERS} viewers, {} without (the live view reads \
-         the device list, 2 queries, once per 30 s for everyone); viewers add none: {}",
+         the device list every 30 s and asks whether PostgreSQL answers every 2 s, for \
+         everyone); viewers add none: {}",
         watched.2,
         idle.2,
         verdict(watched.2 <= idle.2 + 2)
