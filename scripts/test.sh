@@ -127,8 +127,9 @@ run() {
   fi
 }
 
-# Processes the tests may start: test and pipeline binaries, and testkit's private
-# servers (Mosquitto, Redis, Tansu, PostgreSQL). Zombies (already dead) do not count.
+# Processes the tests may start: test and pipeline binaries, testkit's private servers
+# (Mosquitto, Redis, Tansu, PostgreSQL) and the console's browser (ChromeDriver and the
+# Chromium it runs). Zombies (already dead) do not count.
 # Binaries are matched by this checkout's own target directory (tests start them by
 # absolute path), so another checkout's build on the same machine is not taken for one.
 test_processes() {
@@ -139,7 +140,8 @@ test_processes() {
       $2 ~ /^Z/ { next }
       index($0, debug) ||
       index($0, "mosquitto -c " tmp "/") || index($0, tmp "/pgtest-") ||
-      /tansu broker/ || /redis-server 127\.0\.0\.1:/ { print }' |
+      /tansu broker/ || /redis-server 127\.0\.0\.1:/ ||
+      /chromedriver --port=/ || /chromium.*--user-data-dir=/ { print }' |
     grep -v -e "awk -v tmp" || true
 }
 

@@ -186,14 +186,15 @@ impl Agent {
     }
 }
 
-/// ChromeDriver on a free port, and a headless Chromium session through it.
-async fn browser() -> (ChildGuard, Client) {
+/// ChromeDriver on a free port, and a headless Chromium session through it, with a
+/// profile directory that goes with the test.
+async fn browser() -> (ChildGuard, tempfile::TempDir, Client) {
     let port = testkit::free_port();
     let driver = ChildGuard::spawn(
         "chromedriver",
         Command::new("chromedriver").arg(format!("--port={port}")),
     );
-    let profile = tempfile::tempdir().unwrap().keep();
+    let profile = tempfile::tempdir().unwrap();
     let capabilities = json!({
         "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
@@ -202,7 +203,7 @@ async fn browser() -> (ChildGuard, Client) {
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage",
-                format!("--user-data-dir={}", profile.display()),
+                format!("--user-data-dir={}", profile.path().display()),
             ]
         }
     });
@@ -214,7 +215,7 @@ async fn browser() -> (ChildGuard, Client) {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
         {
-            Ok(client) => return (driver, client),
+            Ok(client) => return (driver, profile, client),
             Err(_) if Instant::now() < deadline => {
                 // ChromeDriver is still starting.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -265,7 +266,7 @@ async fn the_console_shows_the_plant_live_and_an_operator_acknowledges_a_breach(
     config.pipeline.dlq_topic = pipeline.dlq_topic.clone();
     config.pipeline.interval = Duration::from_millis(500);
     let started = start(config).await;
-    let (_driver, browser) = browser().await;
+    let (_driver, _profile, browser) = browser().await;
     browser.set_window_size(1920, 1080).await.unwrap();
 
     // Every seed channel at its nominal value (its range's middle if it has none).
