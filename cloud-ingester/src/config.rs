@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::Env;
 use serde::{Deserialize, Serialize};
 use service::config::{Flags, Layers};
 use service::redact::url as redact_url;
@@ -259,12 +258,6 @@ impl CliOverrides {
 pub use service::config::ConfigError;
 
 /// The conventional variables and the keys they set.
-const CONVENTIONAL_ENV: [(&str, &str); 3] = [
-    ("DATABASE_URL", "database.url"),
-    ("REDIS_URL", "redis.url"),
-    ("KAFKA_BROKERS", "kafka.brokers"),
-];
-
 impl service::run::Settings for IngesterConfig {
     /// One line on what this configuration makes the ingester do, for `--check-config`.
     fn summary(&self) -> String {
@@ -304,12 +297,7 @@ impl IngesterConfig {
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
         let config: IngesterConfig = Layers::defaults(IngesterConfig::default())
             .optional_file(file)
-            .env(Env::raw().filter_map(|name| {
-                CONVENTIONAL_ENV
-                    .iter()
-                    .find(|(variable, _)| name == *variable)
-                    .map(|(_, key)| (*key).into())
-            }))
+            .conventional_env()
             .prefixed_env("INGESTER_")
             .flags(overrides.flags())
             .extract()?;
@@ -326,18 +314,7 @@ impl IngesterConfig {
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.shutdown_grace) {
             problems.push("shutdown_grace: between 1 s and 10 min".to_owned());
         }
-        let url = &self.database.url;
-        if url.is_empty() {
-            problems.push(
-                "database.url: required (set DATABASE_URL, INGESTER_DATABASE__URL or --database-url)"
-                    .to_owned(),
-            );
-        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            problems.push(format!(
-                "database.url: {:?} is not a postgres:// URL",
-                redact_url(url)
-            ));
-        }
+        service::config::check_database_url(&self.database.url, "INGESTER_", &mut problems);
         // PostgreSQL's own default max_connections is 100, shared by every client.
         if !(1..=100).contains(&self.database.max_connections) {
             problems.push("database.max_connections: between 1 and 100".to_owned());

@@ -1,5 +1,4 @@
-//! The console as a running service: its shared state, the routes, `/events`, and the
-//! start and stop. `main.rs` only parses flags and calls [`Console::start`].
+//! The console as a running service: the routes, `/events`, and the start and stop. `main.rs` only parses flags and calls [`Console::start`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,59 +17,17 @@ use contracts::redis::RedisKeys;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Access, Session};
+use crate::auth::Access;
 use crate::config::{ConsoleConfig, Viewing};
-use crate::layout::Frame;
 use crate::live::{Reader, Snapshot};
 use crate::pages;
-use crate::pipeline::PipelineView;
-
-/// What every request handler reaches.
-pub struct AppState {
-    pub live: watch::Receiver<Arc<Snapshot>>,
-    /// The pipeline page's figures.
-    pub pipeline: watch::Receiver<Arc<PipelineView>>,
-    pub pool: PgPool,
-    pub access: Access,
-    pub viewing: Viewing,
-    pub producer: FutureProducer,
-    pub alerts_topic: String,
-    pub redis: redis::Client,
-    pub keys: RedisKeys,
-}
-
-pub type Shared = Arc<AppState>;
-
-impl AppState {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.live.borrow().clone()
-    }
-
-    /// The page frame for `session` at this moment.
-    pub fn frame<'a>(
-        &self,
-        snapshot: &Snapshot,
-        title: &'a str,
-        current: &'a str,
-        session: Option<&'a Session>,
-    ) -> Frame<'a> {
-        Frame {
-            title,
-            current,
-            session,
-            redis_up: snapshot.redis_up || snapshot.version == 0,
-            postgres_up: snapshot.postgres_up || snapshot.version == 0,
-            open_alerts: snapshot.alerts.len(),
-        }
-    }
-}
+use crate::state::{AppState, Shared};
 
 /// `/readyz`: PostgreSQL and Redis, as the live reader last found them (both down
 /// until its first look).

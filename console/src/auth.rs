@@ -15,7 +15,7 @@ use axum::http::header::COOKIE;
 use axum::http::HeaderMap;
 use rand::RngCore;
 
-use crate::config::User;
+use serde::{Deserialize, Serialize};
 
 /// The cookie holding the session id.
 pub const COOKIE_NAME: &str = "console_session";
@@ -40,6 +40,15 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     Ok(Argon2::default()
         .hash_password(password.as_bytes(), &salt)?
         .to_string())
+}
+
+/// A person who may log in (`access.users`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// An argon2 PHC string, as `console hash-password` prints it.
+    pub password_hash: String,
 }
 
 /// A person who logged in.

@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::Env;
 use serde::{Deserialize, Serialize};
 use service::config::{ConfigError, Flags, Layers};
 use service::http::HttpConfig;
 use service::logging::LogConfig;
 use service::redact::url as redact_url;
+
+pub use crate::auth::User;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,14 +177,6 @@ impl Default for AccessConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    pub name: String,
-    /// An argon2 PHC string, as `console hash-password` prints it.
-    pub password_hash: String,
-}
-
 /// The flags of `console`, each overriding one key.
 #[derive(Debug, Default)]
 pub struct CliOverrides {
@@ -203,22 +196,11 @@ impl CliOverrides {
     }
 }
 
-const CONVENTIONAL_ENV: [(&str, &str); 3] = [
-    ("DATABASE_URL", "database.url"),
-    ("REDIS_URL", "redis.url"),
-    ("KAFKA_BROKERS", "kafka.brokers"),
-];
-
 impl ConsoleConfig {
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Self, ConfigError> {
         let config: ConsoleConfig = Layers::defaults(ConsoleConfig::default())
             .optional_file(file)
-            .env(Env::raw().filter_map(|name| {
-                CONVENTIONAL_ENV
-                    .iter()
-                    .find(|(variable, _)| name == *variable)
-                    .map(|(_, key)| (*key).into())
-            }))
+            .conventional_env()
             .prefixed_env("CONSOLE_")
             .flags(overrides.flags())
             .extract()?;
@@ -229,18 +211,7 @@ impl ConsoleConfig {
     /// Checks what serde cannot; collects every problem so one edit fixes them all.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let url = &self.database.url;
-        if url.is_empty() {
-            problems.push(
-                "database.url: required (set DATABASE_URL, CONSOLE_DATABASE__URL or --database-url)"
-                    .to_owned(),
-            );
-        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            problems.push(format!(
-                "database.url: {:?} is not a postgres:// URL",
-                redact_url(url)
-            ));
-        }
+        service::config::check_database_url(&self.database.url, "CONSOLE_", &mut problems);
         if !(1..=20).contains(&self.database.max_connections) {
             problems.push("database.max_connections: between 1 and 20".to_owned());
         }

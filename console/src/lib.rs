@@ -11,5 +11,6 @@ pub mod live;
 pub mod pages;
 pub mod pipeline;
 pub mod plant;
+pub mod state;
 
 pub use app::Console;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use sqlx::PgPool;
-use support::{client, config, create_topic, csrf, log_in, read_topic, start, PASSWORD, USER};
+use support::{config, create_topic, csrf, get, log_in, post, read_topic, start, PASSWORD, USER};
 
 async fn open_alert(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
@@ -21,31 +21,38 @@ async fn open_alert(pool: &PgPool) -> i64 {
     .unwrap()
 }
 
+/// The alert's state and who acknowledged it.
+async fn state_of(pool: &PgPool, id: i64) -> (String, Option<String>) {
+    sqlx::query_as("SELECT state::text, acknowledged_by FROM alerts WHERE alert_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn a_wrong_password_is_refused_plainly_and_slowly(pool: PgPool) {
     let started = start(config(&pool).await).await;
+    let login = format!("{}/login", started.base);
     let began = Instant::now();
-    let response = client()
-        .post(format!("{}/login", started.base))
-        .form(&[("name", USER), ("password", "not the password")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
+    let refused = post(
+        &login,
+        None,
+        &[("name", USER), ("password", "not the password")],
+    )
+    .await;
+    assert_eq!(refused.status, 401);
     assert!(
         began.elapsed() >= Duration::from_secs(1),
         "a wrong password costs a second"
     );
-    assert!(response.headers().get("set-cookie").is_none());
-    let body = response.text().await.unwrap();
-    assert!(body.contains("Wrong name or password."), "{body}");
-    let response = client()
-        .post(format!("{}/login", started.base))
-        .form(&[("name", "nobody"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401, "an unknown name is refused alike");
+    assert!(
+        refused.body.contains("Wrong name or password."),
+        "{}",
+        refused.body
+    );
+    let unknown = post(&login, None, &[("name", "nobody"), ("password", PASSWORD)]).await;
+    assert_eq!(unknown.status, 401, "an unknown name is refused alike");
     started.console.stop().await;
 }
 
@@ -55,28 +62,18 @@ async fn an_operator_acknowledges_and_resolves_with_a_note_as_iotctl_does(pool: 
     create_topic(&config.kafka.alerts_topic).await;
     let started = start(config).await;
     let id = open_alert(&pool).await;
-    let action = format!("{}/alerts/{id}/ack", started.base);
+    let ack = format!("{}/alerts/{id}/ack", started.base);
 
     // Without a login: to the login form, and nothing changes.
-    let response = client()
-        .post(&action)
-        .form(&[("csrf", "x"), ("note", "on it")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    assert_eq!(response.headers()["location"], "/login");
+    let anonymous = post(&ack, None, &[("csrf", "x"), ("note", "on it")]).await;
+    assert_eq!(
+        (anonymous.status, anonymous.location.as_str()),
+        (303, "/login")
+    );
 
     let cookie = log_in(&started.base).await;
-    let page = client()
-        .get(format!("{}/alerts", started.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cookie = Some(cookie.as_str());
+    let page = get(&format!("{}/alerts", started.base), cookie).await.body;
     assert!(
         page.contains(&format!("data-alert=\"{id}\"")),
         "the alert is listed"
@@ -84,37 +81,27 @@ async fn an_operator_acknowledges_and_resolves_with_a_note_as_iotctl_does(pool: 
     let token = csrf(&page);
 
     // Another site's form cannot know the session's token.
-    let response = client()
-        .post(&action)
-        .header("cookie", &cookie)
-        .form(&[("csrf", "forged"), ("note", "on it")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
-    let state: String = sqlx::query_scalar("SELECT state::text FROM alerts WHERE alert_id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(state, "open", "a forged form changes nothing");
+    let forged = post(&ack, cookie, &[("csrf", "forged"), ("note", "on it")]).await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(
+        state_of(&pool, id).await.0,
+        "open",
+        "a forged form changes nothing"
+    );
 
-    let response = client()
-        .post(&action)
-        .header("cookie", &cookie)
-        .form(&[("csrf", token.as_str()), ("note", "burner checked")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/alerts?notice="), "{location}");
-    let (state, by): (String, Option<String>) =
-        sqlx::query_as("SELECT state::text, acknowledged_by FROM alerts WHERE alert_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let acknowledged = post(
+        &ack,
+        cookie,
+        &[("csrf", &token), ("note", "burner checked")],
+    )
+    .await;
+    assert_eq!(acknowledged.status, 303);
+    assert!(
+        acknowledged.location.starts_with("/alerts?notice="),
+        "{}",
+        acknowledged.location
+    );
+    let (state, by) = state_of(&pool, id).await;
     assert_eq!(
         (state.as_str(), by.as_deref()),
         ("acknowledged", Some(USER))
@@ -140,43 +127,29 @@ async fn an_operator_acknowledges_and_resolves_with_a_note_as_iotctl_does(pool: 
     assert_eq!(view["state"], "acknowledged");
 
     // Twice: refused, in words, on the alerts page.
-    let response = client()
-        .post(&action)
-        .header("cookie", &cookie)
-        .form(&[("csrf", token.as_str()), ("note", "")])
-        .send()
+    let again = post(&ack, cookie, &[("csrf", &token), ("note", "")]).await;
+    assert!(
+        again.location.starts_with("/alerts?error="),
+        "{}",
+        again.location
+    );
+    let page = get(&format!("{}{}", started.base, again.location), cookie)
         .await
-        .unwrap();
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/alerts?error="), "{location}");
-    let page = client()
-        .get(format!("{}{location}", started.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .body;
     assert!(
         page.contains("is already acknowledged (by ana"),
         "the refusal is shown"
     );
 
-    let response = client()
-        .post(format!("{}/alerts/{id}/resolve", started.base))
-        .header("cookie", &cookie)
-        .form(&[("csrf", token.as_str()), ("note", "thermocouple replaced")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    let state: String = sqlx::query_scalar("SELECT state::text FROM alerts WHERE alert_id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(state, "resolved");
+    let resolve = format!("{}/alerts/{id}/resolve", started.base);
+    let resolved = post(
+        &resolve,
+        cookie,
+        &[("csrf", &token), ("note", "thermocouple replaced")],
+    )
+    .await;
+    assert_eq!(resolved.status, 303);
+    assert_eq!(state_of(&pool, id).await.0, "resolved");
     let view: Option<String> = redis.hget(&open_key, id).await.unwrap();
     assert_eq!(view, None, "a resolved alert leaves the open hash");
 
@@ -207,33 +180,21 @@ async fn with_viewing_by_login_every_page_asks_for_one(pool: PgPool) {
         "/pipeline",
         "/events",
     ] {
-        let response = client()
-            .get(format!("{}{path}", started.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 303, "{path}");
-        assert_eq!(response.headers()["location"], "/login", "{path}");
+        let refused = get(&format!("{}{path}", started.base), None).await;
+        assert_eq!(
+            (refused.status, refused.location.as_str()),
+            (303, "/login"),
+            "{path}"
+        );
     }
-    let login = client()
-        .get(format!("{}/login", started.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 200);
+    assert_eq!(
+        get(&format!("{}/login", started.base), None).await.status,
+        200
+    );
     let cookie = log_in(&started.base).await;
-    let response = client()
-        .get(format!("{}/", started.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let health = client()
-        .get(format!("{}/livez", started.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200, "health needs no login");
+    let overview = get(&format!("{}/", started.base), Some(&cookie)).await;
+    assert_eq!(overview.status, 200);
+    let health = get(&format!("{}/livez", started.base), None).await;
+    assert_eq!(health.status, 200, "health needs no login");
     started.console.stop().await;
 }

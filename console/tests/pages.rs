@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use support::{client, config, element, get_until, put_latest, put_latest_at, start};
+use support::{client, config, element, get, get_until, put_latest, put_latest_at, start};
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_overview_shows_every_seed_device_with_values_units_and_states(pool: PgPool) {
@@ -116,8 +116,8 @@ async fn bad_requests_get_a_clear_message_and_unknown_devices_a_404(pool: PgPool
     let get = |path: &str| {
         let url = format!("{}{path}", started.base);
         async move {
-            let response = client().get(url).send().await.unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
+            let answer = get(&url, None).await;
+            (answer.status, answer.body)
         }
     };
     let (status, body) = get("/devices/no-such-machine").await;
@@ -180,9 +180,9 @@ async fn a_day_of_a_10_hz_channel_is_charted_in_at_most_2000_points(pool: PgPool
     let page = |range: &'static str| {
         let url = format!("{}/devices/cnc-spindle-01?range={range}", started.base);
         async move {
-            let response = client().get(url).send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.text().await.unwrap()
+            let answer = get(&url, None).await;
+            assert_eq!(answer.status, 200);
+            answer.body
         }
     };
     let day = page("24h").await;
@@ -297,21 +297,12 @@ async fn without_redis_the_pages_say_live_view_paused_and_resume_by_themselves(p
         "the banner shows"
     );
     assert!(page.contains("860.5"), "the last known value stays");
-    let ready = client()
-        .get(format!("{}/readyz", started.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
-    assert!(ready.text().await.unwrap().contains("redis down"));
-    let page = client()
-        .get(format!("{}/alerts", started.base))
-        .send()
-        .await
-        .unwrap();
+    let ready = get(&format!("{}/readyz", started.base), None).await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("redis down"));
+    let page = get(&format!("{}/alerts", started.base), None).await;
     assert_eq!(
-        page.status(),
-        200,
+        page.status, 200,
         "alerts come from PostgreSQL and still render"
     );
 
@@ -346,14 +337,7 @@ async fn sparklines_keep_the_last_value_of_each_half_minute(pool: PgPool) {
         })
         .await;
     }
-    let body = client()
-        .get(&sparks)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get(&sparks, None).await.body;
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["step"], step);
     assert_eq!(
@@ -397,24 +381,18 @@ async fn without_postgresql_the_overview_shows_redis_and_says_history_unavailabl
         page.contains("id=\"history-unavailable\" role=\"status\">History unavailable"),
         "the banner shows"
     );
-    let device = client()
-        .get(format!("{}/devices/furnace-01", started.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(device.status(), 503);
-    let body = device.text().await.unwrap();
+    let device = get(&format!("{}/devices/furnace-01", started.base), None).await;
+    assert_eq!(device.status, 503);
+    let body = device.body;
     assert!(body.contains("History unavailable"), "{body}");
     assert!(
         !body.contains("error returned from database") && !body.contains("Connection refused"),
         "no internals: {body}"
     );
-    let ready = client()
-        .get(format!("{}/readyz", started.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        get(&format!("{}/readyz", started.base), None).await.status,
+        503
+    );
     started.console.stop().await;
 }
 
@@ -434,15 +412,7 @@ async fn a_console_started_without_postgresql_finds_the_devices_in_redis(pool: P
     let tile = element(&page, "press-01/0");
     assert!(tile.contains("<i>205.5</i>"), "{tile}");
     assert!(page.contains("id=\"history-unavailable\" role=\"status\">History unavailable"));
-    let alerts = client()
-        .get(format!("{}/alerts", started.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        alerts.status(),
-        503,
-        "history pages say so, and do not crash"
-    );
+    let alerts = get(&format!("{}/alerts", started.base), None).await;
+    assert_eq!(alerts.status, 503, "history pages say so, and do not crash");
     started.console.stop().await;
 }

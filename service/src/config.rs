@@ -69,8 +69,21 @@ impl Layers {
         }
     }
 
-    /// Another environment provider, e.g. conventional names such as `DATABASE_URL`.
-    pub fn env(self, provider: Env) -> Self {
+    /// The conventional variables the stack's scripts, the compose file and the tests
+    /// set, each for the key it names in a cloud service: `DATABASE_URL` (`database.url`),
+    /// `REDIS_URL` (`redis.url`), `KAFKA_BROKERS` (`kafka.brokers`).
+    pub fn conventional_env(self) -> Self {
+        const CONVENTIONAL: [(&str, &str); 3] = [
+            ("DATABASE_URL", "database.url"),
+            ("REDIS_URL", "redis.url"),
+            ("KAFKA_BROKERS", "kafka.brokers"),
+        ];
+        let provider = Env::raw().filter_map(|name| {
+            CONVENTIONAL
+                .iter()
+                .find(|(variable, _)| name == *variable)
+                .map(|(_, key)| (*key).into())
+        });
         Self(self.0.merge(provider))
     }
 
@@ -91,6 +104,21 @@ impl Layers {
 
     pub fn extract<T: DeserializeOwned>(self) -> Result<T, ConfigError> {
         self.0.extract().map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+}
+
+/// `database.url`: given, and a postgres:// URL (named with its password hidden); the
+/// service's variables start with `prefix` (`INGESTER_`).
+pub fn check_database_url(url: &str, prefix: &str, problems: &mut Vec<String>) {
+    if url.is_empty() {
+        problems.push(format!(
+            "database.url: required (set DATABASE_URL, {prefix}DATABASE__URL or --database-url)"
+        ));
+    } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        problems.push(format!(
+            "database.url: {:?} is not a postgres:// URL",
+            crate::redact::url(url)
+        ));
     }
 }
 

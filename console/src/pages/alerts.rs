@@ -15,9 +15,9 @@ use operations::alerts::{self as ops, Actor, AlertRow, ChangeError, Filter, Tran
 use serde::Deserialize;
 use sqlx::types::chrono::DateTime;
 
-use crate::app::Shared;
 use crate::auth::Session;
 use crate::layout::{time, PageError};
+use crate::state::Shared;
 
 const STATES: [&str; 5] = ["unresolved", "open", "acknowledged", "resolved", "all"];
 const SEVERITIES: [&str; 2] = ["warning", "critical"];

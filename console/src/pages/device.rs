@@ -10,9 +10,9 @@ use axum::http::HeaderMap;
 use maud::{html, Markup};
 use sqlx::types::chrono::{DateTime, Utc};
 
-use crate::app::Shared;
 use crate::layout::{age, PageError};
 use crate::plant::{self, AlertSpan, Bucket, Channel, Range, Source};
+use crate::state::Shared;
 
 const WIDTH: f64 = 800.0;
 const HEIGHT: f64 = 220.0;

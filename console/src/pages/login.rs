@@ -8,9 +8,9 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use crate::app::Shared;
 use crate::auth::{cleared_cookie, WRONG_PASSWORD_DELAY};
 use crate::layout::PageError;
+use crate::state::Shared;
 
 #[derive(Debug, Deserialize)]
 pub struct Next {

@@ -15,9 +15,9 @@ use axum::Json;
 use maud::{html, Markup};
 use serde::Serialize;
 
-use crate::app::Shared;
 use crate::live::{Snapshot, Tile, SPARK_STEP_MS};
 use crate::plant::{Channel, Device};
+use crate::state::Shared;
 
 /// A line of a site: its name and its devices, in order.
 type Line<'a> = (&'a str, Vec<&'a Device>);

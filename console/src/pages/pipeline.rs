@@ -7,9 +7,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use maud::{html, Markup};
 
-use crate::app::Shared;
 use crate::layout::{age, time, PageError};
 use crate::pipeline::Service;
+use crate::state::Shared;
 
 fn rate(per_s: Option<f64>) -> String {
     match per_s {

@@ -103,6 +103,46 @@ pub async fn put_latest_at(prefix: &str, device: &str, channel: i16, value: f32,
     let _: () = redis.set(keys.last_seen(device), now).await.unwrap();
 }
 
+/// What a request came back with: its status, `Location` header (empty if none) and body.
+pub struct Answer {
+    pub status: u16,
+    pub location: String,
+    pub body: String,
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Answer {
+        status,
+        location,
+        body: response.text().await.unwrap(),
+    }
+}
+
+/// GET `url`, with the session `cookie` if one is given.
+pub async fn get(url: &str, cookie: Option<&str>) -> Answer {
+    let mut request = client().get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+/// POST `form` to `url`, with the session `cookie` if one is given.
+pub async fn post(url: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Answer {
+    let mut request = client().post(url).form(form);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
 /// GETs `url` until its body satisfies `done` or `within` passes; the last body.
 pub async fn get_until(url: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + within;
