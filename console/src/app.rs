@@ -43,6 +43,9 @@ impl service::http::Readiness for Readiness {
     }
 }
 
+/// How long a stop waits for the requests in hand.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A running console.
 pub struct Console {
     pub addr: SocketAddr,
@@ -67,16 +70,22 @@ impl Console {
             .set("message.timeout.ms", "10000")
             .create()
             .context("kafka.brokers")?;
+        let agents = crate::pipeline::follow_agents(&config.pipeline);
         let (reader, live) = Reader::new(
             pool.clone(),
             redis.clone(),
             keys.clone(),
+            agents.clone(),
             config.live.interval,
             config.live.plant_refresh,
         );
         let stop = CancellationToken::new();
-        let pipeline =
-            crate::pipeline::start(&config.pipeline, &config.kafka.brokers, stop.clone());
+        let pipeline = crate::pipeline::start(
+            &config.pipeline,
+            &config.kafka.brokers,
+            agents,
+            stop.clone(),
+        );
         let state = Arc::new(AppState {
             live: live.clone(),
             pipeline,
@@ -108,11 +117,17 @@ impl Console {
         Ok(())
     }
 
+    /// Stops taking requests and lets those in hand finish (an acknowledgement being
+    /// announced, say) for up to [`STOP_GRACE`]; live streams never finish by
+    /// themselves, so what is left then is cut.
     pub async fn stop(self) {
         self.stop.cancel();
-        for task in self.tasks {
-            task.abort();
-            task.await.ok();
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                task.await.ok();
+            }
         }
     }
 }

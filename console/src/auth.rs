@@ -23,6 +23,32 @@ pub const COOKIE_NAME: &str = "console_session";
 /// How long a wrong password costs the one who typed it, so guessing is slow.
 pub const WRONG_PASSWORD_DELAY: Duration = Duration::from_secs(1);
 
+/// After this many wrong passwords for one name in a row...
+const FAILURES_BEFORE_PAUSE: u32 = 5;
+/// ...that name is refused, unchecked, for this long after the last one. A guesser who
+/// does not wait for the delay above still gets five guesses a minute.
+const PAUSE: Duration = Duration::from_secs(60);
+
+/// Password checks that may run at once: each costs argon2's memory (19 MiB) and a core
+/// for a moment, and a flood of logins must not take the machine.
+pub const CONCURRENT_CHECKS: usize = 2;
+
+/// Whether two tokens are the same, in a time that does not depend on where they differ.
+pub fn same_token(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// How a login attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// A session opened: its id, for the cookie.
+    Session(String),
+    Refused,
+    /// Too many wrong passwords for this name lately: refused unchecked for this long.
+    Paused(Duration),
+}
+
 /// Parses a PHC string, saying what is wrong with it.
 pub fn parse_hash(text: &str) -> Result<PasswordHash<'_>, String> {
     let hash = PasswordHash::new(text).map_err(|e| format!("not a PHC password hash ({e})"))?;
@@ -65,6 +91,10 @@ pub struct Access {
     users: Vec<User>,
     ttl: Duration,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Wrong passwords in a row by name, and when the last one came.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Limits the password checks running at once ([`CONCURRENT_CHECKS`]).
+    pub checks: tokio::sync::Semaphore,
 }
 
 fn random_token() -> String {
@@ -79,6 +109,8 @@ impl Access {
             users,
             ttl,
             sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
         }
     }
 
@@ -87,16 +119,37 @@ impl Access {
     }
 
     /// Checks a name and password (slow by design: run it off the async threads) and
-    /// opens a session: its id, for the cookie.
-    pub fn log_in(&self, name: &str, password: &str) -> Option<String> {
+    /// opens a session.
+    pub fn log_in(&self, name: &str, password: &str) -> Login {
+        {
+            let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((count, last)) = failures.get(name) {
+                if *count >= FAILURES_BEFORE_PAUSE && last.elapsed() < PAUSE {
+                    return Login::Paused(PAUSE - last.elapsed());
+                }
+            }
+        }
         let user = self.users.iter().find(|u| u.name == name);
         // An unknown name costs the same hash as a known one, so timing tells nothing.
         let stored = user.map_or(DUMMY_HASH, |u| u.password_hash.as_str());
-        let hash = parse_hash(stored).ok()?;
-        let good = Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok();
-        let user = user.filter(|_| good)?;
+        let good = parse_hash(stored).is_ok_and(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        });
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(user) = user.filter(|_| good) else {
+            // Names nobody has are counted too (one guesser, many names): the table is
+            // cleared of old entries so that it cannot grow without end.
+            failures.retain(|_, (_, last)| last.elapsed() < PAUSE);
+            let entry = failures
+                .entry(name.to_owned())
+                .or_insert((0, Instant::now()));
+            *entry = (entry.0 + 1, Instant::now());
+            return Login::Refused;
+        };
+        failures.remove(name);
+        drop(failures);
         let id = random_token();
         let session = Session {
             user: user.name.clone(),
@@ -107,7 +160,7 @@ impl Access {
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
         sessions.insert(id.clone(), session);
-        Some(id)
+        Login::Session(id)
     }
 
     /// The session a request's cookie names, if it is open.
@@ -178,9 +231,11 @@ mod tests {
     #[test]
     fn the_right_password_opens_a_session_and_a_wrong_one_does_not() {
         let access = access();
-        assert_eq!(access.log_in("ana", "wrong"), None);
-        assert_eq!(access.log_in("bob", "s3cret horse"), None);
-        let id = access.log_in("ana", "s3cret horse").unwrap();
+        assert_eq!(access.log_in("ana", "wrong"), Login::Refused);
+        assert_eq!(access.log_in("bob", "s3cret horse"), Login::Refused);
+        let Login::Session(id) = access.log_in("ana", "s3cret horse") else {
+            panic!("the right password opens a session");
+        };
         let session = access
             .session(&with_cookie(&format!("theme=dark; {COOKIE_NAME}={id}")))
             .unwrap();
@@ -194,6 +249,19 @@ mod tests {
             access.session(&with_cookie(&format!("{COOKIE_NAME}={id}"))),
             None
         );
+    }
+
+    #[test]
+    fn five_wrong_passwords_pause_the_name_even_for_the_right_one() {
+        let access = access();
+        for _ in 0..FAILURES_BEFORE_PAUSE {
+            assert_eq!(access.log_in("ana", "guess"), Login::Refused);
+        }
+        assert!(matches!(
+            access.log_in("ana", "s3cret horse"),
+            Login::Paused(_)
+        ));
+        assert!(same_token("abc", "abc") && !same_token("abc", "abd") && !same_token("abc", "ab"));
     }
 
     #[test]

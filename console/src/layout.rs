@@ -44,7 +44,7 @@ pub fn page(frame: &Frame<'_>, body: Markup) -> Markup {
                             a href=(path) aria-current=[(path == frame.current).then_some("page")] {
                                 (name)
                                 @if path == "/alerts" {
-                                    " (" span #open-alerts { (frame.open_alerts) } " open)"
+                                    " (" span id="console:open-alerts" { (frame.open_alerts) } " open)"
                                 }
                             }
                             " "
@@ -60,10 +60,10 @@ pub fn page(frame: &Frame<'_>, body: Markup) -> Markup {
                         a href="/login" style="margin-left:auto" { "Log in" }
                     }
                 }
-                div #live-paused .banner role="status" hidden[frame.redis_up] {
+                div id="console:live-paused" .banner role="status" hidden[frame.redis_up] {
                     "Live view paused: Redis does not answer. Values shown are the last known; updates resume by themselves."
                 }
-                div #history-unavailable .banner role="status" hidden[frame.postgres_up] {
+                div id="console:history-unavailable" .banner role="status" hidden[frame.postgres_up] {
                     "History unavailable: PostgreSQL does not answer."
                 }
                 main { (body) }

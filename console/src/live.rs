@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use contracts::alerts::AlertView;
 use contracts::redis::{LatestValue, RedisKeys};
+use observe::agents::AgentReports;
 use protocol::Quality;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -64,6 +65,9 @@ pub struct Presence {
     /// device falls silent).
     #[serde(rename = "s")]
     pub last_seen: Option<i64>,
+    /// What its agent's retained status says (`online`, `offline`), if it was heard.
+    #[serde(rename = "r")]
+    pub reported: Option<String>,
 }
 
 /// What every viewer sees at one moment.
@@ -99,6 +103,8 @@ struct Update<'a> {
     /// Open alerts, and a fingerprint of them that changes whenever one does.
     open_alerts: usize,
     alerts_version: u64,
+    /// Changes when a device or channel comes, goes or changes: the page is rebuilt.
+    plant: u64,
 }
 
 impl Snapshot {
@@ -123,6 +129,7 @@ impl Snapshot {
             devices,
             open_alerts: self.alerts.len(),
             alerts_version: self.alerts_version(),
+            plant: fingerprint(&self.plant),
         };
         serde_json::to_string(&update)
             .unwrap_or_else(|_| "{}".to_owned())
@@ -205,6 +212,30 @@ fn plant_reader(
     rx
 }
 
+/// What the overview's layout depends on, hashed: devices with their place and
+/// channels with their names, units and thresholds.
+fn fingerprint(plant: &[Device]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for device in plant {
+        (
+            &device.device_id,
+            &device.name,
+            &device.site,
+            &device.line,
+            device.enabled,
+        )
+            .hash(&mut hasher);
+        for c in &device.channels {
+            (c.channel_id, &c.name, &c.unit).hash(&mut hasher);
+            for threshold in [c.warn_low, c.warn_high, c.crit_low, c.crit_high] {
+                threshold.map(f64::to_bits).hash(&mut hasher);
+            }
+        }
+    }
+    hasher.finish()
+}
+
 pub fn tile_id(device: &str, channel: i16) -> String {
     format!("{device}/{channel}")
 }
@@ -219,6 +250,8 @@ struct DeviceRead {
 pub struct Reader {
     pool: PgPool,
     redis: redis::Client,
+    /// The agents' retained statuses, for each device's reported state.
+    agents: watch::Receiver<Result<AgentReports, String>>,
     connection: Option<MultiplexedConnection>,
     keys: RedisKeys,
     interval: Duration,
@@ -232,6 +265,7 @@ impl Reader {
         pool: PgPool,
         redis: redis::Client,
         keys: RedisKeys,
+        agents: watch::Receiver<Result<AgentReports, String>>,
         interval: Duration,
         plant_refresh: Duration,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
@@ -239,6 +273,7 @@ impl Reader {
         let reader = Self {
             pool,
             redis,
+            agents,
             connection: None,
             keys,
             interval,
@@ -313,7 +348,14 @@ impl Reader {
         keys.sort();
         let mut devices = Vec::new();
         for key in keys {
-            let id = key[self.keys.latest_prefix().len()..].to_owned();
+            // SCAN's pattern is a glob: a prefix with `*` or `?` may match other keys.
+            let Some(id) = key.strip_prefix(&self.keys.latest_prefix()) else {
+                continue;
+            };
+            if protocol::validate_id(id).is_err() {
+                continue;
+            }
+            let id = id.to_owned();
             let fields: Vec<String> = redis::cmd("HKEYS")
                 .arg(&key)
                 .query_async(&mut connection)
@@ -457,6 +499,10 @@ impl Reader {
     ) -> (BTreeMap<String, Tile>, BTreeMap<String, Presence>) {
         let mut tiles = BTreeMap::new();
         let mut presence = BTreeMap::new();
+        let reported = match &*self.agents.borrow() {
+            Ok(reports) => reports.devices.clone(),
+            Err(_) => Default::default(),
+        };
         for device in plant {
             let read = devices.get(&device.device_id);
             presence.insert(
@@ -464,6 +510,7 @@ impl Reader {
                 Presence {
                     id: device.device_id.clone(),
                     last_seen: read.and_then(|r| r.last_seen),
+                    reported: reported.get(&device.device_id).cloned(),
                 },
             );
             for channel in &device.channels {
@@ -479,7 +526,11 @@ impl Reader {
                     let slot = ts.div_euclid(SPARK_STEP_MS);
                     match spark.last() {
                         Some((last, value)) if *last == slot && value == v => {}
-                        Some((last, _)) if *last > slot => {}
+                        // An older reading than the newest drawn; but one far behind it
+                        // means the newest was dated ahead (a device clock gone wrong),
+                        // and the line starts again rather than freeze.
+                        Some((last, _)) if *last > slot && *last - slot <= SPARK_SLOTS => {}
+                        Some((last, _)) if *last > slot => *spark = Arc::new(vec![(slot, *v)]),
                         _ => {
                             // Copied only when it changes: the published snapshot shares
                             // the old one.

@@ -78,19 +78,25 @@ pub struct PipelineView {
     pub dead_letters_error: Option<String>,
 }
 
-/// Gathers the view until `stop`; returns the receiver every page reads.
-pub fn start(
-    config: &PipelineConfig,
-    kafka_brokers: &str,
-    stop: CancellationToken,
-) -> watch::Receiver<Arc<PipelineView>> {
-    let (tx, rx) = watch::channel(Arc::new(PipelineView::default()));
-    let agents = observe::agents::follow(Broker {
+/// What the agents' status topics say, followed once for the pipeline page and the
+/// overview's device states.
+pub fn follow_agents(config: &PipelineConfig) -> watch::Receiver<Result<AgentReports, String>> {
+    observe::agents::follow(Broker {
         host: config.mqtt_host.clone(),
         port: config.mqtt_port,
         prefix: config.topic_prefix.clone(),
         client_id: format!("console-{:08x}", rand::random::<u32>()),
-    });
+    })
+}
+
+/// Gathers the view until `stop`; returns the receiver every page reads.
+pub fn start(
+    config: &PipelineConfig,
+    kafka_brokers: &str,
+    agents: watch::Receiver<Result<AgentReports, String>>,
+    stop: CancellationToken,
+) -> watch::Receiver<Arc<PipelineView>> {
+    let (tx, rx) = watch::channel(Arc::new(PipelineView::default()));
     let latest = Arc::new(Mutex::new(DeadLetterTail::default()));
     if !config.dlq_topic.is_empty() {
         tokio::spawn(tail_dead_letters(
@@ -136,6 +142,7 @@ async fn gather(
         Ok(reports) => {
             (view.agents, view.agent_readings_per_s) = observe::agents::readings_per_s(reports);
             let mut gateways: Vec<Gateway> = reports
+                .gateways
                 .iter()
                 .map(|(topic, report)| Gateway {
                     name: Topic::parse(topic)

@@ -115,6 +115,29 @@ impl Channel {
     }
 }
 
+/// One device with its channels, if it exists.
+pub async fn device(pool: &PgPool, id: &str) -> sqlx::Result<Option<Device>> {
+    let found: Option<Device> = sqlx::query_as(
+        "SELECT device_id, name, kind, site, line, description, enabled FROM devices \
+          WHERE device_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(mut device) = found else {
+        return Ok(None);
+    };
+    device.channels = sqlx::query_as(
+        "SELECT device_id, channel_id, name, unit, sample_period_ms, range_min, range_max, \
+                nominal, warn_low, warn_high, crit_low, crit_high \
+           FROM device_channels WHERE device_id = $1 ORDER BY channel_id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(device))
+}
+
 /// Every device with its channels, by site, line and id.
 pub async fn devices(pool: &PgPool) -> sqlx::Result<Vec<Device>> {
     let mut devices: Vec<Device> = sqlx::query_as(

@@ -8,8 +8,8 @@
   var step = 30000;
   var sparks = {};   // tile id -> {first: slot, values: [v or null]}
   var tileTs = {};   // tile id -> reading time (ms)
-  var seenTs = {};   // device id -> last seen (ms), null when offline
-  var lastAlerts = null;
+  var seenTs = {};   // device id -> {seen: last seen (ms) or null, reported: agent's word}
+  var lastAlerts = null, lastPlant = null, alertsPending = false;
 
   function ago(ts) {
     var s = Math.max(0, Math.floor((Date.now() - ts) / 1000));
@@ -44,7 +44,13 @@
     var slot = Math.floor(ts / step), spark = sparks[id];
     if (!spark) spark = sparks[id] = { first: slot, values: [] };
     var index = slot - spark.first;
-    if (index < spark.values.length - 1) return; // older than what is drawn
+    if (index < spark.values.length - 1 - SLOTS) {
+      // Far older than the newest drawn: that one was dated ahead; start again.
+      spark = sparks[id] = { first: slot, values: [] };
+      index = 0;
+    } else if (index < spark.values.length - 1) {
+      return; // older than what is drawn
+    }
     while (spark.values.length <= index) spark.values.push(null);
     spark.values[index] = value;
     while (spark.values.length > SLOTS) { spark.values.shift(); spark.first += 1; }
@@ -72,9 +78,10 @@
     }
   }
 
-  // A device on the wire: i id, s last seen (ms), null when offline.
+  // A device on the wire: i id, s last seen (ms), null when offline, r what its agent's
+  // retained status says (null if unheard).
   function updateDevice(device) {
-    seenTs[device.i] = device.s;
+    seenTs[device.i] = { seen: device.s, reported: device.r };
   }
 
   function tickAges() {
@@ -86,37 +93,55 @@
       var card = document.getElementById(id);
       var el = card && card.querySelector("h3 > span");
       if (!el) return;
-      var online = seenTs[id] !== null;
+      var device = seenTs[id], online = device.seen !== null;
       el.className = online ? "on" : "off";
-      el.textContent = online ? "online · last seen " + ago(seenTs[id]) : "offline";
+      el.textContent = online ? "online · last seen " + ago(device.seen)
+        : device.reported ? "offline · agent: " + device.reported : "offline";
     });
   }
 
+  // Reloads the alerts table, but not under an operator's hands: while a note is being
+  // written or a button has focus, it waits.
   function refreshAlerts() {
-    var live = document.getElementById("alerts-live");
+    var live = document.getElementById("console:alerts-live");
     if (!live) return;
+    var busy = live.contains(document.activeElement) ||
+      Array.prototype.some.call(live.querySelectorAll("input[name=note]"), function (i) { return i.value !== ""; });
+    if (busy) {
+      if (!alertsPending) {
+        alertsPending = true;
+        setTimeout(function () { alertsPending = false; refreshAlerts(); }, 2000);
+      }
+      return;
+    }
     var url = new URL(window.location.href);
     url.searchParams.set("fragment", "1");
     url.searchParams.delete("notice");
     url.searchParams.delete("error");
     fetch(url, { credentials: "same-origin" }).then(function (r) {
-      if (r.ok) return r.text();
+      // A redirect is the login page (the session ended): not a table.
+      if (r.ok && !r.redirected) return r.text();
     }).then(function (html) {
       if (html !== undefined) live.innerHTML = html;
     });
   }
 
   function apply(update) {
-    var paused = document.getElementById("live-paused");
+    var paused = document.getElementById("console:live-paused");
     if (paused) paused.hidden = update.live;
-    var history = document.getElementById("history-unavailable");
+    var history = document.getElementById("console:history-unavailable");
     if (history) history.hidden = update.history;
     update.tiles.forEach(updateTile);
     update.devices.forEach(updateDevice);
-    var count = document.getElementById("open-alerts");
+    var count = document.getElementById("console:open-alerts");
     if (count) count.textContent = update.open_alerts;
     if (lastAlerts !== null && lastAlerts !== update.alerts_version) refreshAlerts();
     lastAlerts = update.alerts_version;
+    // A device or channel came, went or changed: the overview is rebuilt by the server.
+    if (lastPlant !== null && lastPlant !== update.plant && document.querySelector(".devices")) {
+      window.location.reload();
+    }
+    lastPlant = update.plant;
     tickAges();
   }
 
@@ -139,8 +164,11 @@
     var source = new EventSource("/events");
     source.addEventListener("plant", function (e) { apply(JSON.parse(e.data)); });
     source.onerror = function () {
-      var paused = document.getElementById("live-paused");
+      var paused = document.getElementById("console:live-paused");
       if (paused) paused.hidden = false;
+      // Closed for good (the console restarted, or asks for a login): load the page
+      // again, which says which.
+      if (source.readyState === EventSource.CLOSED) setTimeout(function () { window.location.reload(); }, 5000);
     };
   }
   setInterval(tickAges, 1000);

@@ -53,6 +53,23 @@ async fn a_wrong_password_is_refused_plainly_and_slowly(pool: PgPool) {
     );
     let unknown = post(&login, None, &[("name", "nobody"), ("password", PASSWORD)]).await;
     assert_eq!(unknown.status, 401, "an unknown name is refused alike");
+    let nameless = post(&login, None, &[("password", PASSWORD)]).await;
+    assert_eq!(nameless.status, 400);
+    assert!(nameless
+        .body
+        .contains("a login needs a name and a password"));
+    // Elsewhere after a login? Only here.
+    let away = post(
+        &login,
+        None,
+        &[
+            ("name", USER),
+            ("password", PASSWORD),
+            ("next", "/\\evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!((away.status, away.location.as_str()), (303, "/alerts"));
     started.console.stop().await;
 }
 
@@ -79,6 +96,15 @@ async fn an_operator_acknowledges_and_resolves_with_a_note_as_iotctl_does(pool: 
         "the alert is listed"
     );
     let token = csrf(&page);
+
+    // A form without its token: a sentence, not the framework's text.
+    let incomplete = post(&ack, cookie, &[("note", "on it")]).await;
+    assert_eq!(incomplete.status, 400);
+    assert!(
+        incomplete.body.contains("lacks its token"),
+        "{}",
+        incomplete.body
+    );
 
     // Another site's form cannot know the session's token.
     let forged = post(&ack, cookie, &[("csrf", "forged"), ("note", "on it")]).await;

@@ -64,6 +64,13 @@ async fn the_overview_shows_every_seed_device_with_values_units_and_states(pool:
 async fn the_event_stream_sends_the_whole_view_then_only_what_changed(pool: PgPool) {
     let started = start(config(&pool).await).await;
     put_latest(&started.prefix, "press-01", 0, 120.5).await;
+    // The value is in the live view before the stream opens: its first event has it.
+    get_until(
+        &format!("{}/", started.base),
+        Duration::from_secs(10),
+        |p| p.contains("120.5"),
+    )
+    .await;
     let mut events = client()
         .get(format!("{}/events", started.base))
         .send()
@@ -107,6 +114,7 @@ async fn the_event_stream_sends_the_whole_view_then_only_what_changed(pool: PgPo
     assert_eq!(change[0]["i"], "press-01/0");
     assert_eq!(change[0]["v"], "131.75");
     assert_eq!(updates[1]["live"], true);
+    drop(events);
     started.console.stop().await;
 }
 
@@ -126,6 +134,9 @@ async fn bad_requests_get_a_clear_message_and_unknown_devices_a_404(pool: PgPool
         body.contains("there is no device &quot;no-such-machine&quot;"),
         "{body}"
     );
+    let (status, body) = get("/devices/no%20such").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("device &quot;no such&quot;"), "{body}");
     let (status, body) = get("/devices/furnace-01?range=2h").await;
     assert_eq!(status, 400);
     assert!(body.contains("not one of 15m, 1h, 24h, 7d"), "{body}");
@@ -283,17 +294,17 @@ async fn without_redis_the_pages_say_live_view_paused_and_resume_by_themselves(p
     let overview = format!("{}/", started.base);
     let page = get_until(&overview, Duration::from_secs(10), |p| p.contains("860.5")).await;
     assert!(
-        page.contains("id=\"live-paused\" role=\"status\" hidden"),
+        page.contains("id=\"console:live-paused\" role=\"status\" hidden"),
         "no banner while Redis answers"
     );
 
     redis.stop();
     let page = get_until(&overview, Duration::from_secs(15), |p| {
-        p.contains("id=\"live-paused\" role=\"status\">")
+        p.contains("id=\"console:live-paused\" role=\"status\">")
     })
     .await;
     assert!(
-        page.contains("id=\"live-paused\" role=\"status\">Live view paused"),
+        page.contains("id=\"console:live-paused\" role=\"status\">Live view paused"),
         "the banner shows"
     );
     assert!(page.contains("860.5"), "the last known value stays");
@@ -313,7 +324,7 @@ async fn without_redis_the_pages_say_live_view_paused_and_resume_by_themselves(p
         page.contains("871.25"),
         "live values resume without a restart"
     );
-    assert!(page.contains("id=\"live-paused\" role=\"status\" hidden"));
+    assert!(page.contains("id=\"console:live-paused\" role=\"status\" hidden"));
     started.console.stop().await;
 }
 
@@ -367,18 +378,18 @@ async fn without_postgresql_the_overview_shows_redis_and_says_history_unavailabl
         page.contains("Heat-treatment furnace 1"),
         "names from PostgreSQL"
     );
-    assert!(page.contains("id=\"history-unavailable\" role=\"status\" hidden"));
+    assert!(page.contains("id=\"console:history-unavailable\" role=\"status\" hidden"));
 
     // PostgreSQL goes away: live values go on, the banner says what is missing.
     postgres.stop();
     put_latest(&prefix, "furnace-01", 0, 872.25).await;
     let page = get_until(&overview, Duration::from_secs(20), |p| {
-        p.contains("872.25") && p.contains("id=\"history-unavailable\" role=\"status\">")
+        p.contains("872.25") && p.contains("id=\"console:history-unavailable\" role=\"status\">")
     })
     .await;
     assert!(page.contains("872.25"), "live values go on");
     assert!(
-        page.contains("id=\"history-unavailable\" role=\"status\">History unavailable"),
+        page.contains("id=\"console:history-unavailable\" role=\"status\">History unavailable"),
         "the banner shows"
     );
     let device = get(&format!("{}/devices/furnace-01", started.base), None).await;
@@ -411,8 +422,60 @@ async fn a_console_started_without_postgresql_finds_the_devices_in_redis(pool: P
     .await;
     let tile = element(&page, "press-01/0");
     assert!(tile.contains("<i>205.5</i>"), "{tile}");
-    assert!(page.contains("id=\"history-unavailable\" role=\"status\">History unavailable"));
+    assert!(page.contains("id=\"console:history-unavailable\" role=\"status\">History unavailable"));
     let alerts = get(&format!("{}/alerts", started.base), None).await;
     assert_eq!(alerts.status, 503, "history pages say so, and do not crash");
+    started.console.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_device_its_agent_reports_offline_says_so(pool: PgPool) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let (host, port) = testkit::mqtt_host_port();
+    let prefix = testkit::unique_name("plant");
+    let topic = format!("{prefix}/plant1/line-b/press-01/status");
+    let (client, mut events) = AsyncClient::new(
+        MqttOptions::new(testkit::unique_name("status"), host.clone(), port),
+        10,
+    );
+    let pump = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    // As the agent leaves it after a clean stop.
+    client
+        .publish(
+            &topic,
+            QoS::AtLeastOnce,
+            true,
+            r#"{"state":"offline","gateway":"gw-1","reason":"shutdown"}"#,
+        )
+        .await
+        .unwrap();
+    let mut config = config(&pool).await;
+    config.pipeline.mqtt_host = host;
+    config.pipeline.mqtt_port = port;
+    config.pipeline.topic_prefix = prefix;
+    let started = start(config).await;
+    let page = get_until(
+        &format!("{}/", started.base),
+        Duration::from_secs(15),
+        |p| p.contains("offline · agent: offline"),
+    )
+    .await;
+    let press = element(&page, "press-01");
+    assert!(
+        press.contains("<span class=\"off\">offline · agent: offline</span>"),
+        "{press}"
+    );
+    let furnace = element(&page, "furnace-01");
+    assert!(
+        furnace.contains("<span class=\"off\">offline</span>"),
+        "unheard: {furnace}"
+    );
+    // The retained message goes with the test.
+    client
+        .publish(&topic, QoS::AtLeastOnce, true, Vec::<u8>::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pump.abort();
     started.console.stop().await;
 }

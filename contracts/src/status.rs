@@ -24,6 +24,16 @@ pub struct GatewayStatus {
     pub health: Option<Health>,
 }
 
+/// A device's retained status as a reader needs it: `online` while its agent runs,
+/// `offline` after a clean stop (a crashed agent leaves `online`: its gateway's last
+/// will says `offline`), and which gateway it is attached to.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DeviceStatus {
+    pub state: String,
+    pub gateway: String,
+}
+
 /// The agent's own figures, since its start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -189,7 +189,7 @@ async fn change(
     };
     let (kafka, redis) = tokio::join!(
         to_kafka(global, &changed.event),
-        to_redis(global, &changed.event)
+        to_redis(global, pool, &changed.event)
     );
 
     if global.json {
@@ -256,9 +256,13 @@ async fn to_kafka(global: &Global, event: &contracts::alerts::AlertEvent) -> Res
 }
 
 /// The open-alerts hash in Redis.
-async fn to_redis(global: &Global, event: &contracts::alerts::AlertEvent) -> Result<()> {
+async fn to_redis(
+    global: &Global,
+    pool: &PgPool,
+    event: &contracts::alerts::AlertEvent,
+) -> Result<()> {
     let mut redis = services::redis(global).await?;
-    ops::announce_in_redis(&mut redis, &services::redis_keys(global), event)
+    ops::announce_in_redis(&mut redis, &services::redis_keys(global), event, pool)
         .await
         .context("updating Redis")
 }

@@ -389,6 +389,8 @@ pub enum AnnounceError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    #[error("reading the alert again: {0}")]
+    Database(#[from] sqlx::Error),
     #[error("encoding the record: {0}")]
     Encoding(#[from] serde_json::Error),
     #[error("the Kafka metadata request did not finish: {0}")]
@@ -432,10 +434,15 @@ pub async fn announce_on_kafka(
 }
 
 /// The open-alerts hash: the alert's new view on acknowledgement, removed on resolution.
+/// After writing an acknowledgement it reads the row again: had the ingester resolved
+/// the alert meanwhile, its removal from the hash may have come first, and the alert
+/// must not stay there as open. (The ingester removes it only after its commit, so a
+/// read that does not see the resolution is followed by its removal.)
 pub async fn announce_in_redis<C>(
     redis: &mut C,
     keys: &RedisKeys,
     event: &AlertEvent,
+    pool: &PgPool,
 ) -> Result<(), AnnounceError>
 where
     C: redis::aio::ConnectionLike + Send + Sync,
@@ -447,6 +454,12 @@ where
     } else {
         let json = serde_json::to_string(&event.alert)?;
         let _: i64 = redis.hset(&key, field, json).await?;
+        let resolved = get(pool, field)
+            .await?
+            .is_none_or(|row| row.state == "resolved");
+        if resolved {
+            let _: i64 = redis.hdel(&key, field).await?;
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -15,7 +16,7 @@ use operations::alerts::{self as ops, Actor, AlertRow, ChangeError, Filter, Tran
 use serde::Deserialize;
 use sqlx::types::chrono::DateTime;
 
-use crate::auth::Session;
+use crate::auth::{same_token, Session};
 use crate::layout::{time, PageError};
 use crate::state::Shared;
 
@@ -151,7 +152,7 @@ pub async fn page(
             p { @if state.access.has_users() { a href="/login" { "Log in" } " to acknowledge or resolve." }
                 @else { "Nobody is configured to acknowledge alerts here (access.users)." } }
         }
-        div #alerts-live { (table) }
+        div id="console:alerts-live" { (table) }
     };
     Ok(crate::layout::page(&frame, body).into_response())
 }
@@ -223,8 +224,11 @@ pub async fn act(
     State(state): State<Shared>,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
-    Form(form): Form<ActForm>,
+    form: Result<Form<ActForm>, FormRejection>,
 ) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(|_| {
+        PageError::bad_request("this form lacks its token; reload the alerts page and try again")
+    })?;
     let transition = match action.as_str() {
         "ack" => Transition::Acknowledge,
         "resolve" => Transition::Resolve,
@@ -240,14 +244,14 @@ pub async fn act(
     let Some(session) = state.access.session(&headers) else {
         return Ok(Redirect::to("/login").into_response());
     };
-    if form.csrf != session.csrf {
+    if !same_token(&form.csrf, &session.csrf) {
         return Err(PageError::new(
             axum::http::StatusCode::FORBIDDEN,
             "This form is from another session. Reload the alerts page and try again.",
         ));
     }
     let note = form.note.trim();
-    if note.len() > 500 {
+    if note.chars().count() > 500 {
         return Err(PageError::bad_request(
             "the note is longer than 500 characters",
         ));
@@ -276,7 +280,7 @@ pub async fn act(
     );
     let redis = async {
         let mut connection = state.redis.get_multiplexed_async_connection().await?;
-        ops::announce_in_redis(&mut connection, &state.keys, &changed.event).await
+        ops::announce_in_redis(&mut connection, &state.keys, &changed.event, &state.pool).await
     };
     let (kafka, redis) = tokio::join!(kafka, redis);
     let mut problems = Vec::new();

@@ -36,19 +36,16 @@ pub async fn page(
             "unknown parameter {unknown:?}: a device page takes only range"
         )));
     }
+    protocol::validate_id(&id)
+        .map_err(|e| PageError::bad_request(format!("device {id:?}: {e}")))?;
     let snapshot = state.snapshot();
     let device = match snapshot.device(&id) {
         Some(device) => device.clone(),
-        None => {
-            // The snapshot may be older than the device: ask PostgreSQL itself.
-            let devices = plant::devices(&state.pool)
-                .await
-                .map_err(|e| PageError::history(&e))?;
-            devices
-                .into_iter()
-                .find(|d| d.device_id == id)
-                .ok_or_else(|| PageError::not_found(format!("there is no device {id:?}")))?
-        }
+        // The snapshot may be older than the device: ask PostgreSQL about this one.
+        None => plant::device(&state.pool, &id)
+            .await
+            .map_err(|e| PageError::history(&e))?
+            .ok_or_else(|| PageError::not_found(format!("there is no device {id:?}")))?,
     };
     let end = Utc::now();
     let start = end - range.span();

@@ -15,7 +15,7 @@ use axum::Json;
 use maud::{html, Markup};
 use serde::Serialize;
 
-use crate::live::{Snapshot, Tile, SPARK_STEP_MS};
+use crate::live::{Presence, Snapshot, Tile, SPARK_STEP_MS};
 use crate::plant::{Channel, Device};
 use crate::state::Shared;
 
@@ -76,20 +76,26 @@ fn ago(ts: Option<i64>, now: i64) -> String {
     }
 }
 
+/// `online · last seen 3 s ago` while readings arrive; otherwise `offline`, with what
+/// the agent's retained status says when it was heard (`agent: online` after a crash).
+fn presence_text(presence: Option<&Presence>, now: i64) -> (bool, String) {
+    let last_seen = presence.and_then(|p| p.last_seen);
+    let reported = presence.and_then(|p| p.reported.as_deref());
+    match (last_seen, reported) {
+        (Some(ts), _) => (true, format!("online · last seen {}", ago(Some(ts), now))),
+        (None, Some(reported)) => (false, format!("offline · agent: {reported}")),
+        (None, None) => (false, "offline".to_owned()),
+    }
+}
+
 fn device_card(snapshot: &Snapshot, device: &Device, now: i64) -> Markup {
-    let last_seen = snapshot
-        .presence
-        .get(&device.device_id)
-        .and_then(|p| p.last_seen);
-    let online = last_seen.is_some();
+    let (online, text) = presence_text(snapshot.presence.get(&device.device_id), now);
     html! {
         section .device id=(device.device_id) {
             h3 {
                 a href={ "/devices/" (device.device_id) } { (device.name) " (" (device.device_id) ")" }
                 " "
-                span class=(if online { "on" } else { "off" }) {
-                    @if online { "online · last seen " (ago(last_seen, now)) } @else { "offline" }
-                }
+                span class=(if online { "on" } else { "off" }) { (text) }
             }
             div .tiles {
                 @for channel in &device.channels {

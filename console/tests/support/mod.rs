@@ -36,6 +36,11 @@ pub async fn config(pool: &PgPool) -> ConsoleConfig {
     config.kafka.brokers = testkit::kafka_brokers();
     config.kafka.alerts_topic = testkit::unique_name("alerts");
     config.live.interval = Duration::from_millis(100);
+    // Nothing of the pipeline page's sources: a test that wants them sets them.
+    config.pipeline.mqtt_port = testkit::free_port();
+    config.pipeline.bridge_metrics = format!("http://127.0.0.1:{}", testkit::free_port());
+    config.pipeline.ingester_metrics = format!("http://127.0.0.1:{}", testkit::free_port());
+    config.pipeline.dlq_topic = String::new();
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.access.users = vec![User {
         name: USER.to_owned(),
@@ -205,6 +210,14 @@ pub async fn create_topic(name: &str) {
 /// Every record of `topic` (created by [`create_topic`]) from its start, read by
 /// assignment, until `expected` arrived or 15 s passed: (key, JSON value).
 pub fn read_topic(topic: &str, expected: usize) -> Vec<(String, serde_json::Value)> {
+    read_topic_until(topic, |records| records.len() >= expected)
+}
+
+/// [`read_topic`] until what came satisfies `enough`, or 15 s passed.
+pub fn read_topic_until(
+    topic: &str,
+    enough: impl Fn(&[(String, serde_json::Value)]) -> bool,
+) -> Vec<(String, serde_json::Value)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer: BaseConsumer = kafka()
@@ -221,7 +234,7 @@ pub fn read_topic(topic: &str, expected: usize) -> Vec<(String, serde_json::Valu
     consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while records.len() < expected && Instant::now() < deadline {
+    while !enough(&records) && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
             let message = message.unwrap();
             let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
