@@ -301,6 +301,66 @@ async fn a_frame_lost_after_the_broker_is_sent_again_once_a_later_one_is_confirm
     assert_eq!(report.health.queue_records, 0, "{:?}", report.health);
 }
 
+/// The fault suite's broker kill caught it: a frame the broker lost just before a clean
+/// stop waited out the whole grace unsent (resends were picked only while running), and
+/// the agent stopped with it still on disk. During the stop the cloud still confirms,
+/// so the frame in the hole must go again and the stop leave nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frame_lost_after_the_broker_just_before_a_stop_is_sent_again_within_its_grace() {
+    let broker = Mosquitto::start();
+    let setup = Setup::new();
+    let subscriber = Arc::new(Subscriber::start(broker.port(), &setup.prefix).await);
+    let (stop, agent) = spawn_agent(setup.config_confirming(broker.port()));
+    let ledger = subscriber.wait_for_every_device("a first frame").await;
+    let device = DEVICES[0];
+    let boot = *ledger.boots(device).first().unwrap();
+    let first = subscriber
+        .frames()
+        .into_iter()
+        .find(|r| r.frame.device.as_str() == device && r.frame.first_seq == 0)
+        .unwrap();
+    let holes = Arc::new(std::sync::Mutex::new(Some((
+        device.to_owned(),
+        0,
+        first.frame.readings.len() as u64,
+    ))));
+    let cloud = Arc::new(Cloud::start(broker.port(), &setup.prefix));
+    let running = Arc::new(AtomicBool::new(true));
+    let confirming = confirm_continuously(
+        cloud.clone(),
+        subscriber.clone(),
+        setup.prefix.clone(),
+        holes.clone(),
+        running.clone(),
+    );
+    // The hole fills once the frame comes again, as the pipeline would store it.
+    let filling = {
+        let (subscriber, holes, running) = (subscriber.clone(), holes.clone(), running.clone());
+        tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                let copies = subscriber
+                    .frames()
+                    .iter()
+                    .filter(|r| r.frame.device.as_str() == device && r.frame.boot_id == boot)
+                    .filter(|r| r.frame.first_seq == 0)
+                    .count();
+                if copies >= 2 {
+                    *holes.lock().unwrap() = None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    stop.send(()).expect("agent running");
+    let report = agent.await.expect("agent task");
+    running.store(false, Ordering::Relaxed);
+    confirming.await.unwrap();
+    filling.await.unwrap();
+    assert!(report.health.resent_frames >= 1, "{:?}", report.health);
+    assert_eq!(report.health.queue_records, 0, "{:?}", report.health);
+    assert_eq!(report.health.awaiting_confirm, 0, "{:?}", report.health);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_confirmations_delete_nothing_and_are_counted() {
     let broker = Mosquitto::start();

@@ -303,11 +303,14 @@ impl Delivery {
         }
     }
 
-    /// Gives in-flight and queued frames up to `grace` to be acknowledged, then publishes
-    /// the goodbye statuses, disconnects and syncs the queue.
+    /// Gives in-flight and queued frames up to `grace` to be acknowledged (and
+    /// confirmed, sending again what the cloud did not get), then publishes the goodbye
+    /// statuses, disconnects and syncs the queue.
     async fn shutdown(&mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         self.fill_window();
+        let mut resend_tick = tokio::time::interval(Duration::from_millis(500));
+        resend_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while self.connection.as_ref().is_some_and(|c| c.up)
             && (!self.in_flight.is_empty() || !self.awaiting.is_empty() || self.has_unsent())
         {
@@ -315,6 +318,11 @@ impl Delivery {
                 event = next_event(&mut self.connection) => self.on_event(event),
                 // The backlog's rate limit may hold frames back with nothing in flight.
                 _ = tokio::time::sleep(Duration::from_millis(50)) => self.fill_window(),
+                // A frame lost after the broker just before the stop has no later run to
+                // be resent in.
+                _ = resend_tick.tick(), if self.confirm_mode() == ConfirmMode::Pipeline => {
+                    self.schedule_resends();
+                }
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
