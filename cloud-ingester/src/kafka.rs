@@ -10,14 +10,15 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
@@ -149,6 +150,46 @@ pub fn consumer(
         .set("fetch.wait.max.ms", "50")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     with_properties(&mut client, config).create_with_context(context)
+}
+
+/// Where `partition` of `topic` really ends: one past its last record's offset. A broker's
+/// high watermark says so, except Tansu's, which is its last batch's first offset + 1; so
+/// the last batch is read, from `high - 1`, to its end (until `quiet` passes without a
+/// record, or `timeout`). A probe of its own, outside any group.
+pub fn log_end(
+    config: &KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    partition: i32,
+    high: i64,
+    quiet: Duration,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    if high <= 0 {
+        return Ok(0);
+    }
+    let mut client = client_config(config, client_id);
+    client
+        .set("group.id", format!("{}-log-end", config.group))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let probe: BaseConsumer = with_properties(&mut client, config).create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(high - 1))?;
+    probe.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut end = high;
+    // The record at `high - 1` comes first (the connection may take a while); then the
+    // rest of its batch, until `quiet`.
+    let mut last_record: Option<std::time::Instant> = None;
+    while std::time::Instant::now() < deadline && last_record.is_none_or(|at| at.elapsed() < quiet)
+    {
+        if let Some(message) = probe.poll(Duration::from_millis(100)) {
+            end = end.max(message?.offset() + 1);
+            last_record = Some(std::time::Instant::now());
+        }
+    }
+    Ok(end)
 }
 
 /// The producer of dead letters and metrics records: idempotent, and it never gives up

@@ -148,7 +148,10 @@ impl Pipeline {
     /// lost its storage, a topic made again): it is read from its beginning, since
     /// skipping to the old offset would skip every record written since. Returns whether
     /// any was. Tansu reports the high watermark as the last batch's first offset + 1, so
-    /// only a log shorter by more than a batch ([`REWIND_RECORDS`]) counts as reset.
+    /// a log shorter by less than a batch ([`REWIND_RECORDS`]) is read to its real end
+    /// before it is believed reset (`kafka::log_end`): only when its stored offset has
+    /// not moved since the last balance (a partition being read is not reset), and once
+    /// per high watermark.
     async fn restart_reset_logs(&self, state: &mut LoopState) -> bool {
         let marks = self.consumer.context().high_watermarks();
         let suspects: Vec<(i32, i64)> = state
@@ -157,11 +160,23 @@ impl Pipeline {
             .iter()
             .filter_map(|(&partition, lease)| {
                 let next = lease.next_offset?;
+                let still = state.offsets_seen.get(&partition) == Some(&next);
                 marks
                     .get(&partition)
-                    .is_some_and(|&high| high + REWIND_RECORDS < next)
+                    .is_some_and(|&high| {
+                        high + REWIND_RECORDS < next
+                            || (high < next
+                                && still
+                                && state.log_ends_checked.get(&partition) != Some(&(high, next)))
+                    })
                     .then_some((partition, next))
             })
+            .collect();
+        state.offsets_seen = state
+            .ownership
+            .held()
+            .iter()
+            .filter_map(|(&partition, lease)| Some((partition, lease.next_offset?)))
             .collect();
         let mut any = false;
         for (partition, next) in suspects {
@@ -175,8 +190,36 @@ impl Pipeline {
             let Ok(Ok((low, high))) = fresh else {
                 continue;
             };
-            if high + REWIND_RECORDS >= next {
+            if high >= next {
                 continue;
+            }
+            if high + REWIND_RECORDS >= next {
+                let (kafka, instance, topic) = (
+                    self.kafka.clone(),
+                    self.settings.instance.clone(),
+                    self.settings.topic.clone(),
+                );
+                let end = tokio::task::spawn_blocking(move || {
+                    kafka::log_end(
+                        &kafka,
+                        &instance,
+                        &topic,
+                        partition,
+                        high,
+                        Duration::from_millis(500),
+                        METADATA_TIMEOUT,
+                    )
+                })
+                .await;
+                match end {
+                    Ok(Ok(end)) if end >= next => {
+                        state.log_ends_checked.insert(partition, (high, next));
+                        continue;
+                    }
+                    Ok(Ok(_)) => {}
+                    // Not readable now: asked again at the next balance.
+                    _ => continue,
+                }
             }
             warn!(
                 partition,

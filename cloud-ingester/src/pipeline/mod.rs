@@ -165,6 +165,11 @@ struct LoopState {
     /// Per assigned partition, the stored offset: records below it were read again only
     /// because of [`balance::REWIND_RECORDS`] and are passed over.
     skip_below: HashMap<i32, i64>,
+    /// Per partition, the (high watermark, stored offset) whose log was read to its end
+    /// and found to reach the stored offset (Tansu understates its high watermark).
+    log_ends_checked: HashMap<i32, (i64, i64)>,
+    /// Per partition, its stored offset at the last balance.
+    offsets_seen: HashMap<i32, i64>,
     confirmations: Option<Confirmations>,
     grace: Grace,
 }
@@ -280,6 +285,8 @@ impl Pipeline {
             balanced: None,
             stall_handled: None,
             skip_below: HashMap::new(),
+            log_ends_checked: HashMap::new(),
+            offsets_seen: HashMap::new(),
             confirmations: self
                 .confirm
                 .take()
