@@ -136,13 +136,23 @@ pub fn time(t: &sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>) -> Stri
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// An age that the script keeps current (`data-ts`), first written by the server.
-pub fn age(ts_ms: Option<i64>) -> Markup {
-    match ts_ms {
+/// How long ago `ts` (ms) was at `now`: `12 s ago`, `3 min ago`, `2 h ago`, `never`, as
+/// the script writes it on the overview.
+pub fn ago(ts: Option<i64>, now: i64) -> String {
+    match ts {
+        None => "never".to_owned(),
         Some(ts) => {
-            let seconds = (service::clock::now_ms_i64() - ts).max(0) / 1000;
-            html! { span data-ts=(ts) { (seconds) " s ago" } }
+            let s = (now - ts).max(0) / 1000;
+            match s {
+                0..60 => format!("{s} s ago"),
+                60..3600 => format!("{} min ago", s / 60),
+                _ => format!("{} h ago", s / 3600),
+            }
         }
-        None => html! { span data-ts="" { "never" } },
     }
+}
+
+/// How long ago `ts` (ms) was, now.
+pub fn age(ts: Option<i64>) -> String {
+    ago(ts, service::clock::now_ms_i64())
 }

@@ -15,6 +15,7 @@ use axum::Json;
 use maud::{html, Markup};
 use serde::Serialize;
 
+use crate::layout::ago;
 use crate::live::{Presence, Snapshot, Tile, SPARK_STEP_MS};
 use crate::plant::{Channel, Device};
 use crate::state::Shared;
@@ -59,21 +60,6 @@ pub async fn page(State(state): State<Shared>, headers: HeaderMap) -> Markup {
         }
     };
     crate::layout::page(&frame, body)
-}
-
-/// `12 s ago`, `3 min ago`, `2 h ago`, as the script writes it.
-fn ago(ts: Option<i64>, now: i64) -> String {
-    match ts {
-        None => "never".to_owned(),
-        Some(ts) => {
-            let s = (now - ts).max(0) / 1000;
-            match s {
-                0..60 => format!("{s} s ago"),
-                60..3600 => format!("{} min ago", s / 60),
-                _ => format!("{} h ago", s / 3600),
-            }
-        }
-    }
 }
 
 /// `online · last seen 3 s ago` while readings arrive; otherwise `offline`, with what
