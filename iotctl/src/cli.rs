@@ -5,7 +5,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::global::Global;
-use crate::{alerts, completeness, health, latest, stats, tail, watch};
+use crate::{alerts, completeness, gateways, health, latest, stats, tail, watch};
 
 /// Operator's tool for the plant telemetry pipeline: health checks, live frames, devices,
 /// latest values, alerts and hourly statistics.
@@ -37,6 +37,9 @@ pub enum Command {
     /// List, acknowledge and resolve alerts.
     #[command(subcommand)]
     Alerts(alerts::AlertsCommand),
+    /// The gateway registry: who may connect to the broker, and for which devices.
+    #[command(subcommand)]
+    Gateways(gateways::GatewaysCommand),
     /// Hourly statistics per device and channel.
     Stats(stats::StatsArgs),
     /// Per device and boot: readings made, stored, and the sequence numbers missing.

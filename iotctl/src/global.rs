@@ -142,6 +142,13 @@ pub fn device_id(value: &str) -> Result<String, String> {
         .map_err(|e| format!("not a device id: {e}"))
 }
 
+/// Gateway ids follow the device naming rule: each is an MQTT user name and client id.
+pub fn gateway_id(value: &str) -> Result<String, String> {
+    protocol::validate_id(value)
+        .map(|()| value.to_owned())
+        .map_err(|e| format!("not a gateway id: {e}"))
+}
+
 fn topic_prefix(value: &str) -> Result<String, String> {
     protocol::validate_id(value)
         .map(|()| value.to_owned())

@@ -9,6 +9,7 @@ mod alerts;
 mod cli;
 mod completeness;
 mod devices;
+mod gateways;
 mod global;
 mod health;
 mod http;
@@ -36,6 +37,7 @@ async fn main() -> ExitCode {
         Command::Latest(args) => latest::run(&cli.global, &args).await,
         Command::Alerts(command) => alerts::run(&cli.global, &command).await,
         Command::Stats(args) => stats::run(&cli.global, &args).await,
+        Command::Gateways(command) => gateways::run(&cli.global, &command).await,
         Command::Completeness(args) => completeness::run(&cli.global, &args).await,
         Command::Watch(args) => watch::run(&cli.global, &args).await,
     };
