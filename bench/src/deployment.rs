@@ -200,8 +200,8 @@ impl Deployment {
         let bridge_http = testkit::free_port();
         let ingester_http = testkit::free_port();
         let bridge_config = format!(
-            "# bridge: embedded broker on a free port, Kafka = private Tansu; every other key at its default\n\
-             mode = \"embedded\"\nid = \"bench-bridge\"\n\n[embedded]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\n\
+            "# bridge: embedded broker on a free port (loopback, anonymous: the agents here have no gateway secrets), Kafka = private Tansu; every other key at its default\n\
+             mode = \"embedded\"\nid = \"bench-bridge\"\n\n[embedded]\nlisten = \"127.0.0.1:{mqtt_port}\"\nallow_anonymous = true\n\n\
              [kafka]\nbrokers = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{bridge_http}\"\n",
             tansu.brokers()
         );

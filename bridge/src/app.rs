@@ -26,6 +26,7 @@ use crate::config::{BridgeConfig, Mode};
 use crate::confirm_relay::{ConfirmRelay, ConfirmSink};
 use crate::embedded;
 use crate::forward::{Forwarder, ForwarderSettings};
+use crate::gateway_auth::Authenticator;
 use crate::kafka::{create_metrics_producer, ensure_topics, ProducerFactory, QuietContext};
 use crate::latest::{Latest, LatestSink};
 use crate::meta::Metas;
@@ -112,7 +113,21 @@ impl Bridge {
             Mode::Embedded => {
                 let filter = protocol::topic::filter(&config.topic_prefix, telemetry)
                     .map_err(|e| anyhow::anyhow!("topic_prefix: {e}"))?;
-                let broker = embedded::start(&config.embedded, &filter, meta_filter.as_deref())?;
+                let authenticator = Arc::new(
+                    Authenticator::new(
+                        config.embedded.users.clone(),
+                        &config.embedded.registry_url,
+                        config.embedded.auth_cache,
+                        stats.clone(),
+                    )
+                    .context("embedded.registry_url")?,
+                );
+                let broker = embedded::start(
+                    &config.embedded,
+                    authenticator,
+                    &filter,
+                    meta_filter.as_deref(),
+                )?;
                 readiness.set_mqtt(true);
                 let (sub_tx, sub_rx) = broker.subscription;
                 tokio::spawn(embedded::watch_overruns(broker.alerts, stats.clone()));

@@ -134,8 +134,19 @@ pub struct EmbeddedConfig {
     /// down for longer than this lasts, the oldest messages are lost: embedded mode is
     /// for a single box and the demo, not for production.
     pub memory_budget: ByteSize,
-    /// Username → password. Empty: anonymous connections are accepted.
+    /// Username → password, checked before the registry (a tool's login, a box
+    /// without PostgreSQL).
     pub users: BTreeMap<String, String>,
+    /// PostgreSQL holding the gateway registry (`iotctl gateways`), which every
+    /// connection is authenticated against. Empty: `users` alone.
+    pub registry_url: String,
+    /// How long an accepted gateway secret is trusted before the registry is asked again:
+    /// the longest a disabled or rotated gateway can still connect.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache: Duration,
+    /// Accept clients without credentials, as any device: only on a network where every
+    /// box is trusted. Logged as a warning at every start.
+    pub allow_anonymous: bool,
 }
 
 impl Default for EmbeddedConfig {
@@ -146,6 +157,45 @@ impl Default for EmbeddedConfig {
             max_payload_size: ByteSize::kib(256),
             memory_budget: ByteSize::mib(256),
             users: BTreeMap::new(),
+            registry_url: String::new(),
+            auth_cache: Duration::from_secs(10),
+            allow_anonymous: false,
+        }
+    }
+}
+
+impl EmbeddedConfig {
+    /// Anonymous access is a choice made explicitly, never the result of configuring
+    /// nothing, and never mixed with credentials (rumqttd cannot take both).
+    fn check_access(&self, problems: &mut Vec<String>) {
+        let authenticates = !self.users.is_empty() || !self.registry_url.is_empty();
+        if self.allow_anonymous && authenticates {
+            problems.push(
+                "embedded.allow_anonymous: true, but embedded.users or embedded.registry_url \
+                 is set too; anonymous access means no authentication at all: choose one"
+                    .to_owned(),
+            );
+        } else if !self.allow_anonymous && !authenticates {
+            problems.push(
+                "embedded: devices cannot be authenticated: set embedded.registry_url (the \
+                 gateway registry, `iotctl gateways add`) or embedded.users, or \
+                 embedded.allow_anonymous = true on a network where every box is trusted"
+                    .to_owned(),
+            );
+        }
+        let postgres = ["postgres://", "postgresql://"];
+        if !self.registry_url.is_empty()
+            && !postgres
+                .iter()
+                .any(|scheme| self.registry_url.starts_with(scheme))
+        {
+            problems.push(format!(
+                "embedded.registry_url: {:?} is not a postgres:// URL",
+                service::redact::url(&self.registry_url)
+            ));
+        }
+        if self.auth_cache.is_zero() || self.auth_cache > Duration::from_secs(3600) {
+            problems.push("embedded.auth_cache: between 1 ms and 1 h".to_owned());
         }
     }
 }
@@ -331,6 +381,7 @@ impl service::run::Settings for BridgeConfig {
         for password in shown.embedded.users.values_mut() {
             *password = "***".to_owned();
         }
+        shown.embedded.registry_url = service::redact::url(&shown.embedded.registry_url);
         shown.kafka.properties = service::kafka_config::redacted_properties(&self.kafka.properties);
         shown
     }
@@ -393,6 +444,9 @@ impl BridgeConfig {
                 "embedded.max_payload_size: at least {} B (a full frame)",
                 protocol::MAX_FRAME_LEN
             ));
+        }
+        if self.mode == Mode::Embedded {
+            self.embedded.check_access(&mut problems);
         }
         if self.embedded.memory_budget.as_u64() < 4 * self.embedded.max_payload_size.as_u64() {
             problems.push(
@@ -538,16 +592,81 @@ const RECORD_OVERHEAD: u64 = 4096;
 mod tests {
     use super::*;
 
+    /// The defaults with what they lack on purpose: a way to authenticate devices.
+    fn valid() -> BridgeConfig {
+        let mut config = BridgeConfig::default();
+        config.embedded.registry_url = "postgres://bridge:pw@db/plant".to_owned();
+        config
+    }
+
     #[test]
-    fn defaults_are_valid() {
-        BridgeConfig::default().validate().unwrap();
+    fn defaults_are_valid_once_devices_can_be_authenticated() {
+        valid().validate().unwrap();
+        let client = BridgeConfig {
+            mode: Mode::Client,
+            ..BridgeConfig::default()
+        };
+        client.validate().unwrap();
+        let Err(ConfigError::Invalid(problems)) = BridgeConfig::default().validate() else {
+            panic!("an embedded broker without authentication accepted");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("embedded: devices cannot be authenticated"));
+    }
+
+    #[test]
+    fn anonymous_access_is_explicit_and_never_mixed_with_credentials() {
+        let mut anonymous = BridgeConfig::default();
+        anonymous.embedded.allow_anonymous = true;
+        anonymous.validate().unwrap();
+        let mut users = BridgeConfig::default();
+        users
+            .embedded
+            .users
+            .insert("plc".to_owned(), "pw".to_owned());
+        users.validate().unwrap();
+
+        let mut both = valid();
+        both.embedded.allow_anonymous = true;
+        let mut bad_url = valid();
+        bad_url.embedded.registry_url = "mysql://u:hunter2@db/x".to_owned();
+        let mut no_cache = valid();
+        no_cache.embedded.auth_cache = Duration::ZERO;
+        for (config, expected) in [
+            (both, "embedded.allow_anonymous: true, but"),
+            (
+                bad_url,
+                "embedded.registry_url: \"mysql://u:***@db/x\" is not a postgres:// URL",
+            ),
+            (no_cache, "embedded.auth_cache: between"),
+        ] {
+            let Err(ConfigError::Invalid(problems)) = config.validate() else {
+                panic!("accepted: {expected}");
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with(expected), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn check_config_hides_the_registrys_password() {
+        let shown = service::run::Settings::redacted(&valid());
+        assert!(
+            !shown.embedded.registry_url.contains("pw"),
+            "{}",
+            shown.embedded.registry_url
+        );
+        assert!(shown
+            .embedded
+            .registry_url
+            .starts_with("postgres://bridge:"));
     }
 
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let mut config = BridgeConfig {
             topic_prefix: "a/b".to_owned(),
-            ..BridgeConfig::default()
+            ..valid()
         };
         config.kafka.dlq_topic = config.kafka.topic.clone();
         config.forward.max_in_flight = 0;
@@ -608,6 +727,7 @@ mod tests {
             protocol::kafka::SENSORS_CONFIRM.name
         );
         figment::Jail::expect_with(|jail| {
+            jail.set_env("BRIDGE_EMBEDDED__ALLOW_ANONYMOUS", "true");
             jail.set_env("BRIDGE_KAFKA__CONFIRM_TOPIC", "");
             let config = BridgeConfig::load(None, &CliOverrides::default()).unwrap();
             assert_eq!(config.kafka.confirm_topic, "");
@@ -617,7 +737,7 @@ mod tests {
             Ok(())
         });
         for bad in ["has space", "sensors-dlq"] {
-            let mut config = BridgeConfig::default();
+            let mut config = valid();
             config.kafka.confirm_topic = bad.to_owned();
             let Err(ConfigError::Invalid(problems)) = config.validate() else {
                 panic!("confirm_topic {bad:?} accepted");
@@ -639,13 +759,14 @@ mod tests {
             service::clock::DEFAULT_MAX_AHEAD
         );
         figment::Jail::expect_with(|jail| {
+            jail.set_env("BRIDGE_EMBEDDED__ALLOW_ANONYMOUS", "true");
             jail.set_env("BRIDGE_CLOCK__MAX_AHEAD", "90s");
             let config = BridgeConfig::load(None, &CliOverrides::default()).unwrap();
             assert_eq!(config.clock.max_ahead, Duration::from_secs(90));
             Ok(())
         });
         for bad in [Duration::ZERO, Duration::from_secs(25 * 3600)] {
-            let mut config = BridgeConfig::default();
+            let mut config = valid();
             config.clock.max_ahead = bad;
             let Err(ConfigError::Invalid(problems)) = config.validate() else {
                 panic!("clock.max_ahead {bad:?} accepted");

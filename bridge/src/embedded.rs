@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::EmbeddedConfig;
+use crate::gateway_auth::{self, Authenticator};
 use crate::inbound::{Ack, Inbound};
 use crate::meta::Metas;
 use crate::stats::Stats;
@@ -60,10 +61,14 @@ pub struct EmbeddedBroker {
 /// `latest` publisher's link, to `meta_filter`.
 pub fn start(
     config: &EmbeddedConfig,
+    authenticator: Arc<Authenticator>,
     filter: &str,
     meta_filter: Option<&str>,
 ) -> Result<EmbeddedBroker, EmbeddedError> {
     let addr = config.listen;
+    if config.allow_anonymous {
+        warn!(%addr, "the embedded broker accepts anonymous clients (embedded.allow_anonymous = true): anyone who reaches it can publish as any device");
+    }
     // rumqttd binds on its own thread and only logs a failure: check first.
     drop(TcpListener::bind(addr).map_err(|error| EmbeddedError::Listen { addr, error })?);
 
@@ -74,8 +79,9 @@ pub fn start(
         connection_timeout_ms: 10_000,
         max_payload_size: max_payload,
         max_inflight_count: 500,
-        auth: (!config.users.is_empty()).then(|| config.users.clone().into_iter().collect()),
-        external_auth: None,
+        // Every CONNECT goes to the gateway_auth module, which knows `users` too.
+        auth: None,
+        external_auth: (!config.allow_anonymous).then(|| gateway_auth::hook(authenticator)),
         dynamic_filters: true,
     };
     let server = ServerSettings {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod confirm_relay;
 pub mod embedded;
 pub mod forward;
+pub mod gateway_auth;
 pub mod inbound;
 pub mod kafka;
 pub mod latest;

@@ -48,6 +48,39 @@ impl Refusal {
     }
 }
 
+/// Why the embedded broker refused a connection (`gateway_auth`). The code is the metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// The client id is neither the gateway id nor `{gateway id}@…`.
+    ClientId,
+    /// No such user or gateway.
+    Unknown,
+    WrongSecret,
+    Disabled,
+    /// The registry could not be read and nothing about the gateway was cached.
+    RegistryUnavailable,
+}
+
+impl AuthRefusal {
+    pub const ALL: [AuthRefusal; 5] = [
+        AuthRefusal::ClientId,
+        AuthRefusal::Unknown,
+        AuthRefusal::WrongSecret,
+        AuthRefusal::Disabled,
+        AuthRefusal::RegistryUnavailable,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthRefusal::ClientId => "client-id",
+            AuthRefusal::Unknown => "unknown",
+            AuthRefusal::WrongSecret => "wrong-secret",
+            AuthRefusal::Disabled => "disabled",
+            AuthRefusal::RegistryUnavailable => "registry-unavailable",
+        }
+    }
+}
+
 /// Counters of one bridge instance.
 pub struct Stats {
     received: Count,
@@ -72,6 +105,8 @@ pub struct Stats {
     relay_restarts: Count,
     completeness_published: Count,
     completeness_skipped: Count,
+    auth_accepted: Count,
+    auth_refused: CountsByReason,
     in_flight: Level,
     kafka_queue_bytes: Level,
     kafka_queue_messages: Level,
@@ -121,6 +156,12 @@ impl Stats {
             relay_restarts: count("bridge_confirm_relay_restarts_total"),
             completeness_published: count("bridge_completeness_published_total"),
             completeness_skipped: count("bridge_completeness_skipped_total"),
+            auth_accepted: count("bridge_mqtt_auth_accepted_total"),
+            auth_refused: CountsByReason::new(
+                "bridge_mqtt_auth_refused_total",
+                "reason",
+                &AuthRefusal::ALL.map(AuthRefusal::code),
+            ),
             in_flight: level("bridge_messages_in_flight"),
             kafka_queue_bytes: level("bridge_kafka_queue_bytes"),
             kafka_queue_messages: level("bridge_kafka_queue_messages"),
@@ -246,6 +287,15 @@ impl Stats {
         self.completeness_skipped.add(1);
     }
 
+    /// A connection the embedded broker let in after checking its credentials.
+    pub fn auth_accepted(&self) {
+        self.auth_accepted.add(1);
+    }
+
+    pub fn auth_refused(&self, refusal: AuthRefusal) {
+        self.auth_refused.add(refusal.code());
+    }
+
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.set(n as u64);
     }
@@ -279,6 +329,8 @@ impl Stats {
             confirmations_unsent: self.confirmations_unsent.get(),
             completeness_published: self.completeness_published.get(),
             completeness_skipped: self.completeness_skipped.get(),
+            auth_accepted: self.auth_accepted.get(),
+            auth_refused_by_reason: self.auth_refused.by_code(),
             in_flight: self.in_flight.get(),
             kafka_queue_messages: self.kafka_queue_messages.get(),
             kafka_queue_bytes: self.kafka_queue_bytes.get(),
@@ -311,12 +363,21 @@ pub struct StatsSnapshot {
     pub confirmations_unsent: u64,
     pub completeness_published: u64,
     pub completeness_skipped: u64,
+    pub auth_accepted: u64,
+    pub auth_refused_by_reason: Vec<(&'static str, u64)>,
     pub in_flight: u64,
     pub kafka_queue_messages: u64,
     pub kafka_queue_bytes: u64,
 }
 
 impl StatsSnapshot {
+    pub fn auth_refused_for(&self, refusal: AuthRefusal) -> u64 {
+        self.auth_refused_by_reason
+            .iter()
+            .find(|(code, _)| *code == refusal.code())
+            .map_or(0, |(_, n)| *n)
+    }
+
     pub fn dead_lettered_for(&self, reason: Reason) -> u64 {
         self.dead_lettered_by_reason
             .iter()

@@ -20,22 +20,60 @@ fn accepted(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+const REGISTRY: (&str, &str) = (
+    "BRIDGE_EMBEDDED__REGISTRY_URL",
+    "postgres://bridge:hunter5@db.invalid/plant",
+);
+
 #[test]
 fn the_example_configuration_is_valid_in_both_modes() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bridge.toml");
-    for mode in ["embedded", "client"] {
-        let stdout = accepted(bridge().args(["--config", example, "--mode", mode]));
+    let client = accepted(bridge().args(["--config", example, "--mode", "client"]));
+    let embedded = accepted(
+        bridge()
+            .args(["--config", example, "--mode", "embedded"])
+            .env(REGISTRY.0, REGISTRY.1),
+    );
+    for stdout in [client, embedded] {
         assert!(
             stdout.contains("ok:") && stdout.contains("sensors-data"),
             "{stdout}"
         );
+        assert!(!stdout.contains("hunter5"), "a secret is printed: {stdout}");
     }
+}
+
+/// An embedded broker that would let anyone publish as any device is never the result
+/// of configuring nothing.
+#[test]
+fn the_embedded_broker_does_not_start_without_a_way_to_authenticate_devices() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bridge.toml");
+    let output = bridge()
+        .args(["--config", example, "--mode", "embedded", "--check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("embedded.registry_url") && stderr.contains("allow_anonymous"),
+        "{stderr}"
+    );
+    let anonymous = accepted(
+        bridge()
+            .args(["--config", example, "--mode", "embedded"])
+            .env("BRIDGE_EMBEDDED__ALLOW_ANONYMOUS", "true"),
+    );
+    assert!(anonymous.contains("allow_anonymous = true"), "{anonymous}");
 }
 
 #[test]
 fn the_configuration_file_can_be_named_by_bridge_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bridge.toml");
-    let stdout = accepted(bridge().env("BRIDGE_CONFIG", example));
+    let stdout = accepted(
+        bridge()
+            .env("BRIDGE_CONFIG", example)
+            .env(REGISTRY.0, REGISTRY.1),
+    );
     assert!(
         stdout.starts_with(&format!("# {example}: ok: ")),
         "{stdout}"
@@ -52,6 +90,7 @@ fn the_printed_configuration_loads_back_with_secrets_hidden() {
         &given,
         "mode = \"client\"\n\
          [mqtt]\npassword = \"hunter2\"\n\
+         [embedded]\nregistry_url = \"postgres://bridge:hunter6@db.invalid/plant\"\n\
          [embedded.users]\nplc = \"hunter3\"\n\
          [kafka]\nbrokers = \"kafka.invalid:9092\"\n\
          [kafka.properties]\n\"sasl.password\" = \"hunter4\"\n",
@@ -100,6 +139,7 @@ fn bad_settings_exit_2_naming_the_key() {
     for (variable, value, named) in cases {
         let output = bridge()
             .arg("--check-config")
+            .env(REGISTRY.0, REGISTRY.1)
             .env(variable, value)
             .output()
             .unwrap();

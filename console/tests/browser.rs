@@ -46,6 +46,7 @@ impl Pipeline {
         config.kafka.metrics_topic = String::new();
         config.http.listen = ([127, 0, 0, 1], 0).into();
         config.embedded.listen = ([127, 0, 0, 1], testkit::free_port()).into();
+        config.embedded.allow_anonymous = true;
         let mut ingester = cloud_ingester::config::IngesterConfig {
             id: "console-test".to_owned(),
             ..Default::default()

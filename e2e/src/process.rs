@@ -40,6 +40,11 @@ impl Process {
         }
     }
 
+    /// Sets a variable in the program's environment, for this start and every restart.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.envs.push((key.to_owned(), value.to_owned()));
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -111,6 +111,7 @@ fn bridge_config(
     };
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.embedded.listen = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    config.embedded.allow_anonymous = true;
     config.mqtt.host = "127.0.0.1".to_owned();
     config.mqtt.shared_group = "bench".to_owned();
     config

@@ -240,6 +240,8 @@ pub fn test_config(mode: Mode, prefix: &str, brokers: &str) -> BridgeConfig {
     config.kafka.metrics_topic = String::new();
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.embedded.listen = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    // These tests are about forwarding; tests/gateway_auth.rs is about who may connect.
+    config.embedded.allow_anonymous = true;
     config.forward.shutdown_grace = Duration::from_secs(10);
     config
 }
