@@ -61,8 +61,13 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// False (the default) asks the broker to keep the session across reconnects.
     pub clean_session: bool,
+    /// Defaults to the gateway id when a password is given (the broker's gateway
+    /// registry knows a gateway by its id).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The gateway's secret (`iotctl gateways add … --secret-file`), in a file only its
+    /// owner may read; read at every connection, so a rotated secret needs no restart.
+    pub password_file: Option<PathBuf>,
     pub tls: Option<TlsConfig>,
     /// Publishes awaiting PUBACK at once; larger hides more round-trip time.
     pub inflight: u16,
@@ -70,6 +75,26 @@ pub struct MqttConfig {
     pub reconnect_min: Duration,
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+}
+
+impl MqttConfig {
+    /// The user name and password to connect with, if any: the password file is read
+    /// now, so a rotated secret is picked up at the next connection.
+    pub fn credentials(
+        &self,
+        gateway_id: &str,
+    ) -> Result<Option<(String, String)>, service::secret_file::SecretFileError> {
+        let password = match (&self.password, &self.password_file) {
+            (Some(password), _) => password.clone(),
+            (None, Some(path)) => service::secret_file::read(path)?,
+            (None, None) => return Ok(None),
+        };
+        let username = self
+            .username
+            .clone()
+            .unwrap_or_else(|| gateway_id.to_owned());
+        Ok(Some((username, password)))
+    }
 }
 
 impl Default for MqttConfig {
@@ -81,6 +106,7 @@ impl Default for MqttConfig {
             clean_session: false,
             username: None,
             password: None,
+            password_file: None,
             tls: None,
             inflight: 100,
             reconnect_min: Duration::from_millis(500),
@@ -397,6 +423,17 @@ impl AgentConfig {
         }
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             problems.push("mqtt.keep_alive: at least 1 s".to_owned());
+        }
+        match (&self.mqtt.password, &self.mqtt.password_file) {
+            (Some(_), Some(_)) => problems.push(
+                "mqtt.password_file: mqtt.password is set too; keep the file alone".to_owned(),
+            ),
+            (None, Some(path)) => {
+                if let Err(e) = service::secret_file::read(path) {
+                    problems.push(format!("mqtt.password_file: {e}"));
+                }
+            }
+            _ => {}
         }
         if let Some(tls) = &self.mqtt.tls {
             if tls.client_cert.is_some() != tls.client_key.is_some() {

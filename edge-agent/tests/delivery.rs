@@ -595,3 +595,48 @@ async fn credentials_are_presented_and_a_wrong_password_is_refused() {
     );
     assert!(report.health.queue_records > 0, "frames wait on disk");
 }
+
+/// The gateway's secret comes from a file only its owner can read, and the user name
+/// defaults to the gateway id: what `iotctl gateways add … --secret-file` prepares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_is_read_from_an_owner_only_file_under_the_gateway_id() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let mut config = setup.config(1, "16 MiB");
+    let gateway = config.gateway.id.clone();
+    let passwords = setup.dir.path().join("passwords");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args([gateway.as_str(), "f1le-s3cret"])
+        .status()
+        .expect("mosquitto_passwd (from the mosquitto package)");
+    assert!(status.success());
+    let broker = Mosquitto::start_with(&format!("password_file {}\n", passwords.display()));
+    config.mqtt.port = broker.port();
+    let secret = setup.dir.path().join("gateway.secret");
+    std::fs::write(&secret, "f1le-s3cret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    config.mqtt.password_file = Some(secret.clone());
+    let refused = config.validate().expect_err("a secret others can read");
+    assert!(
+        refused.to_string().contains("mqtt.password_file"),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("chmod 600"), "{refused}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    config.validate().expect("an owner-only secret file");
+
+    let subscriber = Subscriber::start_with(broker.port(), &setup.prefix, |options| {
+        options.set_credentials(gateway.as_str(), "f1le-s3cret");
+    })
+    .await;
+    let (stop, agent) = spawn_agent(config);
+    wait_for_puback_in_health(&subscriber, &setup.prefix).await;
+    let report = stop_agent(stop, agent).await;
+    assert!(
+        report.health.last_puback_age_ms.is_some(),
+        "{:?}",
+        report.health
+    );
+}

@@ -2,7 +2,8 @@
 //! configuration layering and `--check-config`, logging, the Prometheus recorder, the
 //! health/metrics HTTP endpoint and readiness, the periodic metrics record.
 //!
-//! Without features it is only [`shutdown_signal`], the [`clock`] policy and [`redact`];
+//! Without features it is only [`shutdown_signal`], the [`clock`] policy, [`redact`] and
+//! [`secret_file`];
 //! the edge agent on the Pi adds `config` and `logging`. The cloud services also enable
 //! `http` (the recorder in [`metrics`], the endpoint in [`http`], what readiness is made
 //! of in [`readiness`]) and `kafka` (the record in [`metrics_record`], the dead-letter
@@ -31,6 +32,7 @@ pub mod readiness;
 pub mod redact;
 #[cfg(all(feature = "logging", feature = "config"))]
 pub mod run;
+pub mod secret_file;
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the signals a service manager, a container
 /// runtime or a person at the terminal use to ask for a clean stop.

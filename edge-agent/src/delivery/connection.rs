@@ -70,8 +70,12 @@ impl Delivery {
                 QoS::AtLeastOnce,
                 true,
             ));
-        if let (Some(user), Some(password)) = (&mqtt.username, &mqtt.password) {
-            options.set_credentials(user, password);
+        match mqtt.credentials(&self.config.gateway.id) {
+            Ok(Some((user, password))) => {
+                options.set_credentials(user, password);
+            }
+            Ok(None) => {}
+            Err(e) => warn!("mqtt.password_file: {e}; connecting without a password"),
         }
         if let Some(tls) = &self.tls {
             options.set_transport(Transport::tls_with_config(tls.clone()));
