@@ -178,6 +178,37 @@ wait_ready() {
 
 start_one cloud-ingester "$INGESTER_PORT" --migrate --http-listen "127.0.0.1:$INGESTER_PORT"
 wait_ready cloud-ingester "$INGESTER_PORT"
+
+# Registers gateway $1 (its secret into file $2, mode 0600) unless it is registered and
+# the file is there; a registered gateway whose secret file is gone gets a new secret.
+provision_gateway() {
+  local id=$1 file=$2 out
+  shift 2
+  if out=$("$BIN/iotctl" gateways add "$id" "$@" --secret-file "$file" 2>&1); then
+    say "registered gateway $id (secret in $file)"
+  elif [[ $out != *"exists already"* ]]; then
+    die "cannot register gateway $id: $out"
+  elif [[ ! -s $file ]]; then
+    "$BIN/iotctl" gateways rotate "$id" --secret-file "$file" >/dev/null ||
+      die "cannot give gateway $id a new secret"
+    say "gave gateway $id a new secret (in $file)"
+  fi
+}
+
+# The embedded broker authenticates every connection against the gateway registry: the
+# simulated plant's agent speaks for the five seed machines, the console and iotctl
+# connect as the gateway `operator`, which speaks for none.
+provision_gateway sim-gateway-01 "$RUN_DIR/sim-gateway-01.secret" \
+  --device furnace-01 --device cnc-spindle-01 --device press-01 \
+  --device paint-booth-01 --device compressor-01
+provision_gateway operator "$RUN_DIR/operator.secret"
+printf 'IOTCTL_MQTT_USER=operator\nIOTCTL_MQTT_PASSWORD_FILE=%s\n' "$RUN_DIR/operator.secret" \
+  >"$RUN_DIR/operator.env"
+export BRIDGE_EMBEDDED__REGISTRY_URL=$DATABASE_URL
+export EDGE_AGENT_MQTT__PASSWORD_FILE=$RUN_DIR/sim-gateway-01.secret
+export CONSOLE_PIPELINE__MQTT_USER=operator CONSOLE_PIPELINE__MQTT_PASSWORD_FILE=$RUN_DIR/operator.secret
+export IOTCTL_MQTT_USER=operator IOTCTL_MQTT_PASSWORD_FILE=$RUN_DIR/operator.secret
+
 start_one bridge "$BRIDGE_PORT" --http-listen "127.0.0.1:$BRIDGE_PORT"
 wait_ready bridge "$BRIDGE_PORT"
 start_one edge-agent "" --config edge-agent/config/simulated-plant.toml \
@@ -192,7 +223,9 @@ cat <<EOF
 The pipeline is running: five simulated machines -> MQTT -> bridge -> Kafka -> ingester.
 
   Plant console (browser)        http://127.0.0.1:$CONSOLE_PORT/   (operators who acknowledge alerts: console/config/console.toml)
-  MQTT (devices, MQTT Explorer)  127.0.0.1:1883   (topics plant/#; 'latest' is readable JSON)
+  MQTT (devices, MQTT Explorer)  127.0.0.1:1883   (topics plant/#; 'latest' is readable JSON;
+                                 user operator, client id operator@<anything>, password in
+                                 $RUN_DIR/operator.secret)
   bridge metrics and health      http://127.0.0.1:$BRIDGE_PORT/metrics   /readyz
   ingester metrics and health    http://127.0.0.1:$INGESTER_PORT/metrics   /readyz
   Kafka                          $KAFKA_BROKERS   (sensors-data, alerts, metrics, sensors-dlq, sensors-confirm)
@@ -200,6 +233,7 @@ The pipeline is running: five simulated machines -> MQTT -> bridge -> Kafka -> i
   Redis                          $REDIS_URL   (plant:latest:<device>, plant:alerts:open)
   logs                           $RUN_DIR/*.log
 
+  For iotctl in another shell: set -a; . $STACK_DIR/env; . $RUN_DIR/operator.env; set +a
   $BIN/iotctl health        checks every service and probes the pipeline end to end
   $BIN/iotctl tail          live frames, decoded
   $BIN/iotctl alerts list   open alerts

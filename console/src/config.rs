@@ -127,6 +127,11 @@ pub struct PipelineConfig {
     /// The broker the agents publish their retained status to.
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// The console's gateway id, for a broker that authenticates (`iotctl gateways add
+    /// console`); its client ids are `{mqtt_user}@console-…`.
+    pub mqtt_user: String,
+    /// That gateway's secret, in a file only the console's user may read.
+    pub mqtt_password_file: Option<std::path::PathBuf>,
     pub topic_prefix: String,
     /// Dead letters to show the latest of; empty: none.
     pub dlq_topic: String,
@@ -140,6 +145,8 @@ impl Default for PipelineConfig {
             ingester_metrics: "http://127.0.0.1:9102".to_owned(),
             mqtt_host: "127.0.0.1".to_owned(),
             mqtt_port: 1883,
+            mqtt_user: String::new(),
+            mqtt_password_file: None,
             topic_prefix: "plant".to_owned(),
             dlq_topic: protocol::kafka::SENSORS_DLQ.name.to_owned(),
         }
@@ -259,6 +266,21 @@ impl ConsoleConfig {
         }
         if pipeline.mqtt_host.trim().is_empty() || pipeline.mqtt_port == 0 {
             problems.push("pipeline.mqtt_host, pipeline.mqtt_port: a host and a port".to_owned());
+        }
+        match (pipeline.mqtt_user.is_empty(), &pipeline.mqtt_password_file) {
+            (true, Some(_)) => problems
+                .push("pipeline.mqtt_user: required with pipeline.mqtt_password_file".to_owned()),
+            (false, None) => problems
+                .push("pipeline.mqtt_password_file: required with pipeline.mqtt_user".to_owned()),
+            (false, Some(path)) => {
+                if let Err(e) = protocol::validate_id(&pipeline.mqtt_user) {
+                    problems.push(format!("pipeline.mqtt_user: {:?} {e}", pipeline.mqtt_user));
+                }
+                if let Err(e) = service::secret_file::read(path) {
+                    problems.push(format!("pipeline.mqtt_password_file: {e}"));
+                }
+            }
+            (true, None) => {}
         }
         if let Err(e) = protocol::validate_id(&pipeline.topic_prefix) {
             problems.push(format!(

@@ -81,11 +81,25 @@ pub struct PipelineView {
 /// What the agents' status topics say, followed once for the pipeline page and the
 /// overview's device states.
 pub fn follow_agents(config: &PipelineConfig) -> watch::Receiver<Result<AgentReports, String>> {
+    let client = format!("console-{:08x}", rand::random::<u32>());
+    // Checked readable when the configuration was loaded; a file gone since is the
+    // broker's refusal to report, which the pipeline page shows.
+    let credentials = config.mqtt_password_file.as_ref().and_then(|path| {
+        service::secret_file::read(path)
+            .map(|secret| (config.mqtt_user.clone(), secret))
+            .ok()
+    });
+    let client_id = if config.mqtt_user.is_empty() {
+        client
+    } else {
+        format!("{}@{client}", config.mqtt_user)
+    };
     observe::agents::follow(Broker {
         host: config.mqtt_host.clone(),
         port: config.mqtt_port,
         prefix: config.topic_prefix.clone(),
-        client_id: format!("console-{:08x}", rand::random::<u32>()),
+        client_id,
+        credentials,
     })
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use contracts::status::GatewayStatus;
-use rumqttc::{Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
 
@@ -204,11 +204,7 @@ async fn agent_drops(global: &Global) -> Result<DropReports> {
     let filter = protocol::topic::filter(&global.mqtt_prefix, protocol::topic::TopicKind::Status)
         .context("the MQTT prefix")?
         .to_string();
-    let options = MqttOptions::new(
-        services::mqtt_client_id("completeness"),
-        global.mqtt.host.clone(),
-        global.mqtt.port,
-    );
+    let options = services::mqtt_options(global, "completeness")?;
     let (client, mut events) = services::mqtt_connect(options).await?;
     client
         .subscribe(&filter, QoS::AtMostOnce)

@@ -59,6 +59,21 @@ pub struct Global {
     )]
     pub mqtt: MqttAddr,
 
+    /// Gateway id to connect to the broker as, when it authenticates (client ids become
+    /// `{user}@iotctl-…`).
+    #[arg(long, env = "IOTCTL_MQTT_USER", global = true, value_name = "ID", value_parser = gateway_id)]
+    pub mqtt_user: Option<String>,
+
+    /// File holding that gateway's secret (mode 0600): never on the command line.
+    #[arg(
+        long,
+        env = "IOTCTL_MQTT_PASSWORD_FILE",
+        global = true,
+        value_name = "PATH",
+        requires = "mqtt_user"
+    )]
+    pub mqtt_password_file: Option<std::path::PathBuf>,
+
     /// First level of the MQTT topic tree ({prefix}/{site}/{line}/{device}/{kind}).
     #[arg(long, default_value = "plant", global = true, value_name = "PREFIX", value_parser = topic_prefix)]
     pub mqtt_prefix: String,

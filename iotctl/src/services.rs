@@ -97,9 +97,41 @@ pub fn kafka(global: &Global) -> ClientConfig {
     config
 }
 
-/// A fresh client id: brokers disconnect an older session that reuses one.
-pub fn mqtt_client_id(purpose: &str) -> String {
-    format!("iotctl-{purpose}-{:08x}", rand::random::<u32>())
+/// Options for a connection of `purpose` to the global options' broker: a fresh client
+/// id (brokers disconnect an older session that reuses one), under the gateway id given
+/// with `--mqtt-user`, and its secret from `--mqtt-password-file`.
+pub fn mqtt_options(global: &Global, purpose: &str) -> Result<MqttOptions> {
+    let mut options = MqttOptions::new(
+        mqtt_client_id(global, purpose),
+        global.mqtt.host.clone(),
+        global.mqtt.port,
+    );
+    if let Some((user, secret)) = mqtt_credentials(global)? {
+        options.set_credentials(user, secret);
+    }
+    Ok(options)
+}
+
+/// `--mqtt-user` and the secret in `--mqtt-password-file`, if given.
+pub fn mqtt_credentials(global: &Global) -> Result<Option<(String, String)>> {
+    match (&global.mqtt_user, &global.mqtt_password_file) {
+        (Some(user), Some(path)) => {
+            let secret = service::secret_file::read(path).context("--mqtt-password-file")?;
+            Ok(Some((user.clone(), secret)))
+        }
+        (Some(_), None) => {
+            bail!("--mqtt-user needs --mqtt-password-file (IOTCTL_MQTT_PASSWORD_FILE)")
+        }
+        _ => Ok(None),
+    }
+}
+
+pub fn mqtt_client_id(global: &Global, purpose: &str) -> String {
+    let client = format!("iotctl-{purpose}-{:08x}", rand::random::<u32>());
+    match &global.mqtt_user {
+        Some(user) => format!("{user}@{client}"),
+        None => client,
+    }
 }
 
 /// Connects to the broker and returns once it has accepted the connection (CONNACK), so

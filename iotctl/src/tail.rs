@@ -12,7 +12,7 @@ use protocol::topic::{self, Topic, TopicKind};
 use protocol::Frame;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use rumqttc::{Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
 use serde::Serialize;
 
 use crate::global::{self, Global, Outcome};
@@ -70,11 +70,7 @@ pub async fn run(global: &Global, args: &TailArgs) -> Result<Outcome> {
 async fn from_mqtt(global: &Global, mut printer: Printer) -> Result<()> {
     let filter = topic::filter(&global.mqtt_prefix, TopicKind::Telemetry)
         .map_err(|e| anyhow!("topic filter: {e}"))?;
-    let mut options = MqttOptions::new(
-        services::mqtt_client_id("tail"),
-        global.mqtt.host.clone(),
-        global.mqtt.port,
-    );
+    let mut options = services::mqtt_options(global, "tail")?;
     options
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET);

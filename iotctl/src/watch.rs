@@ -80,7 +80,7 @@ struct LatestValue {
 }
 
 pub async fn run(global: &Global, args: &WatchArgs) -> Result<Outcome> {
-    let mut agents = agent_health(global);
+    let mut agents = agent_health(global)?;
     // The agents' retained statuses come right after subscribing: give them a moment so
     // the first screen already counts the agents.
     let _ = tokio::time::timeout(Duration::from_secs(1), agents.changed()).await;
@@ -122,13 +122,14 @@ pub async fn run(global: &Global, args: &WatchArgs) -> Result<Outcome> {
     }
 }
 
-fn agent_health(global: &Global) -> watch::Receiver<Result<AgentReports, String>> {
-    observe::agents::follow(Broker {
+fn agent_health(global: &Global) -> Result<watch::Receiver<Result<AgentReports, String>>> {
+    Ok(observe::agents::follow(Broker {
         host: global.mqtt.host.clone(),
         port: global.mqtt.port,
         prefix: global.mqtt_prefix.clone(),
-        client_id: services::mqtt_client_id("watch"),
-    })
+        client_id: services::mqtt_client_id(global, "watch"),
+        credentials: services::mqtt_credentials(global)?,
+    }))
 }
 
 async fn collect(

@@ -42,7 +42,10 @@ pub struct Broker {
     /// The topic tree's first level.
     pub prefix: String,
     /// A client id of this reader's own: a broker drops an older session reusing one.
+    /// Under a gateway registry it must be `{user}@…`.
     pub client_id: String,
+    /// User name and password, for a broker that authenticates.
+    pub credentials: Option<(String, String)>,
 }
 
 /// Follows the agents' retained status messages in the background, until every receiver
@@ -52,6 +55,9 @@ pub fn follow(broker: Broker) -> watch::Receiver<Result<AgentReports, String>> {
     let (tx, rx) = watch::channel(Ok(AgentReports::default()));
     let mut options = MqttOptions::new(broker.client_id, broker.host.clone(), broker.port);
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, password)) = broker.credentials {
+        options.set_credentials(user, password);
+    }
     let filter = protocol::topic::filter(&broker.prefix, TopicKind::Status)
         .map(|f| f.to_string())
         .unwrap_or_default();

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use rumqttc::MqttOptions;
-
 use super::Check;
 use crate::global::Global;
 use crate::http::{self, HttpUrl};
@@ -23,11 +21,10 @@ pub(super) const CONSOLE_FIX: &str =
      or point --console-url at it";
 
 pub(super) async fn mqtt_check(global: &Global) -> Check {
-    let options = MqttOptions::new(
-        services::mqtt_client_id("health"),
-        global.mqtt.host.clone(),
-        global.mqtt.port,
-    );
+    let options = match services::mqtt_options(global, "health") {
+        Ok(options) => options,
+        Err(e) => return Check::fail("mqtt", output::error_text(&e), CREDENTIALS_FIX),
+    };
     match services::mqtt_connect(options).await {
         Ok((client, mut eventloop)) => {
             // A clean goodbye, so the broker does not log a lost client.
@@ -39,14 +36,21 @@ pub(super) async fn mqtt_check(global: &Global) -> Check {
                 format!("the broker at {} accepts connections", global.mqtt),
             )
         }
-        Err(e) => Check::fail(
+        Err(e) if global.mqtt_user.is_none() => Check::fail(
             "mqtt",
             output::error_text(&e),
             "start the bridge (its embedded broker listens on 1883: `cargo run --release -p \
-             bridge`) or point --mqtt / IOTCTL_MQTT at the broker the devices use",
+             bridge`) or point --mqtt / IOTCTL_MQTT at the broker the devices use; a broker \
+             that authenticates needs a gateway id and its secret: IOTCTL_MQTT_USER and \
+             IOTCTL_MQTT_PASSWORD_FILE (scripts/run.sh writes them to .stack/run/operator.env)",
         ),
+        Err(e) => Check::fail("mqtt", output::error_text(&e), CREDENTIALS_FIX),
     }
 }
+
+const CREDENTIALS_FIX: &str = "check that IOTCTL_MQTT_USER is a registered, enabled gateway \
+     (`iotctl gateways list`) and that IOTCTL_MQTT_PASSWORD_FILE holds its current secret, \
+     mode 0600 (`iotctl gateways rotate ID --secret-file PATH` makes a new one)";
 
 /// A service's `/readyz`: 200 when every dependency it names is connected.
 pub(super) async fn readiness(check: &'static str, url: &HttpUrl, start_fix: &str) -> Check {

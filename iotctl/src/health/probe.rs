@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use protocol::topic::{Topic, TopicKind};
 use protocol::{BootId, DeviceId, Frame, Quality, Reading};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -77,11 +77,10 @@ const FLOW_FIX: &str = "follow the readings: the bridge's /metrics (bridge_messa
                         consumes, and the ingester must write to this database";
 
 pub async fn run(global: &Global, args: &HealthArgs, pool: &PgPool) -> Check {
-    let mut options = MqttOptions::new(
-        services::mqtt_client_id("probe"),
-        global.mqtt.host.clone(),
-        global.mqtt.port,
-    );
+    let mut options = match services::mqtt_options(global, "probe") {
+        Ok(options) => options,
+        Err(e) => return Check::fail("probe", error_text(&e), FIX),
+    };
     options.set_inflight(100).set_clean_session(true);
     // Connect before touching the database, so a probe that cannot publish leaves no
     // trace.
