@@ -152,7 +152,7 @@ pub enum InvalidFrame {
 pub enum DecodeError {
     #[error("empty payload")]
     Empty,
-    #[error("wire version {0} is not supported (this build reads version {WIRE_VERSION})")]
+    #[error("wire version {0} is not supported (this build reads versions {WIRE_VERSION} and {SEALED})", SEALED = crate::seal::SEALED_VERSION)]
     UnknownVersion(u8),
     #[error("truncated: the payload ends inside the {0}")]
     Truncated(Field),
@@ -299,11 +299,19 @@ impl Frame {
 
     /// Decodes one frame that must fill `bytes` exactly. Never panics, whatever the
     /// input: every way bytes can fail to be a frame has its own [`DecodeError`].
+    ///
+    /// A sealed frame (version 2, [`crate::seal`]) decodes like a version 1 frame, its
+    /// tag unchecked: checking it needs the gateway's key, which the bridge holds.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != WIRE_VERSION {
-            return Err(DecodeError::UnknownVersion(version));
-        }
+        let rest = match version {
+            WIRE_VERSION => rest,
+            crate::seal::SEALED_VERSION => match crate::seal::split(bytes) {
+                Ok((body, _tag)) => &body[1..],
+                Err(_) => return Err(DecodeError::Truncated(Field::Header)),
+            },
+            other => return Err(DecodeError::UnknownVersion(other)),
+        };
         let (header, mut rest) = postcard::take_from_bytes::<WireHeader>(rest)
             .map_err(|e| wire_error(e, Field::Header))?;
         if header.flags & !FLAG_CLOCK_SYNCED != 0 {

@@ -13,6 +13,7 @@ pub mod confirm;
 pub mod frame;
 pub mod id;
 pub mod kafka;
+pub mod seal;
 pub mod topic;
 
 pub use confirm::{Confirmation, SeqRange, Verdict, MAX_CONFIRM_LEN};
@@ -21,4 +22,5 @@ pub use frame::{
     MAX_READINGS, MAX_SEQ, MAX_TIMESTAMP_MS, WIRE_VERSION,
 };
 pub use id::{validate_id, DeviceId, IdError, MAX_ID_LEN};
+pub use seal::{FrameKey, SealError, MAX_SEALED_LEN};
 pub use topic::{Topic, TopicError, TopicKind};

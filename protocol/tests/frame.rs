@@ -183,9 +183,9 @@ fn decode_errors_name_the_problem() {
 
     assert_eq!(Frame::decode(&[]), Err(DecodeError::Empty));
 
-    let mut v2 = good.clone();
-    v2[0] = 2;
-    assert_eq!(Frame::decode(&v2), Err(DecodeError::UnknownVersion(2)));
+    let mut v3 = good.clone();
+    v3[0] = 3;
+    assert_eq!(Frame::decode(&v3), Err(DecodeError::UnknownVersion(3)));
 
     let mut flags = good.clone();
     flags[1] = 0b11;
