@@ -180,7 +180,8 @@ start_one cloud-ingester "$INGESTER_PORT" --migrate --http-listen "127.0.0.1:$IN
 wait_ready cloud-ingester "$INGESTER_PORT"
 
 # Registers gateway $1 (its secret into file $2, mode 0600) unless it is registered and
-# the file is there; a registered gateway whose secret file is gone gets a new secret.
+# the file is there; a registered gateway whose secret file is gone, or that has no frame
+# key (registered before keys existed), gets a new secret.
 provision_gateway() {
   local id=$1 file=$2 out
   shift 2
@@ -188,7 +189,7 @@ provision_gateway() {
     say "registered gateway $id (secret in $file)"
   elif [[ $out != *"exists already"* ]]; then
     die "cannot register gateway $id: $out"
-  elif [[ ! -s $file ]]; then
+  elif [[ ! -s $file || $("$BIN/iotctl" --json gateways list) == *"\"id\":\"$id\",\"enabled\":true,\"seals\":false"* ]]; then
     "$BIN/iotctl" gateways rotate "$id" --secret-file "$file" >/dev/null ||
       die "cannot give gateway $id a new secret"
     say "gave gateway $id a new secret (in $file)"

@@ -26,12 +26,13 @@ use crate::config::{BridgeConfig, Mode};
 use crate::confirm_relay::{ConfirmRelay, ConfirmSink};
 use crate::embedded;
 use crate::forward::{Forwarder, ForwarderSettings};
-use crate::gateway_auth::Authenticator;
+use crate::gateway_auth::{self, Authenticator};
 use crate::kafka::{create_metrics_producer, ensure_topics, ProducerFactory, QuietContext};
 use crate::latest::{Latest, LatestSink};
 use crate::meta::Metas;
 use crate::mqtt_client::{ClientSource, Outlets};
 use crate::readiness::BridgeReadiness;
+use crate::seal_check::{SealCheck, SealSettings};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// At most this long, embedded mode keeps forwarding at shutdown.
@@ -109,19 +110,33 @@ impl Bridge {
             ),
             None => None,
         };
+        let registry = match (config.mode, config.embedded.registry_url.as_str()) {
+            (Mode::Embedded, url) if !url.is_empty() => {
+                Some(gateway_auth::registry_pool(url).context("embedded.registry_url")?)
+            }
+            _ => None,
+        };
+        let seals = registry.clone().map(|pool| {
+            SealCheck::new(
+                pool,
+                SealSettings {
+                    trust_for: config.embedded.auth_cache,
+                    rotation_grace: config.embedded.rotation_grace,
+                    accept_unsealed: config.embedded.accept_unsealed,
+                },
+                stats.clone(),
+            )
+        });
         let (source, sink, confirm_sink, mqtt_addr) = match config.mode {
             Mode::Embedded => {
                 let filter = protocol::topic::filter(&config.topic_prefix, telemetry)
                     .map_err(|e| anyhow::anyhow!("topic_prefix: {e}"))?;
-                let authenticator = Arc::new(
-                    Authenticator::new(
-                        config.embedded.users.clone(),
-                        &config.embedded.registry_url,
-                        config.embedded.auth_cache,
-                        stats.clone(),
-                    )
-                    .context("embedded.registry_url")?,
-                );
+                let authenticator = Arc::new(Authenticator::new(
+                    config.embedded.users.clone(),
+                    registry.clone(),
+                    config.embedded.auth_cache,
+                    stats.clone(),
+                ));
                 let broker = embedded::start(
                     &config.embedded,
                     authenticator,
@@ -226,6 +241,7 @@ impl Bridge {
                 max_in_flight: config.forward.max_in_flight,
                 drain_on_stop,
                 replace_wedged_after: 2 * config.forward.stall_after,
+                seals,
             },
             latest,
             stats.clone(),

@@ -147,6 +147,14 @@ pub struct EmbeddedConfig {
     /// Accept clients without credentials, as any device: only on a network where every
     /// box is trusted. Logged as a warning at every start.
     pub allow_anonymous: bool,
+    /// With the registry, frames sealed with a gateway's key from before its last
+    /// rotation are accepted this long after it (agents still connected with the old
+    /// secret).
+    #[serde(with = "humantime_serde")]
+    pub rotation_grace: Duration,
+    /// With the registry, forward unsealed (version 1) frames of devices whose gateway
+    /// does not seal yet, unchecked. Sealed frames are checked whatever this says.
+    pub accept_unsealed: bool,
 }
 
 impl Default for EmbeddedConfig {
@@ -160,6 +168,8 @@ impl Default for EmbeddedConfig {
             registry_url: String::new(),
             auth_cache: Duration::from_secs(10),
             allow_anonymous: false,
+            rotation_grace: Duration::from_secs(3600),
+            accept_unsealed: false,
         }
     }
 }
@@ -196,6 +206,9 @@ impl EmbeddedConfig {
         }
         if self.auth_cache.is_zero() || self.auth_cache > Duration::from_secs(3600) {
             problems.push("embedded.auth_cache: between 1 ms and 1 h".to_owned());
+        }
+        if self.rotation_grace > Duration::from_secs(7 * 24 * 3600) {
+            problems.push("embedded.rotation_grace: at most 7 days".to_owned());
         }
     }
 }

@@ -39,8 +39,9 @@ use crate::kafka::{dlq_headers, frame_headers, Producer, ProducerFactory};
 use crate::latest::Latest;
 use crate::producer_slot::ProducerSlot;
 use crate::readiness::BridgeReadiness;
+use crate::seal_check::SealCheck;
 use crate::stats::Stats;
-use crate::validate;
+use crate::validate::{self, Rejected};
 
 /// How long to wait before offering a message again to a producer whose queue is full
 /// (it is also offered again as soon as any delivery report frees room).
@@ -116,6 +117,7 @@ pub struct Forwarder {
     latest: Option<Latest>,
     stats: Arc<Stats>,
     drain_on_stop: Option<Duration>,
+    seals: Option<SealCheck>,
     /// Acknowledgements due, in arrival order, that the MQTT client could not take yet.
     unsent_acks: VecDeque<Ack>,
 }
@@ -133,6 +135,8 @@ pub struct ForwarderSettings {
     /// A producer connected to Kafka that confirms nothing for this long while messages
     /// wait is replaced.
     pub replace_wedged_after: Duration,
+    /// With the gateway registry: each frame must be sealed by its device's gateway.
+    pub seals: Option<SealCheck>,
 }
 
 impl Forwarder {
@@ -155,6 +159,7 @@ impl Forwarder {
             latest,
             stats,
             drain_on_stop: settings.drain_on_stop,
+            seals: settings.seals,
             unsent_acks: VecDeque::new(),
         })
     }
@@ -288,22 +293,30 @@ impl Forwarder {
     /// Checks the message and feeds the `latest` topic.
     async fn prepare(&mut self, inbound: Inbound) -> Job {
         self.stats.received();
-        let destination =
-            match validate::check(&self.topic_prefix, &inbound.topic, &inbound.payload) {
-                Ok(accepted) => {
-                    if let Some(latest) = &mut self.latest {
-                        latest.offer(&accepted, &inbound, Instant::now()).await;
-                    }
-                    Destination::Data {
-                        device: accepted.device,
-                    }
+        let mut verdict = validate::check(&self.topic_prefix, &inbound.topic, &inbound.payload);
+        if let (Ok(accepted), Some(seals)) = (&verdict, &mut self.seals) {
+            if let Err(rejection) = seals.check(&accepted.device, &inbound.payload).await {
+                verdict = Err(Rejected {
+                    rejection,
+                    device: Some(accepted.device.clone()),
+                });
+            }
+        }
+        let destination = match verdict {
+            Ok(accepted) => {
+                if let Some(latest) = &mut self.latest {
+                    latest.offer(&accepted, &inbound, Instant::now()).await;
                 }
-                Err(rejected) => Destination::DeadLetter {
-                    rejection: rejected.rejection,
-                    key: rejected.device,
-                    truncated: false,
-                },
-            };
+                Destination::Data {
+                    device: accepted.device,
+                }
+            }
+            Err(rejected) => Destination::DeadLetter {
+                rejection: rejected.rejection,
+                key: rejected.device,
+                truncated: false,
+            },
+        };
         Job {
             inbound,
             destination,

@@ -40,6 +40,16 @@ const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
 const CACHED_PATIENCE: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// The registry's connections, shared by the connection checks here and the forwarder's
+/// seal checks. It connects on first use, so a bridge starts, and forwards for devices
+/// it knows, while PostgreSQL is away.
+pub fn registry_pool(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(LOOKUPS_AT_ONCE)
+        .acquire_timeout(LOOKUP_PATIENCE)
+        .connect_lazy(url)
+}
+
 pub struct Authenticator {
     users: BTreeMap<String, String>,
     registry: Option<PgPool>,
@@ -56,32 +66,21 @@ struct Cached {
 }
 
 impl Authenticator {
-    /// `registry_url` empty: `users` alone. The pool connects on first use, so a bridge
-    /// starts, and forwards for connected devices, while PostgreSQL is away.
+    /// `registry` `None`: `users` alone.
     pub fn new(
         users: BTreeMap<String, String>,
-        registry_url: &str,
+        registry: Option<PgPool>,
         trust_for: Duration,
         stats: Arc<Stats>,
-    ) -> Result<Self, sqlx::Error> {
-        let registry = if registry_url.is_empty() {
-            None
-        } else {
-            Some(
-                PgPoolOptions::new()
-                    .max_connections(LOOKUPS_AT_ONCE)
-                    .acquire_timeout(LOOKUP_PATIENCE)
-                    .connect_lazy(registry_url)?,
-            )
-        };
-        Ok(Self {
+    ) -> Self {
+        Self {
             users,
             registry,
             trust_for,
             cache: Mutex::new(HashMap::new()),
             logged: Mutex::new(HashMap::new()),
             stats,
-        })
+        }
     }
 
     /// Decides about one CONNECT, counts it and logs a refusal (rate-limited).

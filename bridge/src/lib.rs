@@ -21,6 +21,7 @@ pub mod meta;
 pub mod mqtt_client;
 pub mod producer_slot;
 pub mod readiness;
+pub mod seal_check;
 pub mod stats;
 pub mod validate;
 

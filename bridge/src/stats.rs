@@ -107,6 +107,7 @@ pub struct Stats {
     completeness_skipped: Count,
     auth_accepted: Count,
     auth_refused: CountsByReason,
+    unauthorized_frames: Count,
     in_flight: Level,
     kafka_queue_bytes: Level,
     kafka_queue_messages: Level,
@@ -157,6 +158,7 @@ impl Stats {
             completeness_published: count("bridge_completeness_published_total"),
             completeness_skipped: count("bridge_completeness_skipped_total"),
             auth_accepted: count("bridge_mqtt_auth_accepted_total"),
+            unauthorized_frames: Count::new(metrics::counter!("bridge_frames_unauthorized_total")),
             auth_refused: CountsByReason::new(
                 "bridge_mqtt_auth_refused_total",
                 "reason",
@@ -296,6 +298,19 @@ impl Stats {
         self.auth_refused.add(refusal.code());
     }
 
+    /// A frame not sealed by its device's `gateway` (`seal_check`): the total, and a
+    /// series per gateway (`none` for a device no gateway speaks for, `unverified` while
+    /// the registry could not be read).
+    pub fn unauthorized_frame(&self, gateway: &str) {
+        self.unauthorized_frames.add(1);
+        metrics::counter!("bridge_frames_unauthorized_by_gateway_total", "gateway" => gateway.to_owned())
+            .increment(1);
+    }
+
+    pub fn unauthorized_frames(&self) -> u64 {
+        self.unauthorized_frames.get()
+    }
+
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.set(n as u64);
     }
@@ -331,6 +346,7 @@ impl Stats {
             completeness_skipped: self.completeness_skipped.get(),
             auth_accepted: self.auth_accepted.get(),
             auth_refused_by_reason: self.auth_refused.by_code(),
+            unauthorized_frames: self.unauthorized_frames.get(),
             in_flight: self.in_flight.get(),
             kafka_queue_messages: self.kafka_queue_messages.get(),
             kafka_queue_bytes: self.kafka_queue_bytes.get(),
@@ -365,6 +381,7 @@ pub struct StatsSnapshot {
     pub completeness_skipped: u64,
     pub auth_accepted: u64,
     pub auth_refused_by_reason: Vec<(&'static str, u64)>,
+    pub unauthorized_frames: u64,
     pub in_flight: u64,
     pub kafka_queue_messages: u64,
     pub kafka_queue_bytes: u64,

@@ -164,9 +164,13 @@ fn refused(letter: &DeadLetter) -> Option<(DeviceId, BootId, u64, u64)> {
         Reason::UnknownDevice | Reason::UnknownChannel => {}
         // A record that is no frame names nothing to refuse; the bridge's reasons are
         // never the ingester's.
-        Reason::Decode | Reason::Topic | Reason::DeviceMismatch | Reason::KafkaRejected => {
-            return None
-        }
+        // An unauthorized frame may be a forgery: refusing its range for good would make
+        // the real device drop its own frames, which are resent and checked again.
+        Reason::Decode
+        | Reason::Topic
+        | Reason::DeviceMismatch
+        | Reason::KafkaRejected
+        | Reason::Unauthorized => return None,
     }
     let frame = Frame::decode(&letter.payload).ok()?;
     let end = frame.first_seq.checked_add(frame.readings.len() as u64)?;

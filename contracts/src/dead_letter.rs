@@ -18,6 +18,9 @@ pub enum Reason {
     DeviceMismatch,
     /// Kafka refused the record for good, e.g. too large for the topic (bridge).
     KafkaRejected,
+    /// The frame is not sealed by the gateway that speaks for its device, or that
+    /// gateway is disabled (bridge, with the gateway registry).
+    Unauthorized,
     /// The frame's device is not in the `devices` table (ingester).
     UnknownDevice,
     /// The frame has a channel its device's `device_channels` lacks (ingester).
@@ -25,21 +28,23 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Topic,
         Reason::Decode,
         Reason::DeviceMismatch,
         Reason::KafkaRejected,
+        Reason::Unauthorized,
         Reason::UnknownDevice,
         Reason::UnknownChannel,
     ];
 
     /// The reasons the bridge dead-letters a message for.
-    pub const BRIDGE: [Reason; 4] = [
+    pub const BRIDGE: [Reason; 5] = [
         Reason::Topic,
         Reason::Decode,
         Reason::DeviceMismatch,
         Reason::KafkaRejected,
+        Reason::Unauthorized,
     ];
 
     /// The reasons the ingester dead-letters a record for.
@@ -56,6 +61,7 @@ impl Reason {
             Reason::Decode => "decode",
             Reason::DeviceMismatch => "device-mismatch",
             Reason::KafkaRejected => "kafka-rejected",
+            Reason::Unauthorized => "unauthorized",
             Reason::UnknownDevice => "unknown-device",
             Reason::UnknownChannel => "unknown-channel",
         }

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use protocol::id::{validate_id, IdError};
+use protocol::FrameKey;
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -28,6 +29,9 @@ pub enum RegistryError {
 pub struct Gateway {
     pub id: String,
     pub enabled: bool,
+    /// Whether it has a frame key, so its sealed frames can be checked (a gateway
+    /// registered before frame keys existed gets one when rotated).
+    pub seals: bool,
     pub devices: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub rotated_at: DateTime<Utc>,
@@ -51,10 +55,12 @@ pub async fn add(
     let secret = Secret::generate();
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO gateways (gateway_id, secret_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        "INSERT INTO gateways (gateway_id, secret_hash, frame_key) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(secret.hash().as_str())
+    .bind(secret.frame_key().as_bytes().as_slice())
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -78,10 +84,13 @@ pub async fn rotate(pool: &PgPool, service: &str, id: &str) -> Result<Secret, Re
     let secret = Secret::generate();
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
-        "UPDATE gateways SET secret_hash = $2, rotated_at = now() WHERE gateway_id = $1",
+        "UPDATE gateways SET secret_hash = $2, previous_frame_key = frame_key, frame_key = $3,
+                             rotated_at = now()
+          WHERE gateway_id = $1",
     )
     .bind(id)
     .bind(secret.hash().as_str())
+    .bind(secret.frame_key().as_bytes().as_slice())
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 0 {
@@ -167,7 +176,7 @@ pub async fn assign(
 /// Every gateway with its devices, by id.
 pub async fn list(pool: &PgPool) -> Result<Vec<Gateway>, RegistryError> {
     let gateways = sqlx::query_as(
-        "SELECT g.gateway_id AS id, g.enabled,
+        "SELECT g.gateway_id AS id, g.enabled, g.frame_key IS NOT NULL AS seals,
                 COALESCE(array_agg(d.device_id ORDER BY d.device_id)
                          FILTER (WHERE d.device_id IS NOT NULL), '{}') AS devices,
                 g.created_at, g.rotated_at
@@ -190,6 +199,55 @@ pub async fn credentials(pool: &PgPool, id: &str) -> Result<Option<Credentials>,
         hash: SecretHash::from_stored(hash),
         enabled,
     }))
+}
+
+/// What the bridge needs to check a frame of one device: the gateway that speaks for it
+/// and the keys its frames may be sealed with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceKeys {
+    pub gateway: String,
+    pub enabled: bool,
+    /// `None` for a gateway registered before frame keys existed (rotate it).
+    pub key: Option<FrameKey>,
+    /// The key before the last rotation, and when it was replaced.
+    pub previous: Option<(FrameKey, DateTime<Utc>)>,
+}
+
+/// The keys of the gateway that speaks for `device`, if one does.
+pub async fn device_keys(pool: &PgPool, device: &str) -> Result<Option<DeviceKeys>, sqlx::Error> {
+    type Row = (
+        String,
+        bool,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        DateTime<Utc>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT g.gateway_id, g.enabled, g.frame_key, g.previous_frame_key, g.rotated_at
+           FROM gateway_devices d JOIN gateways g USING (gateway_id)
+          WHERE d.device_id = $1",
+    )
+    .bind(device)
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map(|(gateway, enabled, key, previous, rotated_at)| DeviceKeys {
+            gateway,
+            enabled,
+            key: key.as_deref().and_then(frame_key),
+            previous: previous
+                .as_deref()
+                .and_then(frame_key)
+                .map(|key| (key, rotated_at)),
+        }),
+    )
+}
+
+/// A stored key (the table's CHECK holds its length).
+fn frame_key(bytes: &[u8]) -> Option<FrameKey> {
+    <[u8; protocol::seal::KEY_LEN]>::try_from(bytes)
+        .ok()
+        .map(FrameKey::from_bytes)
 }
 
 fn check_id(id: &str) -> Result<(), RegistryError> {

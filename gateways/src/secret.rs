@@ -34,6 +34,12 @@ impl Secret {
     pub fn hash(&self) -> SecretHash {
         SecretHash::of(&self.0)
     }
+
+    /// The key the gateway's agent seals frames with, derived from this secret as the
+    /// agent derives it from its password file.
+    pub fn frame_key(&self) -> protocol::FrameKey {
+        protocol::FrameKey::derive(self.0.as_bytes())
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -152,3 +152,32 @@ async fn rotation_disabling_and_assignment_take_effect(pool: PgPool) {
         assert_eq!(events(&pool, kind).await, 1, "{kind}");
     }
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_devices_keys_are_its_gateways_and_a_rotation_keeps_the_one_before(pool: PgPool) {
+    let first = registry::add(&pool, "iotctl", "pi-a", &names(&["furnace-01"]))
+        .await
+        .unwrap();
+    let keys = registry::device_keys(&pool, "furnace-01")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys.gateway, "pi-a");
+    assert_eq!(keys.key, Some(first.frame_key()));
+    assert_eq!(keys.previous, None);
+    assert!(registry::device_keys(&pool, "press-01")
+        .await
+        .unwrap()
+        .is_none());
+
+    let second = registry::rotate(&pool, "iotctl", "pi-a").await.unwrap();
+    let keys = registry::device_keys(&pool, "furnace-01")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys.key, Some(second.frame_key()));
+    let (previous, replaced_at) = keys.previous.unwrap();
+    assert_eq!(previous, first.frame_key());
+    let rotated = registry::list(&pool).await.unwrap()[0].rotated_at;
+    assert_eq!(replaced_at, rotated);
+}

@@ -192,10 +192,10 @@ async fn list(global: &Global, pool: &sqlx::PgPool) -> Result<Outcome> {
     for gateway in &gateways {
         table.add_row(vec![
             gateway.id.clone(),
-            if gateway.enabled {
-                "enabled"
-            } else {
-                "disabled"
+            match (gateway.enabled, gateway.seals) {
+                (false, _) => "disabled",
+                (true, true) => "enabled",
+                (true, false) => "enabled, no frame key (rotate it)",
             }
             .to_owned(),
             gateway.devices.join(", "),

@@ -72,6 +72,7 @@ impl Delivery {
             ));
         match mqtt.credentials(&self.config.gateway.id) {
             Ok(Some((user, password))) => {
+                self.frame_key = Some(protocol::FrameKey::derive(password.as_bytes()));
                 options.set_credentials(user, password);
             }
             Ok(None) => {}

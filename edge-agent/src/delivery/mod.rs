@@ -130,6 +130,10 @@ pub struct Delivery {
     /// Written by the sampling thread (see `agent::Sampler`).
     missed_ticks: Arc<AtomicU64>,
     tls: Option<TlsConfiguration>,
+    /// The gateway's frame key, from the secret of the current connection: frames go
+    /// out sealed with it (`protocol::seal`), so the bridge can tell they are this
+    /// gateway's. `None` without a password: frames go out as they are stored.
+    frame_key: Option<protocol::FrameKey>,
 }
 
 /// Largest MQTT packet sent or accepted: a frame is under 1 KiB, a device's `meta` under
@@ -181,6 +185,7 @@ impl Delivery {
             counters: Counters::default(),
             missed_ticks,
             tls,
+            frame_key: None,
             config,
         };
         // Frames dropped at open, because the cap was lowered since the last run.

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use gateways::registry::{self, RegistryError};
 use protocol::topic::{Topic, TopicKind};
-use protocol::{BootId, DeviceId, Frame, Quality, Reading};
+use protocol::{BootId, DeviceId, Frame, FrameKey, Quality, Reading};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use serde::Serialize;
 use sqlx::types::chrono::{DateTime, Utc};
@@ -225,6 +226,8 @@ async fn probe(
     [warm_boot, boot]: [BootId; 2],
 ) -> Result<Verdict> {
     let newly_registered = register(pool).await?;
+    let key = claim(global, pool).await?;
+    let seal = |bytes: Vec<u8>| sealed(bytes, key.as_ref());
     let topic = Topic::new(
         &global.mqtt_prefix,
         SITE_LINE,
@@ -259,7 +262,7 @@ async fn probe(
         }
         if Instant::now() >= next_send {
             let (_, bytes) = frame(warm_boot, seq, 1, now_ms())?;
-            publish(client, &topic, bytes).await?;
+            publish(client, &topic, seal(bytes)).await?;
             seq += 1;
             next_send += WARM_UP_REPEAT;
         }
@@ -292,7 +295,7 @@ async fn probe(
         let base = first_ts + u64::from(start) * u64::from(PERIOD_MS);
         let (last_seq, bytes) = frame(boot, u64::from(start), count, base)?;
         last_seqs.push(last_seq);
-        frames.push(bytes);
+        frames.push(seal(bytes));
     }
     let since = DateTime::<Utc>::from_timestamp_millis(first_ts as i64)
         .ok_or_else(|| anyhow!("the clock is out of range"))?;
@@ -446,6 +449,39 @@ async fn publish(client: &AsyncClient, topic: &str, bytes: Vec<u8>) -> Result<()
         .publish(topic, QoS::AtLeastOnce, false, bytes)
         .await
         .context("the MQTT client stopped")
+}
+
+/// Under a gateway registry, the bridge forwards a frame only when it is sealed by the
+/// gateway that speaks for its device: iotctl connecting as a gateway (`--mqtt-user`)
+/// takes the probe device for it, and seals with the key of its secret.
+async fn claim(global: &Global, pool: &PgPool) -> Result<Option<FrameKey>> {
+    let Some((user, secret)) = services::mqtt_credentials(global)? else {
+        return Ok(None);
+    };
+    let owner = registry::device_keys(pool, DEVICE)
+        .await
+        .context("reading the gateway registry")?;
+    if owner.is_none_or(|keys| keys.gateway != user) {
+        match registry::assign(pool, "iotctl", &user, &[DEVICE.to_owned()]).await {
+            // A user of a broker without the registry: nothing to claim.
+            Ok(_) | Err(RegistryError::Unknown(_)) => {}
+            Err(e) => {
+                return Err(anyhow!(e).context(format!("giving the probe device to gateway {user}")))
+            }
+        }
+    }
+    Ok(Some(FrameKey::derive(secret.as_bytes())))
+}
+
+fn sealed(frame: Vec<u8>, key: Option<&FrameKey>) -> Vec<u8> {
+    let Some(key) = key else {
+        return frame;
+    };
+    let mut out = [0u8; protocol::MAX_SEALED_LEN];
+    match protocol::seal::seal(&frame, key, &mut out) {
+        Ok(sealed) => sealed.to_vec(),
+        Err(_) => frame,
+    }
 }
 
 /// Registers the probe device and its channel (disabled, see the module documentation);
