@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Checks docker-compose.yml, docker/*.Dockerfile and the Grafana bundle of deploy/grafana/
-without a Docker engine.
+"""Checks docker-compose.yml, docker/*.Dockerfile, deploy/compose/ (agents, gateways-init)
+and the Grafana bundle of deploy/grafana/ without a Docker engine.
 
     scripts/check-compose.py                         spec + consistency checks
     scripts/check-compose.py --binaries target/debug  also run each service's binary with
                                                       --check-config in its compose setup
+    scripts/check-compose.py --file /tmp/copy.yml     check a scratch copy instead, as if it
+                                                      were the repository's docker-compose.yml
 
 No engine runs here, so the compose file is validated instead of run:
 
 1. The Compose spec. `docker-compose config` (Compose v1 from PyPI: it parses, interpolates
-   and validates without an engine) resolves the file with no variable set (so a plain
-   `docker compose up -d` needs none: Compose interpolates every profile's services);
-   then, for each profile combination (default, demo, client, tools, grafana, all), the
+   and validates without an engine) resolves the file with placeholders for the keys
+   scripts/compose-env.sh writes to .env and no other variable (so `docker compose up -d`
+   needs that .env and nothing else: Compose interpolates every profile's services; the
+   real .env is never read), and must refuse to resolve it without them; then, for each
+   profile combination (default, demo, client, tools, grafana, all), the
    services that combination starts are validated against the Compose spec schema and
    checked for what only shows per combination: a dependency the combination does not
    start, a health condition on a service without a health check, a host port published
@@ -21,13 +25,14 @@ No engine runs here, so the compose file is validated instead of run:
    service the pipeline needs exists, in its profile, with a health check; ports are the
    defaults of bridge/config/bridge.toml, cloud-ingester/config/cloud-ingester.toml and
    console/config/console.toml; every BRIDGE_* / INGESTER_* / CONSOLE_* / EDGE_AGENT_*
-   variable names a key of the example TOML (PREFIX_A__B -> a.b); URLs, brokers and
-   credentials point at the right services and match scripts/stack.sh; the console
+   variable names a key of the example TOML (PREFIX_A__B -> a.b); URLs and brokers point
+   at the right services, with the password that service gets; user, database and Redis
+   settings match scripts/stack.sh; the console
    waits for the ingester (which migrates the schema) and reads its Redis prefix and
    alerts topic; the five demo agents run the seed devices of migrations/ with the
-   simulated-plant.toml definitions; each build's Dockerfile exists, builds its crate
-   with --locked, copies the example config and ends as a non-root USER; .dockerignore
-   keeps the junk out.
+   simulated-plant.toml definitions; each build's Dockerfile (and every
+   docker/*.Dockerfile) exists, builds its crate with --locked and ends as a non-root
+   USER, a service's copying its example config; .dockerignore keeps the junk out.
 3. The Grafana bundle (deploy/grafana/, the `grafana` profile): the provisioning YAMLs
    parse and have their keys; the data source is the compose postgres service, its
    database and user, with the password from an environment variable the grafana
@@ -39,9 +44,28 @@ No engine runs here, so the compose file is validated instead of run:
    where it reads the readings or the hourly statistics; Grafana is pinned to a version,
    published on 127.0.0.1 only, health-checked on /api/health, and has no literal or
    default admin password.
-4. With --binaries: each bridge, ingester, console and agent service's binary is run with
+4. Secrets: none written in the file. An environment variable, command-line flag or
+   VAR=value named like a password, secret, token or requirepass, a URL's password part
+   and REDIS_HOSTS' password are each a ${VAR} interpolation without a default (or the
+   container's own $${VAR}); the variables compose requires (${VAR:?}) are exactly keys
+   scripts/compose-env.sh generates, and a password compose takes from .env is required
+   (${VAR:?}: empty would mean none). Redis requires a password and its health check
+   authenticates; .env is ignored by git and the Docker build context; PostgreSQL, Redis
+   and the `tools` profile are published on 127.0.0.1 only.
+5. Gateways (no anonymous MQTT): the embedded bridge has BRIDGE_EMBEDDED__REGISTRY_URL
+   (the postgres service's URL) and no allow_anonymous; gateways-init (iotctl image,
+   after the migrating ingester) runs its deploy/compose/ script here with a stand-in
+   iotctl: the gateways it registers, their devices and secret files, and that a re-run
+   keeps the secrets, a missing file is rotated and a registry error fails it. Each demo
+   agent's gateway.id (deploy/compose/agents/*.toml) is registered with that agent's
+   devices, and the agents and the console log in as registered gateways with the secret
+   file gateways-init writes, mounted read-only, after gateways-init completed; no health
+   check or command runs an MQTT client against the embedded broker without a login.
+6. With --binaries: each bridge, ingester, console and agent service's binary is run with
    the service's environment and command plus --check-config, so the binaries themselves
-   confirm they accept the settings (their configs refuse unknown keys).
+   confirm they accept the settings (their configs refuse unknown keys); the secrets
+   volume is the directory the gateways-init run of 5 wrote, so a password file exists
+   (mode 0600) only if gateways-init writes it.
 
 Prints one line per problem and exits 1, or a summary and exits 0. The first run makes a
 venv in target/compose-venv and installs docker-compose there (about 20 s); later runs
@@ -128,6 +152,7 @@ import fnmatch  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
+import tempfile  # noqa: E402
 import tomllib  # noqa: E402
 import urllib.parse  # noqa: E402
 
@@ -136,6 +161,16 @@ import jsonschema  # noqa: E402
 import yaml  # noqa: E402
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# Writes the .env compose reads its secrets from; its KEYS=(...) line names them.
+COMPOSE_ENV = ROOT / "scripts" / "compose-env.sh"
+# Names that hold a secret: environment keys, command-line flags, VAR=value words.
+SECRET_NAME = re.compile(r"password|passwd|secret|token|requirepass|(^|_)auth$", re.I)
+# Interpolations, compose's ${VAR...} and the container's escaped $${VAR...}.
+INTERPOLATION = re.compile(r"\$?\$\{[^}]*\}")
+# A URL's password part (interpolations masked first: they may hold `/`, `@` or spaces).
+URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^@\s/]*)@")
+# Addresses a port published for this machine only may bind to.
+LOCAL_ADDRESSES = ("127.0.0.1", "::1", "localhost")
 
 # Profile combinations to check: each alone, and all together.
 COMBINATIONS = [(), ("demo",), ("client",), ("tools",), ("grafana",),
@@ -174,6 +209,17 @@ BINARIES = {
         "examples": ["edge-agent/config/simulated-plant.toml", "edge-agent/config/pi.toml"],
         "extra_env": {"EDGE_AGENT_CONFIG", "RUST_LOG"},
     },
+    # A command-line tool, not a service: no example configuration, port, HEALTHCHECK or
+    # --check-config; its options read these variables (clap `env`, iotctl/src/global.rs).
+    "docker/iotctl.Dockerfile": {
+        "crate": "iotctl",
+        "binary": "iotctl",
+        "tool": True,
+        "prefix": None,
+        "examples": [],
+        "extra_env": {"DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "IOTCTL_MQTT",
+                      "IOTCTL_MQTT_USER", "IOTCTL_MQTT_PASSWORD_FILE"},
+    },
 }
 
 # Services the pipeline needs: name -> (profiles, one-shot). The agents are added from
@@ -183,6 +229,7 @@ EXPECTED = {
     "redis": ((), False),
     "kafka": ((), False),
     "kafka-init": ((), True),
+    "gateways-init": ((), True),
     "bridge": ((), False),
     "ingester": ((), False),
     "console": ((), False),
@@ -244,7 +291,8 @@ def seed_devices() -> list[str]:
 
 
 def stack_settings() -> dict[str, str]:
-    """Credentials and Redis settings scripts/stack.sh gives its services."""
+    """User, database and Redis settings scripts/stack.sh gives its services (its
+    password is a development default; compose's comes from .env)."""
     text = (ROOT / "scripts/stack.sh").read_text()
     settings = dict(re.findall(r"^(PG\w+)=\$\{\1:-([^}]*)\}", text, re.M))
     redis_conf = re.search(r"redis_write_config\(\).*?<<EOF\n(.*?)\nEOF", text, re.S)
@@ -254,7 +302,7 @@ def stack_settings() -> dict[str, str]:
             if len(parts) == 2 and parts[0] in (
                 "maxmemory", "maxmemory-policy", "appendonly", "appendfsync"):
                 settings["redis." + parts[0]] = parts[1].strip()
-    for key in ("PGUSER", "PGPASSWORD", "PGDATABASE", "redis.maxmemory",
+    for key in ("PGUSER", "PGDATABASE", "redis.maxmemory",
                 "redis.maxmemory-policy", "redis.appendonly"):
         if key not in settings:
             problem(f"scripts/stack.sh: could not read {key} (has its form changed?)")
@@ -326,20 +374,55 @@ def unescape(value):
     return value
 
 
-def resolve() -> dict | None:
-    """Runs `docker-compose config`: spec validation, interpolation, anchors, paths."""
+def compose_env_keys() -> list[str]:
+    """The keys scripts/compose-env.sh writes to .env (its KEYS=(...) line)."""
+    if not COMPOSE_ENV.exists():
+        problem(f"{rel(COMPOSE_ENV)} is missing: nothing writes the .env with the secrets "
+                "docker-compose.yml reads")
+        return []
+    if not os.access(COMPOSE_ENV, os.X_OK):
+        problem(f"{rel(COMPOSE_ENV)} is not executable")
+    found = re.search(r"^KEYS=\(([^)]*)\)", COMPOSE_ENV.read_text(), re.M)
+    if not found or not found[1].split():
+        problem(f"{rel(COMPOSE_ENV)}: could not read KEYS=(...) (has its form changed?)")
+        return []
+    return found[1].split()
+
+
+def placeholder(key: str) -> str:
+    """What a .env key resolves to here: distinct per key, URL-safe, never a real secret."""
+    return "check-compose-" + key.lower().replace("_", "-")
+
+
+def docker_compose_config(env_lines: list[str]) -> subprocess.CompletedProcess:
+    """`docker-compose config` with exactly these .env lines (never the real .env) and no
+    variable from this shell."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
-    run = subprocess.run(
-        [str(VENV / "bin" / "docker-compose"), "--project-directory", str(ROOT),
-         "-f", str(COMPOSE_FILE), "config"],
-        capture_output=True, text=True, env=env, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="check-compose-") as directory:
+        env_file = Path(directory) / "env"
+        env_file.write_text("".join(line + "\n" for line in env_lines))
+        return subprocess.run(
+            [str(VENV / "bin" / "docker-compose"), "--project-directory", str(ROOT),
+             "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"],
+            capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def resolve(keys: list[str]) -> dict | None:
+    """Runs `docker-compose config`: spec validation, interpolation, anchors, paths, with
+    placeholders for the .env keys scripts/compose-env.sh writes."""
+    if keys and docker_compose_config([]).returncode == 0:
+        problem("docker-compose config: resolves without .env, so a password it should "
+                "hold would be empty; require it: ${VAR:?run scripts/compose-env.sh}")
+    run = docker_compose_config([f"{key}={placeholder(key)}" for key in keys])
     if run.returncode != 0:
-        for line in (run.stderr or run.stdout).strip().splitlines():
+        output = run.stderr or run.stdout
+        for line in output.strip().splitlines():
             problem(f"docker-compose config: {line}")
-        if "Missing mandatory value" in (run.stderr or run.stdout):
+        if "Missing mandatory value" in output:
             problem("docker-compose config: Compose interpolates every service, whatever the "
-                    "profiles, so a ${VAR:?} stops a plain `docker compose up` too; require "
-                    "the variable inside the container instead")
+                    "profiles, so a ${VAR:?} for a variable scripts/compose-env.sh does not "
+                    f"write ({', '.join(keys)}) stops a plain `docker compose up` too; have "
+                    "the script generate it, or require it inside the container")
         return None
     return yaml.safe_load(run.stdout)
 
@@ -372,6 +455,14 @@ def published(service: dict) -> list[tuple[int | None, int]]:
             host = parts[-2] if len(parts) >= 2 else None
         ports.append((int(host) if host else None, int(target)))
     return ports
+
+
+def host_address(entry) -> str | None:
+    """The host address a `ports` entry binds to; None: every interface."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip")
+    text = str(entry).split("/")[0]
+    return text.rsplit(":", 2)[0].strip("[]") if text.count(":") >= 2 else None
 
 
 def mounts(service: dict) -> list[tuple[str, str, bool]]:
@@ -578,25 +669,23 @@ def check_addresses(model: dict, settings: dict[str, str]) -> None:
     postgres = services.get("postgres")
     if postgres:
         penv = env_of(postgres)
-        for var, stack_var in (("POSTGRES_USER", "PGUSER"), ("POSTGRES_PASSWORD", "PGPASSWORD"),
-                               ("POSTGRES_DB", "PGDATABASE")):
+        # The password is not stack.sh's development default but .env's (check_secrets).
+        for var, stack_var in (("POSTGRES_USER", "PGUSER"), ("POSTGRES_DB", "PGDATABASE")):
             if stack_var in settings and penv.get(var) != settings[stack_var]:
                 problem(f"postgres: {var}={penv.get(var)!r}, scripts/stack.sh uses "
                         f"{settings[stack_var]!r}")
         if "pg_isready" not in healthcheck_text(postgres):
             problem("postgres: the health check should use pg_isready")
         for name, svc in services.items():
-            url = env_of(svc).get("DATABASE_URL") or env_of(svc).get("INGESTER_DATABASE__URL")
-            if not url:
-                continue
-            parsed = urllib.parse.urlsplit(url)
-            wanted = (penv.get("POSTGRES_USER"), penv.get("POSTGRES_PASSWORD"), "postgres",
-                      5432, penv.get("POSTGRES_DB"))
-            got = (parsed.username, parsed.password, parsed.hostname, parsed.port or 5432,
-                   parsed.path.lstrip("/"))
-            if got != wanted:
-                problem(f"{name}: DATABASE_URL does not match the postgres service "
-                        "(user, password, host postgres, port 5432, database)")
+            for var, url in client_urls(svc, "DATABASE"):
+                parsed = urllib.parse.urlsplit(url)
+                wanted = (penv.get("POSTGRES_USER"), penv.get("POSTGRES_PASSWORD"), "postgres",
+                          5432, penv.get("POSTGRES_DB"))
+                got = (parsed.username, parsed.password, parsed.hostname, parsed.port or 5432,
+                       parsed.path.lstrip("/"))
+                if got != wanted:
+                    problem(f"{name}: {var} does not match the postgres service "
+                            "(user, password, host postgres, port 5432, database)")
     redis = services.get("redis")
     if redis:
         args = words(redis.get("command"))
@@ -606,18 +695,54 @@ def check_addresses(model: dict, settings: dict[str, str]) -> None:
             got = args[args.index(flag) + 1] if flag in args[:-1] else None
             if wanted is not None and got != wanted:
                 problem(f"redis: {flag} {got}, scripts/stack.sh sets {option} {wanted}")
+        # A password: Redis answers anyone who reaches it otherwise.
+        requirepass = args[args.index("--requirepass") + 1] \
+            if "--requirepass" in args[:-1] else None
+        if not requirepass:
+            problem("redis: no --requirepass, so Redis takes any client; give it "
+                    "${REDIS_PASSWORD:?run scripts/compose-env.sh}")
+        else:
+            check = healthcheck_text(redis)
+            authenticated = env_of(redis).get("REDISCLI_AUTH") == requirepass or \
+                re.search(r"(^|\s)(-a|--pass)\s", check)
+            if "redis-cli" not in check or not authenticated:
+                problem("redis: the health check does not authenticate (redis-cli with "
+                        "REDISCLI_AUTH set to the --requirepass password)")
+            elif "PONG" not in check:
+                problem("redis: the health check should look for PONG (redis-cli may exit 0 "
+                        "on an error reply such as NOAUTH)")
         for name, svc in services.items():
             env = env_of(svc)
-            url = env.get("REDIS_URL") or env.get("INGESTER_REDIS__URL")
-            if url:
+            for var, url in client_urls(svc, "REDIS"):
                 parsed = urllib.parse.urlsplit(url)
                 if (parsed.hostname, parsed.port or 6379) != ("redis", 6379):
-                    problem(f"{name}: REDIS_URL {url} is not the redis service on 6379")
-            if "REDIS_HOSTS" in env and ":redis:6379" not in env["REDIS_HOSTS"]:
-                problem(f"{name}: REDIS_HOSTS does not name redis:6379")
-    notes.append("addresses: Kafka brokers, DATABASE_URL, REDIS_URL match their services; "
-                 "PostgreSQL credentials and Redis memory/eviction/persistence match "
+                    problem(f"{name}: {var} {url} is not the redis service on 6379")
+                elif requirepass and parsed.password != requirepass:
+                    problem(f"{name}: {var} does not carry the redis service's password "
+                            "(redis://:${REDIS_PASSWORD:?...}@redis:6379)")
+            for entry in filter(None, env.get("REDIS_HOSTS", "").split(",")):
+                # label:host:port:db:password (Redis Commander)
+                fields = entry.split(":")
+                if fields[1:3] != ["redis", "6379"]:
+                    problem(f"{name}: REDIS_HOSTS does not name redis:6379")
+                elif requirepass and (fields[4:5] or [None])[0] != requirepass:
+                    problem(f"{name}: REDIS_HOSTS does not carry the redis service's password "
+                            "(label:redis:6379:0:${REDIS_PASSWORD:?...})")
+            if requirepass and "REDIS_PASSWORD" in env and env["REDIS_PASSWORD"] != requirepass:
+                problem(f"{name}: REDIS_PASSWORD is not the redis service's password")
+    notes.append("addresses: Kafka brokers, database and Redis URLs match their services, "
+                 "with their passwords; Redis requires one, and its health check gives it; "
+                 "PostgreSQL user and database and Redis memory/eviction/persistence match "
                  "scripts/stack.sh")
+
+
+def client_urls(svc: dict, kind: str) -> list[tuple[str, str]]:
+    """(variable, URL) of a service's DATABASE or REDIS URLs: the conventional DATABASE_URL /
+    REDIS_URL and any binary's PREFIX_DATABASE__URL / PREFIX_REDIS__URL (and, a database,
+    the bridge's BRIDGE_EMBEDDED__REGISTRY_URL: the gateway registry)."""
+    return [(var, value) for var, value in env_of(svc).items()
+            if value and (var == f"{kind}_URL" or var.endswith(f"_{kind}__URL")
+                          or (kind == "DATABASE" and var.endswith("__REGISTRY_URL")))]
 
 
 def binary_info(svc: dict) -> dict | None:
@@ -659,7 +784,7 @@ def check_env_and_ports(model: dict) -> None:
             checked += 1
             if variable in info["extra_env"]:
                 continue
-            if not variable.startswith(info["prefix"]):
+            if not info["prefix"] or not variable.startswith(info["prefix"]):
                 problem(f"{name}: {variable} is not read by {info['binary']}")
                 continue
             key = ".".join(variable[len(info["prefix"]):].lower().split("__"))
@@ -674,7 +799,7 @@ def check_env_and_ports(model: dict) -> None:
     summary = []
     for name, svc in services.items():
         info = binary_info(svc)
-        if not info or info["binary"] == "edge-agent":
+        if not info or info["binary"] == "edge-agent" or info.get("tool"):
             continue
         example = ROOT / info["examples"][0]
         settings = [("http.listen", "--http-listen")]
@@ -874,6 +999,341 @@ def check_console(model: dict) -> None:
                      "migrating ingester; Redis prefix and alerts topic as the ingester's")
 
 
+# ------------------------------------------------------------------- gateway registry
+
+GATEWAYS_INIT = "gateways-init"
+# MQTT command-line clients a health check or command might run against a broker.
+MQTT_TOOLS = ("mosquitto_sub", "mosquitto_pub", "mosquitto_rr")
+# iotctl commands that connect to the broker.
+IOTCTL_MQTT_COMMANDS = {"tail", "watch", "health"}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+# Stands in for `iotctl gateways add|rotate` when gateways-init's script runs here: the
+# registry is a JSON file, errors read like iotctl's, and anything else is refused.
+STUB_IOTCTL = '''#!{python}
+import json, os, sys
+state = os.environ["CHECK_COMPOSE_REGISTRY"]
+registry = json.load(open(state)) if os.path.exists(state) else {{"gateways": {{}}}}
+args = sys.argv[1:]
+def fail(message, code=1):
+    print("Error: " + message, file=sys.stderr)
+    sys.exit(code)
+if os.environ.get("CHECK_COMPOSE_FAIL"):
+    fail("connecting to PostgreSQL: Connection refused (os error 111)")
+if args[:1] != ["gateways"] or len(args) < 3 or args[1] not in ("add", "rotate"):
+    fail("the stand-in iotctl knows `gateways add|rotate ID` only, not " + " ".join(args), 2)
+command, gateway, rest = args[1], args[2], args[3:]
+devices, secret_file = [], None
+while rest:
+    if command == "add" and rest[0] == "--device" and len(rest) > 1:
+        devices.append(rest[1])
+    elif rest[0] == "--secret-file" and len(rest) > 1 and secret_file is None:
+        secret_file = rest[1]
+    else:
+        fail("unexpected argument " + repr(rest[0]), 2)
+    rest = rest[2:]
+if secret_file is None:
+    fail("no --secret-file: the secret would be printed to the log", 2)
+gateways = registry["gateways"]
+if command == "add":
+    if gateway in gateways:
+        fail("gateway " + gateway + " exists already")
+    for other in gateways.values():  # a device is spoken for by one gateway: it moves
+        other["devices"] = [d for d in other["devices"] if d not in devices]
+    gateways[gateway] = {{"devices": devices, "secret": 0}}
+elif gateway not in gateways:
+    fail("no gateway " + gateway)
+gateways[gateway]["secret"] += 1
+gateways[gateway]["file"] = secret_file
+fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.fchmod(fd, 0o600)
+os.write(fd, ("secret-of-%s-%d\\n" % (gateway, gateways[gateway]["secret"])).encode())
+os.close(fd)
+json.dump(registry, open(state, "w"))
+'''
+
+
+def volume_mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(volume, target, read-only) of each named-volume entry."""
+    result = []
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            if entry.get("type", "volume") == "volume" and entry.get("source"):
+                result.append((entry["source"], entry["target"], bool(entry.get("read_only"))))
+            continue
+        parts = str(entry).split(":")
+        if len(parts) >= 2 and not parts[0].startswith(("/", ".")):
+            modes = parts[2].split(",") if len(parts) >= 3 else []
+            result.append((parts[0], parts[1], "ro" in modes))
+    return result
+
+
+def run_gateways_init(model: dict, scratch: Path) -> dict | None:
+    """Runs gateways-init's command here, its shell script and all, with a stand-in for
+    iotctl (STUB_IOTCTL) and a directory for each named volume it writes: which gateways
+    it registers, with which devices, where their secrets go. Then again: a re-run keeps
+    every secret, a missing secret file gets a new secret (rotate), and a registry error
+    fails the one-shot. Returns {"volumes": {volume: directory here}, "gateways": {id:
+    {"devices", "volume", "file" (relative to the volume)}}}."""
+    svc = model["services"].get(GATEWAYS_INIT)
+    if svc is None:
+        return None  # reported by check_services
+    info = binary_info(svc)
+    if not info or info["binary"] != "iotctl":
+        problem(f"{GATEWAYS_INIT}: not built from docker/iotctl.Dockerfile")
+        return None
+    depends = svc.get("depends_on") or {}
+    migrators = [n for n, s in model["services"].items()
+                 if (binary_info(s) or {}).get("binary") == "cloud-ingester"
+                 and "--migrate" in words(s.get("command"))]
+    if not any((depends.get(m) or {}).get("condition") == "service_healthy" for m in migrators):
+        problem(f"{GATEWAYS_INIT}: must wait for the ingester that runs --migrate to be "
+                "healthy (it creates the registry's tables)")
+    if not client_urls(svc, "DATABASE"):
+        problem(f"{GATEWAYS_INIT}: no DATABASE_URL (the registry iotctl writes to)")
+    declared = set(model.get("volumes") or {})
+    volumes: dict[str, tuple[str, Path]] = {}
+    for source, target, read_only in volume_mounts(svc):
+        if source in declared and not read_only:
+            volumes[target.rstrip("/")] = (source, scratch / "volumes" / source)
+    if not volumes:
+        problem(f"{GATEWAYS_INIT}: mounts no writable named volume for the secrets")
+        return None
+    binds = {t: s for s, t, bind in mounts(svc) if bind}
+
+    def here(word: str) -> str:
+        if word in binds:
+            return binds[word]
+        for target, (_, directory) in volumes.items():
+            if word == target or word.startswith(target + "/"):
+                return str(directory) + word[len(target):]
+        return word
+
+    args = [here(w) for w in words(svc.get("entrypoint")) + words(svc.get("command"))]
+    compose_dir = ROOT / "deploy" / "compose"
+    scripts = [Path(w) for w in args if Path(w).is_file()
+               and Path(w).resolve().is_relative_to(compose_dir.resolve())]
+    if not scripts:
+        problem(f"{GATEWAYS_INIT}: runs no script of {rel(compose_dir)} (mounted from "
+                f"there): {' '.join(args) or 'the image entrypoint alone'}")
+        return None
+    script = rel(scripts[0])
+    for _, directory in volumes.values():
+        directory.mkdir(parents=True, mode=0o700)
+    stub = scratch / "bin" / "iotctl"
+    stub.parent.mkdir()
+    stub.write_text(STUB_IOTCTL.format(python=sys.executable))
+    stub.chmod(0o755)
+    registry = scratch / "registry.json"
+
+    def run(fail: bool = False) -> subprocess.CompletedProcess:
+        env = {**env_of(svc), "PATH": f"{stub.parent}:/usr/bin:/bin", "HOME": "/nonexistent",
+               "CHECK_COMPOSE_REGISTRY": str(registry)}
+        if fail:
+            env["CHECK_COMPOSE_FAIL"] = "1"
+        return subprocess.run(args, env=env, cwd=scratch, capture_output=True, text=True,
+                              timeout=60)
+
+    def detail(run_: subprocess.CompletedProcess) -> str:
+        return " | ".join((run_.stderr or run_.stdout).strip().splitlines()[-3:])
+
+    def secrets() -> dict[str, int]:
+        state = json.loads(registry.read_text()) if registry.exists() else {"gateways": {}}
+        return {g: e["secret"] for g, e in state["gateways"].items()}
+
+    first = run()
+    if first.returncode != 0:
+        problem(f"{GATEWAYS_INIT}: {script} fails on an empty registry: {detail(first)}")
+        return None
+    state = json.loads(registry.read_text()) if registry.exists() else {"gateways": {}}
+    gateways: dict[str, dict] = {}
+    for gateway, entry in state["gateways"].items():
+        path = Path(entry["file"])
+        where = [(source, directory) for source, directory in volumes.values()
+                 if path.resolve().is_relative_to(directory.resolve())]
+        if not where:
+            problem(f"{GATEWAYS_INIT}: {script} writes gateway {gateway}'s secret to "
+                    f"{entry['file']}, outside the volumes it mounts")
+            continue
+        source, directory = where[0]
+        gateways[gateway] = {"devices": sorted(entry["devices"]), "volume": source,
+                             "file": str(path.resolve().relative_to(directory.resolve()))}
+    before = secrets()
+    again = run()
+    if again.returncode != 0:
+        problem(f"{GATEWAYS_INIT}: {script} fails when run again (every gateway exists "
+                f"already): {detail(again)}")
+    elif secrets() != before:
+        changed = sorted(g for g, n in secrets().items() if before.get(g) != n)
+        problem(f"{GATEWAYS_INIT}: {script} run again gives {', '.join(changed)} new "
+                "secrets; a gateway whose secret file is there keeps it")
+    if gateways:
+        victim = sorted(gateways)[0]
+        entry = gateways[victim]
+        secret_path = dict((s, d) for s, d in volumes.values())[entry["volume"]] / entry["file"]
+        secret_path.unlink()
+        before = secrets()
+        third = run()
+        changed = sorted(g for g, n in secrets().items() if before.get(g) != n)
+        if third.returncode != 0:
+            problem(f"{GATEWAYS_INIT}: {script} fails when gateway {victim}'s secret file is "
+                    f"missing: {detail(third)}")
+        elif changed != [victim] or not secret_path.exists():
+            problem(f"{GATEWAYS_INIT}: with gateway {victim}'s secret file missing, {script} "
+                    f"should give it alone a new secret (rotate); new secrets: "
+                    f"{', '.join(changed) or 'none'}")
+    failing = run(fail=True)
+    if failing.returncode == 0:
+        problem(f"{GATEWAYS_INIT}: {script} exits 0 when iotctl fails (the registry away), so "
+                "the services waiting for it would start without their secrets")
+    notes.append(f"{GATEWAYS_INIT}: {script} run with a stand-in iotctl registers "
+                 + ", ".join(f"{g} ({', '.join(e['devices']) or 'no device'})"
+                             for g, e in sorted(gateways.items()))
+                 + "; secrets 0600 in its volume; re-runs keep them, a missing file is "
+                 "rotated, a registry error fails it")
+    return {"volumes": {source: directory for source, directory in volumes.values()},
+            "gateways": gateways}
+
+
+def option(args: list[str], *flags: str) -> str | None:
+    """The value after the first of these flags (or --flag=value) in args."""
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+            if flag.startswith("--") and arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def check_gateways(model: dict, agents: dict[str, str], provisioned: dict | None) -> None:
+    """No anonymous access to the embedded broker: each embedded bridge authenticates
+    against the registry (the postgres service's URL: check_addresses), and every client
+    of it in this file logs in as a gateway gateways-init registers, with the secret file
+    gateways-init writes, mounted read-only, once gateways-init has completed."""
+    services = model["services"]
+    bridge_toml = ROOT / "bridge/config/bridge.toml"
+    console_toml = ROOT / "console/config/console.toml"
+    embedded: dict[str, int | None] = {}
+    for name, svc in services.items():
+        info = binary_info(svc)
+        if not info or info["binary"] != "bridge" or \
+                effective(svc, info, bridge_toml, "mode", "--mode") != "embedded":
+            continue
+        embedded[name] = port_of(effective(svc, info, bridge_toml, "embedded.listen",
+                                           "--listen"))
+        if not effective(svc, info, bridge_toml, "embedded.registry_url"):
+            problem(f"{name}: no BRIDGE_EMBEDDED__REGISTRY_URL: its embedded broker cannot "
+                    "authenticate devices against the gateway registry (the postgres "
+                    "service's URL), so it refuses to start")
+        if str(effective(svc, info, bridge_toml, "embedded.allow_anonymous")).lower() == "true":
+            problem(f"{name}: embedded.allow_anonymous is true: anyone who reaches its MQTT "
+                    "port publishes as any device; authenticate against the registry")
+        users = sorted(v for v in env_of(svc) if v.startswith("BRIDGE_EMBEDDED__USERS"))
+        if users:
+            problem(f"{name}: {', '.join(users)}: passwords written in docker-compose.yml; "
+                    f"register a gateway in {GATEWAYS_INIT}'s script instead")
+
+    # Other MQTT clients in the file (health checks, commands) against an embedded broker.
+    for name, svc in services.items():
+        for part in ("healthcheck", "command", "entrypoint"):
+            value = svc.get(part)
+            if part == "healthcheck":
+                value = (value or {}).get("test") if isinstance(value, dict) else None
+            text = value if isinstance(value, str) else " ".join(words(value))
+            try:
+                args = shlex.split(text)
+            except ValueError:
+                args = text.split()
+            for i, word in enumerate(args):
+                tool, rest = word.rsplit("/", 1)[-1], args[i + 1:]
+                if tool in MQTT_TOOLS:
+                    host = option(rest, "-h", "--host") or "localhost"
+                    port = option(rest, "-p", "--port") or "1883"
+                    login = option(rest, "-u", "--username") and option(rest, "-P", "--pw")
+                elif tool == "iotctl" and IOTCTL_MQTT_COMMANDS & set(rest):
+                    env = env_of(svc)
+                    host, _, port = (option(rest, "--mqtt") or env.get("IOTCTL_MQTT")
+                                     or "127.0.0.1:1883").rpartition(":")
+                    login = (option(rest, "--mqtt-user") or env.get("IOTCTL_MQTT_USER")) and \
+                        (option(rest, "--mqtt-password-file")
+                         or env.get("IOTCTL_MQTT_PASSWORD_FILE"))
+                else:
+                    continue
+                target = name if host in LOOPBACK else host
+                if target in embedded and port_of(port) == embedded[target] and not login:
+                    problem(f"{name}: its {part} runs {tool} against {target}'s embedded "
+                            "broker without a gateway's user and password, which it refuses")
+    if provisioned is None:
+        return  # why was reported by run_gateways_init
+    gateways = provisioned["gateways"]
+
+    def logs_in(name: str, svc: dict, variable: str, path, gateway) -> None:
+        """svc connects as gateway with the password file at path (a container path)."""
+        if ((svc.get("depends_on") or {}).get(GATEWAYS_INIT) or {}).get("condition") != \
+                "service_completed_successfully":
+            problem(f"{name}: must wait for {GATEWAYS_INIT} to complete successfully "
+                    "(depends_on): it registers the gateway and writes the secret")
+        if gateway not in gateways:
+            problem(f"{name}: logs in as gateway {gateway}, which {GATEWAYS_INIT} does not "
+                    "register")
+            return
+        entry = gateways[gateway]
+        if not path:
+            problem(f"{name}: no {variable}: it connects as gateway {gateway} without its "
+                    f"secret ({entry['volume']}:{entry['file']})")
+            return
+        for source, target, read_only in volume_mounts(svc):
+            target = target.rstrip("/")
+            if str(path).startswith(target + "/"):
+                if (source, str(path)[len(target) + 1:]) != (entry["volume"], entry["file"]):
+                    problem(f"{name}: {variable} {path} is not where {GATEWAYS_INIT} writes "
+                            f"gateway {gateway}'s secret ({entry['volume']}:{entry['file']})")
+                elif not read_only:
+                    problem(f"{name}: mounts {source} writable; read-only (:ro) is enough")
+                return
+        problem(f"{name}: {variable} {path} is in no volume it mounts ({GATEWAYS_INIT} "
+                f"writes gateway {gateway}'s secret to volume {entry['volume']})")
+
+    for name in agents:
+        svc = services.get(name)
+        info = binary_info(svc) if svc else None
+        config = agent_config_path(svc) if info and info["binary"] == "edge-agent" else None
+        if not config or not config.exists():
+            continue  # reported by check_agents
+        data = tomllib.loads(config.read_text())
+        gateway = data.get("gateway", {}).get("id")
+        devices = sorted(d.get("id") for d in data.get("devices", []))
+        user = effective(svc, info, config, "mqtt.username")
+        if user not in (None, "", gateway):
+            problem(f"{name}: mqtt.username {user!r} is not its gateway.id {gateway!r} (its "
+                    "MQTT client id), so the broker refuses it")
+        if effective(svc, info, config, "mqtt.password") is not None:
+            problem(f"{name}: mqtt.password is set; give the secret as a file "
+                    "(EDGE_AGENT_MQTT__PASSWORD_FILE)")
+        if gateway in gateways and gateways[gateway]["devices"] != devices:
+            problem(f"{name}: {GATEWAYS_INIT} registers gateway {gateway} for "
+                    f"{gateways[gateway]['devices']}, but {rel(config)} runs {devices} (the "
+                    "broker refuses frames of devices a gateway does not speak for)")
+        logs_in(name, svc, "EDGE_AGENT_MQTT__PASSWORD_FILE",
+                effective(svc, info, config, "mqtt.password_file"), gateway)
+    consoles = [n for n, s in services.items()
+                if (binary_info(s) or {}).get("binary") == "console"]
+    for name in consoles:
+        svc, info = services[name], binary_info(services[name])
+        user = effective(svc, info, console_toml, "pipeline.mqtt_user")
+        if not user:
+            problem(f"{name}: no CONSOLE_PIPELINE__MQTT_USER: the broker refuses its "
+                    "anonymous connection (the agents' status on the pipeline page)")
+            continue
+        logs_in(name, svc, "CONSOLE_PIPELINE__MQTT_PASSWORD_FILE",
+                effective(svc, info, console_toml, "pipeline.mqtt_password_file"), user)
+    notes.append(f"gateways: the embedded broker of {', '.join(embedded) or 'no service'} "
+                 f"authenticates against the registry, none anonymous; {len(agents)} agents "
+                 f"and {', '.join(consoles)} log in as gateways {GATEWAYS_INIT} registers (the "
+                 "agents' with their devices), with its secret files, read-only")
+
+
 def check_state_volumes(model: dict) -> None:
     services = model["services"]
     declared = set(model.get("volumes") or {})
@@ -941,13 +1401,15 @@ def check_dockerfiles(model: dict) -> None:
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
     rust_version = tuple(int(x) for x in cargo["workspace"]["package"]["rust-version"].split("."))
     members = cargo["workspace"]["members"]
-    seen = set()
+    builds: dict[str, tuple[Path, Path]] = {}
     for name, svc in model["services"].items():
         found = dockerfile_of(svc)
         if not found:
             continue
         build = svc["build"] if isinstance(svc["build"], dict) else {"context": svc["build"]}
         context = Path(build.get("context", "."))
+        if not context.is_absolute():
+            context = ROOT / context
         if not context.is_dir():
             problem(f"{name}: build context {rel(context)} is not a directory")
             continue
@@ -955,10 +1417,16 @@ def check_dockerfiles(model: dict) -> None:
         if not path.exists():
             problem(f"{name}: {label} does not exist")
             continue
-        if label in seen:
-            continue
+        builds.setdefault(label, (path, context))
+    # A Dockerfile no service builds is checked too (built from the root, as documented).
+    for path in sorted((ROOT / "docker").glob("*.Dockerfile")):
+        builds.setdefault(rel(path), (path, ROOT))
+    seen = set()
+    for label, (path, context) in builds.items():
         seen.add(label)
         info = BINARIES.get(label)
+        if not info:
+            problem(f"{label}: check-compose does not know which crate it builds (BINARIES)")
         stages = dockerfile_instructions(path)
         if len(stages) < 2:
             problem(f"{label}: not a multi-stage build")
@@ -1003,6 +1471,8 @@ def check_dockerfiles(model: dict) -> None:
             entry = " ".join(a for i, a in final if i == "ENTRYPOINT")
             if f"/usr/local/bin/{info['binary']}" not in entry:
                 problem(f"{label}: the ENTRYPOINT does not run /usr/local/bin/{info['binary']}")
+            if info.get("tool"):
+                continue  # no configuration file, no health check
             copied = {}
             for instruction, argument in final:
                 parts = [a for a in argument.split() if not a.startswith("--")]
@@ -1034,15 +1504,176 @@ def check_dockerfiles(model: dict) -> None:
         def ignored(path: str) -> bool:
             return any(fnmatch.fnmatch(path, p) or path.startswith(p + "/") for p in patterns)
 
-        for junk in ("target", ".stack", "fuzz/artifacts", "fuzz/corpus", "fuzz/target"):
+        for junk in ("target", ".stack", "fuzz/artifacts", "fuzz/corpus", "fuzz/target",
+                     ".env"):
             if not ignored(junk):
                 problem(f".dockerignore: does not exclude {junk}")
         for needed in ["Cargo.toml", "Cargo.lock", "migrations", *members]:
             if ignored(needed):
                 problem(f".dockerignore: excludes {needed}, which the build needs")
     notes.append(f"Dockerfiles: {', '.join(sorted(seen))}: multi-stage, --locked builds, "
-                 "a Rust image no older than any locked package needs, the example config "
-                 "copied, a HEALTHCHECK, non-root final USER; .dockerignore")
+                 "a Rust image no older than any locked package needs, non-root final USER, "
+                 "the services' with the example config copied and a HEALTHCHECK; "
+                 ".dockerignore")
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+def is_reference(value: str) -> bool:
+    """A value that is entirely one interpolation without a default: compose's ${VAR},
+    ${VAR:-}, ${VAR:?message}, or the container's own $${VAR...} / $$VAR."""
+    if env_reference(value):
+        return True
+    return bool(re.fullmatch(r"\$\$(\w+|\{\w+(?::?-|:?\?[^}]*)?\})", value))
+
+
+def mask(text: str) -> tuple[str, list[str]]:
+    """text with each interpolation replaced by its index between NUL characters, and the
+    interpolations."""
+    found: list[str] = []
+
+    def keep(match: re.Match) -> str:
+        found.append(match[0])
+        return f"\0{len(found) - 1}\0"
+
+    return INTERPOLATION.sub(keep, text), found
+
+
+def unmask(text: str, found: list[str]) -> str:
+    return re.sub(r"\0(\d+)\0", lambda m: found[int(m[1])], text)
+
+
+def strings(value, where: str):
+    """(where, text) of every string below value; where as service.key.key[i]."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from strings(item, f"{where}[{i}]")
+
+
+def argument_secrets(args: list[str]) -> list[tuple[str, str]]:
+    """(flag or name, value) of each secret a command line passes: `--password x`,
+    `--password=x`, `PASSWORD=x` (shell scripts are split into words), redis-cli's -a."""
+    split = []
+    for arg in args:
+        masked, refs = mask(arg)
+        try:
+            parts = shlex.split(masked) if re.search(r"\s", masked) else [masked]
+        except ValueError:
+            parts = masked.split()
+        split += [unmask(w, refs) for w in parts]
+    found = []
+    for i, word in enumerate(split):
+        following = split[i + 1] if i + 1 < len(split) else None
+        if word.startswith("-"):
+            flag, equals, value = word.lstrip("-").partition("=")
+            if equals and SECRET_NAME.search(flag):
+                found.append((word.split("=", 1)[0], value))
+            elif not equals and following is not None and not following.startswith("-") \
+                    and (SECRET_NAME.search(flag) or (
+                        flag == "a" and any(w.endswith("redis-cli") for w in split[:i]))):
+                found.append((word, following))
+        elif re.fullmatch(r"\w+=.*", word, re.S):
+            name, _, value = word.partition("=")
+            if SECRET_NAME.search(name):
+                found.append((name, value))
+    return found
+
+
+def check_secrets(raw: dict, keys: list[str]) -> None:
+    """No secret is written in docker-compose.yml: each comes from .env (written by
+    scripts/compose-env.sh) or the container's environment. Reads the file as written
+    (anchors resolved), not as interpolated."""
+    services = raw.get("services") or {}
+    required: set[str] = set()
+    suggestion = "${VAR:?run scripts/compose-env.sh}"
+    checked = 0
+    for name, svc in services.items():
+        if not isinstance(svc, dict):
+            continue
+        environment = svc.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.split("=", 1) if "=" in item else (item, None)
+                               for item in map(str, environment))
+        for key, value in environment.items():
+            if value is None or not SECRET_NAME.search(key) or key.endswith("_FILE"):
+                continue  # None: passed through from compose's own environment
+            checked += 1
+            if not is_reference(str(value)):
+                problem(f"{name}: environment {key} is a literal secret in "
+                        f"docker-compose.yml; take it from .env ({suggestion})")
+        for entry in str(environment.get("REDIS_HOSTS") or "").split(","):
+            masked, refs = mask(entry)
+            fields = masked.split(":")
+            if len(fields) >= 5:
+                checked += 1
+                if not is_reference(unmask(":".join(fields[4:]), refs)):
+                    problem(f"{name}: environment REDIS_HOSTS has a literal password in "
+                            f"docker-compose.yml; take it from .env ({suggestion})")
+        for part in ("command", "entrypoint", "healthcheck"):
+            value = svc.get(part)
+            if part == "healthcheck":
+                value = (value or {}).get("test") if isinstance(value, dict) else None
+            args = [value] if isinstance(value, str) else [str(a) for a in value or []]
+            for flag, secret in argument_secrets(args):
+                checked += 1
+                if not is_reference(secret):
+                    problem(f"{name}: {part} passes {flag} a literal secret in "
+                            f"docker-compose.yml; take it from .env ({suggestion})")
+        grafana_admin = f"{name}.environment.GF_SECURITY_ADMIN_PASSWORD"
+        for where, text in strings(svc, name):
+            masked, refs = mask(text)
+            for match in URL_PASSWORD.finditer(masked):
+                checked += 1
+                if not is_reference(unmask(match[1], refs)):
+                    problem(f"{where.replace('.', ': ', 1)}: a URL with a literal password "
+                            f"in docker-compose.yml; take it from .env "
+                            f"(scheme://user:{suggestion}@host)")
+            # Compose's interpolations ($${...} is the container's): what .env must hold.
+            for match in re.finditer(r"(?<!\$)\$\{(\w+)([^}]*)\}", text):
+                variable, rest = match[1], match[2]
+                if rest.startswith(("?", ":?")):
+                    required.add(variable)
+                elif variable in keys and where != grafana_admin:
+                    # Anything but Grafana's admin password (its entrypoint refuses an empty
+                    # one: check_grafana) would run with an empty password.
+                    problem(f"{where.replace('.', ': ', 1)}: ${{{variable}{rest}}} may be "
+                            f"empty; require it: ${{{variable}:?run scripts/compose-env.sh}}")
+    for variable in sorted(required - set(keys)):
+        problem(f"docker-compose.yml requires ${variable}, which {rel(COMPOSE_ENV)} does not "
+                "generate (its KEYS)")
+    ignored = ROOT / ".gitignore"
+    patterns = [p.strip() for p in ignored.read_text().splitlines()] if ignored.exists() else []
+    if not {".env", "/.env"} & set(patterns):
+        problem(".gitignore: does not ignore /.env, which holds the compose secrets")
+    notes.append(f"secrets: {checked} secret settings, each from .env or the container's "
+                 f"environment, none written in docker-compose.yml; required: "
+                 f"{', '.join(sorted(required))}, all generated by {rel(COMPOSE_ENV)}; "
+                 ".env ignored by git and the build context")
+
+
+def check_local_ports(model: dict) -> None:
+    """What has no login of its own (the `tools` profile) or is for local tools only
+    (PostgreSQL, Redis) is published on 127.0.0.1 only."""
+    local = []
+    for name, svc in model["services"].items():
+        image = str(svc.get("image", "")).split("/")[-1]
+        tools = "tools" in (svc.get("profiles") or [])
+        if not tools and not image.startswith(("postgres:", "redis:")):
+            continue
+        for entry in svc.get("ports") or []:
+            if host_address(entry) not in LOCAL_ADDRESSES:
+                shown = entry if not isinstance(entry, dict) else \
+                    f"{entry.get('published')}:{entry.get('target')}"
+                problem(f"{name}: port {shown} is published on every interface; bind it to "
+                        "127.0.0.1 (\"127.0.0.1:HOST:CONTAINER\")")
+        local.append(name)
+    notes.append(f"local ports: {', '.join(local)} published on 127.0.0.1 only")
 
 
 # ------------------------------------------------------------------- the Grafana bundle
@@ -1452,12 +2083,7 @@ def check_grafana(model: dict, compose_text: str) -> None:
                 "(X.Y.Z)")
     http = int(env.get("GF_SERVER_HTTP_PORT", "3000"))
     for entry in grafana.get("ports") or []:
-        if isinstance(entry, dict):
-            address = entry.get("host_ip")
-        else:
-            text = str(entry).split("/")[0]
-            address = text.rsplit(":", 2)[0].strip("[]") if text.count(":") >= 2 else None
-        if address not in ("127.0.0.1", "::1"):
+        if host_address(entry) not in LOCAL_ADDRESSES:
             shown = entry if not isinstance(entry, dict) else \
                 f"{entry.get('published')}:{entry.get('target')}"
             problem(f"grafana: port {shown} is published on every interface, not on "
@@ -1731,13 +2357,16 @@ def check_grafana(model: dict, compose_text: str) -> None:
                  f"over {', '.join(sorted(read))}: tables and columns of migrations/")
 
 
-def check_binaries(model: dict, directory: Path) -> None:
-    """Each Rust service's binary, run with the service's setup plus --check-config."""
+def check_binaries(model: dict, directory: Path, provisioned: dict | None) -> None:
+    """Each Rust service's binary, run with the service's setup plus --check-config. A
+    volume gateways-init writes is the directory its script wrote here (run_gateways_init):
+    a password file exists, mode 0600, only if gateways-init writes it."""
     ran = 0
+    written = (provisioned or {}).get("volumes", {})
     for name, svc in model["services"].items():
         found = dockerfile_of(svc)
         info = BINARIES.get(found[0]) if found else None
-        if not info or not found[1].exists():
+        if not info or info.get("tool") or not found[1].exists():
             continue
         binary = directory / info["binary"]
         if not binary.exists():
@@ -1757,7 +2386,16 @@ def check_binaries(model: dict, directory: Path) -> None:
         for source, target, bind in mounts(svc):
             if bind:
                 paths[target] = source
-        env = {k: paths.get(v, v) for k, v in {**image_env, **env_of(svc)}.items()}
+        volumes = [(t.rstrip("/"), written[s]) for s, t, _ in volume_mounts(svc)
+                   if s in written]
+
+        def here(value: str) -> str:
+            for target, place in volumes:
+                if value.startswith(target + "/"):
+                    return str(place) + value[len(target):]
+            return paths.get(value, value)
+
+        env = {k: here(v) for k, v in {**image_env, **env_of(svc)}.items()}
         env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME="/nonexistent")
         entry = [a for i, a in dockerfile_instructions(found[1])[-1] if i == "CMD"]
         command = words(svc.get("command")) if svc.get("command") is not None else \
@@ -1778,12 +2416,20 @@ def main() -> int:
     parser.add_argument("--binaries", type=Path,
                         help="directory with bridge, cloud-ingester, console and edge-agent "
                              "binaries")
+    parser.add_argument("--file", type=Path,
+                        help="a compose file to check instead of docker-compose.yml (paths "
+                             "in it are relative to the repository root)")
     options = parser.parse_args()
+    if options.file:
+        global COMPOSE_FILE
+        COMPOSE_FILE = options.file.resolve()
 
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
     if "version" in raw:
         problem("docker-compose.yml: drop the `version:` key (Compose spec)")
-    resolved = resolve()
+    keys = compose_env_keys()
+    check_secrets(raw, keys)
+    resolved = resolve(keys)
     if resolved is not None:
         model = unescape(resolved)
         model.pop("version", None)
@@ -1795,21 +2441,29 @@ def main() -> int:
         check_topics(model, topics)
         check_addresses(model, settings)
         check_env_and_ports(model)
+        check_local_ports(model)
         check_clients(model)
         check_agents(model, agents)
         check_console(model)
+        # Scratch: the registry and secrets gateways-init's script writes here.
+        scratch = tempfile.TemporaryDirectory(prefix="check-compose-gateways-")
+        provisioned = run_gateways_init(model, Path(scratch.name))
+        check_gateways(model, agents, provisioned)
         check_state_volumes(model)
         check_dockerfiles(model)
         check_grafana(model, COMPOSE_FILE.read_text())
         if options.binaries:
             directory = options.binaries if options.binaries.is_absolute() else \
                 Path.cwd() / options.binaries
-            check_binaries(model, directory)
+            check_binaries(model, directory, provisioned)
+        scratch.cleanup()
     if problems:
         for message in problems:
             print(f"check-compose: {message}")
         print(f"check-compose: {len(problems)} problem(s) in docker-compose.yml, "
-              "docker/, .dockerignore or deploy/grafana/", file=sys.stderr)
+              "docker/, .dockerignore, .gitignore, scripts/compose-env.sh, deploy/compose/ or "
+              "deploy/grafana/",
+              file=sys.stderr)
         return 1
     for note in notes:
         print(f"check-compose: ok: {note}")
