@@ -36,8 +36,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{DeviceId, IdError};
 
-/// The only wire version this crate reads and writes.
+/// The wire version of a frame as the agent stores it.
 pub const WIRE_VERSION: u8 = 1;
+
+/// The wire version of a sealed frame: version 1's bytes after the version byte, then a
+/// tag of [`TAG_LEN`] bytes (`crate::seal` makes and checks it).
+pub const SEALED_VERSION: u8 = 2;
+/// Bytes of tag a sealed frame ends with.
+pub const TAG_LEN: usize = 8;
 
 /// Most readings in one frame. Large enough that the header costs under a byte per
 /// reading, small enough that a frame always fits one small MQTT packet.
@@ -152,7 +158,7 @@ pub enum InvalidFrame {
 pub enum DecodeError {
     #[error("empty payload")]
     Empty,
-    #[error("wire version {0} is not supported (this build reads versions {WIRE_VERSION} and {SEALED})", SEALED = crate::seal::SEALED_VERSION)]
+    #[error("wire version {0} is not supported (this build reads versions {WIRE_VERSION} and {SEALED_VERSION})")]
     UnknownVersion(u8),
     #[error("truncated: the payload ends inside the {0}")]
     Truncated(Field),
@@ -306,10 +312,11 @@ impl Frame {
         let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
         let rest = match version {
             WIRE_VERSION => rest,
-            crate::seal::SEALED_VERSION => match crate::seal::split(bytes) {
-                Ok((body, _tag)) => &body[1..],
-                Err(_) => return Err(DecodeError::Truncated(Field::Header)),
-            },
+            SEALED_VERSION => rest
+                .len()
+                .checked_sub(TAG_LEN)
+                .map(|body| &rest[..body])
+                .ok_or(DecodeError::Truncated(Field::Header))?,
             other => return Err(DecodeError::UnknownVersion(other)),
         };
         let (header, mut rest) = postcard::take_from_bytes::<WireHeader>(rest)

@@ -22,11 +22,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::frame::{MAX_FRAME_LEN, WIRE_VERSION};
+pub use crate::frame::{SEALED_VERSION, TAG_LEN};
 
-/// The wire version of a sealed frame.
-pub const SEALED_VERSION: u8 = 2;
-/// Bytes of tag a sealed frame ends with.
-pub const TAG_LEN: usize = 8;
 /// Longest sealed frame.
 pub const MAX_SEALED_LEN: usize = MAX_FRAME_LEN + TAG_LEN;
 /// Bytes of a gateway's frame key.
@@ -123,7 +120,7 @@ pub fn verify(bytes: &[u8], key: &FrameKey) -> Result<(), SealError> {
 }
 
 /// A sealed frame's signed part (from its version byte) and its tag.
-pub(crate) fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), SealError> {
+fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), SealError> {
     match bytes.first() {
         Some(&SEALED_VERSION) => {}
         Some(&other) => return Err(SealError::Unsealed(other)),
