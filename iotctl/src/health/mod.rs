@@ -12,6 +12,7 @@ mod kafka;
 mod postgres;
 mod probe;
 mod redis_server;
+mod security;
 
 use anyhow::Result;
 use clap::Args;
@@ -23,6 +24,7 @@ use endpoints::{mqtt_check, readiness, BRIDGE_FIX, CONSOLE_FIX, INGESTER_FIX};
 use kafka::kafka_checks;
 use postgres::postgres_checks;
 use redis_server::{parse_memory, redis_checks};
+use security::{anonymous_check, links_check};
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
@@ -54,8 +56,10 @@ pub struct HealthArgs {
 pub struct Check {
     pub check: &'static str,
     pub ok: bool,
+    /// Passed, but worth knowing (a security exposure a deployment may choose).
+    pub warn: bool,
     pub detail: String,
-    /// What to do about a failure.
+    /// What to do about a failure or a warning.
     pub fix: Option<String>,
     /// The probe's figures, for machines.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,9 +71,18 @@ impl Check {
         Self {
             check,
             ok: true,
+            warn: false,
             detail: detail.into(),
             fix: None,
             measurements: None,
+        }
+    }
+
+    fn warn(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            warn: true,
+            fix: Some(fix.into()),
+            ..Self::ok(check, detail)
         }
     }
 
@@ -77,6 +90,7 @@ impl Check {
         Self {
             check,
             ok: false,
+            warn: false,
             detail: detail.into(),
             fix: Some(fix.into()),
             measurements: None,
@@ -94,18 +108,26 @@ impl Check {
 }
 
 pub async fn run(global: &Global, args: &HealthArgs) -> Result<Outcome> {
-    let ((mut checks, pool), redis, kafka, mqtt, bridge, ingester, console) = tokio::join!(
+    let ((mut checks, pool), redis, kafka, mqtt, anonymous, bridge, ingester, console) = tokio::join!(
         postgres_checks(global),
         redis_checks(global, args),
         kafka_checks(global),
         mqtt_check(global),
+        anonymous_check(global),
         readiness("bridge", &global.bridge_metrics, BRIDGE_FIX),
         readiness("ingester", &global.ingester_metrics, INGESTER_FIX),
         readiness("console", &global.console_url, CONSOLE_FIX),
     );
     checks.extend(redis);
     checks.extend(kafka);
-    checks.extend([mqtt, bridge, ingester, console]);
+    checks.extend([
+        mqtt,
+        anonymous,
+        links_check(global),
+        bridge,
+        ingester,
+        console,
+    ]);
     if !args.no_probe {
         checks.push(match &pool {
             Some(pool) => probe::run(global, args, pool).await,
@@ -120,7 +142,11 @@ pub async fn run(global: &Global, args: &HealthArgs) -> Result<Outcome> {
         emit_json(&checks);
     } else {
         for check in &checks {
-            let verdict = if check.ok { "ok" } else { "FAIL" };
+            let verdict = match (check.ok, check.warn) {
+                (false, _) => "FAIL",
+                (true, true) => "WARN",
+                (true, false) => "ok",
+            };
             emit(&format!("{verdict} {}: {}", check.check, check.detail));
             if let Some(fix) = &check.fix {
                 emit(&format!("     fix: {fix}"));
