@@ -11,7 +11,8 @@
 #
 # Starts the local stack if needed (scripts/stack.sh up), builds the release binaries,
 # runs, in order: the bridge throughput bench (scripts/bench-bridge.sh, which runs
-# `target/release/bench bridge`: Kafka ceiling, embedded mode, client mode against
+# `target/release/bench bridge`: Kafka ceiling, embedded mode without and with the gateway
+# registry (logins and sealed frames checked), client mode against
 # Mosquitto), the ingest bench (cloud-ingester), the edge-agent footprint bench, the
 # console bench (overview, live viewers, charts), and the
 # end-to-end bench (target/release/bench), which parses the component benches' output
@@ -105,8 +106,8 @@ else
 fi
 
 component bridge \
-  "scripts/bench-bridge.sh --frames $BRIDGE_FRAMES --only ceiling,embedded,client" \
-  scripts/bench-bridge.sh --frames "$BRIDGE_FRAMES" --only ceiling,embedded,client
+  "scripts/bench-bridge.sh --frames $BRIDGE_FRAMES --only ceiling,embedded,embedded-sealed,client" \
+  scripts/bench-bridge.sh --frames "$BRIDGE_FRAMES" --only ceiling,embedded,embedded-sealed,client
 component ingest \
   "${INGEST_ENV[*]} cargo bench --locked -p cloud-ingester --bench ingest" \
   env "${INGEST_ENV[@]}" cargo bench --locked -p cloud-ingester --bench ingest

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::cpu::{mosquitto_pid, CpuWatch};
 use super::kafka::{on_fresh_topics, percentiles, Probe};
 use super::publishers::{warm_up, Publishers};
+use super::registry::Registry;
 use super::scenarios::{processes, wait_until, Outcome};
 use super::workload::Workload;
 use super::Settings;
@@ -121,7 +122,26 @@ pub(super) async fn bridge_scenario(settings: &Settings, mode: Mode) -> anyhow::
     let workload = Arc::new(Workload::new(settings));
     let topic = testkit::unique_name("data");
     let dlq = testkit::unique_name("dlq");
-    let scenario = bridge_run(settings, mode, &workload, &topic, &dlq);
+    let scenario = bridge_run(settings, mode, &workload, &topic, &dlq, None);
+    on_fresh_topics(&settings.kafka_brokers, &[&topic, &dlq], scenario).await
+}
+
+/// Embedded mode with the gateway registry: logins checked, every frame sealed and
+/// checked.
+pub(super) async fn sealed_scenario(settings: &Settings) -> anyhow::Result<Outcome> {
+    let workload = Workload::new(settings);
+    let mut registry = Registry::start(&workload).await?;
+    let workload = Arc::new(workload.sealed_by(std::mem::take(&mut registry.gateways)));
+    let topic = testkit::unique_name("data");
+    let dlq = testkit::unique_name("dlq");
+    let scenario = bridge_run(
+        settings,
+        Mode::Embedded,
+        &workload,
+        &topic,
+        &dlq,
+        Some(&registry.url),
+    );
     on_fresh_topics(&settings.kafka_brokers, &[&topic, &dlq], scenario).await
 }
 
@@ -131,6 +151,7 @@ async fn bridge_run(
     workload: &Arc<Workload>,
     topic: &str,
     dlq: &str,
+    registry_url: Option<&str>,
 ) -> anyhow::Result<Outcome> {
     let mosquitto =
         (mode == Mode::Client).then(|| testkit::Mosquitto::start_with(&settings.mosquitto));
@@ -138,6 +159,10 @@ async fn bridge_run(
     let mut config = bridge_config(settings, mode, &workload.prefix, topic, dlq);
     if let Some(mosquitto) = &mosquitto {
         config.mqtt.port = mosquitto.port();
+    }
+    if let Some(url) = registry_url {
+        config.embedded.allow_anonymous = false;
+        config.embedded.registry_url = url.to_owned();
     }
     let bridge = RunningBridge::start(config).await?;
     let measured = measure_bridge(settings, workload, &bridge, mosquitto.as_ref(), probe).await;

@@ -25,7 +25,10 @@
 //!    (shared subscription, MQTT 5, manual acks after Kafka's delivery report).
 //! 5. `embedded`: the bridge in-process in embedded mode; publishers connect to its
 //!    rumqttd, which acknowledges on receipt.
-//! 6. `shell`: the everyday alternative, `mosquitto_sub -q 1 -F '%t %x' | python` with a
+//! 6. `embedded-sealed`: the same with the gateway registry (a private PostgreSQL): each
+//!    connection logs in as a gateway and every frame is sealed with its key and checked
+//!    by the bridge. Its rate beside `embedded`'s is what authorisation costs.
+//! 7. `shell`: the everyday alternative, `mosquitto_sub -q 1 -F '%t %x' | python` with a
 //!    confluent-kafka producer using the same librdkafka settings. mosquitto_sub
 //!    acknowledges on receipt: no end-to-end guarantee.
 //!
@@ -53,6 +56,7 @@ mod cpu;
 mod in_process;
 mod kafka;
 mod publishers;
+mod registry;
 mod report;
 mod scenarios;
 mod shell;
@@ -74,12 +78,13 @@ const READINGS_PER_FRAME: usize = 50;
 /// default is 20). BENCH_MOSQUITTO replaces them (`\n` between lines).
 const MOSQUITTO_SETTINGS: &str = "max_inflight_messages 0";
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "ceiling",
     "publish-only",
     "mqtt-side",
     "client",
     "embedded",
+    "embedded-sealed",
     "shell",
 ];
 
@@ -105,7 +110,7 @@ pub struct Knobs {
     #[arg(long, env = "BENCH_RATE")]
     rate: Option<String>,
     /// Scenarios to run, comma-separated: ceiling, publish-only, mqtt-side, client,
-    /// embedded, shell [default: all].
+    /// embedded, embedded-sealed, shell [default: all].
     #[arg(long, env = "BENCH_ONLY")]
     only: Option<String>,
     /// Seconds each scenario may take [default: 60].
@@ -255,6 +260,7 @@ async fn run_scenarios(settings: &Settings) -> Vec<(&'static str, anyhow::Result
             "mqtt-side" => scenarios::mqtt_side(settings).await,
             "client" => in_process::bridge_scenario(settings, Mode::Client).await,
             "embedded" => in_process::bridge_scenario(settings, Mode::Embedded).await,
+            "embedded-sealed" => in_process::sealed_scenario(settings).await,
             "shell" => shell::shell(settings).await,
             _ => unreachable!("scenario names are checked in Settings::from_knobs"),
         };

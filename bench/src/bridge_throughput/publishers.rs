@@ -10,11 +10,22 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::registry::Gateway;
 use super::workload::Workload;
 use super::Settings;
 
-fn mqtt_options(port: u16, inflight: u16) -> MqttOptions {
-    let mut options = MqttOptions::new(testkit::unique_name("pub"), "127.0.0.1", port);
+/// Options for a publisher; `login` is (client id suffix, gateway) when the broker
+/// authenticates against the registry.
+fn mqtt_options(port: u16, inflight: u16, login: Option<(&str, &Gateway)>) -> MqttOptions {
+    let client_id = match login {
+        Some(("", gateway)) => gateway.id.clone(),
+        Some((suffix, gateway)) => format!("{}@{suffix}", gateway.id),
+        None => testkit::unique_name("pub"),
+    };
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    if let Some((_, gateway)) = login {
+        options.set_credentials(gateway.id.clone(), gateway.secret.clone());
+    }
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
@@ -78,7 +89,9 @@ impl Publishers {
         let mut connections = Vec::new();
         for c in 0..workload.connections {
             let frames = workload.frames_of_connection(c);
-            let (client, eventloop) = AsyncClient::new(mqtt_options(port, settings.inflight), 64);
+            let login = workload.gateway(c).map(|gateway| ("", gateway));
+            let (client, eventloop) =
+                AsyncClient::new(mqtt_options(port, settings.inflight, login), 64);
             let (connected_tx, connected_rx) = oneshot::channel();
             let acks = tokio::spawn(drive_connection(eventloop, connected_tx, frames.len()));
             tokio::time::timeout(Duration::from_secs(10), connected_rx)
@@ -180,7 +193,8 @@ pub(super) async fn warm_up(
     ready: impl Fn() -> bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let (client, mut eventloop) = AsyncClient::new(mqtt_options(port, 10), 16);
+    let login = workload.gateway(0).map(|gateway| ("warm-up", gateway));
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(port, 10, login), 16);
     let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let deadline = Instant::now() + timeout;
     let outcome = async {

@@ -28,14 +28,36 @@ fn fmt_latency(p: Option<Percentiles>) -> String {
     })
 }
 
-const LABELS: [(&str, &str); 6] = [
+const LABELS: [(&str, &str); 7] = [
     ("ceiling", "Kafka ceiling (rdkafka, no MQTT)"),
     ("publish-only", "MQTT publish only (no subscriber)"),
     ("mqtt-side", "bridge MQTT side only, no Kafka"),
     ("client", "bridge, client mode (Mosquitto)"),
     ("embedded", "bridge, embedded mode (rumqttd)"),
+    ("embedded-sealed", "bridge, embedded, registry + seals"),
     ("shell", "mosquitto_sub | python producer"),
 ];
+
+/// Authorisation's cost: the sealed embedded run beside the plain one, against the bar
+/// (at most 5 % of the throughput).
+fn print_authorisation(results: &[(&str, anyhow::Result<Outcome>)]) {
+    let rate = |scenario: &str| {
+        results.iter().find_map(|(name, r)| match r {
+            Ok(o) if *name == scenario => Some(o.rate()),
+            _ => None,
+        })
+    };
+    if let (Some(plain), Some(sealed)) = (rate("embedded"), rate("embedded-sealed")) {
+        let cost = 100.0 * (1.0 - sealed / plain);
+        println!();
+        println!(
+            "authorisation (logins against the registry, every frame's seal checked): {} msgs/s against {} without, {cost:+.1} % of the throughput lost (bar: at most 5 %): {}",
+            fmt_rate(sealed),
+            fmt_rate(plain),
+            if cost <= 5.0 { "met" } else { "NOT met" }
+        );
+    }
+}
 
 fn label(scenario: &str) -> &'static str {
     LABELS
@@ -161,6 +183,7 @@ pub(super) fn print(
         }
     }
     print_verdict(settings, results);
+    print_authorisation(results);
     println!();
     println!("{}", HOW_MEASURED.trim());
 }
@@ -308,7 +331,10 @@ returning after N delivery reports. The bridge runs in-process (the library, on 
 2-thread runtime), default configuration except: unique topics, metrics record off, HTTP on
 an ephemeral port; the "latest" values stay on. Before the clock starts, each scenario sends
 warm-up frames until one is in Kafka and seen by the probe, so connecting, subscribing and
-topic checks are not timed. Latency: a BaseConsumer on its own thread, manually assigned
+topic checks are not timed. embedded-sealed adds a private PostgreSQL (testkit) with the
+schema, the devices and one gateway per connection; the publishers log in as their
+gateway and seal each frame (HMAC-SHA-256, as the agent does) as they encode it, and the
+bridge checks logins and seals against it (keys cached, as in production). Latency: a BaseConsumer on its own thread, manually assigned
 every partition from the beginning (unique group id, auto.offset.reset=earliest,
 fetch.wait.max.ms=10), takes consume wall time minus the frame's base_ts_ms, in whole
 milliseconds (ms resolution, one clock); "→bridge" is the bridge's received-at-ms header

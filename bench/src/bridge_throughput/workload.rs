@@ -2,8 +2,9 @@
 //! and the frames themselves, encoded the moment they are published so that `base_ts_ms`
 //! is the publish time every latency is measured from.
 
-use protocol::{BootId, DeviceId, Frame, Quality, Reading, MAX_FRAME_LEN};
+use protocol::{seal, BootId, DeviceId, Frame, Quality, Reading, MAX_FRAME_LEN};
 
+use super::registry::Gateway;
 use super::{Settings, READINGS_PER_FRAME};
 
 /// Device id of the warm-up frames; the latency probe skips them.
@@ -22,6 +23,9 @@ pub(super) struct Workload {
     pub(super) frames: usize,
     pub(super) connections: usize,
     pub(super) warm_up: Device,
+    /// One per connection when the bridge checks the registry: who connects, and the
+    /// key its devices' frames are sealed with. Empty: anonymous, unsealed.
+    gateways: Vec<Gateway>,
 }
 
 impl Workload {
@@ -42,7 +46,23 @@ impl Workload {
             frames: settings.frames,
             connections: settings.connections,
             warm_up,
+            gateways: Vec::new(),
         }
+    }
+
+    /// Publishes as `gateways` (one per connection), every frame sealed.
+    pub(super) fn sealed_by(mut self, gateways: Vec<Gateway>) -> Self {
+        self.gateways = gateways;
+        self
+    }
+
+    pub(super) fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// The gateway connection `connection` logs in as, if the broker authenticates.
+    pub(super) fn gateway(&self, connection: usize) -> Option<&Gateway> {
+        self.gateways.get(connection)
     }
 
     pub(super) fn device(&self, frame: usize) -> &Device {
@@ -60,11 +80,26 @@ impl Workload {
     pub(super) fn payload(&self, index: usize, ts_ms: u64) -> Vec<u8> {
         let device = self.device(index);
         let first_seq = (index / self.devices.len() * READINGS_PER_FRAME) as u64;
-        encode_frame(&device.id, first_seq, ts_ms, index)
+        let connection = (index % self.devices.len()) % self.connections;
+        self.sealed(
+            connection,
+            encode_frame(&device.id, first_seq, ts_ms, index),
+        )
     }
 
     pub(super) fn warm_up_payload(&self, ts_ms: u64) -> Vec<u8> {
-        encode_frame(&self.warm_up.id, 0, ts_ms, 0)
+        self.sealed(0, encode_frame(&self.warm_up.id, 0, ts_ms, 0))
+    }
+
+    /// Sealed as the agent seals, when the connection's gateway has a key.
+    fn sealed(&self, connection: usize, frame: Vec<u8>) -> Vec<u8> {
+        let Some(gateway) = self.gateway(connection) else {
+            return frame;
+        };
+        let mut out = [0u8; protocol::MAX_SEALED_LEN];
+        seal::seal(&frame, &gateway.key, &mut out)
+            .expect("bench frames are version 1 and fit")
+            .to_vec()
     }
 
     pub(super) fn filter(&self) -> String {
