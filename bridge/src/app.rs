@@ -183,6 +183,11 @@ impl Bridge {
                     )
                 }
                 .map_err(|e| anyhow::anyhow!("topic filter: {e}"))?;
+                // Unusable TLS files stop the start, by key; read again at every
+                // connection after that.
+                if let Some(tls) = &config.mqtt.tls {
+                    tls.transport("mqtt")?;
+                }
                 let client = ClientSource {
                     config: config.mqtt.clone(),
                     client_id: config.id.clone(),

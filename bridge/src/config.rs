@@ -82,6 +82,11 @@ pub struct MqttClientConfig {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The password in a file only its owner may read, instead of `password`; read at
+    /// every connection.
+    pub password_file: Option<std::path::PathBuf>,
+    /// TLS to the broker (its CA, and a client certificate if it asks for one).
+    pub tls: Option<service::mqtt_tls::MqttTls>,
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// How long the broker keeps the session (and queues messages for it) while the
@@ -113,6 +118,8 @@ impl Default for MqttClientConfig {
             port: 1883,
             username: None,
             password: None,
+            password_file: None,
+            tls: None,
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(7 * 24 * 3600),
             shared_group: String::new(),
@@ -155,6 +162,19 @@ pub struct EmbeddedConfig {
     /// With the registry, forward unsealed (version 1) frames of devices whose gateway
     /// does not seal yet, unchecked. Sealed frames are checked whatever this says.
     pub accept_unsealed: bool,
+    /// TLS on `listen`, every client presenting a certificate of `client_ca`; absent:
+    /// plain MQTT.
+    pub tls: Option<EmbeddedTls>,
+}
+
+/// The embedded broker's TLS: its certificate chain and key, and the CA that signs the
+/// devices' client certificates (PEM files).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: std::path::PathBuf,
 }
 
 impl Default for EmbeddedConfig {
@@ -170,6 +190,7 @@ impl Default for EmbeddedConfig {
             allow_anonymous: false,
             rotation_grace: Duration::from_secs(3600),
             accept_unsealed: false,
+            tls: None,
         }
     }
 }
@@ -209,6 +230,17 @@ impl EmbeddedConfig {
         }
         if self.rotation_grace > Duration::from_secs(7 * 24 * 3600) {
             problems.push("embedded.rotation_grace: at most 7 days".to_owned());
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [
+                ("embedded.tls.cert", &tls.cert),
+                ("embedded.tls.key", &tls.key),
+                ("embedded.tls.client_ca", &tls.client_ca),
+            ] {
+                if let Err(e) = std::fs::File::open(path) {
+                    problems.push(format!("{key}: cannot read {}: {e}", path.display()));
+                }
+            }
         }
     }
 }
@@ -440,6 +472,23 @@ impl BridgeConfig {
         }
         if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
             problems.push("mqtt.reconnect_min: must be > 0 and <= mqtt.reconnect_max".to_owned());
+        }
+        match (&self.mqtt.password, &self.mqtt.password_file) {
+            (Some(_), Some(_)) => problems.push(
+                "mqtt.password_file: mqtt.password is set too; keep the file alone".to_owned(),
+            ),
+            (None, Some(path)) => {
+                if let Err(e) = service::secret_file::read(path) {
+                    problems.push(format!("mqtt.password_file: {e}"));
+                }
+                if self.mqtt.username.is_none() {
+                    problems.push("mqtt.password_file: needs mqtt.username".to_owned());
+                }
+            }
+            _ => {}
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            problems.extend(tls.problems("mqtt"));
         }
         let min_packet = protocol::MAX_FRAME_LEN as u64 + 512;
         if self.mqtt.max_packet_size.as_u64() < min_packet

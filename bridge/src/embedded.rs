@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use rumqttd::{
+    Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings, TlsConfig,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -84,10 +86,15 @@ pub fn start(
         external_auth: (!config.allow_anonymous).then(|| gateway_auth::hook(authenticator)),
         dynamic_filters: true,
     };
+    let tls = config.tls.as_ref().map(|tls| TlsConfig::Rustls {
+        capath: Some(tls.client_ca.display().to_string()),
+        certpath: tls.cert.display().to_string(),
+        keypath: tls.key.display().to_string(),
+    });
     let server = ServerSettings {
         name: "embedded".to_owned(),
         listen: addr,
-        tls: None,
+        tls,
         next_connection_delay_ms: 1,
         connections,
     };
@@ -145,7 +152,12 @@ pub fn start(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    info!(%addr, "embedded MQTT broker listening (acknowledges on receipt, keeps messages in memory)");
+    let transport = if config.tls.is_some() {
+        "TLS, client certificates required"
+    } else {
+        "plain MQTT"
+    };
+    info!(%addr, transport, "embedded MQTT broker listening (acknowledges on receipt, keeps messages in memory)");
     Ok(EmbeddedBroker {
         addr,
         subscription: (sub_tx, sub_rx),

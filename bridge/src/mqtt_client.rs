@@ -72,7 +72,9 @@ struct Connection {
 }
 
 impl ClientSource {
-    fn options(&self) -> MqttOptions {
+    /// The options of the next connection; the password and TLS files are read now, so
+    /// a rotated secret or renewed certificate needs no restart.
+    fn options(&self) -> anyhow::Result<MqttOptions> {
         let c = &self.config;
         let mut options = MqttOptions::new(&self.client_id, &c.host, c.port);
         options
@@ -83,9 +85,17 @@ impl ClientSource {
             .set_receive_maximum(Some(self.receive_maximum))
             .set_max_packet_size(Some(c.max_packet_size.as_u64() as u32));
         if let Some(username) = &c.username {
-            options.set_credentials(username, c.password.clone().unwrap_or_default());
+            let password = match &c.password_file {
+                Some(path) => service::secret_file::read(path)
+                    .map_err(|e| anyhow::anyhow!("mqtt.password_file: {e}"))?,
+                None => c.password.clone().unwrap_or_default(),
+            };
+            options.set_credentials(username, password);
         }
-        options
+        if let Some(tls) = &c.tls {
+            options.set_transport(tls.transport("mqtt")?);
+        }
+        Ok(options)
     }
 
     /// Runs connections until `stop`, then sends what acknowledgements are queued and
@@ -96,7 +106,18 @@ impl ClientSource {
         loop {
             // Acks go through the request channel too: room for a full window of them.
             let capacity = usize::from(self.receive_maximum) + 1024;
-            let (client, eventloop) = AsyncClient::new(self.options(), capacity);
+            let options = match self.options() {
+                Ok(options) => options,
+                Err(e) => {
+                    error!("cannot connect to the MQTT broker {broker}: {e:#}");
+                    tokio::select! {
+                        _ = outlets.stop.cancelled() => return,
+                        _ = tokio::time::sleep(self.config.reconnect_max) => {}
+                    }
+                    continue;
+                }
+            };
+            let (client, eventloop) = AsyncClient::new(options, capacity);
             // One SUBSCRIBE, telemetry first: the SUBACK's codes come in this order. The
             // broker sends the retained metas on every subscribe.
             let filters = std::iter::once(Filter::new(self.filter.as_str(), QoS::AtLeastOnce))

@@ -68,7 +68,7 @@ pub struct MqttConfig {
     /// The gateway's secret (`iotctl gateways add … --secret-file`), in a file only its
     /// owner may read; read at every connection, so a rotated secret needs no restart.
     pub password_file: Option<PathBuf>,
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<service::mqtt_tls::MqttTls>,
     /// Publishes awaiting PUBACK at once; larger hides more round-trip time.
     pub inflight: u16,
     #[serde(with = "humantime_serde")]
@@ -113,16 +113,6 @@ impl Default for MqttConfig {
             reconnect_max: Duration::from_secs(30),
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file with the CA certificate(s) that sign the broker's certificate.
-    pub ca: PathBuf,
-    /// PEM client certificate and key, for brokers that authenticate clients by TLS.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -436,9 +426,7 @@ impl AgentConfig {
             _ => {}
         }
         if let Some(tls) = &self.mqtt.tls {
-            if tls.client_cert.is_some() != tls.client_key.is_some() {
-                problems.push("mqtt.tls: client_cert and client_key go together".to_owned());
-            }
+            problems.extend(tls.problems("mqtt"));
         }
         if self.delivery.catch_up_rate == 0 {
             problems.push("delivery.catch_up_rate: at least 1 frame per second".to_owned());

@@ -397,7 +397,7 @@ fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, String) {
 }
 
 fn with_tls(mut config: AgentConfig, ca: std::path::PathBuf) -> AgentConfig {
-    config.mqtt.tls = Some(edge_agent::config::TlsConfig {
+    config.mqtt.tls = Some(service::mqtt_tls::MqttTls {
         ca,
         client_cert: None,
         client_key: None,

@@ -8,7 +8,8 @@
 //! `http` (the recorder in [`metrics`], the endpoint in [`http`], what readiness is made
 //! of in [`readiness`]) and `kafka` (the record in [`metrics_record`], the dead-letter
 //! rules in [`dead_letter`], the configuration checks in [`kafka_config`]); `logging`
-//! with `config` brings [`run`], what every binary's `main` does after parsing its flags.
+//! with `config` brings [`run`], what every binary's `main` does after parsing its flags;
+//! `mqtt-tls` brings [`mqtt_tls`], TLS for the MQTT clients (the agent, the bridge).
 
 pub mod clock;
 #[cfg(feature = "config")]
@@ -27,6 +28,8 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "kafka")]
 pub mod metrics_record;
+#[cfg(feature = "mqtt-tls")]
+pub mod mqtt_tls;
 #[cfg(feature = "http")]
 pub mod readiness;
 pub mod redact;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, StateError,
-    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -78,8 +77,8 @@ impl Delivery {
             Ok(None) => {}
             Err(e) => warn!("mqtt.password_file: {e}; connecting without a password"),
         }
-        if let Some(tls) = &self.tls {
-            options.set_transport(Transport::tls_with_config(tls.clone()));
+        if let Some(transport) = &self.tls {
+            options.set_transport(transport.clone());
         }
         // Room for a full window of frames plus the control messages queued beside it.
         let capacity = window(&self.config) + control_burst(&self.config);
@@ -265,26 +264,6 @@ fn backoff(attempts: u32, min: Duration, max: Duration) -> Duration {
     let ceiling = min.saturating_mul(1u32 << attempts.min(16)).min(max);
     let half = ceiling / 2;
     half + rand::rng().random_range(Duration::ZERO..=half)
-}
-
-pub(super) fn load_tls(tls: &crate::config::TlsConfig) -> anyhow::Result<TlsConfiguration> {
-    use anyhow::Context;
-    let ca = std::fs::read(&tls.ca)
-        .with_context(|| format!("mqtt.tls.ca: cannot read {}", tls.ca.display()))?;
-    let client_auth = match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => Some((
-            std::fs::read(cert)
-                .with_context(|| format!("mqtt.tls.client_cert: cannot read {}", cert.display()))?,
-            std::fs::read(key)
-                .with_context(|| format!("mqtt.tls.client_key: cannot read {}", key.display()))?,
-        )),
-        _ => None,
-    };
-    Ok(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    })
 }
 
 #[cfg(test)]

@@ -34,11 +34,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::TlsConfiguration;
+use rumqttc::Transport;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use self::connection::{load_tls, next_event, ConnEvent, Connection};
+use self::connection::{next_event, ConnEvent, Connection};
 use self::packet_ids::Sent;
 use crate::config::{AgentConfig, ConfirmMode};
 use crate::confirmations::{Awaiting, FrameSpan};
@@ -129,7 +129,7 @@ pub struct Delivery {
     counters: Counters,
     /// Written by the sampling thread (see `agent::Sampler`).
     missed_ticks: Arc<AtomicU64>,
-    tls: Option<TlsConfiguration>,
+    tls: Option<Transport>,
     /// The gateway's frame key, from the secret of the current connection: frames go
     /// out sealed with it (`protocol::seal`), so the bridge can tell they are this
     /// gateway's. `None` without a password: frames go out as they are stored.
@@ -160,7 +160,12 @@ impl Delivery {
         queue: DiskQueue,
         missed_ticks: Arc<AtomicU64>,
     ) -> anyhow::Result<Self> {
-        let tls = config.mqtt.tls.as_ref().map(load_tls).transpose()?;
+        let tls = config
+            .mqtt
+            .tls
+            .as_ref()
+            .map(|tls| tls.transport("mqtt"))
+            .transpose()?;
         let rate = f64::from(config.delivery.catch_up_rate);
         let topics = Topics::new(&config);
         let mut delivery = Self {
