@@ -11,9 +11,13 @@
 //! through on its resend.
 //!
 //! Keys are cached per device like `gateway_auth`'s entries: a frame that verifies
-//! under a cached key is trusted for `embedded.auth_cache`; a frame that does not is
-//! judged again on a fresh lookup, at most once a second per device, so a rotation or
-//! an assignment made a moment ago is seen at once.
+//! under a cached key is trusted for `embedded.auth_cache`. Once an entry is half that
+//! old, one query refreshes every device's keys beside the forwarding, so with the
+//! registry up no entry goes stale and the forwarder does not wait for it (a lookup per
+//! device in line would stall every device's frames: a thousand a second at ten
+//! thousand devices). A stale entry, a device seen for the first time, and a frame that
+//! does not verify (at most once a second per device, so a rotation or an assignment
+//! made a moment ago is seen at once) are looked up in line.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +25,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use contracts::dead_letter::{Reason, Rejection};
+use futures_util::FutureExt;
 use gateways::registry::{self, DeviceKeys};
 use protocol::seal;
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::stats::Stats;
@@ -42,8 +48,15 @@ pub struct SealCheck {
     rotation_grace: Duration,
     accept_unsealed: bool,
     cache: HashMap<String, Cached>,
+    /// The refresh of every device's keys under way.
+    refresh: Option<JoinHandle<Refreshed>>,
+    /// When the last refresh started: at most one a second, whatever the registry does.
+    refresh_started: Option<Instant>,
     stats: Arc<Stats>,
 }
+
+/// Every assigned device's keys, or why the registry could not say.
+type Refreshed = Result<Vec<(String, DeviceKeys)>, sqlx::Error>;
 
 struct Cached {
     at: Instant,
@@ -65,6 +78,8 @@ impl SealCheck {
             rotation_grace: settings.rotation_grace,
             accept_unsealed: settings.accept_unsealed,
             cache: HashMap::new(),
+            refresh: None,
+            refresh_started: None,
             stats,
         }
     }
@@ -79,9 +94,13 @@ impl SealCheck {
             };
             cached.at.elapsed() < limit
         };
+        self.take_refresh();
         if let Some(cached) = self.cache.get(device) {
             let verdict = self.judge(device, cached.keys.as_ref(), payload);
             if fresh_enough(cached, &verdict, self.trust_for) {
+                if verdict.is_ok() && cached.at.elapsed() >= self.trust_for / 2 {
+                    self.start_refresh();
+                }
                 return self.outcome(verdict);
             }
         }
@@ -119,6 +138,64 @@ impl SealCheck {
                 };
                 self.outcome(verdict)
             }
+        }
+    }
+
+    /// Starts one query for every device's keys, unless one is under way or started
+    /// less than a second ago.
+    fn start_refresh(&mut self) {
+        let recent = self
+            .refresh_started
+            .is_some_and(|started| started.elapsed() < RECHECK_AFTER);
+        if self.refresh.is_none() && !recent {
+            let registry = self.registry.clone();
+            self.refresh = Some(tokio::spawn(async move {
+                tokio::time::timeout(LOOKUP_PATIENCE, registry::all_device_keys(&registry))
+                    .await
+                    .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+            }));
+            self.refresh_started = Some(Instant::now());
+        }
+    }
+
+    /// Takes in a finished refresh: every assigned device's keys as of its start, and
+    /// none for a cached device no gateway speaks for any more (entries looked up since
+    /// it started stay).
+    fn take_refresh(&mut self) {
+        if !self.refresh.as_ref().is_some_and(JoinHandle::is_finished) {
+            return;
+        }
+        let (Some(query), Some(started)) = (self.refresh.take(), self.refresh_started) else {
+            return;
+        };
+        let all = match query.now_or_never() {
+            Some(Ok(Ok(all))) => all,
+            Some(Ok(Err(e))) => {
+                warn!("cannot refresh the gateway registry's keys: {e}; frames are judged on what was cached");
+                return;
+            }
+            _ => return,
+        };
+        let mut assigned: HashMap<String, DeviceKeys> = all.into_iter().collect();
+        for (device, cached) in &mut self.cache {
+            let keys = assigned.remove(device);
+            // An entry looked up since the query started is newer than its answer.
+            if cached.at < started {
+                cached.keys = keys;
+                cached.at = started;
+            }
+        }
+        if self.cache.len() + assigned.len() > CACHE_CAPACITY {
+            return;
+        }
+        for (device, keys) in assigned {
+            self.cache.insert(
+                device,
+                Cached {
+                    at: started,
+                    keys: Some(keys),
+                },
+            );
         }
     }
 

@@ -213,34 +213,65 @@ pub struct DeviceKeys {
     pub previous: Option<(FrameKey, DateTime<Utc>)>,
 }
 
+type KeysRow = (
+    String,
+    bool,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    DateTime<Utc>,
+);
+
+/// A device and its `KeysRow`.
+type DeviceKeysRow = (
+    String,
+    String,
+    bool,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    DateTime<Utc>,
+);
+
+const KEYS_COLUMNS: &str =
+    "g.gateway_id, g.enabled, g.frame_key, g.previous_frame_key, g.rotated_at
+           FROM gateway_devices d JOIN gateways g USING (gateway_id)";
+
+fn device_keys_of((gateway, enabled, key, previous, rotated_at): KeysRow) -> DeviceKeys {
+    DeviceKeys {
+        gateway,
+        enabled,
+        key: key.as_deref().and_then(frame_key),
+        previous: previous
+            .as_deref()
+            .and_then(frame_key)
+            .map(|key| (key, rotated_at)),
+    }
+}
+
 /// The keys of the gateway that speaks for `device`, if one does.
 pub async fn device_keys(pool: &PgPool, device: &str) -> Result<Option<DeviceKeys>, sqlx::Error> {
-    type Row = (
-        String,
-        bool,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        DateTime<Utc>,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT g.gateway_id, g.enabled, g.frame_key, g.previous_frame_key, g.rotated_at
-           FROM gateway_devices d JOIN gateways g USING (gateway_id)
-          WHERE d.device_id = $1",
-    )
-    .bind(device)
-    .fetch_optional(pool)
-    .await?;
-    Ok(
-        row.map(|(gateway, enabled, key, previous, rotated_at)| DeviceKeys {
-            gateway,
-            enabled,
-            key: key.as_deref().and_then(frame_key),
-            previous: previous
-                .as_deref()
-                .and_then(frame_key)
-                .map(|key| (key, rotated_at)),
-        }),
-    )
+    let row: Option<KeysRow> =
+        sqlx::query_as(&format!("SELECT {KEYS_COLUMNS} WHERE d.device_id = $1"))
+            .bind(device)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(device_keys_of))
+}
+
+/// The keys of every device a gateway speaks for, in one query: how the bridge keeps
+/// its cache current without a lookup per device on the forwarding path.
+pub async fn all_device_keys(pool: &PgPool) -> Result<Vec<(String, DeviceKeys)>, sqlx::Error> {
+    let rows: Vec<DeviceKeysRow> = sqlx::query_as(&format!("SELECT d.device_id, {KEYS_COLUMNS}"))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(device, gateway, enabled, key, previous, rotated_at)| {
+            (
+                device,
+                device_keys_of((gateway, enabled, key, previous, rotated_at)),
+            )
+        })
+        .collect())
 }
 
 /// A stored key (the table's CHECK holds its length).

@@ -176,8 +176,13 @@ async fn a_devices_keys_are_its_gateways_and_a_rotation_keeps_the_one_before(poo
         .unwrap()
         .unwrap();
     assert_eq!(keys.key, Some(second.frame_key()));
-    let (previous, replaced_at) = keys.previous.unwrap();
+    let (previous, replaced_at) = keys.previous.clone().unwrap();
     assert_eq!(previous, first.frame_key());
     let rotated = registry::list(&pool).await.unwrap()[0].rotated_at;
     assert_eq!(replaced_at, rotated);
+    // All at once, as the bridge refreshes its cache: the same keys, assigned devices only.
+    assert_eq!(
+        registry::all_device_keys(&pool).await.unwrap(),
+        vec![("furnace-01".to_owned(), keys)]
+    );
 }
