@@ -106,8 +106,8 @@ else
 fi
 
 component bridge \
-  "scripts/bench-bridge.sh --frames $BRIDGE_FRAMES --only ceiling,embedded,embedded-sealed,client" \
-  scripts/bench-bridge.sh --frames "$BRIDGE_FRAMES" --only ceiling,embedded,embedded-sealed,client
+  "scripts/bench-bridge.sh --frames $BRIDGE_FRAMES --only ceiling,embedded,embedded-sealed,embedded-tls,client" \
+  scripts/bench-bridge.sh --frames "$BRIDGE_FRAMES" --only ceiling,embedded,embedded-sealed,embedded-tls,client
 component ingest \
   "${INGEST_ENV[*]} cargo bench --locked -p cloud-ingester --bench ingest" \
   env "${INGEST_ENV[@]}" cargo bench --locked -p cloud-ingester --bench ingest

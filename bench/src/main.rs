@@ -17,6 +17,7 @@ mod machine;
 mod probe;
 mod procstat;
 mod report;
+mod storm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,7 +56,10 @@ enum Command {
     /// The bridge throughput benchmark: the bridge in client and embedded mode beside a
     /// Kafka ceiling, Mosquitto alone, the bridge's MQTT side alone and a shell pipeline,
     /// against the stack's Kafka (KAFKA_BROKERS). Run by scripts/bench-bridge.sh.
-    Bridge(bridge_throughput::Knobs),
+    Bridge(Box<bridge_throughput::Knobs>),
+    /// A connection storm: N registered gateways connecting to the embedded broker at
+    /// once, the registry's cache cold and warm, beside a bridge that checks nobody.
+    Storm(storm::Knobs),
 }
 
 /// The end-to-end run's arguments.
@@ -93,7 +97,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         // Builds its own runtimes: the CPU table tells their threads apart by name.
-        Some(Command::Bridge(knobs)) => bridge_throughput::run(knobs),
+        Some(Command::Bridge(knobs)) => bridge_throughput::run(*knobs),
+        Some(Command::Storm(knobs)) => storm::run(knobs),
         None => match cli.end_to_end {
             Some(args) => tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

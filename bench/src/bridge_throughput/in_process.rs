@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bridge::config::{BridgeConfig, Mode};
+use bridge::config::{BridgeConfig, EmbeddedTls, Mode};
 use bridge::readiness::BridgeReadiness;
 use bridge::stats::{Stats, StatsSnapshot};
 use tokio::sync::oneshot;
@@ -127,11 +127,19 @@ pub(super) async fn bridge_scenario(settings: &Settings, mode: Mode) -> anyhow::
 }
 
 /// Embedded mode with the gateway registry: logins checked, every frame sealed and
-/// checked.
-pub(super) async fn sealed_scenario(settings: &Settings) -> anyhow::Result<Outcome> {
+/// checked; with `tls`, over TLS with client certificates as well.
+pub(super) async fn sealed_scenario(settings: &Settings, tls: bool) -> anyhow::Result<Outcome> {
     let workload = Workload::new(settings);
     let mut registry = Registry::start(&workload).await?;
-    let workload = Arc::new(workload.sealed_by(std::mem::take(&mut registry.gateways)));
+    let mut workload = workload.sealed_by(std::mem::take(&mut registry.gateways));
+    let certificates = tempfile::tempdir().context("a directory for the certificates")?;
+    let mut listener = None;
+    if tls {
+        let (broker, client) = super::tls::make(certificates.path())?;
+        workload = workload.over_tls(client);
+        listener = Some(broker);
+    }
+    let workload = Arc::new(workload);
     let topic = testkit::unique_name("data");
     let dlq = testkit::unique_name("dlq");
     let scenario = bridge_run(
@@ -140,7 +148,7 @@ pub(super) async fn sealed_scenario(settings: &Settings) -> anyhow::Result<Outco
         &workload,
         &topic,
         &dlq,
-        Some(&registry.url),
+        Some((&registry.url, listener)),
     );
     on_fresh_topics(&settings.kafka_brokers, &[&topic, &dlq], scenario).await
 }
@@ -151,7 +159,7 @@ async fn bridge_run(
     workload: &Arc<Workload>,
     topic: &str,
     dlq: &str,
-    registry_url: Option<&str>,
+    registry: Option<(&str, Option<EmbeddedTls>)>,
 ) -> anyhow::Result<Outcome> {
     let mosquitto =
         (mode == Mode::Client).then(|| testkit::Mosquitto::start_with(&settings.mosquitto));
@@ -160,9 +168,10 @@ async fn bridge_run(
     if let Some(mosquitto) = &mosquitto {
         config.mqtt.port = mosquitto.port();
     }
-    if let Some(url) = registry_url {
+    if let Some((url, tls)) = registry {
         config.embedded.allow_anonymous = false;
         config.embedded.registry_url = url.to_owned();
+        config.embedded.tls = tls;
     }
     let bridge = RunningBridge::start(config).await?;
     let measured = measure_bridge(settings, workload, &bridge, mosquitto.as_ref(), probe).await;

@@ -28,7 +28,10 @@
 //! 6. `embedded-sealed`: the same with the gateway registry (a private PostgreSQL): each
 //!    connection logs in as a gateway and every frame is sealed with its key and checked
 //!    by the bridge. Its rate beside `embedded`'s is what authorisation costs.
-//! 7. `shell`: the everyday alternative, `mosquitto_sub -q 1 -F '%t %x' | python` with a
+//! 7. `embedded-tls`: the same over TLS, every publisher presenting a client certificate
+//!    (certificates made for the run, `tls`). Its rate beside `embedded-sealed`'s is what
+//!    TLS costs the device → bridge hop.
+//! 8. `shell`: the everyday alternative, `mosquitto_sub -q 1 -F '%t %x' | python` with a
 //!    confluent-kafka producer using the same librdkafka settings. mosquitto_sub
 //!    acknowledges on receipt: no end-to-end guarantee.
 //!
@@ -37,11 +40,12 @@
 //! exported yourself (`set -a; . .stack/env; set +a`):
 //! `target/release/bench bridge [--frames N] [--devices D] [--connections C]
 //! [--inflight I] [--rate MSGS_PER_S] [--only ceiling,client,...] [--timeout SECONDS]
-//! [--python PATH]`.
+//! [--rounds R] [--python PATH]`.
 //! The same knobs as environment variables: BENCH_FRAMES (default 200000), BENCH_DEVICES
 //! (100), BENCH_CONNECTIONS (4), BENCH_INFLIGHT (1000), BENCH_RATE (total msgs/s to pace
 //! the publishers at, for latency at a given load; default unpaced), BENCH_ONLY (all),
-//! BENCH_TIMEOUT_S (60, per scenario), BENCH_PYTHON (an interpreter with confluent_kafka;
+//! BENCH_TIMEOUT_S (60, per scenario), BENCH_BRIDGE_ROUNDS (1; interleaved, median shown),
+//! BENCH_PYTHON (an interpreter with confluent_kafka;
 //! default target/bench-venv/bin/python), BENCH_MOSQUITTO (extra lines for the private
 //! Mosquittos' config, `\n`-separated; default `max_inflight_messages 0` as in the stack).
 //! Logs: RUST_LOG (default warn).
@@ -60,6 +64,7 @@ mod registry;
 mod report;
 mod scenarios;
 mod shell;
+mod tls;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -78,13 +83,14 @@ const READINGS_PER_FRAME: usize = 50;
 /// default is 20). BENCH_MOSQUITTO replaces them (`\n` between lines).
 const MOSQUITTO_SETTINGS: &str = "max_inflight_messages 0";
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "ceiling",
     "publish-only",
     "mqtt-side",
     "client",
     "embedded",
     "embedded-sealed",
+    "embedded-tls",
     "shell",
 ];
 
@@ -110,12 +116,17 @@ pub struct Knobs {
     #[arg(long, env = "BENCH_RATE")]
     rate: Option<String>,
     /// Scenarios to run, comma-separated: ceiling, publish-only, mqtt-side, client,
-    /// embedded, embedded-sealed, shell [default: all].
+    /// embedded, embedded-sealed, embedded-tls, shell [default: all].
     #[arg(long, env = "BENCH_ONLY")]
     only: Option<String>,
     /// Seconds each scenario may take [default: 60].
     #[arg(long, env = "BENCH_TIMEOUT_S")]
     timeout: Option<String>,
+    /// Times to run the scenarios, interleaved (A B C A B C ...); the table shows each
+    /// scenario's median round, so a noisy machine slows every scenario alike
+    /// [default: 1].
+    #[arg(long, env = "BENCH_BRIDGE_ROUNDS")]
+    rounds: Option<String>,
     /// A Python interpreter with confluent_kafka, for the shell pipeline [default:
     /// target/bench-venv/bin/python].
     #[arg(long, env = "BENCH_PYTHON")]
@@ -131,6 +142,7 @@ struct Settings {
     /// Total publish rate in messages/s; `None` publishes as fast as PUBACKs come back.
     rate: Option<f64>,
     timeout: Duration,
+    rounds: usize,
     only: Vec<String>,
     python: PathBuf,
     kafka_brokers: String,
@@ -164,6 +176,7 @@ impl Settings {
                 })
                 .transpose()?,
             timeout: Duration::from_secs(number("timeout", knobs.timeout, 60)? as u64),
+            rounds: number("rounds", knobs.rounds, 1)?,
             only: set(knobs.only).map_or_else(
                 || SCENARIOS.iter().map(|s| s.to_string()).collect(),
                 |v| v.split(',').map(|s| s.trim().to_owned()).collect(),
@@ -187,6 +200,10 @@ impl Settings {
             "connections: between 1 and the number of devices"
         );
         ensure!(settings.inflight > 0, "inflight: at least 1");
+        ensure!(
+            (1..=20).contains(&settings.rounds),
+            "rounds: between 1 and 20"
+        );
         for name in &settings.only {
             if !SCENARIOS.contains(&name.as_str()) {
                 bail!("unknown scenario {name:?}; known: {SCENARIOS:?}");
@@ -247,32 +264,70 @@ pub fn run(knobs: Knobs) -> anyhow::Result<()> {
 }
 
 async fn run_scenarios(settings: &Settings) -> Vec<(&'static str, anyhow::Result<Outcome>)> {
-    let mut results: Vec<(&str, anyhow::Result<Outcome>)> = Vec::new();
-    for scenario in SCENARIOS {
-        if !settings.wants(scenario) {
-            continue;
+    let wanted: Vec<&'static str> = SCENARIOS
+        .into_iter()
+        .filter(|scenario| settings.wants(scenario))
+        .collect();
+    let mut rounds: Vec<Vec<anyhow::Result<Outcome>>> = wanted.iter().map(|_| Vec::new()).collect();
+    for round in 1..=settings.rounds {
+        for (index, scenario) in wanted.iter().enumerate() {
+            if settings.rounds > 1 {
+                eprintln!(
+                    "running {scenario} (round {round} of {}) ...",
+                    settings.rounds
+                );
+            } else {
+                eprintln!("running {scenario} ...");
+            }
+            let started = Instant::now();
+            let outcome = run_scenario(settings, scenario).await;
+            match &outcome {
+                Ok(o) => eprintln!(
+                    "  {} msgs/s ({:.1} s in all)",
+                    fmt_rate(o.rate()),
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+            rounds[index].push(outcome);
         }
-        eprintln!("running {scenario} ...");
-        let started = Instant::now();
-        let outcome = match scenario {
-            "ceiling" => scenarios::ceiling(settings).await,
-            "publish-only" => scenarios::publish_only(settings).await,
-            "mqtt-side" => scenarios::mqtt_side(settings).await,
-            "client" => in_process::bridge_scenario(settings, Mode::Client).await,
-            "embedded" => in_process::bridge_scenario(settings, Mode::Embedded).await,
-            "embedded-sealed" => in_process::sealed_scenario(settings).await,
-            "shell" => shell::shell(settings).await,
-            _ => unreachable!("scenario names are checked in Settings::from_knobs"),
-        };
-        match &outcome {
-            Ok(o) => eprintln!(
-                "  {} msgs/s ({:.1} s in all)",
-                fmt_rate(o.rate()),
-                started.elapsed().as_secs_f64()
-            ),
-            Err(e) => eprintln!("  failed: {e:#}"),
-        }
-        results.push((scenario, outcome));
     }
-    results
+    wanted
+        .into_iter()
+        .zip(rounds)
+        .map(|(scenario, outcomes)| (scenario, median_round(outcomes)))
+        .collect()
+}
+
+async fn run_scenario(settings: &Settings, scenario: &str) -> anyhow::Result<Outcome> {
+    match scenario {
+        "ceiling" => scenarios::ceiling(settings).await,
+        "publish-only" => scenarios::publish_only(settings).await,
+        "mqtt-side" => scenarios::mqtt_side(settings).await,
+        "client" => in_process::bridge_scenario(settings, Mode::Client).await,
+        "embedded" => in_process::bridge_scenario(settings, Mode::Embedded).await,
+        "embedded-sealed" => in_process::sealed_scenario(settings, false).await,
+        "embedded-tls" => in_process::sealed_scenario(settings, true).await,
+        "shell" => shell::shell(settings).await,
+        _ => unreachable!("scenario names are checked in Settings::from_knobs"),
+    }
+}
+
+/// The round of median rate, every round's rate in its notes; the first failure if any
+/// round failed.
+fn median_round(outcomes: Vec<anyhow::Result<Outcome>>) -> anyhow::Result<Outcome> {
+    let rounds = outcomes.len();
+    let mut done = outcomes
+        .into_iter()
+        .collect::<anyhow::Result<Vec<Outcome>>>()?;
+    done.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let rates: Vec<String> = done.iter().map(|o| fmt_rate(o.rate())).collect();
+    let mut median = done.swap_remove(done.len() / 2);
+    if rounds > 1 {
+        median.notes.push(format!(
+            "median of {rounds} rounds, msgs/s sorted: {}",
+            rates.join(", ")
+        ));
+    }
+    Ok(median)
 }

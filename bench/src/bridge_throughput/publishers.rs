@@ -11,12 +11,18 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::registry::Gateway;
+use super::tls::ClientTls;
 use super::workload::Workload;
 use super::Settings;
 
 /// Options for a publisher; `login` is (client id suffix, gateway) when the broker
-/// authenticates against the registry.
-fn mqtt_options(port: u16, inflight: u16, login: Option<(&str, &Gateway)>) -> MqttOptions {
+/// authenticates against the registry, `tls` how to reach a TLS listener.
+fn mqtt_options(
+    port: u16,
+    inflight: u16,
+    login: Option<(&str, &Gateway)>,
+    tls: Option<&ClientTls>,
+) -> MqttOptions {
     let client_id = match login {
         Some(("", gateway)) => gateway.id.clone(),
         Some((suffix, gateway)) => format!("{}@{suffix}", gateway.id),
@@ -25,6 +31,9 @@ fn mqtt_options(port: u16, inflight: u16, login: Option<(&str, &Gateway)>) -> Mq
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     if let Some((_, gateway)) = login {
         options.set_credentials(gateway.id.clone(), gateway.secret.clone());
+    }
+    if let Some(tls) = tls {
+        options.set_transport(tls.transport());
     }
     options
         .set_keep_alive(Duration::from_secs(30))
@@ -90,8 +99,10 @@ impl Publishers {
         for c in 0..workload.connections {
             let frames = workload.frames_of_connection(c);
             let login = workload.gateway(c).map(|gateway| ("", gateway));
-            let (client, eventloop) =
-                AsyncClient::new(mqtt_options(port, settings.inflight, login), 64);
+            let (client, eventloop) = AsyncClient::new(
+                mqtt_options(port, settings.inflight, login, workload.tls.as_ref()),
+                64,
+            );
             let (connected_tx, connected_rx) = oneshot::channel();
             let acks = tokio::spawn(drive_connection(eventloop, connected_tx, frames.len()));
             tokio::time::timeout(Duration::from_secs(10), connected_rx)
@@ -194,7 +205,8 @@ pub(super) async fn warm_up(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let login = workload.gateway(0).map(|gateway| ("warm-up", gateway));
-    let (client, mut eventloop) = AsyncClient::new(mqtt_options(port, 10, login), 16);
+    let (client, mut eventloop) =
+        AsyncClient::new(mqtt_options(port, 10, login, workload.tls.as_ref()), 16);
     let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let deadline = Instant::now() + timeout;
     let outcome = async {

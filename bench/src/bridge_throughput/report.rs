@@ -28,19 +28,20 @@ fn fmt_latency(p: Option<Percentiles>) -> String {
     })
 }
 
-const LABELS: [(&str, &str); 7] = [
+const LABELS: [(&str, &str); 8] = [
     ("ceiling", "Kafka ceiling (rdkafka, no MQTT)"),
     ("publish-only", "MQTT publish only (no subscriber)"),
     ("mqtt-side", "bridge MQTT side only, no Kafka"),
     ("client", "bridge, client mode (Mosquitto)"),
     ("embedded", "bridge, embedded mode (rumqttd)"),
     ("embedded-sealed", "bridge, embedded, registry + seals"),
+    ("embedded-tls", "bridge, embedded, registry + seals + TLS"),
     ("shell", "mosquitto_sub | python producer"),
 ];
 
-/// Authorisation's cost: the sealed embedded run beside the plain one, against the bar
-/// (at most 5 % of the throughput).
-fn print_authorisation(results: &[(&str, anyhow::Result<Outcome>)]) {
+/// What security costs: the sealed embedded run beside the plain one (bar: at most 5 %),
+/// and the same over TLS beside the sealed one (bar: at most 15 %).
+fn print_security_costs(results: &[(&str, anyhow::Result<Outcome>)]) {
     let rate = |scenario: &str| {
         results.iter().find_map(|(name, r)| match r {
             Ok(o) if *name == scenario => Some(o.rate()),
@@ -55,6 +56,15 @@ fn print_authorisation(results: &[(&str, anyhow::Result<Outcome>)]) {
             fmt_rate(sealed),
             fmt_rate(plain),
             if cost <= 5.0 { "met" } else { "NOT met" }
+        );
+    }
+    if let (Some(plain), Some(tls)) = (rate("embedded-sealed"), rate("embedded-tls")) {
+        let cost = 100.0 * (1.0 - tls / plain);
+        println!(
+            "TLS (device → bridge, client certificates): {} msgs/s against {} in plain MQTT, {cost:+.1} % of the throughput lost (bar: at most 15 %): {}",
+            fmt_rate(tls),
+            fmt_rate(plain),
+            if cost <= 15.0 { "met" } else { "NOT met" }
         );
     }
 }
@@ -183,7 +193,7 @@ pub(super) fn print(
         }
     }
     print_verdict(settings, results);
-    print_authorisation(results);
+    print_security_costs(results);
     println!();
     println!("{}", HOW_MEASURED.trim());
 }
@@ -334,7 +344,10 @@ warm-up frames until one is in Kafka and seen by the probe, so connecting, subsc
 topic checks are not timed. embedded-sealed adds a private PostgreSQL (testkit) with the
 schema, the devices and one gateway per connection; the publishers log in as their
 gateway and seal each frame (HMAC-SHA-256, as the agent does) as they encode it, and the
-bridge checks logins and seals against it (keys cached, as in production). Latency: a BaseConsumer on its own thread, manually assigned
+bridge checks logins and seals against it (keys cached, as in production). embedded-tls
+is embedded-sealed over TLS (rustls with ring on both ends): a CA and certificates made
+for the run (rcgen), every publisher presenting a client certificate; connecting (the
+handshakes) happens before the clock starts. Latency: a BaseConsumer on its own thread, manually assigned
 every partition from the beginning (unique group id, auto.offset.reset=earliest,
 fetch.wait.max.ms=10), takes consume wall time minus the frame's base_ts_ms, in whole
 milliseconds (ms resolution, one clock); "→bridge" is the bridge's received-at-ms header

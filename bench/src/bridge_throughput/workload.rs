@@ -5,6 +5,7 @@
 use protocol::{seal, BootId, DeviceId, Frame, Quality, Reading, MAX_FRAME_LEN};
 
 use super::registry::Gateway;
+use super::tls::ClientTls;
 use super::{Settings, READINGS_PER_FRAME};
 
 /// Device id of the warm-up frames; the latency probe skips them.
@@ -26,6 +27,8 @@ pub(super) struct Workload {
     /// One per connection when the bridge checks the registry: who connects, and the
     /// key its devices' frames are sealed with. Empty: anonymous, unsealed.
     gateways: Vec<Gateway>,
+    /// How publishers reach a TLS listener; `None`: plain MQTT.
+    pub(super) tls: Option<ClientTls>,
 }
 
 impl Workload {
@@ -47,12 +50,19 @@ impl Workload {
             connections: settings.connections,
             warm_up,
             gateways: Vec::new(),
+            tls: None,
         }
     }
 
     /// Publishes as `gateways` (one per connection), every frame sealed.
     pub(super) fn sealed_by(mut self, gateways: Vec<Gateway>) -> Self {
         self.gateways = gateways;
+        self
+    }
+
+    /// Publishes over TLS, presenting a client certificate.
+    pub(super) fn over_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
