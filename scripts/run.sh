@@ -176,7 +176,12 @@ wait_ready() {
   die "$name is not ready after 60 s (http://127.0.0.1:$port/readyz); its log is $RUN_DIR/$name.log"
 }
 
-start_one cloud-ingester "$INGESTER_PORT" --migrate --http-listen "127.0.0.1:$INGESTER_PORT"
+# The schema, by its owner; each service then logs in as its least-privilege role
+# (migrations/*_roles.sql; scripts/stack.sh makes the logins).
+migrated=$("$BIN/iotctl" migrate) || die "cannot migrate the database at $DATABASE_URL"
+say "$migrated"
+start_one cloud-ingester "$INGESTER_PORT" --database-url "$DATABASE_URL_INGESTER" \
+  --http-listen "127.0.0.1:$INGESTER_PORT"
 wait_ready cloud-ingester "$INGESTER_PORT"
 
 # Registers gateway $1 (its secret into file $2, mode 0600) unless it is registered and
@@ -205,7 +210,7 @@ provision_gateway sim-gateway-01 "$RUN_DIR/sim-gateway-01.secret" \
 provision_gateway operator "$RUN_DIR/operator.secret"
 printf 'IOTCTL_MQTT_USER=operator\nIOTCTL_MQTT_PASSWORD_FILE=%s\n' "$RUN_DIR/operator.secret" \
   >"$RUN_DIR/operator.env"
-export BRIDGE_EMBEDDED__REGISTRY_URL=$DATABASE_URL
+export BRIDGE_EMBEDDED__REGISTRY_URL=$DATABASE_URL_REGISTRY
 export EDGE_AGENT_MQTT__PASSWORD_FILE=$RUN_DIR/sim-gateway-01.secret
 export CONSOLE_PIPELINE__MQTT_USER=operator CONSOLE_PIPELINE__MQTT_PASSWORD_FILE=$RUN_DIR/operator.secret
 export IOTCTL_MQTT_USER=operator IOTCTL_MQTT_PASSWORD_FILE=$RUN_DIR/operator.secret
@@ -214,7 +219,8 @@ start_one bridge "$BRIDGE_PORT" --http-listen "127.0.0.1:$BRIDGE_PORT"
 wait_ready bridge "$BRIDGE_PORT"
 start_one edge-agent "" --config edge-agent/config/simulated-plant.toml \
   --queue-dir "$RUN_DIR/edge-queue"
-start_one console "$CONSOLE_PORT" --http-listen "0.0.0.0:$CONSOLE_PORT"
+start_one console "$CONSOLE_PORT" --database-url "$DATABASE_URL_OPERATOR" \
+  --http-listen "0.0.0.0:$CONSOLE_PORT"
 wait_ready console "$CONSOLE_PORT"
 sleep 1
 alive edge-agent

@@ -23,6 +23,11 @@
 #   STACK_DIR=<repo>/.stack STACK_TIMEOUT=60 (seconds to wait for each service)
 # MQTT defaults to 1884 because 1883 belongs to the bridge's embedded broker.
 #
+# PostgreSQL also gets the group roles of migrations/*_roles.sql (telemetry_ingester,
+# telemetry_operator, telemetry_bridge) and a login in each: ${PGUSER}_ingest,
+# ${PGUSER}_ops and ${PGUSER}_registry (DATABASE_URL_INGESTER, DATABASE_URL_OPERATOR,
+# DATABASE_URL_REGISTRY in the env file).
+#
 # Tests read the addresses from the env file:  set -a; . .stack/env; set +a
 
 set -euo pipefail
@@ -213,6 +218,14 @@ urlencode() {
 }
 
 DATABASE_URL="postgres://$(urlencode "$PGUSER"):$(urlencode "$PGPASSWORD")@$PGHOST:$PGPORT/$(urlencode "$PGDATABASE")"
+# Least privilege (migrations/*_roles.sql): a login of each group role, for the ingester
+# and for iotctl and the console. A local stack's passwords, like PGPASSWORD.
+INGESTER_PGUSER=${PGUSER}_ingest
+OPERATOR_PGUSER=${PGUSER}_ops
+REGISTRY_PGUSER=${PGUSER}_registry
+DATABASE_URL_INGESTER="postgres://$(urlencode "$INGESTER_PGUSER"):$(urlencode "$PGPASSWORD")@$PGHOST:$PGPORT/$(urlencode "$PGDATABASE")"
+DATABASE_URL_OPERATOR="postgres://$(urlencode "$OPERATOR_PGUSER"):$(urlencode "$PGPASSWORD")@$PGHOST:$PGPORT/$(urlencode "$PGDATABASE")"
+DATABASE_URL_REGISTRY="postgres://$(urlencode "$REGISTRY_PGUSER"):$(urlencode "$PGPASSWORD")@$PGHOST:$PGPORT/$(urlencode "$PGDATABASE")"
 
 # --------------------------------------------------------------------------- software
 
@@ -348,7 +361,9 @@ postgres_init() {
 postgres_admin_sql() {
   as_user "$PG_OS_USER" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" \
     -p "$PGPORT" -U "$PG_OS_USER" -d postgres -v app_user="$PGUSER" \
-    -v app_password="$PGPASSWORD" -v app_db="$PGDATABASE"
+    -v app_password="$PGPASSWORD" -v app_db="$PGDATABASE" \
+    -v ingester_user="$INGESTER_PGUSER" -v operator_user="$OPERATOR_PGUSER" \
+    -v registry_user="$REGISTRY_PGUSER"
 }
 
 postgres_app_query() {
@@ -364,6 +379,16 @@ SELECT format('ALTER ROLE %I LOGIN CREATEDB', :'app_user')
   FROM pg_roles WHERE rolname = :'app_user' AND NOT (rolcanlogin AND rolcreatedb) \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'app_db', :'app_user')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'app_db') \gexec
+SELECT format('CREATE ROLE %I NOLOGIN', g)
+  FROM unnest(ARRAY['telemetry_ingester', 'telemetry_operator', 'telemetry_bridge']) AS g
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = g) \gexec
+SELECT format('CREATE ROLE %I LOGIN IN ROLE %I', login, g)
+  FROM (VALUES (:'ingester_user', 'telemetry_ingester'),
+               (:'operator_user', 'telemetry_operator'),
+               (:'registry_user', 'telemetry_bridge')) AS l (login, g)
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = login) \gexec
+SELECT format('ALTER ROLE %I PASSWORD %L', login, :'app_password')
+  FROM unnest(ARRAY[:'ingester_user', :'operator_user', :'registry_user']) AS login \gexec
 SQL
   if ! postgres_app_query 2>/dev/null; then # PGPASSWORD changed since the role was made
     postgres_admin_sql <<<"SELECT format('ALTER ROLE %I PASSWORD %L', :'app_user', :'app_password') \gexec"
@@ -582,6 +607,9 @@ write_env_file() {
   local name
   {
     printf '%s=%q\n' DATABASE_URL "$DATABASE_URL"
+    printf '%s=%q\n' DATABASE_URL_INGESTER "$DATABASE_URL_INGESTER"
+    printf '%s=%q\n' DATABASE_URL_OPERATOR "$DATABASE_URL_OPERATOR"
+    printf '%s=%q\n' DATABASE_URL_REGISTRY "$DATABASE_URL_REGISTRY"
     printf '%s=%q\n' REDIS_URL "redis://127.0.0.1:$REDIS_PORT"
     printf '%s=%q\n' MQTT_HOST "$MQTT_HOST" MQTT_PORT "$MQTT_PORT"
     printf '%s=%q\n' KAFKA_BROKERS "127.0.0.1:$KAFKA_PORT"

@@ -207,7 +207,7 @@ impl Deployment {
         );
         let ingester_config = format!(
             "# cloud-ingester: private servers; every other key (batch.rows 20000, batch.age 50ms, 4 connections) at its default\n\
-             id = \"bench-ingester\"\n\n[database]\nurl = \"{database_url}\"\n\n[redis]\nurl = \"{}\"\n\n\
+             id = \"bench-ingester\"\n\n[database]\nurl = \"{database_url}\"\n# a private cluster, entered as its superuser\nallow_superuser = true\n\n[redis]\nurl = \"{}\"\n\n\
              [kafka]\nbrokers = \"{}\"\ngroup = \"bench-ingester\"\n\n[http]\nlisten = \"127.0.0.1:{ingester_http}\"\n",
             redis.url(),
             tansu.brokers()

@@ -49,6 +49,29 @@ pub struct Ingester {
     stop_rest: CancellationToken,
 }
 
+/// Refuses a superuser login unless `database.allow_superuser` says otherwise.
+async fn refuse_superuser(pool: &PgPool, allowed: bool) -> anyhow::Result<()> {
+    let (user, superuser): (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await
+    .context("reading the database role (database.url)")?;
+    if superuser && !allowed {
+        anyhow::bail!(
+            "database.url logs in as {user}, a superuser: connect as a login in the \
+             telemetry_ingester role (README, Security), or set database.allow_superuser = true"
+        );
+    }
+    if superuser {
+        warn!(
+            user,
+            "connected to PostgreSQL as a superuser (database.allow_superuser = true)"
+        );
+    }
+    Ok(())
+}
+
 impl Ingester {
     /// Connects PostgreSQL (applying the migrations when `database.migrate` says so),
     /// then starts every part as [`Ingester::start_on`] does.
@@ -59,11 +82,12 @@ impl Ingester {
             .connect(&config.database.url)
             .await
             .context("cannot connect to PostgreSQL (database.url)")?;
+        refuse_superuser(&pool, config.database.allow_superuser).await?;
         if config.database.migrate {
-            sqlx::migrate!("../migrations")
-                .run(&pool)
-                .await
-                .context("running the migrations")?;
+            sqlx::migrate!("../migrations").run(&pool).await.context(
+                "running the migrations (database.migrate; they need the schema's owner, \
+                     which a telemetry_ingester login is not: run them as the owner, once)",
+            )?;
             info!("migrations applied");
         }
         Self::start_on(config, pool).await

@@ -74,8 +74,12 @@ pub struct DatabaseConfig {
     /// PostgreSQL URL. Required; no default could be right.
     pub url: String,
     pub max_connections: u32,
-    /// Run the migrations before starting.
+    /// Run the migrations before starting (as the schema's owner).
     pub migrate: bool,
+    /// Start even when `url` logs in as a superuser. Refused by default: the ingester
+    /// needs only a login in `telemetry_ingester` (migrations/*_roles.sql), and a
+    /// superuser's password on a service is one leak from the whole cluster.
+    pub allow_superuser: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -84,6 +88,7 @@ impl Default for DatabaseConfig {
             url: String::new(),
             max_connections: 4,
             migrate: false,
+            allow_superuser: false,
         }
     }
 }

@@ -272,6 +272,8 @@ async fn a_postgres_outage_longer_than_the_poll_interval_ends_with_the_same_inst
             .env("INGESTER_KAFKA__ALERTS_TOPIC", "")
             .env("INGESTER_KAFKA__CONFIRM_TOPIC", "")
             .env("DATABASE_URL", &url)
+            // A private cluster, entered as its superuser.
+            .env("INGESTER_DATABASE__ALLOW_SUPERUSER", "true")
             .env("REDIS_URL", "")
             .env("KAFKA_BROKERS", testkit::kafka_brokers())
             .env("RUST_LOG", "info"),

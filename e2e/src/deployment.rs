@@ -261,6 +261,9 @@ impl Deployment {
         }
         let name = format!("ingester-{n}");
         let mut process = Process::new(&name, &binary("cloud-ingester")?, &args, self.dir.path());
+        // A private, throw-away cluster, entered as its superuser; the roles have tests
+        // of their own (cloud-ingester/tests/roles.rs).
+        process.env("INGESTER_DATABASE__ALLOW_SUPERUSER", "true");
         process.start()?;
         self.ingesters.push(process);
         self.metrics.push(http);

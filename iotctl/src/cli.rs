@@ -47,6 +47,9 @@ pub enum Command {
     /// A live one-screen summary: readings per second at each hop, Kafka lag, open
     /// alerts, the last value of every channel (Ctrl-C stops).
     Watch(watch::WatchArgs),
+    /// Apply this build's migrations, as the schema's owner (the services' logins
+    /// cannot change the schema).
+    Migrate,
 }
 
 #[cfg(test)]

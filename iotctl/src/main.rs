@@ -14,6 +14,7 @@ mod global;
 mod health;
 mod http;
 mod latest;
+mod migrate;
 mod output;
 mod services;
 mod stats;
@@ -40,6 +41,7 @@ async fn main() -> ExitCode {
         Command::Gateways(command) => gateways::run(&cli.global, &command).await,
         Command::Completeness(args) => completeness::run(&cli.global, &args).await,
         Command::Watch(args) => watch::run(&cli.global, &args).await,
+        Command::Migrate => migrate::run(&cli.global).await,
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use super::Check;
 use crate::global::Global;
+use crate::migrate::MIGRATOR;
 use crate::output;
 use crate::services;
 
@@ -59,12 +60,7 @@ pub(super) async fn postgres_checks(global: &Global) -> (Vec<Check>, Option<PgPo
     (checks, Some(pool))
 }
 
-/// The migrations this build embeds: the schema the services of the same revision
-/// expect.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-const MIGRATE_FIX: &str = "apply the migrations: `cargo run --release -p cloud-ingester -- \
-                           --migrate` (or `sqlx migrate run` in the repository)";
+const MIGRATE_FIX: &str = "apply the migrations as the schema's owner: `iotctl migrate`";
 
 async fn schema_check(pool: &PgPool) -> Check {
     let expected: Vec<&sqlx::migrate::Migration> = MIGRATOR
