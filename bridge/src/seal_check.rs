@@ -52,6 +52,8 @@ pub struct SealCheck {
     refresh: Option<JoinHandle<Refreshed>>,
     /// When the last refresh started: at most one a second, whatever the registry does.
     refresh_started: Option<Instant>,
+    /// Whether the last refresh failed: its warning is logged once per outage.
+    refresh_failing: bool,
     stats: Arc<Stats>,
 }
 
@@ -80,6 +82,7 @@ impl SealCheck {
             cache: HashMap::new(),
             refresh: None,
             refresh_started: None,
+            refresh_failing: false,
             stats,
         }
     }
@@ -171,11 +174,15 @@ impl SealCheck {
         let all = match query.now_or_never() {
             Some(Ok(Ok(all))) => all,
             Some(Ok(Err(e))) => {
-                warn!("cannot refresh the gateway registry's keys: {e}; frames are judged on what was cached");
+                if !self.refresh_failing {
+                    warn!("cannot refresh the gateway registry's keys: {e}; frames are judged on what was cached");
+                }
+                self.refresh_failing = true;
                 return;
             }
             _ => return,
         };
+        self.refresh_failing = false;
         let mut assigned: HashMap<String, DeviceKeys> = all.into_iter().collect();
         for (device, cached) in &mut self.cache {
             let keys = assigned.remove(device);
