@@ -86,7 +86,7 @@ impl Ingester {
         if config.database.migrate {
             sqlx::migrate!("../migrations").run(&pool).await.context(
                 "running the migrations (database.migrate; they need the schema's owner, \
-                     which a telemetry_ingester login is not: run them as the owner, once)",
+                     which a telemetry_ingester login is not: `iotctl migrate` as the owner)",
             )?;
             info!("migrations applied");
         }
