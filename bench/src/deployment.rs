@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 pub use e2e::endpoints::Metrics;
 use e2e::process::Process;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::database::PrivateDatabase;
+use sqlx::postgres::PgPool;
 
 /// Where the release binaries are.
 pub struct Binaries {
@@ -179,19 +181,13 @@ impl Deployment {
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
         println!("starting private PostgreSQL, Redis and Tansu (testkit) ...");
-        let postgres = testkit::Postgres::start();
+        let PrivateDatabase {
+            server: postgres,
+            url: database_url,
+            pool,
+        } = PrivateDatabase::start(4).await?;
         let redis = testkit::Redis::start();
         let tansu = testkit::Tansu::start();
-        let database_url = postgres.url("postgres");
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&database_url)
-            .await
-            .with_context(|| format!("connecting to {database_url}"))?;
-        sqlx::migrate!("../migrations")
-            .run(&pool)
-            .await
-            .context("applying the migrations")?;
         for w in workloads {
             register_devices(&pool, w).await?;
         }

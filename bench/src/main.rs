@@ -11,6 +11,7 @@
 mod bridge_throughput;
 mod chart;
 mod components;
+mod database;
 mod deployment;
 mod e2e;
 mod machine;

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use bridge::config::{BridgeConfig, Mode};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 
+use crate::database::PrivateDatabase;
 use crate::machine::{now_utc_seconds, Machine};
 
 /// How long one storm may take before it is reported unfinished.
@@ -75,14 +75,11 @@ pub fn run(knobs: Knobs) -> anyhow::Result<()> {
 async fn storms(n: usize) -> anyhow::Result<()> {
     let machine = Machine::detect()?;
     eprintln!("registering {n} gateways in a private PostgreSQL ...");
-    let postgres = testkit::Postgres::start();
-    let url = postgres.url("postgres");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    sqlx::migrate!("../migrations").run(&pool).await?;
+    let PrivateDatabase {
+        server: postgres,
+        url,
+        pool,
+    } = PrivateDatabase::start(2).await?;
     let mut logins = Vec::with_capacity(n);
     for g in 0..n {
         let id = format!("storm-{g:05}");

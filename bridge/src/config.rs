@@ -473,19 +473,13 @@ impl BridgeConfig {
         if self.mqtt.reconnect_min.is_zero() || self.mqtt.reconnect_min > self.mqtt.reconnect_max {
             problems.push("mqtt.reconnect_min: must be > 0 and <= mqtt.reconnect_max".to_owned());
         }
-        match (&self.mqtt.password, &self.mqtt.password_file) {
-            (Some(_), Some(_)) => problems.push(
-                "mqtt.password_file: mqtt.password is set too; keep the file alone".to_owned(),
-            ),
-            (None, Some(path)) => {
-                if let Err(e) = service::secret_file::read(path) {
-                    problems.push(format!("mqtt.password_file: {e}"));
-                }
-                if self.mqtt.username.is_none() {
-                    problems.push("mqtt.password_file: needs mqtt.username".to_owned());
-                }
-            }
-            _ => {}
+        problems.extend(service::secret_file::setting_problem(
+            "mqtt",
+            self.mqtt.password.is_some(),
+            self.mqtt.password_file.as_deref(),
+        ));
+        if self.mqtt.password_file.is_some() && self.mqtt.username.is_none() {
+            problems.push("mqtt.password_file: needs mqtt.username".to_owned());
         }
         if let Some(tls) = &self.mqtt.tls {
             problems.extend(tls.problems("mqtt"));

@@ -12,7 +12,7 @@ use bridge::Mode;
 use gateways::registry;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sqlx::PgPool;
-use support::{frame, telemetry_topic, test_config, InProcess};
+use support::{frame, registry_config, telemetry_topic, test_config, InProcess};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -58,14 +58,8 @@ async fn connect(
 }
 
 async fn bridge_on_registry(pool: &PgPool, auth_cache: Duration) -> (InProcess, String) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let prefix = testkit::unique_name("plant");
-    let mut config = test_config(Mode::Embedded, &prefix, &testkit::kafka_brokers());
-    config.embedded.allow_anonymous = false;
-    config.embedded.registry_url = testkit::database_url_of(&database);
+    let mut config = registry_config(pool).await;
+    let prefix = config.topic_prefix.clone();
     config.embedded.auth_cache = auth_cache;
     config
         .embedded

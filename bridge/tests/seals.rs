@@ -9,13 +9,12 @@ mod support;
 use std::time::Duration;
 
 use bridge::config::BridgeConfig;
-use bridge::Mode;
 use gateways::{registry, Secret};
 use protocol::seal;
 use protocol::FrameKey;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sqlx::PgPool;
-use support::{frame, read_topic, telemetry_topic, test_config, InProcess, Record};
+use support::{frame, read_topic, registry_config, run_agent, telemetry_topic, InProcess, Record};
 
 /// A gateway's connection to the embedded broker.
 struct Gateway {
@@ -70,14 +69,7 @@ fn sealed_with(key: &FrameKey, frame: Vec<u8>) -> Vec<u8> {
 }
 
 async fn bridge(pool: &PgPool, tune: impl FnOnce(&mut BridgeConfig)) -> (InProcess, BridgeConfig) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let prefix = testkit::unique_name("plant");
-    let mut config = test_config(Mode::Embedded, &prefix, &testkit::kafka_brokers());
-    config.embedded.allow_anonymous = false;
-    config.embedded.registry_url = testkit::database_url_of(&database);
+    let mut config = registry_config(pool).await;
     tune(&mut config);
     (InProcess::start(config.clone()).await, config)
 }
@@ -307,71 +299,24 @@ async fn rotation_disabling_and_unsealed_frames_follow_the_settings(pool: PgPool
 /// the registry-checking bridge forwards all of them and refuses none.
 #[sqlx::test(migrations = "../migrations")]
 async fn the_agents_frames_are_sealed_with_its_secret_and_all_forwarded(pool: PgPool) {
-    use std::os::unix::fs::PermissionsExt;
     let gateway = testkit::unique_name("pi");
     let secret = registry::add(&pool, "test", &gateway, &["furnace-01".to_owned()])
         .await
         .unwrap();
     let (bridge, config) = bridge(&pool, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("gateway.secret");
-    std::fs::write(&secret_file, format!("{}\n", secret.expose())).unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let agent_toml = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_toml,
-        format!(
-            r#"
-[gateway]
-id = "{gateway}"
-site = "plant1"
-line = "line-a"
-topic_prefix = "{prefix}"
-[mqtt]
-port = {port}
-password_file = "{secret}"
-[queue]
-dir = "{queue}"
-[batch]
-max_readings = 10
-max_age = "100ms"
-[delivery]
-confirm = "broker"
-[[devices]]
-id = "furnace-01"
-[[devices.channels]]
-id = 0
-name = "temperature"
-unit = "°C"
-period = "10ms"
-source = {{ kind = "simulated", model = "furnace" }}
-"#,
-            prefix = config.topic_prefix,
-            port = bridge.mqtt.unwrap().port(),
-            secret = secret_file.display(),
-            queue = dir.path().join("queue").display(),
-        ),
+    let health = run_agent(
+        dir.path(),
+        &config.topic_prefix,
+        bridge.mqtt.unwrap().port(),
+        &gateway,
+        secret.expose(),
+        "",
     )
-    .unwrap();
-    let agent_config =
-        edge_agent::config::AgentConfig::load(&agent_toml, &Default::default()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(edge_agent::agent::run(
-        agent_config,
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(10),
-    ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = stop.send(());
-    let report = agent.await.unwrap().unwrap();
-    assert_eq!(
-        report.health.queue_records, 0,
-        "every frame was acknowledged"
-    );
-    let frames = report.health.frames;
-    assert!(frames >= 10, "{:?}", report.health);
+    .await;
+    assert_eq!(health.queue_records, 0, "every frame was acknowledged");
+    let frames = health.frames;
+    assert!(frames >= 10, "{health:?}");
     bridge.wait_settled(frames, Duration::from_secs(30)).await;
     let counts = bridge.stats.snapshot();
     assert_eq!(counts.unauthorized_frames, 0, "{counts:?}");

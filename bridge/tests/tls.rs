@@ -19,7 +19,9 @@ use gateways::registry;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use sqlx::PgPool;
-use support::{frame, read_topic, telemetry_topic, test_config, InProcess};
+use support::{
+    frame, read_topic, registry_config, run_agent, telemetry_topic, test_config, InProcess,
+};
 
 /// PEM files in a directory: a CA and a certificate (with its key) it signed.
 struct Pki {
@@ -58,7 +60,12 @@ fn pki(dir: &Path, name: &str, subject: &str) -> Pki {
 async fn tls_session(port: u16, ca: &Path, client: Option<&Pki>, id: &str, secret: &str) -> bool {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_credentials(id, secret);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+    options.set_transport(tls_transport(ca, client));
+    session(options).await
+}
+
+fn tls_transport(ca: &Path, client: Option<&Pki>) -> Transport {
+    Transport::tls_with_config(TlsConfiguration::Simple {
         ca: std::fs::read(ca).unwrap(),
         alpn: None,
         client_auth: client.map(|c| {
@@ -67,18 +74,6 @@ async fn tls_session(port: u16, ca: &Path, client: Option<&Pki>, id: &str, secre
                 std::fs::read(&c.key).unwrap(),
             )
         }),
-    }));
-    session(options).await
-}
-
-fn tls_transport(ca: &Path, client: &Pki) -> Transport {
-    Transport::tls_with_config(TlsConfiguration::Simple {
-        ca: std::fs::read(ca).unwrap(),
-        alpn: None,
-        client_auth: Some((
-            std::fs::read(&client.cert).unwrap(),
-            std::fs::read(&client.key).unwrap(),
-        )),
     })
 }
 
@@ -113,17 +108,7 @@ async fn the_agent_delivers_over_tls_with_its_client_certificate_and_nothing_els
     let secret = registry::add(&pool, "test", &gateway, &["furnace-01".to_owned()])
         .await
         .unwrap();
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let mut config = test_config(
-        Mode::Embedded,
-        &testkit::unique_name("plant"),
-        &testkit::kafka_brokers(),
-    );
-    config.embedded.allow_anonymous = false;
-    config.embedded.registry_url = testkit::database_url_of(&database);
+    let mut config = registry_config(&pool).await;
     config.embedded.tls = Some(EmbeddedTls {
         cert: broker.cert.clone(),
         key: broker.key.clone(),
@@ -147,65 +132,23 @@ async fn the_agent_delivers_over_tls_with_its_client_certificate_and_nothing_els
     assert!(!session(plain).await, "plain MQTT on the TLS listener");
 
     // The agent, configured as a Pi would be.
-    let secret_file = dir.path().join("gateway.secret");
-    std::fs::write(&secret_file, format!("{}\n", secret.expose())).unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let agent_toml = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_toml,
-        format!(
-            r#"
-[gateway]
-id = "{gateway}"
-site = "plant1"
-line = "line-a"
-topic_prefix = "{prefix}"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-password_file = "{secret}"
-tls = {{ ca = "{ca}", client_cert = "{cert}", client_key = "{key}" }}
-[queue]
-dir = "{queue}"
-[batch]
-max_readings = 10
-max_age = "100ms"
-[delivery]
-confirm = "broker"
-[[devices]]
-id = "furnace-01"
-[[devices.channels]]
-id = 0
-name = "temperature"
-unit = "°C"
-period = "10ms"
-source = {{ kind = "simulated", model = "furnace" }}
-"#,
-            prefix = config.topic_prefix,
-            secret = secret_file.display(),
-            ca = broker.ca.display(),
-            cert = devices.cert.display(),
-            key = devices.key.display(),
-            queue = dir.path().join("queue").display(),
+    let health = run_agent(
+        dir.path(),
+        &config.topic_prefix,
+        port,
+        &gateway,
+        secret.expose(),
+        &format!(
+            r#"tls = {{ ca = "{}", client_cert = "{}", client_key = "{}" }}"#,
+            broker.ca.display(),
+            devices.cert.display(),
+            devices.key.display()
         ),
     )
-    .unwrap();
-    let agent_config =
-        edge_agent::config::AgentConfig::load(&agent_toml, &Default::default()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(edge_agent::agent::run(
-        agent_config,
-        async {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(10),
-    ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = stop.send(());
-    let report = agent.await.unwrap().unwrap();
-    assert_eq!(report.health.queue_records, 0, "{:?}", report.health);
-    let frames = report.health.frames;
-    assert!(frames >= 10, "{:?}", report.health);
+    .await;
+    assert_eq!(health.queue_records, 0, "{health:?}");
+    let frames = health.frames;
+    assert!(frames >= 10, "{health:?}");
     bridge.wait_settled(frames, Duration::from_secs(30)).await;
     let counts = bridge.stats.snapshot();
     assert_eq!(
@@ -292,7 +235,7 @@ async fn client_mode_reaches_a_broker_that_demands_tls_a_certificate_and_a_passw
     let bridge = InProcess::start(config).await;
     let mut publisher = MqttOptions::new("tls-publisher", "127.0.0.1", mosquitto.port());
     publisher.set_credentials("bridge", "s3cret-of-the-bridge");
-    publisher.set_transport(tls_transport(&broker.ca, &clients));
+    publisher.set_transport(tls_transport(&broker.ca, Some(&clients)));
     let (client, mut events) = AsyncClient::new(publisher, 10);
     client
         .publish(

@@ -414,17 +414,11 @@ impl AgentConfig {
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             problems.push("mqtt.keep_alive: at least 1 s".to_owned());
         }
-        match (&self.mqtt.password, &self.mqtt.password_file) {
-            (Some(_), Some(_)) => problems.push(
-                "mqtt.password_file: mqtt.password is set too; keep the file alone".to_owned(),
-            ),
-            (None, Some(path)) => {
-                if let Err(e) = service::secret_file::read(path) {
-                    problems.push(format!("mqtt.password_file: {e}"));
-                }
-            }
-            _ => {}
-        }
+        problems.extend(service::secret_file::setting_problem(
+            "mqtt",
+            self.mqtt.password.is_some(),
+            self.mqtt.password_file.as_deref(),
+        ));
         if let Some(tls) = &self.mqtt.tls {
             problems.extend(tls.problems("mqtt"));
         }

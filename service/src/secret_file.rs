@@ -64,6 +64,20 @@ pub fn read(path: &Path) -> Result<String, SecretFileError> {
     Ok(secret.to_owned())
 }
 
+/// What is wrong with a `password` / `password_file` pair of settings under `section`
+/// (`mqtt`): both given, or a file [`read`] refuses.
+pub fn setting_problem(section: &str, has_password: bool, file: Option<&Path>) -> Option<String> {
+    let file = file?;
+    if has_password {
+        return Some(format!(
+            "{section}.password_file: {section}.password is set too; keep the file alone"
+        ));
+    }
+    read(file)
+        .err()
+        .map(|e| format!("{section}.password_file: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +123,24 @@ mod tests {
                 .to_string()
                 .starts_with("cannot read /nonexistent/secret"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_password_setting_is_the_file_alone_and_a_file_read_would_take() {
+        let good = file("setting", "s3cret\n", 0o600);
+        assert_eq!(setting_problem("mqtt", false, Some(&good)), None);
+        assert_eq!(setting_problem("mqtt", true, None), None);
+        let both = setting_problem("mqtt", true, Some(&good)).unwrap();
+        assert!(
+            both.starts_with("mqtt.password_file: mqtt.password is set too"),
+            "{both}"
+        );
+        let exposed = file("setting-exposed", "s3cret\n", 0o640);
+        let refused = setting_problem("mqtt", false, Some(&exposed)).unwrap();
+        assert!(
+            refused.starts_with("mqtt.password_file: ") && refused.contains("chmod 600"),
+            "{refused}"
         );
     }
 }

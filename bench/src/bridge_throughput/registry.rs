@@ -5,7 +5,8 @@
 
 use anyhow::Context;
 use protocol::FrameKey;
-use sqlx::postgres::PgPoolOptions;
+
+use crate::database::PrivateDatabase;
 
 use super::workload::Workload;
 
@@ -25,17 +26,11 @@ pub(super) struct Registry {
 
 impl Registry {
     pub(super) async fn start(workload: &Workload) -> anyhow::Result<Self> {
-        let postgres = testkit::Postgres::start();
-        let url = postgres.url("postgres");
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        sqlx::migrate!("../migrations")
-            .run(&pool)
-            .await
-            .context("migrating the registry's database")?;
+        let PrivateDatabase {
+            server: postgres,
+            url,
+            pool,
+        } = PrivateDatabase::start(2).await?;
         let mut devices: Vec<Vec<String>> = vec![Vec::new(); workload.connections];
         for (index, device) in workload.devices().iter().enumerate() {
             devices[index % workload.connections].push(device.id.as_str().to_owned());

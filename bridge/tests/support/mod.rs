@@ -246,6 +246,86 @@ pub fn test_config(mode: Mode, prefix: &str, brokers: &str) -> BridgeConfig {
     config
 }
 
+/// [`test_config`] in embedded mode, authenticating against the gateway registry in the
+/// test's own database (`pool`).
+pub async fn registry_config(pool: &sqlx::PgPool) -> BridgeConfig {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let prefix = testkit::unique_name("plant");
+    let mut config = test_config(Mode::Embedded, &prefix, &testkit::kafka_brokers());
+    config.embedded.allow_anonymous = false;
+    config.embedded.registry_url = testkit::database_url_of(&database);
+    config
+}
+
+/// The project's agent, run for two seconds as gateway `gateway` (its secret in an
+/// owner-only file in `dir`) under topic prefix `prefix`, against the broker on `port`:
+/// one simulated furnace-01 channel every 10 ms, frames of 10 deleted on PUBACK.
+/// `mqtt` adds lines to its `[mqtt]` table (TLS). Returns its last health.
+pub async fn run_agent(
+    dir: &std::path::Path,
+    prefix: &str,
+    port: u16,
+    gateway: &str,
+    secret: &str,
+    mqtt: &str,
+) -> edge_agent::status::Health {
+    use std::os::unix::fs::PermissionsExt;
+    let secret_file = dir.join("gateway.secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let agent_toml = dir.join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            r#"
+[gateway]
+id = "{gateway}"
+site = "{SITE}"
+line = "{LINE}"
+topic_prefix = "{prefix}"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+password_file = "{secret_file}"
+{mqtt}
+[queue]
+dir = "{queue}"
+[batch]
+max_readings = 10
+max_age = "100ms"
+[delivery]
+confirm = "broker"
+[[devices]]
+id = "furnace-01"
+[[devices.channels]]
+id = 0
+name = "temperature"
+unit = "°C"
+period = "10ms"
+source = {{ kind = "simulated", model = "furnace" }}
+"#,
+            secret_file = secret_file.display(),
+            queue = dir.join("queue").display(),
+        ),
+    )
+    .unwrap();
+    let config = edge_agent::config::AgentConfig::load(&agent_toml, &Default::default()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(edge_agent::agent::run(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(10),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap().health
+}
+
 /// A bridge running in this process.
 pub struct InProcess {
     pub http: SocketAddr,
